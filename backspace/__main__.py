@@ -1,0 +1,5 @@
+import sys
+
+from backspace.cli import main
+
+sys.exit(main())

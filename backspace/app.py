@@ -1,0 +1,234 @@
+"""The composition root: Settings in, store, runner, git hosts, sandboxes and the web app out.
+
+This is the one place that knows every implementation; everything else sees protocols.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from backspace import __version__
+from backspace.config import Settings
+from backspace.orchestrator.agent import AgentLimits, AnthropicModel, Model
+from backspace.orchestrator.githosts.base import GitHost, RepoRef, RepoRefError
+from backspace.orchestrator.githosts.local import LocalGitHost
+from backspace.orchestrator.hub import EventHub
+from backspace.orchestrator.pipeline import Pipeline, PipelineSettings
+from backspace.orchestrator.publish import Identity
+from backspace.orchestrator.redact import Redactor
+from backspace.orchestrator.run import RunFailure
+from backspace.orchestrator.runner import Runner, RunnerLimits
+from backspace.orchestrator.sandboxes.base import SandboxProvider
+from backspace.orchestrator.sandboxes.local import LocalLimits, LocalSandboxProvider, default_root
+from backspace.orchestrator.store import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    settings: Settings
+    store: Store
+    hub: EventHub
+    runner: Runner
+    sandboxes: SandboxProvider
+    hosts: dict[str, GitHost]
+    redactor: Redactor
+    public_url: str
+
+    def parse_repo(self, reference: str) -> RepoRef:
+        """The one check every front end uses: a reference becomes a RepoRef or a RepoRefError."""
+        value = reference.strip()
+        if not value:
+            raise RepoRefError("repo_url is empty: give a repository")
+        if value.startswith("-"):
+            raise RepoRefError("a repository reference cannot start with '-'")
+        for host in self.hosts.values():
+            ref = host.parse(value)
+            if ref is not None:
+                return ref
+        raise RepoRefError(
+            "not a repository this server knows: use an absolute path or local:<name> below "
+            "BACKSPACE_LOCAL_REPOS"
+        )
+
+    def health(self) -> dict[str, Any]:
+        sandbox_ok, sandbox_message = self.sandboxes.check()
+        settings = self.settings
+        store_ok = self.store.ping()
+        hosts = {}
+        for name, host in self.hosts.items():
+            usable, message = host.check()
+            hosts[name] = {"usable": usable, "message": message}
+        ready = sandbox_ok and store_ok and settings.model_configured
+        return {
+            "status": "ok" if ready else "degraded",
+            "version": __version__,
+            "accepting_runs": self.runner.accepting,
+            "model": {
+                "configured": settings.model_configured,
+                "name": settings.model,
+                "base_url": _without_userinfo(
+                    settings.anthropic_base_url or "https://api.anthropic.com"
+                ),
+                "message": "ready"
+                if settings.model_configured
+                else "not configured: set ANTHROPIC_API_KEY (or ANTHROPIC_BASE_URL)",
+            },
+            "sandbox": {
+                "backend": self.sandboxes.name,
+                "usable": sandbox_ok,
+                "message": sandbox_message,
+            },
+            "git_hosts": hosts,
+            "store": {"ok": store_ok, "path": str(settings.db)},
+            "runs": {
+                "active": self.runner.active_count(),
+                "queued": self.runner.queued_count(),
+                "max_concurrent": settings.max_concurrent_runs,
+            },
+            "auth": settings.require_auth,
+        }
+
+
+def _without_userinfo(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.username or parts.password:
+        host = parts.hostname or ""
+        netloc = f"{host}:{parts.port}" if parts.port else host
+        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    return url
+
+
+def public_url(settings: Settings) -> str:
+    if settings.public_url:
+        return settings.public_url.rstrip("/")
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host  # noqa: S104
+    return f"http://{host}:{settings.port}"
+
+
+def build_services(settings: Settings) -> Services:
+    redactor = Redactor(settings.secrets())
+    store = Store(settings.db)
+    hub = EventHub(store)
+    url = public_url(settings)
+    sandboxes = LocalSandboxProvider(
+        settings.sandbox_root or default_root(settings.db),
+        LocalLimits(
+            memory_mb=settings.sandbox_memory_mb,
+            max_processes=settings.sandbox_max_processes,
+            max_file_mb=settings.sandbox_max_file_mb,
+        ),
+        allow_unsandboxed=settings.allow_unsandboxed,
+    )
+    hosts: dict[str, GitHost] = {"local": LocalGitHost(settings.local_repos, store, url)}
+
+    def model_factory() -> Model:
+        if not settings.model_configured:
+            raise RunFailure(
+                "model_not_configured",
+                "No model is configured: set ANTHROPIC_API_KEY, or ANTHROPIC_BASE_URL for an "
+                "Anthropic-compatible server.",
+            )
+        key = settings.anthropic_api_key.get_secret_value() if settings.anthropic_api_key else None
+        return AnthropicModel(
+            name=settings.model,
+            api_key=key,
+            base_url=settings.anthropic_base_url,
+            retries=settings.model_retries,
+            retry_delay=settings.model_retry_delay,
+            timeout=settings.model_timeout,
+        )
+
+    pipeline = Pipeline(
+        sandboxes=sandboxes,
+        hosts=hosts,
+        model_factory=model_factory,
+        settings=PipelineSettings(
+            identity=Identity(settings.github_username, settings.github_email),
+            limits=AgentLimits(
+                max_turns=settings.max_turns,
+                max_cost_usd=settings.max_cost_usd,
+                max_tokens=settings.max_tokens,
+                command_timeout=settings.command_timeout,
+                max_output_chars=settings.max_output_chars,
+            ),
+            tool_mode=settings.tool_mode,
+            test_command=settings.test_command,
+            max_bundle_bytes=settings.max_bundle_mb * 1024 * 1024,
+            max_diff_files=settings.max_diff_files,
+        ),
+        secrets=settings.secrets,
+    )
+    runner = Runner(
+        store,
+        hub,
+        pipeline,
+        redactor=redactor,
+        limits=RunnerLimits(
+            max_concurrent=settings.max_concurrent_runs,
+            max_duration=settings.max_sandbox_duration,
+            shutdown_grace=settings.shutdown_grace,
+        ),
+        public_url=url,
+        janitor=sandboxes,
+    )
+    return Services(settings, store, hub, runner, sandboxes, hosts, redactor, url)
+
+
+def create_app(settings: Settings) -> Starlette:
+    from backspace.http.routes import routes  # the web layer depends on this module, not back
+
+    services = build_services(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        usable, message = services.sandboxes.check()
+        if not usable:
+            log.error("the %s sandbox cannot be used: %s", services.sandboxes.name, message)
+        await services.runner.start()
+        log.info("backspace %s ready at %s", __version__, services.public_url)
+        try:
+            yield
+        finally:
+            await services.runner.shutdown()
+            services.store.close()
+
+    app = Starlette(
+        debug=False,
+        routes=routes(),
+        lifespan=lifespan,
+        exception_handlers={HTTPException: _json_http_error, Exception: _json_internal_error},
+    )
+    app.state.services = services
+    return app
+
+
+async def _json_http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    detail = {
+        404: f"no such endpoint: {request.url.path}",
+        405: f"{request.method} is not allowed on {request.url.path}",
+    }
+    return JSONResponse(
+        {"detail": detail.get(exc.status_code, exc.detail)},
+        status_code=exc.status_code,
+        headers=exc.headers,
+    )
+
+
+async def _json_internal_error(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return JSONResponse(
+        {"detail": "internal server error; the server log has the details"}, status_code=500
+    )

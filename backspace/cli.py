@@ -1,0 +1,236 @@
+"""`backspace serve | run | doctor`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from backspace import __version__
+from backspace.config import Settings, SettingsError, load_settings
+from backspace.logs import configure_logging
+from backspace.orchestrator.events import Event, EventType, RunStatus
+from backspace.orchestrator.githosts.base import RepoRefError
+from backspace.orchestrator.redact import Redactor
+from backspace.orchestrator.run import RunRequest
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="backspace", description="Turn a sentence into a pull request."
+    )
+    parser.add_argument("--version", action="version", version=f"backspace {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the HTTP service (API, SSE, Slack)")
+    serve.add_argument("--host", help="override HOST")
+    serve.add_argument("--port", type=int, help="override PORT")
+    run = commands.add_parser("run", help="run one request here and print the pull request URL")
+    run.add_argument(
+        "repo", help="repository: an absolute path or local:<name> below BACKSPACE_LOCAL_REPOS"
+    )
+    run.add_argument("prompt", help="what to change, in a sentence")
+    run.add_argument("--base", help="base branch (default: the repository's default branch)")
+    commands.add_parser("doctor", help="say what is configured and reachable")
+    args = parser.parse_args(argv)
+
+    overrides: dict[str, Any] = {}
+    if args.command == "serve":
+        if args.host:
+            overrides["HOST"] = args.host
+        if args.port is not None:
+            overrides["PORT"] = args.port
+    try:
+        settings = load_settings(**overrides)
+    except SettingsError as exc:
+        print(f"backspace: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.command == "serve":
+        return serve_command(settings)
+    if args.command == "run":
+        return asyncio.run(run_command(settings, args.repo, args.prompt, args.base))
+    return asyncio.run(doctor_command(settings))
+
+
+def serve_command(settings: Settings) -> int:
+    import uvicorn
+
+    from backspace.app import create_app
+
+    json_format = None if settings.log_format == "auto" else settings.log_format == "json"
+    configure_logging(Redactor(settings.secrets()), debug=settings.debug, json_format=json_format)
+    app = create_app(settings)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=settings.debug,
+        timeout_graceful_shutdown=5,
+    )
+    return 0
+
+
+async def run_command(settings: Settings, repo: str, prompt: str, base: str | None) -> int:
+    from backspace.app import build_services
+
+    console = Console(stderr=True)
+    configure_logging(Redactor(settings.secrets()), debug=settings.debug, json_format=False)
+    services = build_services(settings)
+    try:
+        try:
+            ref = services.parse_repo(repo)
+        except RepoRefError as exc:
+            console.print(f"[red]backspace: {exc}[/red]")
+            return EXIT_USAGE
+        request = RunRequest(repo_url=repo, repo=ref, prompt=prompt, base_branch=base, source="cli")
+        run = services.runner.submit(request)
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(
+            signal.SIGINT, lambda: asyncio.ensure_future(services.runner.cancel(run.id))
+        )
+        final = await _follow(console, services.hub.subscribe(run.id))
+    finally:
+        await services.runner.shutdown()
+        services.store.close()
+    status = final.data.get("status") if final else None
+    if final and final.data.get("pr_url"):
+        print(final.data["pr_url"])
+    return 0 if status in (RunStatus.SUCCEEDED, RunStatus.NO_CHANGES) else EXIT_FAILED
+
+
+async def _follow(console: Console, events: Any) -> Event | None:
+    """Show the run as it goes: a progress bar for the stage, a line per agent step."""
+    final: Event | None = None
+    cost = 0.0
+    with Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+        TimeElapsedColumn(), console=console, transient=False,
+    ) as progress:  # fmt: skip
+        bar = progress.add_task("queued", total=100)
+        async for event in events:
+            data = event.data
+            match event.type:
+                case EventType.PROGRESS:
+                    progress.update(
+                        bar,
+                        completed=data.get("percentage", 0),
+                        description=data.get("message", ""),
+                    )
+                case EventType.AI_MESSAGE:
+                    console.print(
+                        f"[cyan]agent[/cyan] {data.get('message', '').strip()}",
+                        highlight=False,
+                        markup=False,
+                    )
+                case EventType.TOOL_BASH:
+                    code = data.get("exit_code")
+                    console.print(
+                        f"[dim]$ {data.get('command', '')}[/dim]  [{'green' if code == 0 else 'red'}]exit {code}[/]",
+                        highlight=False,
+                    )
+                case EventType.TOOL_READ | EventType.TOOL_EDIT | EventType.TOOL_WRITE:
+                    verb = {
+                        EventType.TOOL_READ: "read",
+                        EventType.TOOL_EDIT: "edit",
+                        EventType.TOOL_WRITE: "write",
+                    }[EventType(event.type)]
+                    console.print(f"[dim]{verb} {data.get('filepath', '')}[/dim]", highlight=False)
+                case EventType.USAGE:
+                    cost = float(data.get("cost_usd", 0.0))
+                case EventType.PR_CREATED:
+                    console.print(
+                        f"[green]pull request[/green] {data.get('pr_url')} ({data.get('files_changed')} files, +{data.get('additions')} −{data.get('deletions')})"
+                    )
+                case EventType.ERROR:
+                    console.print(
+                        f"[red]error[/red] {data.get('code')}: {data.get('message')}",
+                        highlight=False,
+                    )
+                case EventType.COMPLETE:
+                    progress.update(bar, completed=100, description=str(data.get("status")))
+                    final = event
+    if final is not None:
+        seconds = final.data.get("duration_ms", 0) / 1000
+        console.print(
+            f"[bold]{final.data.get('status')}[/bold] in {seconds:.1f} s, ${cost:.4f}: {final.data.get('message', '')}",
+            highlight=False,
+        )
+    return final
+
+
+async def doctor_command(settings: Settings) -> int:
+    from backspace.app import build_services
+
+    services = build_services(settings)
+    console = Console()
+    table = Table(title=f"backspace {__version__}", show_lines=False)
+    table.add_column("part")
+    table.add_column("state")
+    table.add_column("detail")
+    problems = 0
+
+    def row(part: str, ok: bool | None, detail: str) -> None:
+        nonlocal problems
+        state = {True: "[green]ok[/green]", False: "[red]problem[/red]", None: "[dim]off[/dim]"}[ok]
+        problems += ok is False
+        table.add_row(part, state, detail)
+
+    model_ok, model_detail = await _probe_model(settings)
+    row("model", model_ok, model_detail)
+    sandbox_ok, sandbox_detail = services.sandboxes.check()
+    row(f"sandbox ({services.sandboxes.name})", sandbox_ok, sandbox_detail)
+    for name, host in services.hosts.items():
+        usable, detail = host.check()
+        row(f"git host ({name})", usable if usable else None, detail)
+    row("store", services.store.ping(), str(settings.db))
+    row(
+        "auth",
+        True if settings.require_auth else None,
+        "API key required" if settings.require_auth else "off: REQUIRE_AUTH=false",
+    )
+    services.store.close()
+    console.print(table)
+    return EXIT_FAILED if problems else 0
+
+
+async def _probe_model(settings: Settings) -> tuple[bool, str]:
+    if not settings.model_configured:
+        return False, "not configured: set ANTHROPIC_API_KEY (or ANTHROPIC_BASE_URL)"
+    import anthropic
+
+    key = (
+        settings.anthropic_api_key.get_secret_value()
+        if settings.anthropic_api_key
+        else "no-key-needed"
+    )
+    client = anthropic.AsyncAnthropic(
+        api_key=key, base_url=settings.anthropic_base_url, max_retries=0, timeout=10
+    )
+    where = settings.anthropic_base_url or "api.anthropic.com"
+    try:
+        await client.models.retrieve(settings.model)
+        return True, f"{settings.model} at {where}"
+    except anthropic.AuthenticationError:
+        return False, f"{where} rejected the key: check ANTHROPIC_API_KEY"
+    except anthropic.NotFoundError:
+        return True, f"{where} answers (it does not list {settings.model}; check BACKSPACE_MODEL)"
+    except anthropic.APIStatusError as exc:
+        return True, f"{where} answers ({exc.status_code})"
+    except anthropic.APIConnectionError:
+        return False, f"cannot reach {where}: check ANTHROPIC_BASE_URL and the network"
+    finally:
+        await client.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""Every setting backspace reads, from the environment (and `.env`), read once at start-up.
+
+Outside services are reached through base URLs so that tests can point them at loopback fakes.
+An invalid value stops start-up with a message naming the variable and what it accepts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SettingsError(Exception):
+    """A setting is missing or invalid; the message names the variable and the fix."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        populate_by_name=True,
+    )
+
+    # --- the model -------------------------------------------------------------------------
+    anthropic_api_key: SecretStr | None = Field(None, alias="ANTHROPIC_API_KEY")
+    anthropic_base_url: str | None = Field(None, alias="ANTHROPIC_BASE_URL")
+    model: str = Field("claude-sonnet-4-6", alias="BACKSPACE_MODEL", min_length=1)
+    tool_mode: Literal["builtin", "schema"] = Field("builtin", alias="BACKSPACE_TOOL_MODE")
+    max_turns: int = Field(60, alias="BACKSPACE_MAX_TURNS", ge=1, le=1000)
+    max_cost_usd: float = Field(5.0, alias="BACKSPACE_MAX_COST_USD", gt=0)
+    max_tokens: int = Field(16000, alias="BACKSPACE_MAX_TOKENS", ge=256, le=128000)
+    model_retries: int = Field(4, alias="BACKSPACE_MODEL_RETRIES", ge=0, le=20)
+    model_retry_delay: float = Field(1.0, alias="BACKSPACE_MODEL_RETRY_DELAY", ge=0, le=120)
+    model_timeout: float = Field(300.0, alias="BACKSPACE_MODEL_TIMEOUT", gt=0)
+
+    # --- GitHub (issue 3) ----------------------------------------------------------------------
+    github_token: SecretStr | None = Field(None, alias="GITHUB_TOKEN")
+    github_api_url: str = Field("https://api.github.com", alias="GITHUB_API_URL")
+    github_username: str = Field("backspace-bot", alias="GITHUB_USERNAME", min_length=1)
+    github_email: str = Field(
+        "backspace-bot@users.noreply.github.com",
+        alias="GITHUB_EMAIL",
+        pattern=r"^[^\s<>]+@[^\s<>]+$",
+    )
+
+    # --- Slack (issue 5) -----------------------------------------------------------------------
+    slack_bot_token: SecretStr | None = Field(None, alias="SLACK_BOT_TOKEN")
+    slack_signing_secret: SecretStr | None = Field(None, alias="SLACK_SIGNING_SECRET")
+    slack_app_token: SecretStr | None = Field(None, alias="SLACK_APP_TOKEN")
+    slack_api_url: str = Field("https://slack.com/api/", alias="SLACK_API_URL")
+
+    # --- Daytona (issue 4) ---------------------------------------------------------------------
+    daytona_api_key: SecretStr | None = Field(None, alias="DAYTONA_API_KEY")
+    daytona_api_url: str = Field("https://app.daytona.io/api", alias="DAYTONA_API_URL")
+    daytona_target: str | None = Field(None, alias="DAYTONA_TARGET")
+    daytona_snapshot: str | None = Field(None, alias="DAYTONA_SNAPSHOT")
+
+    # --- sandboxes -----------------------------------------------------------------------------
+    sandbox: Literal["local", "daytona"] | None = Field(None, alias="BACKSPACE_SANDBOX")
+    sandbox_root: Path | None = Field(None, alias="BACKSPACE_SANDBOX_ROOT")
+    allow_unsandboxed: bool = Field(False, alias="BACKSPACE_ALLOW_UNSANDBOXED")
+    sandbox_memory_mb: int = Field(4096, alias="BACKSPACE_SANDBOX_MEMORY_MB", ge=64)
+    sandbox_max_processes: int = Field(512, alias="BACKSPACE_SANDBOX_MAX_PROCESSES", ge=8)
+    sandbox_max_file_mb: int = Field(512, alias="BACKSPACE_SANDBOX_MAX_FILE_MB", ge=1)
+    command_timeout: float = Field(120.0, alias="BACKSPACE_COMMAND_TIMEOUT", gt=0)
+    max_output_chars: int = Field(16000, alias="BACKSPACE_MAX_OUTPUT_CHARS", ge=1000)
+    test_command: str | None = Field(None, alias="BACKSPACE_TEST_COMMAND")
+
+    # --- git hosts and publishing --------------------------------------------------------------
+    local_repos: Path | None = Field(None, alias="BACKSPACE_LOCAL_REPOS")
+    max_diff_files: int = Field(200, alias="BACKSPACE_MAX_DIFF_FILES", ge=1)
+    max_bundle_mb: int = Field(50, alias="BACKSPACE_MAX_BUNDLE_MB", ge=1)
+
+    # --- service -------------------------------------------------------------------------------
+    db: Path = Field(Path("backspace.db"), alias="BACKSPACE_DB")
+    public_url: str | None = Field(None, alias="BACKSPACE_PUBLIC_URL")
+    require_auth: bool = Field(False, alias="REQUIRE_AUTH")
+    api_key: SecretStr | None = Field(None, alias="API_KEY")
+    max_sandbox_duration: float = Field(600.0, alias="MAX_SANDBOX_DURATION", gt=0)
+    max_concurrent_runs: int = Field(4, alias="MAX_CONCURRENT_RUNS", ge=1, le=10000)
+    shutdown_grace: float = Field(20.0, alias="BACKSPACE_SHUTDOWN_GRACE", ge=0)
+    max_prompt_chars: int = Field(20000, alias="BACKSPACE_MAX_PROMPT_CHARS", ge=1)
+    max_body_bytes: int = Field(65536, alias="BACKSPACE_MAX_BODY_BYTES", ge=1024)
+    debug: bool = Field(False, alias="DEBUG")
+    log_format: Literal["auto", "json", "text"] = Field("auto", alias="BACKSPACE_LOG_FORMAT")
+    host: str = Field("127.0.0.1", alias="HOST", min_length=1)
+    port: int = Field(8000, alias="PORT", ge=0, le=65535)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.require_auth and not (self.api_key and self.api_key.get_secret_value()):
+            raise ValueError("REQUIRE_AUTH=true needs API_KEY: set API_KEY to a long random value")
+        return self
+
+    # --- derived values ------------------------------------------------------------------------
+    @property
+    def sandbox_backend(self) -> Literal["local", "daytona"]:
+        """BACKSPACE_SANDBOX, else daytona when DAYTONA_API_KEY is set, else local."""
+        if self.sandbox:
+            return self.sandbox
+        return "daytona" if self.daytona_api_key else "local"
+
+    @property
+    def model_configured(self) -> bool:
+        return bool(self.anthropic_api_key or self.anthropic_base_url)
+
+    def secrets(self) -> list[str]:
+        """Every secret value this server knows, for redaction."""
+        values = [
+            self.anthropic_api_key,
+            self.github_token,
+            self.slack_bot_token,
+            self.slack_signing_secret,
+            self.slack_app_token,
+            self.daytona_api_key,
+            self.api_key,
+        ]
+        return [v.get_secret_value() for v in values if v and v.get_secret_value()]
+
+
+def _describe(error: dict[str, object]) -> str:
+    loc = error.get("loc") or ()
+    name = str(loc[0]) if isinstance(loc, tuple) and loc else "settings"
+    field = Settings.model_fields.get(name)
+    variable = (field.alias if field and field.alias else name).upper()
+    message = str(error.get("msg", "invalid value"))
+    if name == "settings" or not loc:
+        return message.removeprefix("Value error, ")
+    return f"{variable}: {message}"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings once; raise SettingsError naming each bad variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = [_describe(dict(e)) for e in exc.errors()]
+        raise SettingsError("invalid settings:\n  " + "\n  ".join(lines)) from None

@@ -1,0 +1,1 @@
+"""The HTTP front end: JSON and Server-Sent Events over Starlette."""

@@ -1,0 +1,197 @@
+"""The HTTP API: /health, /api/code, /api/runs..., /prs/{id}."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from backspace.app import Services
+from backspace.http.auth import require_api_key
+from backspace.http.errors import HTTPProblem, problem_response
+from backspace.http.pages import pull_request_page
+from backspace.http.schemas import CodeRequest, read_json, validate
+from backspace.http.sse import event_stream
+from backspace.orchestrator.githosts.base import RepoRefError
+from backspace.orchestrator.run import RunRequest
+from backspace.orchestrator.runner import NotAccepting
+from backspace.orchestrator.store import Run
+
+MAX_LIST = 200
+
+
+def _services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+def _authenticate(request: Request) -> Services:
+    services = _services(request)
+    settings = services.settings
+    if settings.require_auth:
+        key = settings.api_key.get_secret_value() if settings.api_key else None
+        require_api_key(request, key)
+    return services
+
+
+def handles_problems(handler: Any) -> Any:
+    async def wrapper(request: Request) -> Response:
+        try:
+            response: Response = await handler(request)
+            return response
+        except HTTPProblem as problem:
+            return problem_response(problem)
+
+    wrapper.__name__ = handler.__name__
+    wrapper.__doc__ = handler.__doc__
+    return wrapper
+
+
+def _run_json(services: Services, run: Run) -> dict[str, Any]:
+    base = f"{services.public_url}/api/runs/{run.id}"
+    return {
+        **run.to_json(),
+        "url": base,
+        "events_url": f"{base}/events",
+        "cancel_url": f"{base}/cancel",
+    }
+
+
+def _get_run(services: Services, run_id: str) -> Run:
+    run = services.store.get_run(run_id)
+    if run is None:
+        raise HTTPProblem(404, f"no run with id {run_id!r}")
+    return run
+
+
+@handles_problems
+async def health(request: Request) -> Response:
+    return JSONResponse(_services(request).health())
+
+
+@handles_problems
+async def create_run(request: Request) -> Response:
+    """Start a run; stream its events, or answer 202 with the run when JSON is asked for."""
+    services = _authenticate(request)
+    settings = services.settings
+    body = validate(CodeRequest, await read_json(request, settings.max_body_bytes))
+    if len(body.prompt) > settings.max_prompt_chars:
+        raise HTTPProblem(
+            422,
+            f"invalid request: prompt: is {len(body.prompt)} characters, more than the limit of "
+            f"{settings.max_prompt_chars} (BACKSPACE_MAX_PROMPT_CHARS)",
+            errors=[
+                {"field": "prompt", "message": f"at most {settings.max_prompt_chars} characters"}
+            ],
+        )
+    try:
+        ref = services.parse_repo(body.repo_url)
+    except RepoRefError as exc:
+        raise HTTPProblem(
+            422,
+            f"invalid request: repo_url: {exc}",
+            errors=[{"field": "repo_url", "message": str(exc)}],
+        ) from None
+    if not settings.model_configured:
+        raise HTTPProblem(
+            503, "no model is configured: set ANTHROPIC_API_KEY (or ANTHROPIC_BASE_URL) and restart"
+        )
+    usable, message = services.sandboxes.check()
+    if not usable:
+        raise HTTPProblem(503, f"the {services.sandboxes.name} sandbox cannot be used: {message}")
+    try:
+        run = services.runner.submit(
+            RunRequest(
+                repo_url=body.repo_url,
+                repo=ref,
+                prompt=body.prompt,
+                base_branch=body.base_branch,
+                source="api",
+            )
+        )
+    except NotAccepting as exc:
+        raise HTTPProblem(503, str(exc), headers={"Retry-After": "5"}) from None
+    if _wants_json(request):
+        return JSONResponse(
+            _run_json(services, run), status_code=202, headers={"Location": f"/api/runs/{run.id}"}
+        )
+    return event_stream(services.hub, run.id, 0)
+
+
+def _wants_json(request: Request) -> bool:
+    accept = request.headers.get("accept", "")
+    return "application/json" in accept and "text/event-stream" not in accept
+
+
+@handles_problems
+async def list_runs(request: Request) -> Response:
+    services = _authenticate(request)
+    raw = request.query_params.get("limit", "50")
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIST:
+        raise HTTPProblem(422, f"invalid request: limit: a whole number from 1 to {MAX_LIST}")
+    runs = services.store.list_runs(int(raw), before=request.query_params.get("before"))
+    return JSONResponse({"runs": [_run_json(services, run) for run in runs]})
+
+
+@handles_problems
+async def get_run(request: Request) -> Response:
+    services = _authenticate(request)
+    return JSONResponse(_run_json(services, _get_run(services, request.path_params["run_id"])))
+
+
+@handles_problems
+async def run_events(request: Request) -> Response:
+    """Stream a run's events after `Last-Event-ID` (or `?after=N`): the past, then live ones."""
+    services = _authenticate(request)
+    run = _get_run(services, request.path_params["run_id"])
+    raw = request.headers.get("last-event-id") or request.query_params.get("after") or "0"
+    if not raw.strip().isdigit():
+        raise HTTPProblem(
+            422, "invalid request: Last-Event-ID / after: a whole number (the last seq seen)"
+        )
+    return event_stream(services.hub, run.id, int(raw.strip()))
+
+
+@handles_problems
+async def cancel_run(request: Request) -> Response:
+    services = _authenticate(request)
+    run = _get_run(services, request.path_params["run_id"])
+    if not await services.runner.cancel(run.id):
+        raise HTTPProblem(409, f"the run already ended with status {run.status}; nothing to cancel")
+    return JSONResponse({"id": run.id, "status": "cancelling"}, status_code=202)
+
+
+def _pull_request(request: Request) -> tuple[Services, Any]:
+    services = _authenticate(request)
+    raw = request.path_params["pr_id"]
+    record = services.store.get_pull_request(int(raw)) if raw.isdigit() else None
+    if record is None:
+        raise HTTPProblem(404, f"no pull request with id {raw!r}")
+    return services, record
+
+
+@handles_problems
+async def pull_request_json(request: Request) -> Response:
+    _, record = _pull_request(request)
+    return JSONResponse(record.__dict__)
+
+
+@handles_problems
+async def pull_request_html(request: Request) -> Response:
+    _, record = _pull_request(request)
+    return HTMLResponse(pull_request_page(record))
+
+
+def routes() -> list[BaseRoute]:
+    return [
+        Route("/health", health, methods=["GET"]),
+        Route("/api/code", create_run, methods=["POST"]),
+        Route("/api/runs", list_runs, methods=["GET"]),
+        Route("/api/runs/{run_id}", get_run, methods=["GET"]),
+        Route("/api/runs/{run_id}/events", run_events, methods=["GET"]),
+        Route("/api/runs/{run_id}/cancel", cancel_run, methods=["POST"]),
+        Route("/api/prs/{pr_id}", pull_request_json, methods=["GET"]),
+        Route("/prs/{pr_id}", pull_request_html, methods=["GET"]),
+    ]

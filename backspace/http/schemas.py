@@ -1,0 +1,74 @@
+"""Request bodies, validated with pydantic; errors name the field and the reason."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from starlette.requests import Request
+
+from backspace.http.errors import HTTPProblem
+
+
+class CodeRequest(BaseModel):
+    """POST /api/code. `repoUrl` is accepted too, as the original Tiny Backspace clients send it."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    repo_url: str = Field(
+        validation_alias=AliasChoices("repo_url", "repoUrl"), min_length=1, max_length=2000
+    )
+    prompt: str = Field(min_length=1)
+    base_branch: str | None = Field(None, min_length=1, max_length=250)
+
+    @field_validator("repo_url", "base_branch")
+    @classmethod
+    def _no_control_characters(cls, value: str | None) -> str | None:
+        if value is not None and any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise ValueError("must not contain control characters")
+        return value
+
+    @field_validator("base_branch")
+    @classmethod
+    def _not_option(cls, value: str | None) -> str | None:
+        if value is not None and value.startswith("-"):
+            raise ValueError("must not start with '-'")
+        return value
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    """The request body as JSON: 413 past `limit` bytes, 400 when it is not JSON."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise HTTPProblem(413, f"the request body is larger than {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPProblem(413, f"the request body is larger than {limit} bytes")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw.strip():
+        raise HTTPProblem(
+            400, 'the request body is empty: send JSON like {"repo_url": ..., "prompt": ...}'
+        )
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise HTTPProblem(400, f"the request body is not valid JSON: {exc}") from None
+
+
+def validate(model: type[CodeRequest], data: Any) -> CodeRequest:
+    if not isinstance(data, dict):
+        raise HTTPProblem(422, "the request body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        errors = [
+            {"field": ".".join(str(p) for p in e["loc"]) or "body", "message": e["msg"]}
+            for e in exc.errors(include_url=False, include_input=False)
+        ]
+        summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+        raise HTTPProblem(422, f"invalid request: {summary}", errors=errors) from None

@@ -1,0 +1,102 @@
+"""Event types and their wire form.
+
+Type names are those of the original Tiny Backspace clients (`Tool: Bash`, `AI Message`, ...), so
+old clients keep working. On the wire every event is one JSON object with `type`, `run_id`,
+`request_id` (= run_id, for those clients), `seq` and `timestamp`, plus the fields of its type.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+
+class EventType(StrEnum):
+    START = "start"
+    PROGRESS = "progress"
+    AI_MESSAGE = "AI Message"
+    TOOL_BASH = "Tool: Bash"
+    TOOL_READ = "Tool: Read"
+    TOOL_EDIT = "Tool: Edit"
+    TOOL_WRITE = "Tool: Write"
+    USAGE = "usage"
+    PR_CREATED = "pr_created"
+    ERROR = "error"
+    COMPLETE = "complete"
+
+
+class RunStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    NO_CHANGES = "no_changes"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    TIMED_OUT = "timed_out"
+
+    @property
+    def finished(self) -> bool:
+        return self not in (RunStatus.QUEUED, RunStatus.RUNNING)
+
+
+class Stage(StrEnum):
+    """Stages inside `running`; `percentage` is the progress they start at."""
+
+    QUEUED = "queued"
+    SANDBOX = "sandbox"
+    CLONING = "cloning"
+    AGENT = "agent"
+    VALIDATING = "validating"
+    PUSHING = "pushing"
+    PR = "pr"
+    COMPLETE = "complete"
+
+    @property
+    def percentage(self) -> int:
+        return _PERCENT[self]
+
+
+_PERCENT = {
+    Stage.QUEUED: 0,
+    Stage.SANDBOX: 10,
+    Stage.CLONING: 20,
+    Stage.AGENT: 30,
+    Stage.VALIDATING: 85,
+    Stage.PUSHING: 90,
+    Stage.PR: 95,
+    Stage.COMPLETE: 100,
+}
+AGENT_PERCENT_END = 80
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    run_id: str
+    seq: int
+    type: str
+    timestamp: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "type": self.type,
+            "run_id": self.run_id,
+            "request_id": self.run_id,
+            "seq": self.seq,
+            "timestamp": self.timestamp,
+            **self.data,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_wire(), ensure_ascii=False, separators=(",", ":"))
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.type == EventType.COMPLETE

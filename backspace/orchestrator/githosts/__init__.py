@@ -1,0 +1,21 @@
+"""Where repositories come from and where branches and pull requests go: the `GitHost` protocol."""
+
+from backspace.orchestrator.githosts.base import (
+    GitHost,
+    GitHostError,
+    PullRequest,
+    PullRequestDraft,
+    RepoRef,
+    RepoRefError,
+    ResolvedRepo,
+)
+
+__all__ = [
+    "GitHost",
+    "GitHostError",
+    "PullRequest",
+    "PullRequestDraft",
+    "RepoRef",
+    "RepoRefError",
+    "ResolvedRepo",
+]

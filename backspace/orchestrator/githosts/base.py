@@ -1,0 +1,110 @@
+"""The `GitHost` protocol: resolve a reference, hand out the base, push a branch, open a PR.
+
+The host is the only place a git credential exists. The sandbox receives the base as a git
+bundle and gives back a bundle; everything that talks to a remote runs here, on the host.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+
+class RepoRefError(ValueError):
+    """The repository reference is not acceptable; the message says why (a 422 for the API)."""
+
+
+class GitHostError(Exception):
+    """A git host operation failed; `code` and `message` are what a person can act on."""
+
+    def __init__(self, code: str, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.retryable = retryable
+
+
+@dataclass(frozen=True)
+class RepoRef:
+    host: str  # the GitHost.name that accepted it
+    name: str  # how people see it: "widgets", "acme/widgets"
+    location: str  # where the host finds it: a path, an API name
+    branch: str | None = None  # a base branch named in the reference
+
+
+@dataclass
+class ResolvedRepo:
+    ref: RepoRef
+    base_branch: str
+    base_sha: str
+    can_push: bool = True
+    private: bool = False
+    web_url: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class FileChange:
+    path: str
+    status: str  # A, M, D, R...
+    additions: int
+    deletions: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "status": self.status,
+            "additions": self.additions,
+            "deletions": self.deletions,
+        }
+
+
+@dataclass
+class PullRequestDraft:
+    run_id: str
+    title: str
+    body: str
+    branch: str
+    head_sha: str
+    files: list[FileChange]
+    additions: int
+    deletions: int
+    diff: str
+    draft: bool = True
+
+
+@dataclass
+class PullRequest:
+    url: str
+    number: int
+    draft: bool = False
+
+
+class GitHost(Protocol):
+    name: str
+
+    def parse(self, reference: str) -> RepoRef | None:
+        """A RepoRef when the reference is this host's; None when it is not; RepoRefError when
+        it is this host's but not acceptable."""
+        ...
+
+    def check(self) -> tuple[bool, str]:
+        """(usable, a sentence for /health and `backspace doctor`)."""
+        ...
+
+    async def resolve(self, ref: RepoRef, base_branch: str | None = None) -> ResolvedRepo: ...
+
+    async def bundle_base(self, repo: ResolvedRepo, dest: Path) -> Path:
+        """Write a git bundle whose tip is the base commit, for the sandbox to clone from."""
+        ...
+
+    async def prepare(self, repo: ResolvedRepo, dest: Path) -> Path:
+        """A host-owned bare repository that has the base commit, to import the result into."""
+        ...
+
+    async def push(self, repo: ResolvedRepo, git_dir: Path, sha: str, branch: str) -> None: ...
+
+    async def open_pull_request(
+        self, repo: ResolvedRepo, draft: PullRequestDraft
+    ) -> PullRequest: ...

@@ -1,0 +1,288 @@
+"""One run, stage by stage: sandbox, cloning, agent, validating, pushing, pr.
+
+Each stage emits `progress`. A stage that cannot go on raises RunFailure; the runner turns it
+into the run's one `error` and its `complete`. The sandbox is deleted in a shielded `finally`,
+whatever happens, cancellation included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shlex
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from backspace.orchestrator.agent import Agent, AgentLimits, AgentResult, Model, ModelError, prompts
+from backspace.orchestrator.events import EventType, RunStatus, Stage
+from backspace.orchestrator.githosts.base import (
+    GitHost,
+    GitHostError,
+    PullRequestDraft,
+    RepoRefError,
+    ResolvedRepo,
+)
+from backspace.orchestrator.githosts.gitcmd import GitError
+from backspace.orchestrator.publish import (
+    OUT_BUNDLE,
+    Change,
+    Identity,
+    commit_in_sandbox,
+    find_secrets,
+    import_change,
+)
+from backspace.orchestrator.pull_request import branch_name, render_body, title_for
+from backspace.orchestrator.run import Outcome, RunContext, RunFailure
+from backspace.orchestrator.sandboxes.base import Sandbox, SandboxError, SandboxProvider
+
+log = logging.getLogger(__name__)
+
+BASE_BUNDLE = "/tmp/backspace-base.bundle"  # noqa: S108 - a path inside the sandbox
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    identity: Identity
+    limits: AgentLimits
+    tool_mode: str = "builtin"
+    test_command: str | None = None
+    max_bundle_bytes: int = 50 * 1024 * 1024
+    max_diff_files: int = 200
+    draft: bool = True
+
+
+class Pipeline:
+    def __init__(
+        self,
+        *,
+        sandboxes: SandboxProvider,
+        hosts: Mapping[str, GitHost],
+        model_factory: Callable[[], Model],
+        settings: PipelineSettings,
+        secrets: Callable[[], list[str]],
+    ) -> None:
+        self.sandboxes = sandboxes
+        self.hosts = hosts
+        self.model_factory = model_factory
+        self.settings = settings
+        self.secrets = secrets
+
+    async def run(self, ctx: RunContext) -> Outcome:
+        host = self.hosts[ctx.request.repo.host]
+        ctx.progress(Stage.SANDBOX, "Creating the sandbox")
+        try:
+            sandbox = await self.sandboxes.create(ctx.run_id)
+        except SandboxError as exc:
+            raise RunFailure(
+                exc.code, f"the sandbox could not be created: {exc}", retryable=True
+            ) from exc
+        try:
+            with tempfile.TemporaryDirectory(prefix="backspace-run-") as scratch:
+                return await self._stages(ctx, host, sandbox, Path(scratch))
+        except (GitHostError, RepoRefError, SandboxError, GitError) as exc:
+            raise _failure(exc) from exc
+        finally:
+            await asyncio.shield(sandbox.close())
+
+    async def _stages(
+        self, ctx: RunContext, host: GitHost, sandbox: Sandbox, scratch: Path
+    ) -> Outcome:
+        request = ctx.request
+        ctx.progress(Stage.CLONING, f"Getting {request.repo.name} into the sandbox")
+        repo = await host.resolve(request.repo, request.base_branch)
+        ctx.emit(
+            EventType.PROGRESS,
+            {
+                "stage": str(Stage.CLONING),
+                "message": f"Base: {repo.base_branch} at {repo.base_sha[:12]}",
+                "percentage": Stage.CLONING.percentage,
+            },
+        )
+        await self._clone(host, repo, sandbox, scratch)
+
+        ctx.progress(Stage.AGENT, "The agent is working")
+        result = await self._agent(ctx, sandbox, repo)
+
+        ctx.progress(Stage.VALIDATING, "Checking the change")
+        tests = await self._run_tests(ctx, sandbox)
+        title = title_for(result.title, request.prompt)
+        change = await self._take_change(sandbox, host, repo, scratch, title)
+        if change is None:
+            if result.outcome in ("turn_limit", "cost_limit"):
+                raise RunFailure(
+                    result.outcome,
+                    f"The agent stopped: {result.message}, before it changed anything.",
+                )
+            return Outcome(RunStatus.NO_CHANGES, "The agent made no changes to the repository.")
+        leaked = find_secrets(change.diff, self.secrets())
+        if leaked:
+            raise RunFailure(
+                "secret_in_diff",
+                "The change was not published: it contains " + "; ".join(sorted(set(leaked))) + ".",
+            )
+
+        branch = branch_name(request.prompt, ctx.run_id)
+        ctx.progress(Stage.PUSHING, f"Pushing branch {branch}")
+        await host.push(repo, scratch / "host.git", change.head_sha, branch)
+
+        ctx.progress(Stage.PR, "Opening the pull request")
+        draft = PullRequestDraft(
+            run_id=ctx.run_id,
+            title=title,
+            body=render_body(
+                request=request,
+                result=result,
+                change=change,
+                tests=tests,
+                run_url=ctx.run_url,
+                run_id=ctx.run_id,
+            ),
+            branch=branch,
+            head_sha=change.head_sha,
+            files=change.files,
+            additions=change.additions,
+            deletions=change.deletions,
+            diff=change.diff,
+            draft=self.settings.draft or result.outcome != "finished",
+        )
+        pr = await host.open_pull_request(repo, draft)
+        ctx.emit(
+            EventType.PR_CREATED,
+            {
+                "pr_url": pr.url,
+                "branch": branch,
+                "title": title,
+                "files_changed": len(change.files),
+                "additions": change.additions,
+                "deletions": change.deletions,
+                "draft": pr.draft,
+            },
+        )
+        return Outcome(RunStatus.SUCCEEDED, f"Opened {pr.url}", pr_url=pr.url)
+
+    async def _clone(
+        self, host: GitHost, repo: ResolvedRepo, sandbox: Sandbox, scratch: Path
+    ) -> None:
+        bundle = await host.bundle_base(repo, scratch)
+        await sandbox.write_file(BASE_BUNDLE, bundle.read_bytes())
+        q = shlex.quote
+        result = await sandbox.exec(
+            f"git clone --quiet --branch {q(repo.base_branch)} -- {BASE_BUNDLE} . "
+            f"&& git remote remove origin && rm -f {BASE_BUNDLE} "
+            f'&& test "$(git rev-parse HEAD)" = {q(repo.base_sha)}',
+            timeout=600,
+            max_output=4000,
+        )
+        if result.exit_code != 0:
+            raise RunFailure(
+                "clone_failed",
+                f"the repository could not be checked out in the sandbox: {result.output[-300:]}",
+                retryable=True,
+            )
+
+    async def _agent(self, ctx: RunContext, sandbox: Sandbox, repo: ResolvedRepo) -> AgentResult:
+        limits = AgentLimits(**{**self.settings.limits.__dict__, "deadline": ctx.deadline})
+        model = self.model_factory()
+        agent = Agent(model, sandbox, ctx.emit, limits, tool_mode=self.settings.tool_mode)  # type: ignore[arg-type]
+        context, tree = await _repository_context(sandbox)
+        first = prompts.first_message(
+            ctx.request.prompt,
+            repo=repo.ref.name,
+            base_branch=repo.base_branch,
+            context=context,
+            tree=tree,
+        )
+        try:
+            result = await agent.run(first)
+        except ModelError as exc:
+            raise RunFailure(
+                exc.code, f"The model failed: {exc.message}", retryable=exc.retryable
+            ) from exc
+        finally:
+            close = getattr(model, "close", None)
+            if close is not None:
+                await close()
+        if result.outcome == "refusal":
+            raise RunFailure("model_refusal", result.message)
+        if result.outcome in ("turn_limit", "cost_limit"):
+            ctx.emit(
+                EventType.PROGRESS,
+                {
+                    "stage": str(Stage.AGENT),
+                    "message": f"Limit reached: {result.message}",
+                    "percentage": 80,
+                },
+            )
+        return result
+
+    async def _run_tests(self, ctx: RunContext, sandbox: Sandbox) -> str | None:
+        command = self.settings.test_command
+        if not command:
+            return None
+        ctx.emit(
+            EventType.PROGRESS,
+            {
+                "stage": str(Stage.VALIDATING),
+                "message": f"Running {command}",
+                "percentage": Stage.VALIDATING.percentage,
+            },
+        )
+        result = await sandbox.exec(
+            command,
+            timeout=self.settings.limits.command_timeout * 5,
+            max_output=self.settings.limits.max_output_chars,
+        )
+        ctx.emit(
+            EventType.TOOL_BASH,
+            {
+                "command": command,
+                "output": result.output[-8000:],
+                "exit_code": result.exit_code,
+                "duration_ms": result.duration_ms,
+            },
+        )
+        verdict = "passed" if result.exit_code == 0 else f"failed (exit {result.exit_code})"
+        return f"`{command}` {verdict}"
+
+    async def _take_change(
+        self, sandbox: Sandbox, host: GitHost, repo: ResolvedRepo, scratch: Path, title: str
+    ) -> Change | None:
+        identity = self.settings.identity
+        if not await commit_in_sandbox(sandbox, repo.base_sha, identity, title):
+            return None
+        data = await sandbox.read_file(OUT_BUNDLE, max_bytes=self.settings.max_bundle_bytes)
+        bundle = scratch / "out.bundle"
+        bundle.write_bytes(data)
+        git_dir = await host.prepare(repo, scratch)
+        return await import_change(
+            git_dir, bundle, repo.base_sha, identity, title, max_files=self.settings.max_diff_files
+        )
+
+
+async def _repository_context(sandbox: Sandbox) -> tuple[dict[str, str], str]:
+    """AGENTS.md, CLAUDE.md and the README head, plus the tracked file list, for the first message."""
+    context: dict[str, str] = {}
+    for name in (*prompts.CONTEXT_FILES, *prompts.README_NAMES):
+        if name.startswith("README") and any(k.startswith("README") for k in context):
+            continue
+        try:
+            data = await sandbox.read_file(f"{sandbox.workdir}/{name}", max_bytes=200_000)
+        except (FileNotFoundError, IsADirectoryError, SandboxError):
+            continue
+        context[name] = data.decode("utf-8", errors="replace")
+    listing = await sandbox.exec(
+        "git ls-files | head -n 300", timeout=30, max_output=prompts.TREE_LIMIT + 500
+    )
+    return context, listing.output.strip() if listing.exit_code == 0 else ""
+
+
+def _failure(exc: Exception) -> RunFailure:
+    if isinstance(exc, GitHostError):
+        return RunFailure(exc.code, exc.message, retryable=exc.retryable)
+    if isinstance(exc, RepoRefError):
+        return RunFailure("bad_repository", str(exc))
+    if isinstance(exc, SandboxError):
+        return RunFailure(exc.code, f"the sandbox failed: {exc}", retryable=True)
+    return RunFailure("git_failed", str(exc))

@@ -1,0 +1,180 @@
+"""Taking the agent's work out of the sandbox and making it safe to push.
+
+Inside the sandbox the orchestrator commits everything and writes `git bundle base..HEAD`.
+On the host that bundle is untrusted input: it is imported into a host-owned bare repository
+(plumbing only, no checkout, no hooks), checked to descend from the base, re-committed as one
+commit with backspace's identity (agent-made commits and their metadata are discarded), and its
+diff checked against policy before anything is pushed.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+from backspace.orchestrator.githosts.base import FileChange, GitHostError
+from backspace.orchestrator.githosts.gitcmd import GitError, git
+from backspace.orchestrator.sandboxes.base import Sandbox
+
+OUT_BUNDLE = "/tmp/backspace-out.bundle"  # noqa: S108 - a path inside the sandbox
+JUNK = re.compile(
+    r"(^|/)(node_modules|__pycache__|\.pytest_cache|\.mypy_cache|\.venv|\.tox|\.DS_Store)(/|$)"
+    r"|\.py[co]$|(^|/)\.env(\..*)?$"
+)
+SECRET_PATTERNS = re.compile(
+    r"(sk-ant-[A-Za-z0-9_-]{20,}|ghp_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{40,}"
+    r"|xox[bap]-[A-Za-z0-9-]{20,}|AKIA[0-9A-Z]{16}|-----BEGIN [A-Z ]*PRIVATE KEY-----)"
+)
+DIFF_TEXT_LIMIT = 2_000_000
+
+
+@dataclass(frozen=True)
+class Identity:
+    name: str
+    email: str
+
+
+@dataclass
+class Change:
+    """The agent's change, re-committed on the host and ready to push."""
+
+    head_sha: str
+    files: list[FileChange]
+    additions: int
+    deletions: int
+    diff: str
+
+
+class PolicyError(GitHostError):
+    pass
+
+
+async def commit_in_sandbox(
+    sandbox: Sandbox, base_sha: str, identity: Identity, message: str
+) -> bool:
+    """Stage and commit everything; write the bundle. False when nothing changed."""
+    q = shlex.quote
+    script = f"""
+set -e
+git add -A
+if git diff --cached --quiet && [ "$(git rev-parse HEAD)" = {q(base_sha)} ]; then
+  echo BACKSPACE_NO_CHANGES; exit 0
+fi
+git -c user.name={q(identity.name)} -c user.email={q(identity.email)} -c core.hooksPath=/dev/null \\
+  -c commit.gpgsign=false commit --quiet --no-verify --allow-empty -m {q(message)}
+git bundle create --quiet {OUT_BUNDLE} {q(base_sha)}..HEAD
+"""
+    result = await sandbox.exec(script, timeout=300, max_output=4000)
+    if result.exit_code != 0:
+        raise GitHostError(
+            "commit_failed", f"committing the change in the sandbox failed: {result.output[-400:]}"
+        )
+    return "BACKSPACE_NO_CHANGES" not in result.output
+
+
+async def import_change(
+    git_dir: Path,
+    bundle: Path,
+    base_sha: str,
+    identity: Identity,
+    message: str,
+    *,
+    max_files: int,
+) -> Change | None:
+    """Verify and re-commit the bundle's tip on top of base; None when its tree equals base's."""
+    try:
+        await git("bundle", "verify", "--quiet", str(bundle), git_dir=git_dir)
+        heads = await git("bundle", "unbundle", str(bundle), git_dir=git_dir)
+    except GitError as exc:
+        raise PolicyError(
+            "bad_bundle", f"the sandbox's change could not be imported: {exc.stderr.strip()[:300]}"
+        ) from exc
+    tips = [line.split()[0] for line in heads.splitlines() if line.strip()]
+    if not tips or not re.fullmatch(r"[0-9a-f]{40,64}", tips[0]):
+        raise PolicyError("bad_bundle", "the sandbox's bundle named no commit")
+    tip = tips[0]
+    try:
+        await git("merge-base", "--is-ancestor", base_sha, tip, git_dir=git_dir)
+    except GitError as exc:
+        raise PolicyError(
+            "bad_bundle", "the sandbox's change does not descend from the base commit"
+        ) from exc
+    tree = (await git("rev-parse", f"{tip}^{{tree}}", git_dir=git_dir)).strip()
+    base_tree = (await git("rev-parse", f"{base_sha}^{{tree}}", git_dir=git_dir)).strip()
+    if tree == base_tree:
+        return None
+    env = {
+        "GIT_AUTHOR_NAME": identity.name,
+        "GIT_AUTHOR_EMAIL": identity.email,
+        "GIT_COMMITTER_NAME": identity.name,
+        "GIT_COMMITTER_EMAIL": identity.email,
+    }
+    head = (
+        await git(
+            "commit-tree", tree, "-p", base_sha, stdin=message.encode(), env=env, git_dir=git_dir
+        )
+    ).strip()
+    files = await _file_changes(git_dir, base_sha, head)
+    _check_policy(files, max_files)
+    diff = await git(
+        "diff", "--no-color", "--no-ext-diff", "--find-renames", base_sha, head, git_dir=git_dir
+    )
+    if len(diff) > DIFF_TEXT_LIMIT:
+        diff = diff[:DIFF_TEXT_LIMIT] + "\n[... diff cut ...]\n"
+    return Change(
+        head_sha=head,
+        files=files,
+        additions=sum(f.additions for f in files),
+        deletions=sum(f.deletions for f in files),
+        diff=diff,
+    )
+
+
+async def _file_changes(git_dir: Path, base: str, head: str) -> list[FileChange]:
+    numstat = await git("diff", "--numstat", "-z", "--no-renames", base, head, git_dir=git_dir)
+    status = await git("diff", "--name-status", "-z", "--no-renames", base, head, git_dir=git_dir)
+    kinds: dict[str, str] = {}
+    parts = status.split("\0")
+    for kind, path in zip(parts[0::2], parts[1::2], strict=False):
+        if path:
+            kinds[path] = kind
+    files = []
+    for record in numstat.split("\0"):
+        if not record.strip():
+            continue
+        added, deleted, path = record.split("\t", 2)
+        files.append(
+            FileChange(
+                path=path,
+                status=kinds.get(path, "M"),
+                additions=int(added) if added.isdigit() else 0,
+                deletions=int(deleted) if deleted.isdigit() else 0,
+            )
+        )
+    return files
+
+
+def _check_policy(files: list[FileChange], max_files: int) -> None:
+    if len(files) > max_files:
+        raise PolicyError(
+            "diff_too_large",
+            f"the change touches {len(files)} files, more than BACKSPACE_MAX_DIFF_FILES={max_files}",
+        )
+    junk = [f.path for f in files if f.status != "D" and JUNK.search(f.path)]
+    if junk:
+        raise PolicyError(
+            "junk_files",
+            "the change adds files that should not be committed: " + ", ".join(junk[:10]),
+        )
+
+
+def find_secrets(diff: str, known: list[str]) -> list[str]:
+    """Secrets in the added lines of a diff: values this server knows, and well-known shapes."""
+    added = "\n".join(
+        line for line in diff.splitlines() if line.startswith("+") and not line.startswith("+++")
+    )
+    found = [f"a known secret ({len(s)} characters)" for s in known if s in added]
+    found += ["something shaped like a credential" for _ in SECRET_PATTERNS.finditer(added)]
+    return found

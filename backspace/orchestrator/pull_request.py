@@ -1,0 +1,95 @@
+"""How a pull request reads: branch name, title and body."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from backspace.orchestrator.agent import AgentResult
+    from backspace.orchestrator.publish import Change
+    from backspace.orchestrator.run import RunRequest
+
+SLUG_LIMIT = 40
+TITLE_LIMIT = 72
+BODY_LIMIT = 60_000
+REQUEST_QUOTE_LIMIT = 2000
+
+
+def slug(text: str) -> str:
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().lower()
+    words = [w for w in re.split(r"[^a-z0-9]+", ascii_text) if w]
+    out = ""
+    for word in words:
+        candidate = f"{out}-{word}" if out else word
+        if len(candidate) > SLUG_LIMIT:
+            break
+        out = candidate
+    return out or "change"
+
+
+def branch_name(prompt: str, run_id: str) -> str:
+    return f"backspace/{slug(prompt)}-{run_id.replace('-', '')[:8]}"
+
+
+def title_for(agent_title: str | None, prompt: str) -> str:
+    """The agent's title, or the request's first line; one line, at most 72 characters."""
+    title = (
+        (agent_title or prompt).strip().splitlines()[0]
+        if (agent_title or prompt).strip()
+        else "Change"
+    )
+    title = " ".join(title.split())
+    if len(title) > TITLE_LIMIT:
+        title = title[: TITLE_LIMIT - 1].rstrip() + "…"
+    return title
+
+
+def _quote(text: str) -> str:
+    """The request as a Markdown quote, with @mentions and closing keywords defused."""
+    clipped = text if len(text) <= REQUEST_QUOTE_LIMIT else text[:REQUEST_QUOTE_LIMIT] + " […]"
+    defused = clipped.replace("@", "@\u200b").replace("#", "#\u200b")
+    return "\n".join(f"> {line}" for line in defused.splitlines() or [""])
+
+
+def render_body(
+    *,
+    request: RunRequest,
+    result: AgentResult,
+    change: Change,
+    tests: str | None,
+    run_url: str,
+    run_id: str,
+) -> str:
+    parts: list[str] = []
+    summary = (result.body or "").strip()
+    parts.append(summary or "_The agent did not write a summary._")
+    if result.outcome != "finished":
+        parts.append(
+            f"> [!WARNING]\n> The agent did not finish: {result.message}. Review with care."
+        )
+    who = f" by {request.requester}" if request.requester else ""
+    parts.append(f"## Request{who}\n\n{_quote(request.prompt)}")
+    rows = "\n".join(
+        f"| `{f.path}` | {f.status} | +{f.additions} | −{f.deletions} |" for f in change.files[:100]
+    )
+    more = f"\n\n…and {len(change.files) - 100} more files." if len(change.files) > 100 else ""
+    parts.append(
+        f"## Changes\n\n{len(change.files)} files, +{change.additions} −{change.deletions}\n\n"
+        f"| file | status | added | removed |\n|---|---|---|---|\n{rows}{more}"
+    )
+    test_lines = [f"- Agent: {result.tests}" if result.tests else "- Agent: did not report tests"]
+    test_lines.append(
+        f"- backspace: {tests}" if tests else "- backspace: no test command is configured"
+    )
+    parts.append("## Tests\n\n" + "\n".join(test_lines))
+    usage = result.usage
+    parts.append(
+        f"---\nOpened by [backspace run {run_id[:8]}]({run_url}) · {result.turns} model turns · "
+        f"${usage.cost_usd:.2f}\n\n<!-- backspace:run={run_id} -->"
+    )
+    body = "\n\n".join(parts)
+    if len(body) > BODY_LIMIT:
+        body = body[: BODY_LIMIT - 200] + f"\n\n[… cut …]\n\n<!-- backspace:run={run_id} -->"
+    return body

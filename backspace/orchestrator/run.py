@@ -1,0 +1,71 @@
+"""A run's request, its context while it executes, and how it can end."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from backspace.orchestrator.events import EventType, RunStatus, Stage
+from backspace.orchestrator.githosts.base import RepoRef
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """What a front end asks for. `repo` is already parsed and allowed by the front end."""
+
+    repo_url: str
+    repo: RepoRef
+    prompt: str
+    base_branch: str | None = None
+    source: str = "api"  # api, cli, slack, web
+    requester: str | None = None  # a display name, for the PR body
+    co_author: str | None = None  # "Name <email>" for Co-authored-by, when known
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class RunFailure(Exception):
+    """The run cannot go on; becomes the one `error` event before `complete`."""
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        retryable: bool = False,
+        status: RunStatus = RunStatus.FAILED,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.retryable = retryable
+        self.status = status
+
+
+@dataclass
+class Outcome:
+    status: RunStatus
+    message: str = ""
+    pr_url: str | None = None
+
+
+@dataclass
+class RunContext:
+    run_id: str
+    request: RunRequest
+    emit: Callable[[str, dict[str, Any]], None]
+    deadline: float  # time.monotonic() by which the run must be over
+    run_url: str
+    stage: Stage = Stage.QUEUED
+    cancel_reason: str | None = None  # "cancel" or "shutdown" once the runner stops the task
+
+    def progress(self, stage: Stage, message: str, percentage: int | None = None) -> None:
+        self.stage = stage
+        self.emit(
+            EventType.PROGRESS,
+            {
+                "stage": str(stage),
+                "message": message,
+                "percentage": percentage if percentage is not None else stage.percentage,
+            },
+        )

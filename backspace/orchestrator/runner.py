@@ -1,0 +1,333 @@
+"""The runner owns every run's task: start, queue, cancel, time limit, shutdown and recovery.
+
+Every run ends with exactly one `complete`; a failed or timed-out run has exactly one `error`
+right before it. Nothing a run does can raise out of its task: one run's failure never reaches
+another run or the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from backspace.logs import run_id_var
+from backspace.orchestrator.events import EventType, RunStatus, Stage, now_iso
+from backspace.orchestrator.hub import EventHub
+from backspace.orchestrator.redact import Redactor
+from backspace.orchestrator.run import Outcome, RunContext, RunFailure, RunRequest
+from backspace.orchestrator.store import Run, Store, StoreError
+
+log = logging.getLogger(__name__)
+
+
+class PipelineRunner(Protocol):
+    async def run(self, ctx: RunContext) -> Outcome: ...
+
+
+class SandboxJanitor(Protocol):
+    async def cleanup_orphans(self, live_run_ids: set[str]) -> int: ...
+
+
+class NotAccepting(Exception):
+    """The server is shutting down and takes no new runs."""
+
+
+@dataclass(frozen=True)
+class RunnerLimits:
+    max_concurrent: int = 4
+    max_duration: float = 600.0
+    shutdown_grace: float = 20.0
+
+
+class Runner:
+    def __init__(
+        self,
+        store: Store,
+        hub: EventHub,
+        pipeline: PipelineRunner,
+        *,
+        redactor: Redactor,
+        limits: RunnerLimits,
+        public_url: str,
+        janitor: SandboxJanitor | None = None,
+    ) -> None:
+        self.store = store
+        self.hub = hub
+        self.pipeline = pipeline
+        self.redactor = redactor
+        self.limits = limits
+        self.public_url = public_url.rstrip("/")
+        self.janitor = janitor
+        self._waiting: deque[str] = deque()
+        self._positions: dict[str, int] = {}
+        self._contexts: dict[str, RunContext] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._accepting = True
+
+    # --- life cycle ------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Fail the runs a previous process left unfinished, and delete their sandboxes."""
+        for run in self.store.runs_with_status(RunStatus.QUEUED, RunStatus.RUNNING):
+            message = "the server stopped while this run was in progress; start it again"
+            self._finish(
+                run.id,
+                RunStatus.FAILED,
+                RunFailure("interrupted", message, retryable=True),
+                started=None,
+            )
+        if self.janitor is not None:
+            removed = await self.janitor.cleanup_orphans(set())
+            if removed:
+                log.info("deleted %d sandboxes left by a previous process", removed)
+
+    async def shutdown(self) -> None:
+        """Stop taking runs; give running ones the grace period; then cancel the rest."""
+        self._accepting = False
+        while self._waiting:
+            run_id = self._waiting.popleft()
+            self._positions.pop(run_id, None)
+            self._finish(
+                run_id,
+                RunStatus.FAILED,
+                RunFailure(
+                    "interrupted",
+                    "the server shut down before this run started; start it again",
+                    retryable=True,
+                ),
+                started=None,
+            )
+        tasks = list(self._tasks.values())
+        if tasks:
+            log.info(
+                "waiting up to %gs for %d running runs", self.limits.shutdown_grace, len(tasks)
+            )
+            _, pending = await asyncio.wait(tasks, timeout=self.limits.shutdown_grace)
+            for run_id, task in list(self._tasks.items()):
+                if task in pending:
+                    self._contexts[run_id].cancel_reason = "shutdown"
+                    task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=30)
+
+    @property
+    def accepting(self) -> bool:
+        return self._accepting
+
+    def active_count(self) -> int:
+        return len(self._tasks)
+
+    def queued_count(self) -> int:
+        return len(self._waiting)
+
+    def is_live(self, run_id: str) -> bool:
+        return run_id in self._tasks or run_id in self._positions
+
+    # --- runs ------------------------------------------------------------------------------------
+    def submit(self, request: RunRequest) -> Run:
+        if not self._accepting:
+            raise NotAccepting("the server is shutting down and takes no new runs")
+        now = now_iso()
+        run = Run(
+            id=str(uuid.uuid4()),
+            created_at=now,
+            updated_at=now,
+            status=RunStatus.QUEUED,
+            stage=Stage.QUEUED,
+            repo_url=request.repo_url,
+            prompt=request.prompt,
+            source=request.source,
+            requester=request.requester,
+            base_branch=request.base_branch,
+            meta=dict(request.meta),
+        )
+        self.store.create_run(run)
+        ctx = RunContext(
+            run_id=run.id,
+            request=request,
+            emit=functools.partial(self._emit, run.id),
+            deadline=0.0,
+            run_url=f"{self.public_url}/api/runs/{run.id}",
+        )
+        self._contexts[run.id] = ctx
+        ctx.emit(
+            EventType.START,
+            {"repo_url": request.repo_url, "prompt": request.prompt, "run_url": ctx.run_url},
+        )
+        self._waiting.append(run.id)
+        self._pump()
+        return run
+
+    async def cancel(self, run_id: str) -> bool:
+        """Cancel a queued or running run; False when it is not live (unknown or finished)."""
+        if run_id in self._positions:
+            self._waiting.remove(run_id)
+            self._positions.pop(run_id)
+            self._finish(
+                run_id,
+                RunStatus.CANCELLED,
+                None,
+                started=None,
+                message="Cancelled before it started",
+            )
+            self._announce_positions()
+            return True
+        task = self._tasks.get(run_id)
+        if task is None or task.done():
+            return False
+        self._contexts[run_id].cancel_reason = "cancel"
+        task.cancel()
+        return True
+
+    async def wait(self, run_id: str) -> None:
+        task = self._tasks.get(run_id)
+        if task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(task)
+
+    def _pump(self) -> None:
+        while self._waiting and len(self._tasks) < self.limits.max_concurrent:
+            run_id = self._waiting.popleft()
+            self._positions.pop(run_id, None)
+            self._tasks[run_id] = asyncio.create_task(self._execute(run_id), name=f"run-{run_id}")
+        self._announce_positions()
+
+    def _announce_positions(self) -> None:
+        for position, run_id in enumerate(self._waiting, start=1):
+            if self._positions.get(run_id) != position:
+                self._positions[run_id] = position
+                self._emit(
+                    run_id,
+                    EventType.PROGRESS,
+                    {
+                        "stage": str(Stage.QUEUED),
+                        "message": f"Waiting for a free slot: position {position} in the queue",
+                        "percentage": 0,
+                        "position": position,
+                    },
+                )
+
+    async def _execute(self, run_id: str) -> None:
+        ctx = self._contexts[run_id]
+        token = run_id_var.set(run_id)
+        started = time.monotonic()
+        ctx.deadline = started + self.limits.max_duration
+        status, failure, outcome = RunStatus.FAILED, None, None
+        timer: asyncio.Timeout | None = None
+        try:
+            self.store.update_run(run_id, status=RunStatus.RUNNING)
+            async with asyncio.timeout(self.limits.max_duration) as timer:
+                outcome = await self.pipeline.run(ctx)
+            status = outcome.status
+        except TimeoutError:
+            if timer is not None and timer.expired():
+                status = RunStatus.TIMED_OUT
+                failure = RunFailure(
+                    "wall_clock_limit",
+                    f"The run took longer than MAX_SANDBOX_DURATION={self.limits.max_duration:g} s and was stopped.",
+                    retryable=True,
+                )
+            else:
+                failure = RunFailure("timeout", "an operation timed out", retryable=True)
+        except asyncio.CancelledError:
+            if ctx.cancel_reason == "shutdown":
+                failure = RunFailure(
+                    "interrupted",
+                    "the server shut down while this run was in progress; start it again",
+                    retryable=True,
+                )
+            else:
+                status = RunStatus.CANCELLED
+                outcome = Outcome(RunStatus.CANCELLED, "The run was cancelled.")
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+        except RunFailure as exc:
+            status, failure = exc.status, exc
+        except Exception as exc:
+            log.exception("run failed unexpectedly")
+            failure = RunFailure(
+                "internal_error", f"backspace failed unexpectedly: {type(exc).__name__}: {exc}"
+            )
+        finally:
+            self._tasks.pop(run_id, None)
+            try:
+                self._finish(
+                    run_id, status, failure, started=started, outcome=outcome, stage=ctx.stage
+                )
+            finally:
+                self._contexts.pop(run_id, None)
+                run_id_var.reset(token)
+                self._pump()
+
+    def _finish(
+        self,
+        run_id: str,
+        status: RunStatus,
+        failure: RunFailure | None,
+        *,
+        started: float | None,
+        outcome: Outcome | None = None,
+        stage: Stage | None = None,
+        message: str | None = None,
+    ) -> None:
+        """Record the final state, then the one `error` (if failed) and the one `complete`."""
+        duration_ms = int((time.monotonic() - started) * 1000) if started is not None else 0
+        pr_url = outcome.pr_url if outcome else None
+        try:
+            if failure is not None:
+                self._emit(
+                    run_id,
+                    EventType.ERROR,
+                    {
+                        "code": failure.code,
+                        "message": failure.message,
+                        "stage": str(stage or Stage.QUEUED),
+                        "retryable": failure.retryable,
+                    },
+                )
+            final = {
+                "status": str(status),
+                "duration_ms": duration_ms,
+                "message": message
+                or (failure.message if failure else (outcome.message if outcome else "")),
+            }
+            if pr_url:
+                final["pr_url"] = pr_url
+            self.store.update_run(
+                run_id,
+                status=str(status),
+                stage=str(Stage.COMPLETE),
+                finished_at=now_iso(),
+                duration_ms=duration_ms,
+                pr_url=pr_url,
+                error_code=failure.code if failure else None,
+                error_message=self.redactor.text(failure.message) if failure else None,
+            )
+            self._emit(run_id, EventType.COMPLETE, final)
+        except StoreError:
+            log.exception("could not record the end of run %s", run_id)
+        finally:
+            self.store.forget_seq(run_id)
+
+    def _emit(self, run_id: str, type_: str, data: dict[str, Any]) -> None:
+        clean = self.redactor.data(data) if self.redactor else data
+        event = self.store.append_event(run_id, type_, clean)
+        if type_ == EventType.USAGE:
+            self.store.update_run(
+                run_id,
+                cost_usd=clean.get("cost_usd", 0.0),
+                input_tokens=clean.get("input_tokens", 0),
+                output_tokens=clean.get("output_tokens", 0),
+            )
+        elif type_ == EventType.PR_CREATED:
+            self.store.update_run(run_id, branch=clean.get("branch"), pr_url=clean.get("pr_url"))
+        elif type_ == EventType.PROGRESS and clean.get("stage"):
+            self.store.update_run(run_id, stage=clean["stage"])
+        self.hub.publish(event)

@@ -1,0 +1,410 @@
+"""The embedded sandbox: a work directory per run, every command under bubblewrap.
+
+Each command runs as `prlimit ... [setpriv ...] bwrap ... bash -c COMMAND`:
+- no network (`--unshare-all` gives a fresh network namespace with only a down loopback),
+- its own PID namespace (the whole tree dies with the command), a private /tmp and home,
+- the system directories read-only and nothing else of the host: not the server's files, its
+  `.env`, its database or its environment (`--clearenv` plus a short allowlist),
+- rlimits on address space, processes, file size and open files.
+
+When the server runs as root, bubblewrap is started as an unprivileged user (`setpriv`), so that
+root-owned host files inside the read-only view (such as /etc/shadow) stay unreadable.
+
+File reads and writes for the editor also run inside the sandbox (`cat`), so a symlink the agent
+planted resolves in the sandbox's view and can never reach a host file outside the work directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import contextlib
+import hashlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from backspace.orchestrator.sandboxes.base import (
+    ExecResult,
+    OutputCallback,
+    OutputCollector,
+    SandboxError,
+    SandboxUnavailable,
+)
+
+log = logging.getLogger(__name__)
+
+WORKDIR = "/workspace"
+HOME = "/home/agent"
+SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+UNPRIVILEGED_UID = 65534  # "nobody": used when the server itself runs as root
+INNER_UID = 1000
+SYSTEM_DIRS = ("/usr", "/etc", "/opt", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+FILE_MISSING = 44
+FILE_IS_DIR = 45
+KILL_WAIT = 5.0
+
+
+@dataclass(frozen=True)
+class LocalLimits:
+    memory_mb: int = 4096
+    max_processes: int = 512
+    max_file_mb: int = 512
+    max_open_files: int = 4096
+
+
+def sandbox_environment(home: str, path: str = SANDBOX_PATH) -> dict[str, str]:
+    """The whole environment a sandboxed command sees: never the server's own."""
+    return {
+        "PATH": path,
+        "HOME": home,
+        "USER": "agent",
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "TERM": "dumb",
+        "PAGER": "cat",
+        "GIT_PAGER": "cat",
+        "GIT_TERMINAL_PROMPT": "0",
+        "CI": "1",
+        "NO_COLOR": "1",
+        "PIP_PROGRESS_BAR": "off",
+        "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+        "TQDM_DISABLE": "1",
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+
+
+def default_root(db_path: Path) -> Path:
+    """A sandbox root per server database, under the system temp dir (reachable by `nobody`)."""
+    key = hashlib.sha256(str(db_path.resolve()).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"backspace-sandboxes-{key}"
+
+
+class LocalSandboxProvider:
+    name = "local"
+
+    def __init__(
+        self,
+        root: Path,
+        limits: LocalLimits = LocalLimits(),
+        *,
+        allow_unsandboxed: bool = False,
+    ) -> None:
+        self.root = root
+        self.limits = limits
+        self.allow_unsandboxed = allow_unsandboxed
+        self._as_root = os.geteuid() == 0
+        self._checked: tuple[bool, str] | None = None
+        self.isolated = True
+
+    # --- availability ---------------------------------------------------------------------------
+    def check(self) -> tuple[bool, str]:
+        """Probe bubblewrap once (a real `bwrap ... true`) and remember the answer."""
+        if self._checked is None:
+            self._checked = self._probe()
+        return self._checked
+
+    def _probe(self) -> tuple[bool, str]:
+        problem = self._bwrap_problem()
+        if problem is None:
+            return True, "bubblewrap works: commands run isolated, without network"
+        self.isolated = False
+        if self.allow_unsandboxed:
+            return True, (
+                f"UNSANDBOXED: {problem}; BACKSPACE_ALLOW_UNSANDBOXED=true runs agent commands "
+                "directly on this host, without isolation"
+            )
+        return False, (
+            f"{problem}. Install the Debian package `bubblewrap` (apt-get install bubblewrap) "
+            "and allow unprivileged user namespaces, or set BACKSPACE_ALLOW_UNSANDBOXED=true "
+            "to run agent commands on this host without isolation (unsafe)"
+        )
+
+    def _bwrap_problem(self) -> str | None:
+        for tool in ("bwrap", "prlimit") + (("setpriv",) if self._as_root else ()):
+            if shutil.which(tool) is None:
+                return f"`{tool}` is not installed"
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self.root.chmod(0o711)
+            # Probe inside the real root: a root the sandbox user cannot reach fails here.
+            probe = Path(tempfile.mkdtemp(prefix=".probe-", dir=self.root))
+        except OSError as exc:
+            return f"the sandbox root {self.root} cannot be used ({exc})"
+        try:
+            self._prepare_dirs(probe)
+            argv = self._argv(probe, "true", cwd=WORKDIR)
+            done = subprocess.run(argv, capture_output=True, timeout=20, check=False)
+            if done.returncode != 0:
+                err = done.stderr.decode(errors="replace").strip()[:300]
+                return f"bubblewrap cannot start a sandbox here ({err or done.returncode})"
+            return None
+        except (OSError, subprocess.SubprocessError) as exc:
+            return f"bubblewrap cannot start a sandbox here ({exc})"
+        finally:
+            shutil.rmtree(probe, ignore_errors=True)
+
+    # --- life cycle -----------------------------------------------------------------------------
+    async def create(self, run_id: str) -> LocalSandbox:
+        usable, message = self.check()
+        if not usable:
+            raise SandboxUnavailable(message)
+        base = self.root / run_id
+        try:
+            await asyncio.to_thread(self._make_run_dir, base)
+        except OSError as exc:
+            raise SandboxError(f"could not create the sandbox directory: {exc}") from exc
+        return LocalSandbox(self, run_id, base)
+
+    def _make_run_dir(self, base: Path) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.chmod(0o711)
+        base.mkdir(mode=0o700)
+        self._prepare_dirs(base)
+
+    def _prepare_dirs(self, base: Path) -> None:
+        for sub in ("workspace", "tmp", "home"):
+            (base / sub).mkdir(exist_ok=True)
+        if self._as_root and self.isolated:
+            for path in (base, base / "workspace", base / "tmp", base / "home"):
+                os.chown(path, UNPRIVILEGED_UID, UNPRIVILEGED_UID)
+
+    async def cleanup_orphans(self, live_run_ids: set[str]) -> int:
+        if not self.root.is_dir():
+            return 0
+        removed = 0
+        for entry in self.root.iterdir():
+            if entry.name not in live_run_ids and entry.is_dir():
+                await asyncio.to_thread(shutil.rmtree, entry, True)
+                removed += 1
+        return removed
+
+    # --- the command line -----------------------------------------------------------------------
+    def _argv(self, base: Path, script: str, *, cwd: str, args: tuple[str, ...] = ()) -> list[str]:
+        limits = self.limits
+        argv = [
+            "prlimit",
+            f"--as={limits.memory_mb * 1024 * 1024}",
+            f"--nproc={limits.max_processes}",
+            f"--fsize={limits.max_file_mb * 1024 * 1024}",
+            f"--nofile={limits.max_open_files}",
+            "--core=0",
+            "--",
+        ]
+        if not self.isolated:
+            return [*argv, "bash", "-c", script, "bash", *args]
+        if self._as_root:
+            argv += [
+                "setpriv",
+                f"--reuid={UNPRIVILEGED_UID}",
+                f"--regid={UNPRIVILEGED_UID}",
+                "--clear-groups",
+                "--",
+            ]
+        argv += ["bwrap", "--unshare-all", "--die-with-parent", "--new-session"]
+        argv += ["--uid", str(INNER_UID), "--gid", str(INNER_UID), "--hostname", "sandbox"]
+        for directory in SYSTEM_DIRS:
+            path = Path(directory)
+            if path.is_symlink():
+                argv += ["--symlink", os.readlink(path), directory]
+            elif path.is_dir():
+                argv += ["--ro-bind", directory, directory]
+        argv += ["--proc", "/proc", "--dev", "/dev"]
+        argv += ["--bind", str(base / "tmp"), "/tmp"]  # noqa: S108 - the sandbox's private /tmp
+        argv += ["--bind", str(base / "home"), HOME]
+        argv += ["--bind", str(base / "workspace"), WORKDIR]
+        argv += ["--chdir", cwd, "--clearenv"]
+        for key, value in sandbox_environment(HOME).items():
+            argv += ["--setenv", key, value]
+        return [*argv, "--", "bash", "-c", script, "bash", *args]
+
+
+class LocalSandbox:
+    def __init__(self, provider: LocalSandboxProvider, run_id: str, base: Path) -> None:
+        self.provider = provider
+        self.id = f"local-{run_id}"
+        self.base = base
+        self.isolated = provider.isolated
+        self.workdir = WORKDIR if self.isolated else str(base / "workspace")
+        self._closed = False
+        self._procs: set[asyncio.subprocess.Process] = set()
+
+    # --- commands -------------------------------------------------------------------------------
+    async def exec(
+        self,
+        command: str,
+        *,
+        cwd: str | None = None,
+        timeout: float = 120.0,
+        max_output: int = 16000,
+        stdin: bytes | None = None,
+        on_output: OutputCallback | None = None,
+    ) -> ExecResult:
+        collector = OutputCollector(max_output)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        started = time.monotonic()
+        proc = await self._spawn(command, cwd=cwd, stdin=stdin is not None, merge=True)
+        timed_out = False
+        try:
+            async with asyncio.timeout(timeout):
+                await self._feed(proc, stdin)
+                assert proc.stdout is not None
+                while chunk := await proc.stdout.read(65536):
+                    text = decoder.decode(chunk)
+                    collector.add(text)
+                    if on_output is not None and text:
+                        on_output(text)
+                await proc.wait()
+        except TimeoutError:
+            timed_out = True
+        finally:
+            await self._reap(proc)
+        tail = decoder.decode(b"", final=True)
+        if tail:
+            collector.add(tail)
+        output = collector.text()
+        exit_code = _exit_code(proc.returncode)
+        if timed_out:
+            output += f"\n[command timed out after {timeout:g} s and was killed]"
+            exit_code = 124
+        return ExecResult(
+            exit_code=exit_code,
+            output=output,
+            truncated=collector.truncated,
+            timed_out=timed_out,
+            duration_ms=int((time.monotonic() - started) * 1000),
+        )
+
+    async def _run_bytes(
+        self, script: str, args: tuple[str, ...], stdin: bytes | None, limit: int | None
+    ) -> tuple[int, bytes, str]:
+        """Run a fixed helper script; stdout as bytes (bounded), stderr as text."""
+        proc = await self._spawn(script, cwd=self.workdir, stdin=stdin is not None, args=args)
+        try:
+            async with asyncio.timeout(60):
+                await self._feed(proc, stdin)
+                assert proc.stdout is not None and proc.stderr is not None
+                out, err = await asyncio.gather(
+                    _read_bounded(proc.stdout, limit), proc.stderr.read(4096)
+                )
+                await proc.wait()
+        except TimeoutError as exc:
+            raise SandboxError("a file operation in the sandbox timed out") from exc
+        finally:
+            await self._reap(proc)
+        return _exit_code(proc.returncode), out, err.decode(errors="replace").strip()
+
+    async def _spawn(
+        self,
+        script: str,
+        *,
+        cwd: str | None,
+        stdin: bool,
+        merge: bool = False,
+        args: tuple[str, ...] = (),
+    ) -> asyncio.subprocess.Process:
+        if self._closed:
+            raise SandboxError("the sandbox is closed")
+        inner_cwd = self._inner_path(cwd or self.workdir)
+        argv = self.provider._argv(self.base, script, cwd=inner_cwd, args=args)
+        env = None
+        host_cwd = None
+        if not self.isolated:
+            env = sandbox_environment(str(self.base / "home"), os.environ.get("PATH", SANDBOX_PATH))
+            host_cwd = inner_cwd
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT if merge else subprocess.PIPE,
+                start_new_session=True,
+                env=env if env is not None else {"PATH": os.environ.get("PATH", SANDBOX_PATH)},
+                cwd=host_cwd,
+            )
+        except OSError as exc:
+            raise SandboxError(f"could not start a sandboxed command: {exc}") from exc
+        self._procs.add(proc)
+        return proc
+
+    def _inner_path(self, path: str) -> str:
+        if self.isolated or path.startswith(str(self.base)):
+            return path
+        # Unsandboxed mode: sandbox paths are host paths below the workspace.
+        if path == WORKDIR or path.startswith(WORKDIR + "/"):
+            return str(self.base / "workspace") + path[len(WORKDIR) :]
+        return path
+
+    @staticmethod
+    async def _feed(proc: asyncio.subprocess.Process, data: bytes | None) -> None:
+        if data is None or proc.stdin is None:
+            return
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            proc.stdin.write(data)
+            await proc.stdin.drain()
+        proc.stdin.close()
+
+    async def _reap(self, proc: asyncio.subprocess.Process) -> None:
+        """Kill the command's whole process group (bwrap takes its PID namespace with it)."""
+        try:
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.shield(asyncio.wait_for(proc.wait(), KILL_WAIT))
+        finally:
+            self._procs.discard(proc)
+
+    # --- files ----------------------------------------------------------------------------------
+    async def read_file(self, path: str, *, max_bytes: int | None = None) -> bytes:
+        script = (
+            'if [ -d "$1" ]; then exit 45; fi; if [ ! -e "$1" ]; then exit 44; fi; exec cat -- "$1"'
+        )
+        code, out, err = await self._run_bytes(script, (self._inner_path(path),), None, max_bytes)
+        if code == FILE_MISSING:
+            raise FileNotFoundError(path)
+        if code == FILE_IS_DIR:
+            raise IsADirectoryError(path)
+        if code != 0:
+            raise SandboxError(f"could not read {path}: {err or f'exit {code}'}")
+        return out
+
+    async def write_file(self, path: str, data: bytes) -> None:
+        script = 'if [ -d "$1" ]; then exit 45; fi; mkdir -p -- "$(dirname -- "$1")" && cat > "$1"'
+        code, _, err = await self._run_bytes(script, (self._inner_path(path),), data, 0)
+        if code == FILE_IS_DIR:
+            raise IsADirectoryError(path)
+        if code != 0:
+            raise SandboxError(f"could not write {path}: {err or f'exit {code}'}")
+
+    # --- close ----------------------------------------------------------------------------------
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for proc in list(self._procs):
+            await self._reap(proc)
+        await asyncio.to_thread(shutil.rmtree, self.base, True)
+
+
+async def _read_bounded(stream: asyncio.StreamReader, limit: int | None) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await stream.read(65536):
+        size += len(chunk)
+        if limit is not None and size > limit:
+            raise SandboxError(f"the file is larger than the {limit}-byte limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _exit_code(returncode: int | None) -> int:
+    if returncode is None:
+        return -1
+    return 128 - returncode if returncode < 0 else returncode

@@ -1,0 +1,299 @@
+"""Runs and their append-only event log in SQLite (WAL).
+
+One connection, used from the event loop's thread only: an append is a single small INSERT that
+takes tens of microseconds in WAL mode with `synchronous=NORMAL`, cheaper than a thread hop, and
+keeping every write on one thread makes `seq` allocation trivially gap-free.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from backspace.orchestrator.events import Event, RunStatus, now_iso
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    finished_at TEXT,
+    status TEXT NOT NULL,
+    stage TEXT NOT NULL,
+    repo_url TEXT NOT NULL,
+    prompt TEXT NOT NULL,
+    source TEXT NOT NULL,
+    requester TEXT,
+    base_branch TEXT,
+    branch TEXT,
+    pr_url TEXT,
+    error_code TEXT,
+    error_message TEXT,
+    duration_ms INTEGER,
+    cost_usd REAL NOT NULL DEFAULT 0,
+    input_tokens INTEGER NOT NULL DEFAULT 0,
+    output_tokens INTEGER NOT NULL DEFAULT 0,
+    sandbox_id TEXT,
+    meta TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS runs_created ON runs (created_at DESC);
+CREATE INDEX IF NOT EXISTS runs_status ON runs (status);
+CREATE TABLE IF NOT EXISTS events (
+    run_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    ts TEXT NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (run_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS pull_requests (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL,
+    repo TEXT NOT NULL,
+    title TEXT NOT NULL,
+    body TEXT NOT NULL,
+    branch TEXT NOT NULL,
+    base TEXT NOT NULL,
+    base_sha TEXT NOT NULL,
+    head_sha TEXT NOT NULL,
+    files TEXT NOT NULL,
+    additions INTEGER NOT NULL,
+    deletions INTEGER NOT NULL,
+    diff TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+"""
+
+RUN_COLUMNS = [
+    "id",
+    "created_at",
+    "updated_at",
+    "finished_at",
+    "status",
+    "stage",
+    "repo_url",
+    "prompt",
+    "source",
+    "requester",
+    "base_branch",
+    "branch",
+    "pr_url",
+    "error_code",
+    "error_message",
+    "duration_ms",
+    "cost_usd",
+    "input_tokens",
+    "output_tokens",
+    "sandbox_id",
+    "meta",
+]
+UPDATABLE = frozenset(RUN_COLUMNS) - {"id", "created_at"}
+
+
+@dataclass
+class Run:
+    id: str
+    created_at: str
+    updated_at: str
+    status: str
+    stage: str
+    repo_url: str
+    prompt: str
+    source: str
+    requester: str | None = None
+    base_branch: str | None = None
+    branch: str | None = None
+    pr_url: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    duration_ms: int | None = None
+    cost_usd: float = 0.0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    sandbox_id: str | None = None
+    finished_at: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "status": self.status,
+            "stage": self.stage,
+            "repo_url": self.repo_url,
+            "prompt": self.prompt,
+            "source": self.source,
+            "requester": self.requester,
+            "base_branch": self.base_branch,
+            "branch": self.branch,
+            "pr_url": self.pr_url,
+            "error": (
+                {"code": self.error_code, "message": self.error_message}
+                if self.error_code
+                else None
+            ),
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "finished_at": self.finished_at,
+            "duration_ms": self.duration_ms,
+            "cost_usd": round(self.cost_usd, 6),
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+        }
+
+
+@dataclass
+class PullRequestRecord:
+    id: int
+    run_id: str
+    repo: str
+    title: str
+    body: str
+    branch: str
+    base: str
+    base_sha: str
+    head_sha: str
+    files: list[dict[str, Any]]
+    additions: int
+    deletions: int
+    diff: str
+    created_at: str
+
+
+class StoreError(Exception):
+    """The store could not be written (disk full, file gone): the run cannot be recorded."""
+
+
+class Store:
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        if str(path) != ":memory:":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.executescript(SCHEMA)
+        self._next_seq: dict[str, int] = {}
+
+    def close(self) -> None:
+        self._db.close()
+
+    def ping(self) -> bool:
+        try:
+            self._db.execute("SELECT 1").fetchone()
+            return True
+        except sqlite3.Error:
+            return False
+
+    # --- runs ----------------------------------------------------------------------------------
+    def create_run(self, run: Run) -> None:
+        values = {name: getattr(run, name) for name in RUN_COLUMNS}
+        values["meta"] = json.dumps(run.meta)
+        columns = ", ".join(values)
+        marks = ", ".join("?" for _ in values)
+        self._write(f"INSERT INTO runs ({columns}) VALUES ({marks})", tuple(values.values()))  # noqa: S608
+
+    def update_run(self, run_id: str, **changes: Any) -> None:
+        unknown = set(changes) - UPDATABLE
+        if unknown:
+            raise ValueError(f"unknown run fields: {sorted(unknown)}")
+        if "meta" in changes:
+            changes["meta"] = json.dumps(changes["meta"])
+        changes["updated_at"] = now_iso()
+        assignments = ", ".join(f"{name} = ?" for name in changes)
+        self._write(
+            f"UPDATE runs SET {assignments} WHERE id = ?",  # noqa: S608
+            (*changes.values(), run_id),
+        )
+
+    def get_run(self, run_id: str) -> Run | None:
+        row = self._db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        return _run_from_row(row) if row else None
+
+    def list_runs(self, limit: int = 50, before: str | None = None) -> list[Run]:
+        if before:
+            rows = self._db.execute(
+                "SELECT * FROM runs WHERE created_at < ? ORDER BY created_at DESC LIMIT ?",
+                (before, limit),
+            ).fetchall()
+        else:
+            rows = self._db.execute(
+                "SELECT * FROM runs ORDER BY created_at DESC LIMIT ?", (limit,)
+            ).fetchall()
+        return [_run_from_row(r) for r in rows]
+
+    def runs_with_status(self, *statuses: RunStatus) -> list[Run]:
+        marks = ", ".join("?" for _ in statuses)
+        rows = self._db.execute(
+            f"SELECT * FROM runs WHERE status IN ({marks})",  # noqa: S608
+            tuple(str(s) for s in statuses),
+        ).fetchall()
+        return [_run_from_row(r) for r in rows]
+
+    # --- events --------------------------------------------------------------------------------
+    def append_event(self, run_id: str, type: str, data: dict[str, Any]) -> Event:
+        """Append one event with the next `seq` (1, 2, 3, ... with no gaps)."""
+        seq = self._next_seq.get(run_id)
+        if seq is None:
+            row = self._db.execute(
+                "SELECT COALESCE(MAX(seq), 0) FROM events WHERE run_id = ?", (run_id,)
+            ).fetchone()
+            seq = int(row[0]) + 1
+        event = Event(run_id=run_id, seq=seq, type=type, timestamp=now_iso(), data=data)
+        self._write(
+            "INSERT INTO events (run_id, seq, type, ts, data) VALUES (?, ?, ?, ?, ?)",
+            (run_id, seq, type, event.timestamp, json.dumps(data, ensure_ascii=False)),
+        )
+        self._next_seq[run_id] = seq + 1
+        return event
+
+    def forget_seq(self, run_id: str) -> None:
+        """Drop the cached next seq of a finished run (it is re-read if ever needed)."""
+        self._next_seq.pop(run_id, None)
+
+    def events_after(self, run_id: str, after: int = 0, limit: int | None = None) -> list[Event]:
+        sql = "SELECT seq, type, ts, data FROM events WHERE run_id = ? AND seq > ? ORDER BY seq"
+        params: tuple[Any, ...] = (run_id, after)
+        if limit is not None:
+            sql += " LIMIT ?"
+            params = (*params, limit)
+        return [
+            Event(run_id=run_id, seq=r[0], type=r[1], timestamp=r[2], data=json.loads(r[3]))
+            for r in self._db.execute(sql, params)
+        ]
+
+    # --- pull requests (the local git host's records) ------------------------------------------
+    def create_pull_request(self, **fields: Any) -> int:
+        fields["files"] = json.dumps(fields["files"])
+        fields.setdefault("created_at", now_iso())
+        columns = ", ".join(fields)
+        marks = ", ".join("?" for _ in fields)
+        cursor = self._write(
+            f"INSERT INTO pull_requests ({columns}) VALUES ({marks})",  # noqa: S608
+            tuple(fields.values()),
+        )
+        return int(cursor.lastrowid or 0)
+
+    def get_pull_request(self, pr_id: int) -> PullRequestRecord | None:
+        row = self._db.execute("SELECT * FROM pull_requests WHERE id = ?", (pr_id,)).fetchone()
+        if row is None:
+            return None
+        values = dict(row)
+        values["files"] = json.loads(values["files"])
+        return PullRequestRecord(**values)
+
+    def _write(self, sql: str, params: tuple[Any, ...]) -> sqlite3.Cursor:
+        try:
+            return self._db.execute(sql, params)
+        except sqlite3.OperationalError as exc:
+            raise StoreError(f"the run store could not be written: {exc}") from exc
+
+
+def _run_from_row(row: sqlite3.Row) -> Run:
+    values = dict(row)
+    values["meta"] = json.loads(values.get("meta") or "{}")
+    return Run(**values)

@@ -1,0 +1,76 @@
+"""Shared fixtures: real git repositories, the fake model, the real server."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.fakes.anthropic import FakeAnthropic
+from tests.server import Server, start_server
+
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "Test",
+    "GIT_AUTHOR_EMAIL": "test@example.com",
+    "GIT_COMMITTER_NAME": "Test",
+    "GIT_COMMITTER_EMAIL": "test@example.com",
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "HOME": "/nonexistent",
+    "PATH": "/usr/bin:/bin",
+}
+
+
+def git(cwd: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=cwd, env=GIT_ENV, check=True, capture_output=True, text=True
+    ).stdout
+
+
+def make_repo(
+    root: Path, name: str, files: dict[str, str] | None = None, branch: str = "main"
+) -> Path:
+    """A real git repository with one commit on `branch`."""
+    path = root / name
+    path.mkdir(parents=True)
+    git(path, "init", "-q", "-b", branch)
+    for rel, text in (
+        files or {"app.py": "def signup(name):\n    return name\n", "README.md": "# Widgets\n"}
+    ).items():
+        target = path / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+    git(path, "add", "-A")
+    git(path, "commit", "-q", "-m", "initial commit")
+    return path
+
+
+@pytest.fixture
+def repos(tmp_path: Path) -> Path:
+    root = tmp_path / "repos"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture
+def fake_model() -> Iterator[FakeAnthropic]:
+    with FakeAnthropic(scenarios={}) as fake:
+        yield fake
+
+
+ServerFactory = Callable[..., Server]
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path) -> Iterator[ServerFactory]:
+    started: list[Server] = []
+
+    def start(env: dict[str, str], name: str = "server") -> Server:
+        server = start_server(tmp_path / name, env)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()

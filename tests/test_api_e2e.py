@@ -1,0 +1,625 @@
+"""End to end through the real server: real uvicorn, real git, real bubblewrap, the SDK against
+the loopback fake model, and SSE read as bytes by a real HTTP client."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from backspace.orchestrator.sandboxes.local import default_root
+from tests.conftest import ServerFactory, git, make_repo
+from tests.fakes.anthropic import Fail, FakeAnthropic, Reply, Text, ToolCall
+from tests.server import Server
+from tests.sse import collect, events_of
+
+pytestmark = pytest.mark.timeout(90)
+
+EDIT = ToolCall(
+    "str_replace_based_edit_tool",
+    {
+        "command": "str_replace",
+        "path": "app.py",
+        "old_str": "    return name\n",
+        "new_str": "    if not name:\n        raise ValueError('name is required')\n    return name\n",
+    },
+)
+
+
+def finish(title: str = "Validate the signup name") -> Reply:
+    return Reply(
+        [
+            Text("Done."),
+            ToolCall("finish", {"title": title, "body": "Adds a check.", "tests": "none"}),
+        ]
+    )
+
+
+def edit_scenario() -> list[Any]:
+    return [
+        Reply([Text("Let me look at the code."), ToolCall("bash", {"command": "cat app.py"})]),
+        Reply([EDIT]),
+        Reply([ToolCall("str_replace_based_edit_tool", {"command": "view", "path": "app.py"})]),
+        finish(),
+    ]
+
+
+def slow_scenario(seconds: int = 60) -> list[Any]:
+    return [Reply([ToolCall("bash", {"command": f"sleep {seconds}; echo slept"})]), finish()]
+
+
+def base_env(repos: Path, fake: FakeAnthropic, **extra: str) -> dict[str, str]:
+    return {
+        "ANTHROPIC_API_KEY": "sk-ant-api03-test-key-0123456789",
+        "ANTHROPIC_BASE_URL": fake.url,
+        "BACKSPACE_LOCAL_REPOS": str(repos),
+        **extra,
+    }
+
+
+async def run_to_end(
+    server: Server, prompt: str, repo: str = "local:widgets", **body: Any
+) -> list[dict[str, Any]]:
+    async with httpx.AsyncClient(timeout=60) as client:
+        response, frames = await collect(
+            client,
+            "POST",
+            f"{server.url}/api/code",
+            json={"repo_url": repo, "prompt": prompt, **body},
+        )
+    assert response.status_code == 200, response.text
+    return events_of(frames)
+
+
+def by_type(events: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [e for e in events if e["type"] == kind]
+
+
+def assert_clean(server: Server) -> None:
+    """No sandbox directory and no process of any sandbox is left."""
+    root = default_root(server.db_path)
+    assert not root.exists() or list(root.iterdir()) == []
+    leftovers = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if str(root).encode() in cmdline:
+                leftovers.append(cmdline)
+    assert leftovers == []
+
+
+async def wait_status(server: Server, run_id: str, *, timeout: float = 30) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient() as client:
+        while time.monotonic() < deadline:
+            run: dict[str, Any] = (await client.get(f"{server.url}/api/runs/{run_id}")).json()
+            if run["status"] not in ("queued", "running"):
+                return run
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"run {run_id} did not finish")
+
+
+async def test_a_whole_run_streams_every_step_and_pushes_exactly_the_change(
+    repos: Path, fake_model: FakeAnthropic, server_factory: ServerFactory
+) -> None:
+    origin = make_repo(repos, "widgets")
+    base_sha = git(origin, "rev-parse", "HEAD").strip()
+    fake_model.scenarios["validation-e2e"] = edit_scenario()
+    server = server_factory(base_env(repos, fake_model))
+
+    async with httpx.AsyncClient(timeout=60) as client:
+        response, frames = await collect(
+            client, "POST", f"{server.url}/api/code",
+            json={"repo_url": "local:widgets", "prompt": "validation-e2e: add input validation to signup"},
+        )  # fmt: skip
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert response.headers["cache-control"] == "no-cache"
+    assert response.headers["x-accel-buffering"] == "no"
+    events = events_of(frames)
+    assert all(f.event is None for f in frames), (
+        "no `event:` lines, so EventSource.onmessage sees all"
+    )
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    assert [f.id for f in frames if f.data] == [str(e["seq"]) for e in events]
+    run_id = events[0]["run_id"]
+    assert all(e["run_id"] == run_id == e["request_id"] for e in events)
+
+    assert events[0]["type"] == "start"
+    assert events[0]["repo_url"] == "local:widgets" and events[0]["run_url"].endswith(run_id)
+    stages = [e["stage"] for e in by_type(events, "progress")]
+    firsts = list(dict.fromkeys(stages))
+    assert firsts == ["sandbox", "cloning", "agent", "validating", "pushing", "pr"]
+    percentages = [e["percentage"] for e in by_type(events, "progress")]
+    assert percentages == sorted(percentages)
+    assert by_type(events, "AI Message")[0]["message"] == "Let me look at the code."
+    bash = by_type(events, "Tool: Bash")[0]
+    assert (
+        bash["command"] == "cat app.py"
+        and "def signup" in bash["output"]
+        and bash["exit_code"] == 0
+    )
+    edit = by_type(events, "Tool: Edit")[0]
+    assert edit["filepath"] == "app.py" and "raise ValueError" in edit["new_str"]
+    assert by_type(events, "Tool: Read")[0]["filepath"] == "app.py"
+    assert by_type(events, "usage")[-1]["cost_usd"] > 0
+    pr = by_type(events, "pr_created")[0]
+    assert pr["files_changed"] == 1 and pr["additions"] == 2 and pr["deletions"] == 0
+    assert pr["branch"].startswith("backspace/validation-e2e-add-input") and pr["branch"].endswith(
+        run_id[:8]
+    )
+    assert by_type(events, "error") == []
+    complete = events[-1]
+    assert complete["type"] == "complete" and complete["status"] == "succeeded"
+    assert complete["pr_url"] == pr["pr_url"] and complete["duration_ms"] > 0
+    assert len(by_type(events, "complete")) == 1
+
+    # The origin has the branch: one commit on the base, by backspace, with exactly the change.
+    branch = pr["branch"]
+    assert git(origin, "rev-parse", f"{branch}^").strip() == base_sha
+    assert git(origin, "log", "-1", "--format=%an <%ae>|%s", branch).strip() == (
+        "backspace-bot <backspace-bot@users.noreply.github.com>|Validate the signup name"
+    )
+    assert git(origin, "diff", "--name-only", base_sha, branch).split() == ["app.py"]
+    assert "+    if not name:" in git(origin, "diff", base_sha, branch)
+    assert git(origin, "rev-parse", "main").strip() == base_sha
+
+    async with httpx.AsyncClient() as client:
+        page = await client.get(pr["pr_url"])
+        run = (await client.get(f"{server.url}/api/runs/{run_id}")).json()
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert "raise ValueError(&#x27;name is required&#x27;)" in page.text
+    assert "Validate the signup name" in page.text
+    assert (
+        run["status"] == "succeeded" and run["pr_url"] == pr["pr_url"] and run["branch"] == branch
+    )
+    assert_clean(server)
+
+
+async def test_resume_after_last_event_id_gives_exactly_the_rest(
+    repos: Path, fake_model: FakeAnthropic, server_factory: ServerFactory
+) -> None:
+    make_repo(repos, "widgets")
+    steps = edit_scenario()
+    steps[1] = Reply([EDIT], delay=0.4)  # keep the run live while the client reconnects
+    steps[2] = Reply(steps[2].blocks, delay=0.4)
+    fake_model.scenarios["resume-e2e"] = steps
+    server = server_factory(base_env(repos, fake_model))
+    async with httpx.AsyncClient(timeout=60) as client:
+        _, first = await collect(
+            client,
+            "POST",
+            f"{server.url}/api/code",
+            json={"repo_url": "local:widgets", "prompt": "resume-e2e"},
+            stop_after=5,
+        )
+        head = events_of(first)
+        run_id = head[0]["run_id"]
+        _, rest = await collect(
+            client, "GET", f"{server.url}/api/runs/{run_id}/events", headers={"Last-Event-ID": "5"}
+        )
+        _, again = await collect(client, "GET", f"{server.url}/api/runs/{run_id}/events?after=2")
+    tail = events_of(rest)
+    assert [e["seq"] for e in head] == [1, 2, 3, 4, 5]
+    assert [e["seq"] for e in tail] == list(range(6, tail[-1]["seq"] + 1))
+    assert tail[-1]["type"] == "complete" and tail[-1]["status"] == "succeeded"
+    assert [e["seq"] for e in events_of(again)] == list(range(3, tail[-1]["seq"] + 1))
+
+
+async def test_a_client_that_disconnects_does_not_cancel_its_run(
+    repos: Path, fake_model: FakeAnthropic, server_factory: ServerFactory
+) -> None:
+    make_repo(repos, "widgets")
+    steps = edit_scenario()
+    steps[1] = Reply([EDIT], delay=0.5)
+    fake_model.scenarios["disconnect-e2e"] = steps
+    server = server_factory(base_env(repos, fake_model))
+    async with httpx.AsyncClient(timeout=60) as client:
+        _, frames = await collect(
+            client,
+            "POST",
+            f"{server.url}/api/code",
+            json={"repo_url": "local:widgets", "prompt": "disconnect-e2e"},
+            stop_after=2,
+        )
+    run = await wait_status(server, events_of(frames)[0]["run_id"])
+    assert run["status"] == "succeeded" and run["pr_url"]
+
+
+async def test_json_clients_get_202_with_the_run(
+    repos: Path, fake_model: FakeAnthropic, server_factory: ServerFactory
+) -> None:
+    make_repo(repos, "widgets")
+    fake_model.scenarios["json-e2e"] = edit_scenario()
+    server = server_factory(base_env(repos, fake_model))
+    async with httpx.AsyncClient(timeout=30) as client:
+        response = await client.post(
+            f"{server.url}/api/code",
+            json={"repoUrl": "local:widgets", "prompt": "json-e2e"},
+            headers={"Accept": "application/json"},
+        )
+        assert response.status_code == 202
+        run = response.json()
+        assert (
+            run["status"] == "queued" and response.headers["location"] == f"/api/runs/{run['id']}"
+        )
+        assert run["events_url"].endswith(f"/api/runs/{run['id']}/events")
+        final = await wait_status(server, run["id"])
+        listed = (await client.get(f"{server.url}/api/runs")).json()["runs"]
+    assert final["status"] == "succeeded"
+    assert [r["id"] for r in listed] == [run["id"]]
+
+
+async def test_cancel_mid_command_kills_it_and_ends_cancelled(
+    repos: Path, fake_model: FakeAnthropic, server_factory: ServerFactory
+) -> None:
+    make_repo(repos, "widgets")
+    fake_model.scenarios["cancel-e2e"] = slow_scenario(120)
+    server = server_factory(base_env(repos, fake_model))
+    async with httpx.AsyncClient(timeout=30) as client:
+        run = (
+            await client.post(
+                f"{server.url}/api/code",
+                json={"repo_url": "local:widgets", "prompt": "cancel-e2e"},
+                headers={"Accept": "application/json"},
+            )
+        ).json()
+        await _wait_for_process("sleep 120")
+        started = time.monotonic()
+        response = await client.post(f"{server.url}/api/runs/{run['id']}/cancel")
+        assert response.status_code == 202
+        _, frames = await collect(client, "GET", f"{server.url}/api/runs/{run['id']}/events")
+        again = await client.post(f"{server.url}/api/runs/{run['id']}/cancel")
+    events = events_of(frames)
+    assert time.monotonic() - started < 10
+    assert events[-1]["type"] == "complete" and events[-1]["status"] == "cancelled"
+    assert by_type(events, "error") == [] and len(by_type(events, "complete")) == 1
+    assert again.status_code == 409 and "cancelled" in again.json()["detail"]
+    assert_clean(server)
+
+
+async def _wait_for_process(fragment: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for proc in Path("/proc").iterdir():
+            if proc.name.isdigit():
+                try:
+                    if fragment.encode() in (proc / "cmdline").read_bytes():
+                        return
+                except OSError:
+                    continue
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no process running {fragment!r}")
+
+
+async def test_the_wall_clock_limit_ends_the_run_timed_out(
+    repos: Path, fake_model: FakeAnthropic, server_factory: ServerFactory
+) -> None:
+    make_repo(repos, "widgets")
+    fake_model.scenarios["timeout-e2e"] = slow_scenario(121)
+    server = server_factory(base_env(repos, fake_model, MAX_SANDBOX_DURATION="3"))
+    started = time.monotonic()
+    events = await run_to_end(server, "timeout-e2e")
+    assert time.monotonic() - started < 15
+    error, complete = events[-2], events[-1]
+    assert error["type"] == "error" and error["code"] == "wall_clock_limit"
+    assert "MAX_SANDBOX_DURATION" in error["message"] and error["stage"] == "agent"
+    assert complete["type"] == "complete" and complete["status"] == "timed_out"
+    assert len(by_type(events, "error")) == 1
+    assert_clean(server)
+
+
+async def test_a_model_that_keeps_failing_fails_the_run_after_retries(
+    repos: Path, fake_model: FakeAnthropic, server_factory: ServerFactory
+) -> None:
+    make_repo(repos, "widgets")
+    fake_model.scenarios["overloaded-e2e"] = [[Fail(529, times=99)]]
+    server = server_factory(base_env(repos, fake_model, BACKSPACE_MODEL_RETRIES="2"))
+    events = await run_to_end(server, "overloaded-e2e")
+    errors = by_type(events, "error")
+    assert (
+        len(errors) == 1
+        and errors[0]["code"] == "model_overloaded"
+        and errors[0]["retryable"] is True
+    )
+    assert "3 attempts" in errors[0]["message"]
+    assert events[-1]["status"] == "failed"
+    assert fake_model.attempts("overloaded-e2e", 0) == 3
+    assert_clean(server)
+
+
+async def test_an_agent_that_changes_nothing_ends_no_changes(
+    repos: Path, fake_model: FakeAnthropic, server_factory: ServerFactory
+) -> None:
+    origin = make_repo(repos, "widgets")
+    fake_model.scenarios["nothing-e2e"] = [
+        Reply([ToolCall("bash", {"command": "cat app.py"})]),
+        finish(),
+    ]
+    server = server_factory(base_env(repos, fake_model))
+    events = await run_to_end(server, "nothing-e2e")
+    assert events[-1]["status"] == "no_changes" and "no changes" in events[-1]["message"]
+    assert by_type(events, "error") == [] and by_type(events, "pr_created") == []
+    assert git(origin, "branch", "--list").split() == ["*", "main"]
+
+
+async def test_five_runs_at_once_each_stream_has_only_its_own_events(
+    repos: Path, fake_model: FakeAnthropic, server_factory: ServerFactory
+) -> None:
+    origin = make_repo(repos, "widgets", {f"f{i}.txt": f"{i}\n" for i in range(5)})
+    for i in range(5):
+        fake_model.scenarios[f"parallel-{i}-e2e"] = [
+            Reply(
+                [
+                    ToolCall(
+                        "str_replace_based_edit_tool",
+                        {"command": "create", "path": f"f{i}.txt", "file_text": f"changed {i}\n"},
+                    )
+                ],
+                delay=0.2,
+            ),
+            finish(f"Change f{i}"),
+        ]
+    server = server_factory(base_env(repos, fake_model, MAX_CONCURRENT_RUNS="4"))
+    results = await asyncio.gather(*(run_to_end(server, f"parallel-{i}-e2e") for i in range(5)))
+    branches = []
+    for i, events in enumerate(results):
+        assert len({e["run_id"] for e in events}) == 1
+        assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+        assert events[-1]["status"] == "succeeded", events[-1]
+        branch = by_type(events, "pr_created")[0]["branch"]
+        assert git(origin, "diff", "--name-only", "main", branch).split() == [f"f{i}.txt"]
+        branches.append(branch)
+    queued = [e for events in results for e in by_type(events, "progress") if e.get("position")]
+    assert queued and queued[0]["position"] == 1, "the fifth run waited in the queue"
+    assert len(set(branches)) == 5
+    assert_clean(server)
+
+
+async def test_secrets_never_reach_the_sandbox_an_event_or_a_log_line(
+    repos: Path, fake_model: FakeAnthropic, server_factory: ServerFactory
+) -> None:
+    make_repo(repos, "widgets")
+    secrets = {
+        "ANTHROPIC_API_KEY": "sk-ant-api03-SECRETANTHROPIC0001",
+        "GITHUB_TOKEN": "ghp_SECRETGITHUB0000000000000000000002",
+        "SLACK_BOT_TOKEN": "xoxb-SECRETSLACK-0003",
+        "SLACK_SIGNING_SECRET": "SECRETSIGNING0004",
+        "DAYTONA_API_KEY": "SECRETDAYTONA0005",
+    }
+    probe = "env; cat /proc/*/environ 2>/dev/null | tr '\\0' '\\n'; grep -rsl SECRET /workspace /tmp /home /etc 2>/dev/null; echo probe-done"
+    fake_model.scenarios["secrets-e2e"] = [
+        Reply([ToolCall("bash", {"command": probe})]),
+        Reply([EDIT]),
+        finish(),
+    ]
+    server = server_factory({**base_env(repos, fake_model), **secrets})
+    # The prompt itself carries a token a user pasted: it must be redacted from the events.
+    events = await run_to_end(server, f"secrets-e2e: use token {secrets['GITHUB_TOKEN']} please")
+    assert events[-1]["status"] == "succeeded"
+    output = by_type(events, "Tool: Bash")[0]["output"]
+    assert "probe-done" in output and "PATH=" in output
+    tool_results = str(fake_model.requests_for("secrets-e2e")[1]["messages"][-1])
+    everything = repr(events) + server.logs() + output + tool_results
+    for value in secrets.values():
+        assert value not in everything
+    assert "[REDACTED]" in events[0]["prompt"]
+    # The key was really in use: the fake model saw it, from the host.
+    assert (
+        fake_model.requests[0]["headers"]["authorization"]
+        == f"Bearer {secrets['ANTHROPIC_API_KEY']}"
+    )
+
+
+BAD_REQUESTS: list[tuple[str, Any, int, str]] = [
+    ("not json", b"{nope", 400, "not valid JSON"),
+    ("empty body", b"", 400, "empty"),
+    ("array", [1, 2], 422, "JSON object"),
+    ("missing prompt", {"repo_url": "local:widgets"}, 422, "prompt"),
+    ("missing repo", {"prompt": "x"}, 422, "repo_url"),
+    ("empty prompt", {"repo_url": "local:widgets", "prompt": "   "}, 422, "prompt"),
+    ("wrong type", {"repo_url": 5, "prompt": "x"}, 422, "repo_url"),
+    ("unknown field", {"repo_url": "local:widgets", "prompt": "x", "extra": 1}, 422, "extra"),
+    (
+        "prompt too long",
+        {"repo_url": "local:widgets", "prompt": "x" * 501},
+        422,
+        "BACKSPACE_MAX_PROMPT_CHARS",
+    ),
+    (
+        "body too large",
+        {"repo_url": "local:widgets", "prompt": "x", "pad": "y" * 5000},
+        413,
+        "larger than",
+    ),
+    (
+        "outside the root",
+        {"repo_url": "/etc", "prompt": "x"},
+        422,
+        "not inside BACKSPACE_LOCAL_REPOS",
+    ),
+    (
+        "dot-dot",
+        {"repo_url": "local:../outside", "prompt": "x"},
+        422,
+        "not inside BACKSPACE_LOCAL_REPOS",
+    ),
+    (
+        "symlink out",
+        {"repo_url": "local:escape", "prompt": "x"},
+        422,
+        "not inside BACKSPACE_LOCAL_REPOS",
+    ),
+    (
+        "option-like",
+        {"repo_url": "--upload-pack=touch /tmp/pwned", "prompt": "x"},
+        422,
+        "cannot start with '-'",
+    ),
+    (
+        "option-like base",
+        {"repo_url": "local:widgets", "prompt": "x", "base_branch": "--exec=id"},
+        422,
+        "base_branch",
+    ),
+    ("not a repo", {"repo_url": "local:plain", "prompt": "x"}, 422, "not a git repository"),
+    (
+        "unknown form",
+        {"repo_url": "ftp://example.com/x", "prompt": "x"},
+        422,
+        "not a repository this server knows",
+    ),
+    ("control chars", {"repo_url": "local:wid\ngets", "prompt": "x"}, 422, "control characters"),
+]
+
+
+async def test_bad_input_gets_a_clear_error_and_starts_nothing(
+    repos: Path, tmp_path: Path, fake_model: FakeAnthropic, server_factory: ServerFactory
+) -> None:
+    make_repo(repos, "widgets")
+    (repos / "plain").mkdir()
+    outside = make_repo(tmp_path, "outside")
+    (repos / "escape").symlink_to(outside)
+    server = server_factory(
+        base_env(
+            repos, fake_model, BACKSPACE_MAX_PROMPT_CHARS="500", BACKSPACE_MAX_BODY_BYTES="4096"
+        )
+    )
+    async with httpx.AsyncClient(timeout=10) as client:
+        for name, body, status, fragment in BAD_REQUESTS:
+            if isinstance(body, bytes):
+                response = await client.post(
+                    f"{server.url}/api/code",
+                    content=body,
+                    headers={"content-type": "application/json"},
+                )
+            else:
+                response = await client.post(f"{server.url}/api/code", json=body)
+            assert response.status_code == status, (name, response.text)
+            assert fragment in response.json()["detail"], (name, response.json())
+        assert (await client.get(f"{server.url}/api/runs")).json()["runs"] == []
+        unknown = await client.get(f"{server.url}/api/runs/nope")
+        assert unknown.status_code == 404 and "nope" in unknown.json()["detail"]
+        assert (await client.post(f"{server.url}/api/runs/nope/cancel")).status_code == 404
+        assert (await client.get(f"{server.url}/api/runs?limit=0")).status_code == 422
+        assert (await client.get(f"{server.url}/prs/999")).status_code == 404
+        assert (
+            (await client.get(f"{server.url}/no/such/path"))
+            .json()["detail"]
+            .startswith("no such endpoint")
+        )
+        assert (await client.delete(f"{server.url}/api/code")).status_code == 405
+    assert not Path("/tmp/pwned").exists()
+    assert server.process.poll() is None
+
+
+async def test_api_key_auth(
+    repos: Path, fake_model: FakeAnthropic, server_factory: ServerFactory
+) -> None:
+    make_repo(repos, "widgets")
+    fake_model.scenarios["auth-e2e"] = edit_scenario()
+    key = "backspace-api-key-0123456789"
+    server = server_factory(base_env(repos, fake_model, REQUIRE_AUTH="true", API_KEY=key))
+    body = {"repo_url": "local:widgets", "prompt": "auth-e2e"}
+    accept = {"Accept": "application/json"}
+    async with httpx.AsyncClient(timeout=10) as client:
+        assert (await client.get(f"{server.url}/health")).status_code == 200
+        missing = await client.post(f"{server.url}/api/code", json=body)
+        wrong = await client.post(
+            f"{server.url}/api/code", json=body, headers={"Authorization": "Bearer nope"}
+        )
+        listed = await client.get(f"{server.url}/api/runs", headers={"X-API-Key": "nope"})
+        assert (missing.status_code, wrong.status_code, listed.status_code) == (401, 401, 401)
+        assert "Authorization: Bearer" in missing.json()["detail"]
+        ok = await client.post(
+            f"{server.url}/api/code",
+            json=body,
+            headers={"Authorization": f"Bearer {key}", **accept},
+        )
+        assert ok.status_code == 202
+        assert (
+            await client.get(f"{server.url}/api/runs", headers={"X-API-Key": key})
+        ).status_code == 200
+    assert key not in server.logs()
+
+
+async def test_without_a_model_the_api_says_which_variable_to_set(
+    repos: Path, server_factory: ServerFactory
+) -> None:
+    make_repo(repos, "widgets")
+    server = server_factory({"BACKSPACE_LOCAL_REPOS": str(repos)})
+    async with httpx.AsyncClient(timeout=10) as client:
+        health = (await client.get(f"{server.url}/health")).json()
+        response = await client.post(
+            f"{server.url}/api/code", json={"repo_url": "local:widgets", "prompt": "x"}
+        )
+    assert health["status"] == "degraded" and health["model"]["configured"] is False
+    assert health["sandbox"]["usable"] is True and health["store"]["ok"] is True
+    assert response.status_code == 503 and "ANTHROPIC_API_KEY" in response.json()["detail"]
+
+
+async def test_a_restart_marks_interrupted_runs_failed_and_cleans_their_sandboxes(
+    repos: Path, fake_model: FakeAnthropic, server_factory: ServerFactory
+) -> None:
+    make_repo(repos, "widgets")
+    fake_model.scenarios["crash-e2e"] = slow_scenario(122)
+    env = base_env(repos, fake_model)
+    server = server_factory(env, name="crash")
+    async with httpx.AsyncClient(timeout=30) as client:
+        run = (
+            await client.post(
+                f"{server.url}/api/code",
+                json={"repo_url": "local:widgets", "prompt": "crash-e2e"},
+                headers={"Accept": "application/json"},
+            )
+        ).json()
+        await _wait_for_process("sleep 122")
+        os.killpg(server.process.pid, signal.SIGKILL)
+        server.process.wait()
+        await asyncio.sleep(0.5)
+        restarted = server_factory(env, name="crash")
+        _, frames = await collect(client, "GET", f"{restarted.url}/api/runs/{run['id']}/events")
+        final = (await client.get(f"{restarted.url}/api/runs/{run['id']}")).json()
+    events = events_of(frames)
+    assert [e["type"] for e in events[-2:]] == ["error", "complete"]
+    assert events[-2]["code"] == "interrupted" and events[-1]["status"] == "failed"
+    assert final["status"] == "failed" and final["error"]["code"] == "interrupted"
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    assert_clean(restarted)
+
+
+async def test_graceful_shutdown_ends_running_runs_and_deletes_their_sandboxes(
+    repos: Path, fake_model: FakeAnthropic, server_factory: ServerFactory
+) -> None:
+    make_repo(repos, "widgets")
+    fake_model.scenarios["shutdown-e2e"] = slow_scenario(123)
+    env = base_env(repos, fake_model, BACKSPACE_SHUTDOWN_GRACE="1")
+    server = server_factory(env, name="shutdown")
+    async with httpx.AsyncClient(timeout=30) as client:
+        run = (
+            await client.post(
+                f"{server.url}/api/code",
+                json={"repo_url": "local:widgets", "prompt": "shutdown-e2e"},
+                headers={"Accept": "application/json"},
+            )
+        ).json()
+        await _wait_for_process("sleep 123")
+    started = time.monotonic()
+    # uvicorn shuts down gracefully, then re-raises the signal so the exit status reflects it.
+    assert server.stop(signal.SIGTERM) in (0, -signal.SIGTERM)
+    assert "waiting up to 1s for 1 running runs" in server.logs()
+    assert time.monotonic() - started < 15
+    assert_clean(server)
+    restarted = server_factory(env, name="shutdown")
+    async with httpx.AsyncClient(timeout=10) as client:
+        final = (await client.get(f"{restarted.url}/api/runs/{run['id']}")).json()
+    assert final["status"] == "failed" and final["error"]["code"] == "interrupted"
+    assert "shut down" in final["error"]["message"]
