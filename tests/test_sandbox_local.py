@@ -182,7 +182,7 @@ async def test_no_network_even_to_a_host_listener_on_loopback(sandbox: LocalSand
 
 async def test_the_root_is_read_only(sandbox: LocalSandbox) -> None:
     name = f"backspace-{marker()}"
-    for path in (f"/usr/{name}", f"/etc/{name}", f"/opt/{name}", f"/usr/bin/{name}"):
+    for path in (f"/{name}", f"/usr/{name}", f"/etc/{name}", f"/opt/{name}", f"/usr/bin/{name}"):
         result = await sandbox.exec(f"touch {path}")
         assert result.exit_code != 0, (path, result.output)
         assert "Read-only file system" in result.output or "denied" in result.output

@@ -166,7 +166,7 @@ class Pipeline:
         self, host: GitHost, repo: ResolvedRepo, sandbox: Sandbox, scratch: Path
     ) -> None:
         bundle = await host.bundle_base(repo, scratch)
-        await sandbox.write_file(BASE_BUNDLE, bundle.read_bytes())
+        await sandbox.upload(bundle, BASE_BUNDLE)
         q = shlex.quote
         result = await sandbox.exec(
             f"git clone --quiet --branch {q(repo.base_branch)} -- {BASE_BUNDLE} . "
@@ -252,9 +252,8 @@ class Pipeline:
         identity = self.settings.identity
         if not await commit_in_sandbox(sandbox, repo.base_sha, identity, title):
             return None
-        data = await sandbox.read_file(OUT_BUNDLE, max_bytes=self.settings.max_bundle_bytes)
         bundle = scratch / "out.bundle"
-        bundle.write_bytes(data)
+        await sandbox.download(OUT_BUNDLE, bundle, max_bytes=self.settings.max_bundle_bytes)
         git_dir = await host.prepare(repo, scratch)
         return await import_change(
             git_dir, bundle, repo.base_sha, identity, title, max_files=self.settings.max_diff_files

@@ -119,14 +119,16 @@ class Editor:
         )
 
     async def _list_directory(self, path: str, display: str) -> ToolOutcome:
+        # Hidden entries below the directory are skipped, not the directory itself (.github).
         listing = await self.sandbox.exec(
-            f"find {shlex.quote(path)} -maxdepth 2 -not -path '*/.*' | sort | head -n 400",
+            f"cd -- {shlex.quote(path)} && find . -maxdepth 2 -not -path '*/.*' | sort | head -n 400",
             timeout=30,
             max_output=self.max_characters,
         )
-        root = self.sandbox.workdir + "/"
         shown = "\n".join(
-            line.removeprefix(root) for line in listing.output.splitlines() if line.strip()
+            posixpath.normpath(posixpath.join(display, line))
+            for line in listing.output.splitlines()
+            if line.strip()
         )
         return ToolOutcome(
             content=(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 OutputCallback = Callable[[str], None]
@@ -58,6 +59,14 @@ class Sandbox(Protocol):
 
     async def write_file(self, path: str, data: bytes) -> None:
         """Write a file, creating parent directories."""
+        ...
+
+    async def upload(self, local: Path, path: str) -> None:
+        """Copy a host file into the sandbox (streamed: bundles can be large)."""
+        ...
+
+    async def download(self, path: str, local: Path, *, max_bytes: int) -> None:
+        """Copy a sandbox file to the host; SandboxError past `max_bytes`."""
         ...
 
     async def close(self) -> None:

@@ -29,6 +29,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from backspace.orchestrator.sandboxes.base import (
     ExecResult,
@@ -219,7 +220,7 @@ class LocalSandboxProvider:
         argv += ["--bind", str(base / "tmp"), "/tmp"]  # noqa: S108 - the sandbox's private /tmp
         argv += ["--bind", str(base / "home"), HOME]
         argv += ["--bind", str(base / "workspace"), WORKDIR]
-        argv += ["--chdir", cwd, "--clearenv"]
+        argv += ["--remount-ro", "/", "--chdir", cwd, "--clearenv"]
         for key, value in sandbox_environment(HOME).items():
             argv += ["--setenv", key, value]
         return [*argv, "--", "bash", "-c", script, "bash", *args]
@@ -282,17 +283,34 @@ class LocalSandbox:
         )
 
     async def _run_bytes(
-        self, script: str, args: tuple[str, ...], stdin: bytes | None, limit: int | None
+        self,
+        script: str,
+        args: tuple[str, ...],
+        stdin: bytes | BinaryIO | None,
+        limit: int | None,
+        stdout: BinaryIO | None = None,
     ) -> tuple[int, bytes, str]:
-        """Run a fixed helper script; stdout as bytes (bounded), stderr as text."""
-        proc = await self._spawn(script, cwd=self.workdir, stdin=stdin is not None, args=args)
+        """Run a fixed helper script; stdout as bytes (bounded) or into a file, stderr as text."""
+        proc = await self._spawn(
+            script,
+            cwd=self.workdir,
+            stdin=stdin
+            if not isinstance(stdin, bytes) and stdin is not None
+            else stdin is not None,
+            stdout=stdout,
+            args=args,
+        )
+        out = b""
         try:
-            async with asyncio.timeout(60):
-                await self._feed(proc, stdin)
-                assert proc.stdout is not None and proc.stderr is not None
-                out, err = await asyncio.gather(
-                    _read_bounded(proc.stdout, limit), proc.stderr.read(4096)
-                )
+            async with asyncio.timeout(FILE_OP_TIMEOUT):
+                await self._feed(proc, stdin if isinstance(stdin, bytes) else None)
+                assert proc.stderr is not None
+                if proc.stdout is not None:
+                    out, err = await asyncio.gather(
+                        _read_bounded(proc.stdout, limit), proc.stderr.read(4096)
+                    )
+                else:
+                    err = await proc.stderr.read(4096)
                 await proc.wait()
         except TimeoutError as exc:
             raise SandboxError("a file operation in the sandbox timed out") from exc
@@ -305,7 +323,8 @@ class LocalSandbox:
         script: str,
         *,
         cwd: str | None,
-        stdin: bool,
+        stdin: bool | BinaryIO,
+        stdout: BinaryIO | None = None,
         merge: bool = False,
         args: tuple[str, ...] = (),
     ) -> asyncio.subprocess.Process:
@@ -321,8 +340,12 @@ class LocalSandbox:
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv,
-                stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
+                stdin=stdin
+                if not isinstance(stdin, bool)
+                else subprocess.PIPE
+                if stdin
+                else subprocess.DEVNULL,
+                stdout=stdout if stdout is not None else subprocess.PIPE,
                 stderr=subprocess.STDOUT if merge else subprocess.PIPE,
                 start_new_session=True,
                 env=env if env is not None else {"PATH": os.environ.get("PATH", SANDBOX_PATH)},
@@ -363,25 +386,31 @@ class LocalSandbox:
 
     # --- files ----------------------------------------------------------------------------------
     async def read_file(self, path: str, *, max_bytes: int | None = None) -> bytes:
-        script = (
-            'if [ -d "$1" ]; then exit 45; fi; if [ ! -e "$1" ]; then exit 44; fi; exec cat -- "$1"'
+        code, out, err = await self._run_bytes(
+            READ_SCRIPT, (self._inner_path(path),), None, max_bytes
         )
-        code, out, err = await self._run_bytes(script, (self._inner_path(path),), None, max_bytes)
-        if code == FILE_MISSING:
-            raise FileNotFoundError(path)
-        if code == FILE_IS_DIR:
-            raise IsADirectoryError(path)
-        if code != 0:
-            raise SandboxError(f"could not read {path}: {err or f'exit {code}'}")
+        _raise_for_file_op(code, path, err, "read")
         return out
 
     async def write_file(self, path: str, data: bytes) -> None:
-        script = 'if [ -d "$1" ]; then exit 45; fi; mkdir -p -- "$(dirname -- "$1")" && cat > "$1"'
-        code, _, err = await self._run_bytes(script, (self._inner_path(path),), data, 0)
-        if code == FILE_IS_DIR:
-            raise IsADirectoryError(path)
-        if code != 0:
-            raise SandboxError(f"could not write {path}: {err or f'exit {code}'}")
+        code, _, err = await self._run_bytes(WRITE_SCRIPT, (self._inner_path(path),), data, 0)
+        _raise_for_file_op(code, path, err, "write")
+
+    async def upload(self, local: Path, path: str) -> None:
+        """Stream a host file into the sandbox (a bundle, say) without holding it in memory."""
+        with local.open("rb") as source:
+            code, _, err = await self._run_bytes(WRITE_SCRIPT, (self._inner_path(path),), source, 0)
+        _raise_for_file_op(code, path, err, "write")
+
+    async def download(self, path: str, local: Path, *, max_bytes: int) -> None:
+        """Stream a sandbox file to the host, refusing more than `max_bytes`."""
+        args = (self._inner_path(path), str(max_bytes + 1))
+        with local.open("wb") as sink:
+            code, _, err = await self._run_bytes(READ_SCRIPT_LIMITED, args, None, None, stdout=sink)
+            size = os.fstat(sink.fileno()).st_size
+        _raise_for_file_op(code, path, err, "read")
+        if size > max_bytes:
+            raise SandboxError(f"{path} is larger than the {max_bytes}-byte limit")
 
     # --- close ----------------------------------------------------------------------------------
     async def close(self) -> None:
@@ -391,6 +420,23 @@ class LocalSandbox:
         for proc in list(self._procs):
             await self._reap(proc)
         await asyncio.to_thread(shutil.rmtree, self.base, True)
+
+
+READ_SCRIPT = (
+    'if [ -d "$1" ]; then exit 45; fi; if [ ! -e "$1" ]; then exit 44; fi; exec cat -- "$1"'
+)
+READ_SCRIPT_LIMITED = 'if [ -d "$1" ]; then exit 45; fi; if [ ! -e "$1" ]; then exit 44; fi; exec head -c "$2" -- "$1"'
+WRITE_SCRIPT = 'if [ -d "$1" ]; then exit 45; fi; mkdir -p -- "$(dirname -- "$1")" && cat > "$1"'
+FILE_OP_TIMEOUT = 300.0
+
+
+def _raise_for_file_op(code: int, path: str, err: str, verb: str) -> None:
+    if code == FILE_MISSING:
+        raise FileNotFoundError(path)
+    if code == FILE_IS_DIR:
+        raise IsADirectoryError(path)
+    if code != 0:
+        raise SandboxError(f"could not {verb} {path}: {err or f'exit {code}'}")
 
 
 async def _read_bounded(stream: asyncio.StreamReader, limit: int | None) -> bytes:
