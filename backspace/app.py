@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -45,6 +45,13 @@ class Services:
     hosts: dict[str, GitHost]
     redactor: Redactor
     public_url: str
+    _close_model: Callable[[], Awaitable[None]]
+
+    async def aclose(self) -> None:
+        """Stop the runner (grace period, then cancel), close the model client and the store."""
+        await self.runner.shutdown()
+        await self._close_model()
+        self.store.close()
 
     def parse_repo(self, reference: str) -> RepoRef:
         """The one check every front end uses: a reference becomes a RepoRef or a RepoRefError."""
@@ -133,7 +140,11 @@ def build_services(settings: Settings) -> Services:
     )
     hosts: dict[str, GitHost] = {"local": LocalGitHost(settings.local_repos, store, url)}
 
+    shared_model: list[AnthropicModel] = []  # one client for all runs: it pools connections
+
     def model_factory() -> Model:
+        if shared_model:
+            return shared_model[0]
         if not settings.model_configured:
             raise RunFailure(
                 "model_not_configured",
@@ -141,14 +152,21 @@ def build_services(settings: Settings) -> Services:
                 "Anthropic-compatible server.",
             )
         key = settings.anthropic_api_key.get_secret_value() if settings.anthropic_api_key else None
-        return AnthropicModel(
-            name=settings.model,
-            api_key=key,
-            base_url=settings.anthropic_base_url,
-            retries=settings.model_retries,
-            retry_delay=settings.model_retry_delay,
-            timeout=settings.model_timeout,
+        shared_model.append(
+            AnthropicModel(
+                name=settings.model,
+                api_key=key,
+                base_url=settings.anthropic_base_url,
+                retries=settings.model_retries,
+                retry_delay=settings.model_retry_delay,
+                timeout=settings.model_timeout,
+            )
         )
+        return shared_model[0]
+
+    async def close_model() -> None:
+        for model in shared_model:
+            await model.close()
 
     pipeline = Pipeline(
         sandboxes=sandboxes,
@@ -183,7 +201,7 @@ def build_services(settings: Settings) -> Services:
         public_url=url,
         janitor=sandboxes,
     )
-    return Services(settings, store, hub, runner, sandboxes, hosts, redactor, url)
+    return Services(settings, store, hub, runner, sandboxes, hosts, redactor, url, close_model)
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -201,8 +219,7 @@ def create_app(settings: Settings) -> Starlette:
         try:
             yield
         finally:
-            await services.runner.shutdown()
-            services.store.close()
+            await services.aclose()
 
     app = Starlette(
         debug=False,

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -84,13 +85,19 @@ async def run_command(settings: Settings, repo: str, prompt: str, base: str | No
     from backspace.app import build_services
 
     console = Console(stderr=True)
+    if not settings.model_configured:  # as POST /api/code does: refuse before creating a run
+        console.print(
+            "[red]backspace: no model is configured: set ANTHROPIC_API_KEY "
+            "(or ANTHROPIC_BASE_URL)[/red]"
+        )
+        return EXIT_FAILED
     configure_logging(Redactor(settings.secrets()), debug=settings.debug, json_format=False)
     services = build_services(settings)
     try:
         try:
             ref = services.parse_repo(repo)
         except RepoRefError as exc:
-            console.print(f"[red]backspace: {exc}[/red]")
+            console.print(f"[red]backspace: {escape(str(exc))}[/red]")
             return EXIT_USAGE
         request = RunRequest(repo_url=repo, repo=ref, prompt=prompt, base_branch=base, source="cli")
         run = services.runner.submit(request)
@@ -100,8 +107,7 @@ async def run_command(settings: Settings, repo: str, prompt: str, base: str | No
         )
         final = await _follow(console, services.hub.subscribe(run.id))
     finally:
-        await services.runner.shutdown()
-        services.store.close()
+        await services.aclose()
     status = final.data.get("status") if final else None
     if final and final.data.get("pr_url"):
         print(final.data["pr_url"])
@@ -124,18 +130,17 @@ async def _follow(console: Console, events: Any) -> Event | None:
                     progress.update(
                         bar,
                         completed=data.get("percentage", 0),
-                        description=data.get("message", ""),
+                        description=escape(str(data.get("message", ""))),
                     )
                 case EventType.AI_MESSAGE:
                     console.print(
-                        f"[cyan]agent[/cyan] {data.get('message', '').strip()}",
+                        f"[cyan]agent[/cyan] {escape(str(data.get('message', '')).strip())}",
                         highlight=False,
-                        markup=False,
                     )
                 case EventType.TOOL_BASH:
                     code = data.get("exit_code")
                     console.print(
-                        f"[dim]$ {data.get('command', '')}[/dim]  [{'green' if code == 0 else 'red'}]exit {code}[/]",
+                        f"[dim]$ {escape(str(data.get('command', '')))}[/dim]  [{'green' if code == 0 else 'red'}]exit {code}[/]",
                         highlight=False,
                     )
                 case EventType.TOOL_READ | EventType.TOOL_EDIT | EventType.TOOL_WRITE:
@@ -144,16 +149,19 @@ async def _follow(console: Console, events: Any) -> Event | None:
                         EventType.TOOL_EDIT: "edit",
                         EventType.TOOL_WRITE: "write",
                     }[EventType(event.type)]
-                    console.print(f"[dim]{verb} {data.get('filepath', '')}[/dim]", highlight=False)
+                    console.print(
+                        f"[dim]{verb} {escape(str(data.get('filepath', '')))}[/dim]",
+                        highlight=False,
+                    )
                 case EventType.USAGE:
                     cost = float(data.get("cost_usd", 0.0))
                 case EventType.PR_CREATED:
                     console.print(
-                        f"[green]pull request[/green] {data.get('pr_url')} ({data.get('files_changed')} files, +{data.get('additions')} −{data.get('deletions')})"
+                        f"[green]pull request[/green] {escape(str(data.get('pr_url')))} ({data.get('files_changed')} files, +{data.get('additions')} −{data.get('deletions')})"
                     )
                 case EventType.ERROR:
                     console.print(
-                        f"[red]error[/red] {data.get('code')}: {data.get('message')}",
+                        f"[red]error[/red] {escape(str(data.get('code')))}: {escape(str(data.get('message')))}",
                         highlight=False,
                     )
                 case EventType.COMPLETE:
@@ -162,7 +170,7 @@ async def _follow(console: Console, events: Any) -> Event | None:
     if final is not None:
         seconds = final.data.get("duration_ms", 0) / 1000
         console.print(
-            f"[bold]{final.data.get('status')}[/bold] in {seconds:.1f} s, ${cost:.4f}: {final.data.get('message', '')}",
+            f"[bold]{final.data.get('status')}[/bold] in {seconds:.1f} s, ${cost:.4f}: {escape(str(final.data.get('message', '')))}",
             highlight=False,
         )
     return final

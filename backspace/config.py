@@ -21,6 +21,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_file=".env",
         env_file_encoding="utf-8",
+        env_ignore_empty=True,  # `KEY=` in .env means "not set", not "set to an empty string"
         extra="ignore",
         case_sensitive=False,
         populate_by_name=True,
@@ -107,7 +108,8 @@ class Settings(BaseSettings):
 
     @property
     def model_configured(self) -> bool:
-        return bool(self.anthropic_api_key or self.anthropic_base_url)
+        key = self.anthropic_api_key.get_secret_value() if self.anthropic_api_key else ""
+        return bool(key or self.anthropic_base_url)
 
     def secrets(self) -> list[str]:
         """Every secret value this server knows, for redaction."""

@@ -71,6 +71,7 @@ class Pipeline:
 
     async def run(self, ctx: RunContext) -> Outcome:
         host = self.hosts[ctx.request.repo.host]
+        model = self.model_factory()  # fails at once when no model is configured
         ctx.progress(Stage.SANDBOX, "Creating the sandbox")
         try:
             sandbox = await self.sandboxes.create(ctx.run_id)
@@ -80,14 +81,14 @@ class Pipeline:
             ) from exc
         try:
             with tempfile.TemporaryDirectory(prefix="backspace-run-") as scratch:
-                return await self._stages(ctx, host, sandbox, Path(scratch))
+                return await self._stages(ctx, host, model, sandbox, Path(scratch))
         except (GitHostError, RepoRefError, SandboxError, GitError) as exc:
             raise _failure(exc) from exc
         finally:
             await asyncio.shield(sandbox.close())
 
     async def _stages(
-        self, ctx: RunContext, host: GitHost, sandbox: Sandbox, scratch: Path
+        self, ctx: RunContext, host: GitHost, model: Model, sandbox: Sandbox, scratch: Path
     ) -> Outcome:
         request = ctx.request
         ctx.progress(Stage.CLONING, f"Getting {request.repo.name} into the sandbox")
@@ -103,7 +104,7 @@ class Pipeline:
         await self._clone(host, repo, sandbox, scratch)
 
         ctx.progress(Stage.AGENT, "The agent is working")
-        result = await self._agent(ctx, sandbox, repo)
+        result = await self._agent(ctx, model, sandbox, repo)
 
         ctx.progress(Stage.VALIDATING, "Checking the change")
         tests = await self._run_tests(ctx, sandbox)
@@ -182,9 +183,10 @@ class Pipeline:
                 retryable=True,
             )
 
-    async def _agent(self, ctx: RunContext, sandbox: Sandbox, repo: ResolvedRepo) -> AgentResult:
+    async def _agent(
+        self, ctx: RunContext, model: Model, sandbox: Sandbox, repo: ResolvedRepo
+    ) -> AgentResult:
         limits = AgentLimits(**{**self.settings.limits.__dict__, "deadline": ctx.deadline})
-        model = self.model_factory()
         agent = Agent(model, sandbox, ctx.emit, limits, tool_mode=self.settings.tool_mode)  # type: ignore[arg-type]
         context, tree = await _repository_context(sandbox)
         first = prompts.first_message(
@@ -200,10 +202,6 @@ class Pipeline:
             raise RunFailure(
                 exc.code, f"The model failed: {exc.message}", retryable=exc.retryable
             ) from exc
-        finally:
-            close = getattr(model, "close", None)
-            if close is not None:
-                await close()
         if result.outcome == "refusal":
             raise RunFailure("model_refusal", result.message)
         if result.outcome in ("turn_limit", "cost_limit"):
@@ -260,21 +258,25 @@ class Pipeline:
         )
 
 
+CONTEXT_SEPARATOR = "\x1e"  # ASCII record separator: cannot appear in a path git prints
+
+
 async def _repository_context(sandbox: Sandbox) -> tuple[dict[str, str], str]:
-    """AGENTS.md, CLAUDE.md and the README head, plus the tracked file list, for the first message."""
-    context: dict[str, str] = {}
-    for name in (*prompts.CONTEXT_FILES, *prompts.README_NAMES):
-        if name.startswith("README") and any(k.startswith("README") for k in context):
-            continue
-        try:
-            data = await sandbox.read_file(f"{sandbox.workdir}/{name}", max_bytes=200_000)
-        except (FileNotFoundError, IsADirectoryError, SandboxError):
-            continue
-        context[name] = data.decode("utf-8", errors="replace")
-    listing = await sandbox.exec(
-        "git ls-files | head -n 300", timeout=30, max_output=prompts.TREE_LIMIT + 500
+    """AGENTS.md, CLAUDE.md, the README head and the tracked files, in one sandbox command."""
+    sep = CONTEXT_SEPARATOR
+    limit = prompts.CONTEXT_FILE_LIMIT + 1000
+    context_files = " ".join(prompts.CONTEXT_FILES)
+    readmes = " ".join(prompts.README_NAMES)
+    script = (
+        f'for f in {context_files}; do [ -f "$f" ] && printf \'{sep}%s{sep}\' "$f" && head -c {limit} -- "$f"; done; '
+        f'for f in {readmes}; do [ -f "$f" ] && printf \'{sep}%s{sep}\' "$f" && head -c {limit} -- "$f" && break; done; '
+        f"printf '{sep}{sep}'; git ls-files | head -n 300"
     )
-    return context, listing.output.strip() if listing.exit_code == 0 else ""
+    result = await sandbox.exec(script, timeout=30, max_output=6 * limit)
+    parts = result.output.split(sep)
+    context = {parts[i]: parts[i + 1] for i in range(1, len(parts) - 1, 2) if parts[i]}
+    tree = parts[-1].strip() if len(parts) > 1 else ""
+    return context, tree
 
 
 def _failure(exc: Exception) -> RunFailure:
