@@ -186,7 +186,7 @@ def build_services(settings: Settings) -> Services:
             max_bundle_bytes=settings.max_bundle_mb * 1024 * 1024,
             max_diff_files=settings.max_diff_files,
         ),
-        secrets=settings.secrets,
+        redactor=redactor,
     )
     runner = Runner(
         store,

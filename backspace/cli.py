@@ -82,8 +82,6 @@ def serve_command(settings: Settings) -> int:
 
 
 async def run_command(settings: Settings, repo: str, prompt: str, base: str | None) -> int:
-    from backspace.app import build_services
-
     console = Console(stderr=True)
     if not settings.model_configured:  # as POST /api/code does: refuse before creating a run
         console.print(
@@ -91,6 +89,9 @@ async def run_command(settings: Settings, repo: str, prompt: str, base: str | No
             "(or ANTHROPIC_BASE_URL)[/red]"
         )
         return EXIT_FAILED
+
+    from backspace.app import build_services
+
     configure_logging(Redactor(settings.secrets()), debug=settings.debug, json_format=False)
     services = build_services(settings)
     try:

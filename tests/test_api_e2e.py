@@ -412,6 +412,19 @@ async def test_secrets_never_reach_the_sandbox_an_event_or_a_log_line(
     for value in secrets.values():
         assert value not in everything
     assert "[REDACTED]" in events[0]["prompt"]
+    async with httpx.AsyncClient() as client:
+        run = (await client.get(f"{server.url}/api/runs/{events[0]['run_id']}")).text
+        pr = (
+            await client.get(
+                by_type(events, "pr_created")[0]["pr_url"].replace("/prs/", "/api/prs/")
+            )
+        ).text
+    assert "[REDACTED]" in run and "[REDACTED]" in pr
+    for value in secrets.values():
+        assert value not in run and value not in pr
+        assert (
+            value.lower().replace("_", "-")[:12] not in by_type(events, "pr_created")[0]["branch"]
+        )
     # The key was really in use: the fake model saw it, from the host.
     assert (
         fake_model.requests[0]["headers"]["authorization"]
@@ -623,3 +636,31 @@ async def test_graceful_shutdown_ends_running_runs_and_deletes_their_sandboxes(
         final = (await client.get(f"{restarted.url}/api/runs/{run['id']}")).json()
     assert final["status"] == "failed" and final["error"]["code"] == "interrupted"
     assert "shut down" in final["error"]["message"]
+
+
+async def test_a_change_that_breaks_publishing_policy_is_not_pushed(
+    repos: Path, fake_model: FakeAnthropic, server_factory: ServerFactory
+) -> None:
+    origin = make_repo(repos, "widgets")
+    token = "ghp_POLICYSECRET00000000000000000000000"
+
+    def create(path: str, text: str) -> list[Any]:
+        call = {"command": "create", "path": path, "file_text": text}
+        return [Reply([ToolCall("str_replace_based_edit_tool", call)]), finish()]
+
+    fake_model.scenarios["junk-e2e"] = create("node_modules/left-pad/index.js", "module.exports = 1\n")
+    fake_model.scenarios["pasted-token-e2e"] = create("config.py", f"TOKEN = '{token}'\n")
+    fake_model.scenarios["shaped-token-e2e"] = create("keys.py", "KEY = 'AKIAABCDEFGHIJKLMNOP'\n")
+    server = server_factory(base_env(repos, fake_model, GITHUB_TOKEN=token))
+    junk = await run_to_end(server, "junk-e2e")
+    pasted = await run_to_end(server, f"pasted-token-e2e: put {token} in config.py")
+    shaped = await run_to_end(server, "shaped-token-e2e")
+    assert by_type(junk, "error")[0]["code"] == "junk_files"
+    assert "node_modules/left-pad/index.js" in by_type(junk, "error")[0]["message"]
+    for events in (pasted, shaped):
+        error = by_type(events, "error")[0]
+        assert error["code"] == "secret_in_diff" and error["stage"] == "validating"
+        assert token not in repr(events)  # a secret the server knows is redacted everywhere
+    assert all(events[-1]["status"] == "failed" for events in (junk, pasted, shaped))
+    assert git(origin, "branch", "--list").split() == ["*", "main"]
+    assert_clean(server)

@@ -34,6 +34,7 @@ from backspace.orchestrator.publish import (
     import_change,
 )
 from backspace.orchestrator.pull_request import branch_name, render_body, title_for
+from backspace.orchestrator.redact import Redactor
 from backspace.orchestrator.run import Outcome, RunContext, RunFailure
 from backspace.orchestrator.sandboxes.base import Sandbox, SandboxError, SandboxProvider
 
@@ -61,13 +62,13 @@ class Pipeline:
         hosts: Mapping[str, GitHost],
         model_factory: Callable[[], Model],
         settings: PipelineSettings,
-        secrets: Callable[[], list[str]],
+        redactor: Redactor,
     ) -> None:
         self.sandboxes = sandboxes
         self.hosts = hosts
         self.model_factory = model_factory
         self.settings = settings
-        self.secrets = secrets
+        self.redactor = redactor
 
     async def run(self, ctx: RunContext) -> Outcome:
         host = self.hosts[ctx.request.repo.host]
@@ -108,7 +109,9 @@ class Pipeline:
 
         ctx.progress(Stage.VALIDATING, "Checking the change")
         tests = await self._run_tests(ctx, sandbox)
-        title = title_for(result.title, request.prompt)
+        # What people see (title, branch, body) never carries a secret, even one in the prompt.
+        shown_prompt = self.redactor.text(request.prompt)
+        title = self.redactor.text(title_for(result.title, shown_prompt))
         change = await self._take_change(sandbox, host, repo, scratch, title)
         if change is None:
             if result.outcome in ("turn_limit", "cost_limit"):
@@ -117,14 +120,14 @@ class Pipeline:
                     f"The agent stopped: {result.message}, before it changed anything.",
                 )
             return Outcome(RunStatus.NO_CHANGES, "The agent made no changes to the repository.")
-        leaked = find_secrets(change.diff, self.secrets())
+        leaked = find_secrets(change.diff, self.redactor.values)
         if leaked:
             raise RunFailure(
                 "secret_in_diff",
                 "The change was not published: it contains " + "; ".join(sorted(set(leaked))) + ".",
             )
 
-        branch = branch_name(request.prompt, ctx.run_id)
+        branch = branch_name(shown_prompt, ctx.run_id)
         ctx.progress(Stage.PUSHING, f"Pushing branch {branch}")
         await host.push(repo, scratch / "host.git", change.head_sha, branch)
 
@@ -132,13 +135,16 @@ class Pipeline:
         draft = PullRequestDraft(
             run_id=ctx.run_id,
             title=title,
-            body=render_body(
-                request=request,
-                result=result,
-                change=change,
-                tests=tests,
-                run_url=ctx.run_url,
-                run_id=ctx.run_id,
+            body=self.redactor.text(
+                render_body(
+                    prompt=shown_prompt,
+                    requester=request.requester,
+                    result=result,
+                    change=change,
+                    tests=tests,
+                    run_url=ctx.run_url,
+                    run_id=ctx.run_id,
+                )
             ),
             branch=branch,
             head_sha=change.head_sha,

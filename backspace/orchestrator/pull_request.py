@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from backspace.orchestrator.agent import AgentResult
     from backspace.orchestrator.publish import Change
-    from backspace.orchestrator.run import RunRequest
 
 SLUG_LIMIT = 40
 TITLE_LIMIT = 72
@@ -55,7 +54,8 @@ def _quote(text: str) -> str:
 
 def render_body(
     *,
-    request: RunRequest,
+    prompt: str,
+    requester: str | None,
     result: AgentResult,
     change: Change,
     tests: str | None,
@@ -69,8 +69,8 @@ def render_body(
         parts.append(
             f"> [!WARNING]\n> The agent did not finish: {result.message}. Review with care."
         )
-    who = f" by {request.requester}" if request.requester else ""
-    parts.append(f"## Request{who}\n\n{_quote(request.prompt)}")
+    who = f" by {requester}" if requester else ""
+    parts.append(f"## Request{who}\n\n{_quote(prompt)}")
     rows = "\n".join(
         f"| `{f.path}` | {f.status} | +{f.additions} | −{f.deletions} |" for f in change.files[:100]
     )

@@ -26,6 +26,11 @@ class Redactor:
         # Longest first, so a secret that contains another is replaced whole.
         self._secrets = sorted(variants, key=len, reverse=True)
 
+    @property
+    def values(self) -> list[str]:
+        """The secrets and their encodings, to look for in a diff."""
+        return list(self._secrets)
+
     def __bool__(self) -> bool:
         return bool(self._secrets)
 
