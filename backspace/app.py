@@ -24,7 +24,7 @@ from backspace.orchestrator.githosts.base import GitHost, RepoRef, RepoRefError
 from backspace.orchestrator.githosts.local import LocalGitHost
 from backspace.orchestrator.hub import EventHub
 from backspace.orchestrator.pipeline import Pipeline, PipelineSettings
-from backspace.orchestrator.publish import Identity
+from backspace.orchestrator.publish import Identity, Policy
 from backspace.orchestrator.redact import Redactor
 from backspace.orchestrator.run import RunFailure
 from backspace.orchestrator.runner import Runner, RunnerLimits
@@ -184,7 +184,11 @@ def build_services(settings: Settings) -> Services:
             tool_mode=settings.tool_mode,
             test_command=settings.test_command,
             max_bundle_bytes=settings.max_bundle_mb * 1024 * 1024,
-            max_diff_files=settings.max_diff_files,
+            policy=Policy(
+                max_files=settings.max_diff_files,
+                allow_workflow_changes=settings.allow_workflow_changes,
+            ),
+            draft=settings.draft_prs,
         ),
         redactor=redactor,
     )

@@ -75,6 +75,8 @@ class Settings(BaseSettings):
     # --- git hosts and publishing --------------------------------------------------------------
     local_repos: Path | None = Field(None, alias="BACKSPACE_LOCAL_REPOS")
     max_diff_files: int = Field(200, alias="BACKSPACE_MAX_DIFF_FILES", ge=1)
+    allow_workflow_changes: bool = Field(False, alias="BACKSPACE_ALLOW_WORKFLOW_CHANGES")
+    draft_prs: bool = Field(True, alias="BACKSPACE_DRAFT_PRS")
     max_bundle_mb: int = Field(50, alias="BACKSPACE_MAX_BUNDLE_MB", ge=1)
 
     # --- service -------------------------------------------------------------------------------

@@ -68,5 +68,14 @@ def configure_logging(redactor: Redactor, *, debug: bool, json_format: bool | No
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if debug else logging.INFO)
-    for noisy in ("httpx", "httpcore", "httpx2", "anthropic", "uvicorn.access"):
+    for noisy in (
+        "httpx",
+        "httpcore",
+        "httpx2",
+        "httpcore2",
+        "anthropic",
+        "github",
+        "urllib3",
+        "uvicorn.access",
+    ):
         logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.WARNING)

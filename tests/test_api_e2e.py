@@ -648,7 +648,9 @@ async def test_a_change_that_breaks_publishing_policy_is_not_pushed(
         call = {"command": "create", "path": path, "file_text": text}
         return [Reply([ToolCall("str_replace_based_edit_tool", call)]), finish()]
 
-    fake_model.scenarios["junk-e2e"] = create("node_modules/left-pad/index.js", "module.exports = 1\n")
+    fake_model.scenarios["junk-e2e"] = create(
+        "node_modules/left-pad/index.js", "module.exports = 1\n"
+    )
     fake_model.scenarios["pasted-token-e2e"] = create("config.py", f"TOKEN = '{token}'\n")
     fake_model.scenarios["shaped-token-e2e"] = create("keys.py", "KEY = 'AKIAABCDEFGHIJKLMNOP'\n")
     server = server_factory(base_env(repos, fake_model, GITHUB_TOKEN=token))

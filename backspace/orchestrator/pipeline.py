@@ -12,7 +12,7 @@ import logging
 import shlex
 import tempfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from backspace.orchestrator.agent import Agent, AgentLimits, AgentResult, Model, ModelError, prompts
@@ -29,6 +29,7 @@ from backspace.orchestrator.publish import (
     OUT_BUNDLE,
     Change,
     Identity,
+    Policy,
     commit_in_sandbox,
     find_secrets,
     import_change,
@@ -50,7 +51,7 @@ class PipelineSettings:
     tool_mode: str = "builtin"
     test_command: str | None = None
     max_bundle_bytes: int = 50 * 1024 * 1024
-    max_diff_files: int = 200
+    policy: Policy = field(default_factory=Policy)
     draft: bool = True
 
 
@@ -102,7 +103,7 @@ class Pipeline:
                 "percentage": Stage.CLONING.percentage,
             },
         )
-        await self._clone(host, repo, sandbox, scratch)
+        start = await self._clone(host, repo, sandbox, scratch)
 
         ctx.progress(Stage.AGENT, "The agent is working")
         result = await self._agent(ctx, model, sandbox, repo)
@@ -112,7 +113,7 @@ class Pipeline:
         # What people see (title, branch, body) never carries a secret, even one in the prompt.
         shown_prompt = self.redactor.text(request.prompt)
         title = self.redactor.text(title_for(result.title, shown_prompt))
-        change = await self._take_change(sandbox, host, repo, scratch, title)
+        change = await self._take_change(sandbox, host, repo, start, scratch, title)
         if change is None:
             if result.outcome in ("turn_limit", "cost_limit"):
                 raise RunFailure(
@@ -171,14 +172,16 @@ class Pipeline:
 
     async def _clone(
         self, host: GitHost, repo: ResolvedRepo, sandbox: Sandbox, scratch: Path
-    ) -> None:
+    ) -> str:
+        """Check the base out in the sandbox from a bundle; return the commit it starts at."""
         bundle = await host.bundle_base(repo, scratch)
-        await sandbox.upload(bundle, BASE_BUNDLE)
+        await sandbox.upload(bundle.path, BASE_BUNDLE)
         q = shlex.quote
         result = await sandbox.exec(
-            f"git clone --quiet --branch {q(repo.base_branch)} -- {BASE_BUNDLE} . "
-            f"&& git remote remove origin && rm -f {BASE_BUNDLE} "
-            f'&& test "$(git rev-parse HEAD)" = {q(repo.base_sha)}',
+            f"git init --quiet -b {q(repo.base_branch)} . "
+            f"&& git fetch --quiet --no-tags --update-head-ok {BASE_BUNDLE} {q(bundle.ref)}:refs/heads/{q(repo.base_branch)} "
+            f"&& git reset --quiet --hard && rm -f {BASE_BUNDLE} "
+            f'&& test "$(git rev-parse HEAD)" = {q(bundle.sha)}',
             timeout=600,
             max_output=4000,
         )
@@ -188,6 +191,7 @@ class Pipeline:
                 f"the repository could not be checked out in the sandbox: {result.output[-300:]}",
                 retryable=True,
             )
+        return bundle.sha
 
     async def _agent(
         self, ctx: RunContext, model: Model, sandbox: Sandbox, repo: ResolvedRepo
@@ -251,16 +255,28 @@ class Pipeline:
         return f"`{command}` {verdict}"
 
     async def _take_change(
-        self, sandbox: Sandbox, host: GitHost, repo: ResolvedRepo, scratch: Path, title: str
+        self,
+        sandbox: Sandbox,
+        host: GitHost,
+        repo: ResolvedRepo,
+        start: str,
+        scratch: Path,
+        title: str,
     ) -> Change | None:
         identity = self.settings.identity
-        if not await commit_in_sandbox(sandbox, repo.base_sha, identity, title):
+        if not await commit_in_sandbox(sandbox, start, identity, title):
             return None
         bundle = scratch / "out.bundle"
         await sandbox.download(OUT_BUNDLE, bundle, max_bytes=self.settings.max_bundle_bytes)
         git_dir = await host.prepare(repo, scratch)
         return await import_change(
-            git_dir, bundle, repo.base_sha, identity, title, max_files=self.settings.max_diff_files
+            git_dir,
+            bundle,
+            start=start,
+            base_sha=repo.base_sha,
+            identity=identity,
+            message=title,
+            policy=self.settings.policy,
         )
 
 

@@ -51,20 +51,18 @@ class PolicyError(GitHostError):
     pass
 
 
-async def commit_in_sandbox(
-    sandbox: Sandbox, base_sha: str, identity: Identity, message: str
-) -> bool:
-    """Stage and commit everything; write the bundle. False when nothing changed."""
+async def commit_in_sandbox(sandbox: Sandbox, start: str, identity: Identity, message: str) -> bool:
+    """Stage and commit everything; bundle `start..HEAD`. False when nothing changed."""
     q = shlex.quote
     script = f"""
 set -e
 git add -A
-if git diff --cached --quiet && [ "$(git rev-parse HEAD)" = {q(base_sha)} ]; then
+if git diff --cached --quiet && [ "$(git rev-parse HEAD)" = {q(start)} ]; then
   echo BACKSPACE_NO_CHANGES; exit 0
 fi
 git -c user.name={q(identity.name)} -c user.email={q(identity.email)} -c core.hooksPath=/dev/null \\
   -c commit.gpgsign=false commit --quiet --no-verify --allow-empty -m {q(message)}
-git bundle create --quiet {OUT_BUNDLE} {q(base_sha)}..HEAD
+git bundle create --quiet {OUT_BUNDLE} {q(start)}..HEAD
 """
     result = await sandbox.exec(script, timeout=300, max_output=4000)
     if result.exit_code != 0:
@@ -74,16 +72,29 @@ git bundle create --quiet {OUT_BUNDLE} {q(base_sha)}..HEAD
     return "BACKSPACE_NO_CHANGES" not in result.output
 
 
+@dataclass(frozen=True)
+class Policy:
+    """What a change may contain to be published."""
+
+    max_files: int = 200
+    allow_workflow_changes: bool = False
+
+
 async def import_change(
     git_dir: Path,
     bundle: Path,
+    *,
+    start: str,
     base_sha: str,
     identity: Identity,
     message: str,
-    *,
-    max_files: int,
+    policy: Policy,
 ) -> Change | None:
-    """Verify and re-commit the bundle's tip on top of base; None when its tree equals base's."""
+    """Verify the bundle (`start..tip`) and re-commit its tree as one commit on `base_sha`.
+
+    None when the tree did not change. `start` is the commit the sandbox began at: the base
+    itself, or a snapshot of the base's tree (same tree, so the diff is the same).
+    """
     try:
         await git("bundle", "verify", "--quiet", str(bundle), git_dir=git_dir)
         heads = await git("bundle", "unbundle", str(bundle), git_dir=git_dir)
@@ -96,7 +107,7 @@ async def import_change(
         raise PolicyError("bad_bundle", "the sandbox's bundle named no commit")
     tip = tips[0]
     try:
-        await git("merge-base", "--is-ancestor", base_sha, tip, git_dir=git_dir)
+        await git("merge-base", "--is-ancestor", start, tip, git_dir=git_dir)
     except GitError as exc:
         raise PolicyError(
             "bad_bundle", "the sandbox's change does not descend from the base commit"
@@ -117,7 +128,7 @@ async def import_change(
         )
     ).strip()
     files = await _file_changes(git_dir, base_sha, head)
-    _check_policy(files, max_files)
+    _check_policy(files, policy)
     diff = await git(
         "diff", "--no-color", "--no-ext-diff", "--find-renames", base_sha, head, git_dir=git_dir
     )
@@ -156,11 +167,21 @@ async def _file_changes(git_dir: Path, base: str, head: str) -> list[FileChange]
     return files
 
 
-def _check_policy(files: list[FileChange], max_files: int) -> None:
-    if len(files) > max_files:
+def _check_policy(files: list[FileChange], policy: Policy) -> None:
+    if len(files) > policy.max_files:
         raise PolicyError(
             "diff_too_large",
-            f"the change touches {len(files)} files, more than BACKSPACE_MAX_DIFF_FILES={max_files}",
+            f"the change touches {len(files)} files, more than "
+            f"BACKSPACE_MAX_DIFF_FILES={policy.max_files}",
+        )
+    workflows = [f.path for f in files if f.path.startswith(".github/workflows/")]
+    if workflows and not policy.allow_workflow_changes:
+        raise PolicyError(
+            "workflow_change",
+            "the change touches GitHub Actions workflows ("
+            + ", ".join(workflows[:5])
+            + "), which run with the repository's secrets; set "
+            "BACKSPACE_ALLOW_WORKFLOW_CHANGES=true to allow it",
         )
     junk = [f.path for f in files if f.status != "D" and JUNK.search(f.path)]
     if junk:

@@ -1,6 +1,7 @@
 """Where repositories come from and where branches and pull requests go: the `GitHost` protocol."""
 
 from backspace.orchestrator.githosts.base import (
+    BaseBundle,
     GitHost,
     GitHostError,
     PullRequest,
@@ -11,6 +12,7 @@ from backspace.orchestrator.githosts.base import (
 )
 
 __all__ = [
+    "BaseBundle",
     "GitHost",
     "GitHostError",
     "PullRequest",

@@ -44,6 +44,20 @@ class ResolvedRepo:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class BaseBundle:
+    """A git bundle the sandbox starts from: `ref` in it points at `sha`.
+
+    `sha` is usually the base commit itself. A host that only has a shallow copy hands out a
+    one-commit snapshot of the base's tree instead (a shallow history cannot be bundled); the
+    result is re-committed onto the real base on the host, so the difference never shows.
+    """
+
+    path: Path
+    ref: str
+    sha: str
+
+
 @dataclass
 class FileChange:
     path: str
@@ -95,12 +109,13 @@ class GitHost(Protocol):
 
     async def resolve(self, ref: RepoRef, base_branch: str | None = None) -> ResolvedRepo: ...
 
-    async def bundle_base(self, repo: ResolvedRepo, dest: Path) -> Path:
-        """Write a git bundle whose tip is the base commit, for the sandbox to clone from."""
+    async def bundle_base(self, repo: ResolvedRepo, dest: Path) -> BaseBundle:
+        """Write a git bundle of the base (or a snapshot of its tree) for the sandbox."""
         ...
 
     async def prepare(self, repo: ResolvedRepo, dest: Path) -> Path:
-        """A host-owned bare repository that has the base commit, to import the result into."""
+        """A host-owned bare repository with the base commit and the bundle's start commit, to
+        import the sandbox's result into."""
         ...
 
     async def push(self, repo: ResolvedRepo, git_dir: Path, sha: str, branch: str) -> None: ...

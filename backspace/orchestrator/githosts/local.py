@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from backspace.orchestrator.githosts.base import (
+    BaseBundle,
     GitHostError,
     PullRequest,
     PullRequestDraft,
@@ -99,7 +100,7 @@ class LocalGitHost:
             ) from exc
         return ResolvedRepo(ref=ref, base_branch=branch, base_sha=sha, web_url=None)
 
-    async def bundle_base(self, repo: ResolvedRepo, dest: Path) -> Path:
+    async def bundle_base(self, repo: ResolvedRepo, dest: Path) -> BaseBundle:
         bundle = dest / "base.bundle"
         await git(
             "bundle",
@@ -108,7 +109,7 @@ class LocalGitHost:
             f"refs/heads/{repo.base_branch}",
             cwd=Path(repo.ref.location),
         )
-        return bundle
+        return BaseBundle(bundle, f"refs/heads/{repo.base_branch}", repo.base_sha)
 
     async def prepare(self, repo: ResolvedRepo, dest: Path) -> Path:
         """A bare repository that borrows the origin's objects (alternates): instant, no copy."""
