@@ -21,7 +21,9 @@ from backspace import __version__
 from backspace.config import Settings
 from backspace.orchestrator.agent import AgentLimits, AnthropicModel, Model
 from backspace.orchestrator.githosts.base import GitHost, RepoRef, RepoRefError
+from backspace.orchestrator.githosts.github import GitHubHost
 from backspace.orchestrator.githosts.local import LocalGitHost
+from backspace.orchestrator.githosts.references import RepoAllowlist
 from backspace.orchestrator.hub import EventHub
 from backspace.orchestrator.pipeline import Pipeline, PipelineSettings
 from backspace.orchestrator.publish import Identity, Policy
@@ -63,10 +65,11 @@ class Services:
         for host in self.hosts.values():
             ref = host.parse(value)
             if ref is not None:
+                RepoAllowlist(self.settings.allowed_repo_patterns).check(ref.name)
                 return ref
         raise RepoRefError(
-            "not a repository this server knows: use an absolute path or local:<name> below "
-            "BACKSPACE_LOCAL_REPOS"
+            "not a repository this server knows: use owner/repo or a GitHub URL, or an "
+            "absolute path or local:<name> below BACKSPACE_LOCAL_REPOS"
         )
 
     def health(self) -> dict[str, Any]:
@@ -138,7 +141,17 @@ def build_services(settings: Settings) -> Services:
         ),
         allow_unsandboxed=settings.allow_unsandboxed,
     )
-    hosts: dict[str, GitHost] = {"local": LocalGitHost(settings.local_repos, store, url)}
+    hosts: dict[str, GitHost] = {
+        "local": LocalGitHost(settings.local_repos, store, url),
+        "github": GitHubHost(
+            token=settings.github_token.get_secret_value() if settings.github_token else None,
+            api_url=settings.github_api_url,
+            web_host=settings.github_host,
+            cache_root=settings.db.resolve().parent / "backspace-cache" / "github",
+            redactor=redactor,
+            fork_owner=settings.github_fork_owner,
+        ),
+    }
 
     shared_model: list[AnthropicModel] = []  # one client for all runs: it pools connections
 

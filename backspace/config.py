@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -43,6 +44,9 @@ class Settings(BaseSettings):
     github_token: SecretStr | None = Field(None, alias="GITHUB_TOKEN")
     github_api_url: str = Field("https://api.github.com", alias="GITHUB_API_URL")
     github_username: str = Field("backspace-bot", alias="GITHUB_USERNAME", min_length=1)
+    github_web_host: str | None = Field(None, alias="GITHUB_WEB_HOST")
+    github_fork_owner: str | None = Field(None, alias="GITHUB_FORK_OWNER")
+    allowed_repos: str = Field("", alias="ALLOWED_REPOS")
     github_email: str = Field(
         "backspace-bot@users.noreply.github.com",
         alias="GITHUB_EMAIL",
@@ -89,6 +93,7 @@ class Settings(BaseSettings):
     shutdown_grace: float = Field(20.0, alias="BACKSPACE_SHUTDOWN_GRACE", ge=0)
     max_prompt_chars: int = Field(20000, alias="BACKSPACE_MAX_PROMPT_CHARS", ge=1)
     max_body_bytes: int = Field(65536, alias="BACKSPACE_MAX_BODY_BYTES", ge=1024)
+    sse_ping: float = Field(15.0, alias="BACKSPACE_SSE_PING", gt=0, le=300)
     debug: bool = Field(False, alias="DEBUG")
     log_format: Literal["auto", "json", "text"] = Field("auto", alias="BACKSPACE_LOG_FORMAT")
     host: str = Field("127.0.0.1", alias="HOST", min_length=1)
@@ -107,6 +112,19 @@ class Settings(BaseSettings):
         if self.sandbox:
             return self.sandbox
         return "daytona" if self.daytona_api_key else "local"
+
+    @property
+    def github_host(self) -> str:
+        """The host people paste URLs of: GITHUB_WEB_HOST, else derived from GITHUB_API_URL."""
+        if self.github_web_host:
+            return self.github_web_host.lower()
+        parts = urlsplit(self.github_api_url)
+        host = (parts.hostname or "github.com").lower()
+        return "github.com" if host == "api.github.com" else host
+
+    @property
+    def allowed_repo_patterns(self) -> list[str]:
+        return [p.strip() for p in self.allowed_repos.split(",") if p.strip()]
 
     @property
     def model_configured(self) -> bool:

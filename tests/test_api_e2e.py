@@ -234,6 +234,26 @@ async def test_a_client_that_disconnects_does_not_cancel_its_run(
     assert run["status"] == "succeeded" and run["pr_url"]
 
 
+async def test_a_silent_stream_gets_ping_comments(
+    repos: Path, fake_model: FakeAnthropic, server_factory: ServerFactory
+) -> None:
+    make_repo(repos, "widgets")
+    steps = edit_scenario()
+    steps[1] = Reply([EDIT], delay=1.2)  # the model thinks for a while: the stream is silent
+    fake_model.scenarios["ping-e2e"] = steps
+    server = server_factory(base_env(repos, fake_model, BACKSPACE_SSE_PING="0.3"))
+    async with httpx.AsyncClient(timeout=60) as client:
+        _, frames = await collect(
+            client,
+            "POST",
+            f"{server.url}/api/code",
+            json={"repo_url": "local:widgets", "prompt": "ping-e2e"},
+        )
+    pings = [f for f in frames if not f.data]
+    assert len(pings) >= 2 and all(f.comments == ["ping"] and f.id is None for f in pings)
+    assert events_of(frames)[-1]["status"] == "succeeded"
+
+
 async def test_json_clients_get_202_with_the_run(
     repos: Path, fake_model: FakeAnthropic, server_factory: ServerFactory
 ) -> None:
@@ -486,10 +506,25 @@ BAD_REQUESTS: list[tuple[str, Any, int, str]] = [
     ("not a repo", {"repo_url": "local:plain", "prompt": "x"}, 422, "not a git repository"),
     (
         "unknown form",
-        {"repo_url": "ftp://example.com/x", "prompt": "x"},
+        {"repo_url": "widgets", "prompt": "x"},
         422,
         "not a repository this server knows",
     ),
+    (
+        "other scheme",
+        {"repo_url": "ftp://example.com/x", "prompt": "x"},
+        422,
+        "ftp:// URLs are not",
+    ),
+    ("other host", {"repo_url": "https://gitlab.com/a/b", "prompt": "x"}, 422, "not a GitHub host"),
+    (
+        "token in url",
+        {"repo_url": "https://x:ghp_abc@github.com/a/b", "prompt": "x"},
+        422,
+        "credentials",
+    ),
+    ("ext transport", {"repo_url": "ext::sh", "prompt": "x"}, 422, "ext::"),
+    ("file url", {"repo_url": "file:///etc", "prompt": "x"}, 422, "file://"),
     ("control chars", {"repo_url": "local:wid\ngets", "prompt": "x"}, 422, "control characters"),
 ]
 

@@ -108,6 +108,7 @@ async def create_run(request: Request) -> Response:
                 repo=ref,
                 prompt=body.prompt,
                 base_branch=body.base_branch,
+                co_author=body.co_author,
                 source="api",
             )
         )
@@ -117,7 +118,7 @@ async def create_run(request: Request) -> Response:
         return JSONResponse(
             _run_json(services, run), status_code=202, headers={"Location": f"/api/runs/{run.id}"}
         )
-    return event_stream(services.hub, run.id, 0)
+    return event_stream(services.hub, run.id, 0, ping_after=settings.sse_ping)
 
 
 def _wants_json(request: Request) -> bool:
@@ -151,7 +152,9 @@ async def run_events(request: Request) -> Response:
         raise HTTPProblem(
             422, "invalid request: Last-Event-ID / after: a whole number (the last seq seen)"
         )
-    return event_stream(services.hub, run.id, int(raw.strip()))
+    return event_stream(
+        services.hub, run.id, int(raw.strip()), ping_after=services.settings.sse_ping
+    )
 
 
 @handles_problems

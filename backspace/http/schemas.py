@@ -21,6 +21,12 @@ class CodeRequest(BaseModel):
     )
     prompt: str = Field(min_length=1)
     base_branch: str | None = Field(None, min_length=1, max_length=250)
+    co_author: str | None = Field(
+        None,
+        max_length=300,
+        pattern=r"^[^<>\n]+ <[^<>\s@]+@[^<>\s@]+>$",
+        description="the requester's git identity, 'Name <email>', credited as Co-authored-by",
+    )
 
     @field_validator("repo_url", "base_branch")
     @classmethod

@@ -34,7 +34,12 @@ from backspace.orchestrator.publish import (
     find_secrets,
     import_change,
 )
-from backspace.orchestrator.pull_request import branch_name, render_body, title_for
+from backspace.orchestrator.pull_request import (
+    branch_name,
+    commit_message,
+    render_body,
+    title_for,
+)
 from backspace.orchestrator.redact import Redactor
 from backspace.orchestrator.run import Outcome, RunContext, RunFailure
 from backspace.orchestrator.sandboxes.base import Sandbox, SandboxError, SandboxProvider
@@ -113,7 +118,8 @@ class Pipeline:
         # What people see (title, branch, body) never carries a secret, even one in the prompt.
         shown_prompt = self.redactor.text(request.prompt)
         title = self.redactor.text(title_for(result.title, shown_prompt))
-        change = await self._take_change(sandbox, host, repo, start, scratch, title)
+        message = commit_message(title, ctx.run_id, request.co_author)
+        change = await self._take_change(sandbox, host, repo, start, scratch, message)
         if change is None:
             if result.outcome in ("turn_limit", "cost_limit"):
                 raise RunFailure(
@@ -261,10 +267,10 @@ class Pipeline:
         repo: ResolvedRepo,
         start: str,
         scratch: Path,
-        title: str,
+        message: str,
     ) -> Change | None:
         identity = self.settings.identity
-        if not await commit_in_sandbox(sandbox, start, identity, title):
+        if not await commit_in_sandbox(sandbox, start, identity, message):
             return None
         bundle = scratch / "out.bundle"
         await sandbox.download(OUT_BUNDLE, bundle, max_bytes=self.settings.max_bundle_bytes)
@@ -275,7 +281,7 @@ class Pipeline:
             start=start,
             base_sha=repo.base_sha,
             identity=identity,
-            message=title,
+            message=message,
             policy=self.settings.policy,
         )
 

@@ -45,6 +45,14 @@ def title_for(agent_title: str | None, prompt: str) -> str:
     return title
 
 
+def commit_message(title: str, run_id: str, co_author: str | None) -> str:
+    """The one commit's message: the title, where it came from, and the requester's credit."""
+    lines = [title, "", f"Made by backspace run {run_id}."]
+    if co_author:
+        lines += ["", f"Co-authored-by: {co_author}"]
+    return "\n".join(lines) + "\n"
+
+
 def _quote(text: str) -> str:
     """The request as a Markdown quote, with @mentions and closing keywords defused."""
     clipped = text if len(text) <= REQUEST_QUOTE_LIMIT else text[:REQUEST_QUOTE_LIMIT] + " […]"

@@ -1,0 +1,474 @@
+"""GitHub (and GitHub Enterprise) through PyGithub, with the token kept on the host.
+
+- PyGithub is synchronous and not thread-safe: every operation builds its own client and runs
+  in a worker thread, so the event loop never blocks and no two threads share a client. Its
+  retries are short (no sleeping for minutes inside a run); a rate limit is a retryable error.
+- The clone and push URLs come from the API's repository object, never from string-building.
+- The host fetches the base (shallow) into a host-owned cache and hands the sandbox a bundle of
+  a one-commit snapshot of the base tree. The token reaches git through the environment only
+  (an `http.<url>.extraheader` set with GIT_CONFIG_*), never a URL, a file or a command line.
+- Without push access the repository is forked (to the token's account or GITHUB_FORK_OWNER),
+  the fork is synced with the base, and the pull request is opened from `owner:branch`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import github
+import requests
+from github import Auth, Github, GithubException, GithubRetry
+
+from backspace.orchestrator.githosts.base import (
+    BaseBundle,
+    GitHostError,
+    PullRequest,
+    PullRequestDraft,
+    RepoRef,
+    ResolvedRepo,
+)
+from backspace.orchestrator.githosts.gitcmd import GitError, git
+from backspace.orchestrator.githosts.references import looks_like_github, parse_github_reference
+from backspace.orchestrator.redact import Redactor
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+SNAPSHOT_DATE = "1970-01-01T00:00:00Z"  # fixed, so the same base tree gives the same snapshot
+FORK_WAIT = 120.0
+
+
+class GitHubHost:
+    name = "github"
+
+    def __init__(
+        self,
+        *,
+        token: str | None,
+        api_url: str,
+        web_host: str,
+        cache_root: Path,
+        redactor: Redactor,
+        fork_owner: str | None = None,
+        timeout: int = 30,
+        fork_wait: float = FORK_WAIT,
+    ) -> None:
+        self.token = token
+        self.api_url = api_url.rstrip("/")
+        self.web_host = web_host.lower()
+        self.cache_root = cache_root
+        self.redactor = redactor
+        self.fork_owner = fork_owner
+        self.timeout = timeout
+        self.fork_wait = fork_wait
+        self._locks: dict[str, asyncio.Lock] = {}
+        # Plain http only when the operator's API URL is plain http (a loopback test server).
+        self._allow_http = urlsplit(self.api_url).scheme == "http"
+
+    def check(self) -> tuple[bool, str]:
+        if not self.token:
+            return False, "GITHUB_TOKEN is not set: pull requests on GitHub cannot be opened"
+        return True, f"token set; API at {self.api_url}; repositories on {self.web_host}"
+
+    # --- references -----------------------------------------------------------------------------
+    def parse(self, reference: str) -> RepoRef | None:
+        if not looks_like_github(reference):
+            return None
+        ref = parse_github_reference(reference, [self.web_host])
+        return RepoRef(
+            host=self.name, name=ref.full_name, location=ref.full_name, branch=ref.branch
+        )
+
+    # --- resolve and fetch the base -------------------------------------------------------------
+    async def resolve(self, ref: RepoRef, base_branch: str | None = None) -> ResolvedRepo:
+        info = await self._api(
+            f"read {ref.name}", ref.name, lambda g: _repo_info(g, ref, base_branch)
+        )
+        if info["archived"]:
+            raise GitHostError(
+                "repo_archived",
+                f"{info['full_name']} is archived: it takes no pushes or pull requests",
+            )
+        repo = ResolvedRepo(
+            ref=RepoRef(
+                host=self.name,
+                name=info["full_name"],
+                location=info["full_name"],
+                branch=ref.branch,
+            ),
+            base_branch=info["branch"],
+            base_sha=info["sha"],
+            can_push=info["push"],
+            private=info["private"],
+            web_url=info["html_url"],
+            extra={"clone_url": info["clone_url"], "owner": info["owner"]},
+        )
+        await self._fetch_base(repo)
+        return repo
+
+    async def _fetch_base(self, repo: ResolvedRepo) -> None:
+        """Fetch the base branch (depth 1) into the host cache; the fetched commit is the base."""
+        cache = self._cache(repo)
+        branch = repo.base_branch
+        async with self._lock(repo.ref.name):
+            if not (cache / "HEAD").exists():
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                await git("init", "--quiet", "--bare", str(cache))
+            try:
+                await self._git(
+                    "fetch", "--quiet", "--no-tags", "--depth=1", "--end-of-options",
+                    repo.extra["clone_url"], f"+refs/heads/{branch}:refs/backspace/heads/{branch}",
+                    git_dir=cache, url=repo.extra["clone_url"],
+                )  # fmt: skip
+            except GitError as exc:
+                raise self._push_error(exc, repo.ref.name, "fetch from") from exc
+            fetched = await git(
+                "rev-parse", f"refs/backspace/heads/{branch}^{{commit}}", git_dir=cache
+            )
+        repo.base_sha = fetched.strip()
+
+    async def bundle_base(self, repo: ResolvedRepo, dest: Path) -> BaseBundle:
+        cache = self._cache(repo)
+        ref = f"refs/backspace/snapshots/{repo.base_sha}"
+        env = {
+            "GIT_AUTHOR_NAME": "backspace",
+            "GIT_AUTHOR_EMAIL": "snapshot@backspace.invalid",
+            "GIT_AUTHOR_DATE": SNAPSHOT_DATE,
+            "GIT_COMMITTER_NAME": "backspace",
+            "GIT_COMMITTER_EMAIL": "snapshot@backspace.invalid",
+            "GIT_COMMITTER_DATE": SNAPSHOT_DATE,
+        }
+        message = f"{repo.ref.name} {repo.base_branch} at {repo.base_sha}\n".encode()
+        async with self._lock(repo.ref.name):
+            snapshot = (
+                await git(
+                    "commit-tree",
+                    f"{repo.base_sha}^{{tree}}",
+                    stdin=message,
+                    env=env,
+                    git_dir=cache,
+                )
+            ).strip()
+            await git("update-ref", ref, snapshot, git_dir=cache)
+            bundle = dest / "base.bundle"
+            await git("bundle", "create", "--quiet", str(bundle), ref, git_dir=cache)
+        return BaseBundle(bundle, ref, snapshot)
+
+    async def prepare(self, repo: ResolvedRepo, dest: Path) -> Path:
+        """A bare repository borrowing the cache's objects, with its shallow boundary."""
+        cache = self._cache(repo)
+        git_dir = dest / "host.git"
+        await git("init", "--quiet", "--bare", str(git_dir))
+        (git_dir / "objects" / "info" / "alternates").write_text(f"{cache / 'objects'}\n")
+        shallow = cache / "shallow"
+        if shallow.exists():
+            (git_dir / "shallow").write_text(shallow.read_text())
+        return git_dir
+
+    # --- publish ---------------------------------------------------------------------------------
+    async def push(self, repo: ResolvedRepo, git_dir: Path, sha: str, branch: str) -> None:
+        url = repo.extra["clone_url"]
+        if not repo.can_push:
+            url = await self._fork(repo)
+        try:
+            await self._git(
+                "push", "--quiet", "--end-of-options", url, f"{sha}:refs/heads/{branch}",
+                git_dir=git_dir, url=url,
+            )  # fmt: skip
+        except GitError as exc:
+            raise self._push_error(exc, repo.ref.name, "push to") from exc
+
+    async def _fork(self, repo: ResolvedRepo) -> str:
+        """Fork (idempotent), wait until the fork is usable, sync its base branch; its clone URL."""
+        name = repo.ref.name
+        fork = await self._api(
+            f"fork {name}", name, lambda g: _create_fork(g, name, self.fork_owner)
+        )
+        deadline = time.monotonic() + self.fork_wait
+        delay = 0.2
+        while True:
+            ready = await self._api(
+                f"read the fork {fork}", fork, lambda g: _fork_ready(g, fork, repo.base_branch)
+            )
+            if ready is not None:
+                break
+            if time.monotonic() > deadline:
+                raise GitHostError(
+                    "fork_not_ready",
+                    f"GitHub did not finish forking {name} to {fork} in time; try again",
+                    retryable=True,
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+        await self._api(
+            f"sync the fork {fork}", fork, lambda g: _sync_fork(g, fork, repo.base_branch)
+        )
+        repo.extra["head_owner"] = fork.split("/")[0]
+        repo.extra["head_repo"] = fork
+        return str(ready)
+
+    async def open_pull_request(self, repo: ResolvedRepo, draft: PullRequestDraft) -> PullRequest:
+        owner = repo.extra.get("head_owner") or repo.extra["owner"]
+        head = draft.branch if owner == repo.extra["owner"] else f"{owner}:{draft.branch}"
+        name = repo.ref.name
+        return await self._api(
+            f"open a pull request on {name}",
+            name,
+            lambda g: _create_pull(
+                g, name, repo.base_branch, head, f"{owner}:{draft.branch}", draft
+            ),
+        )
+
+    # --- plumbing --------------------------------------------------------------------------------
+    def _client(self) -> Github:
+        retry = GithubRetry(
+            total=2, backoff_factor=0.3, secondary_rate_wait=5, max_rate_limit_wait=5
+        )
+        return Github(
+            auth=Auth.Token(self.token) if self.token else None,
+            base_url=self.api_url,
+            timeout=self.timeout,
+            retry=retry,
+            seconds_between_requests=None,
+            seconds_between_writes=None,
+        )
+
+    async def _api(self, what: str, name: str, call: Callable[[Github], T]) -> T:
+        def work() -> T:
+            with self._client() as client:
+                return call(client)
+
+        try:
+            return await asyncio.to_thread(work)
+        except GitHostError:
+            raise
+        except Exception as exc:
+            raise self._api_error(exc, what, name) from exc
+
+    def _api_error(self, exc: Exception, what: str, name: str) -> GitHostError:
+        if isinstance(exc, github.BadCredentialsException):
+            return GitHostError(
+                "github_bad_token",
+                "GitHub rejected GITHUB_TOKEN (401 Bad credentials): set a valid token",
+            )
+        if isinstance(exc, github.RateLimitExceededException):
+            return GitHostError(
+                "github_rate_limited",
+                f"GitHub's API rate limit stopped the attempt to {what}; try again later",
+                retryable=True,
+            )
+        if isinstance(exc, github.UnknownObjectException):
+            return GitHostError(
+                "repo_not_found",
+                f"{name} was not found on GitHub, or GITHUB_TOKEN cannot see it (a private repository needs a token with access)",
+            )
+        if isinstance(exc, GithubException):
+            message = self.redactor.text(_github_message(exc))
+            if exc.status == 429:
+                return GitHostError(
+                    "github_rate_limited",
+                    f"GitHub is rate limiting requests to {what}; try again later",
+                    retryable=True,
+                )
+            if exc.status == 403:
+                return GitHostError(
+                    "github_no_access", f"GITHUB_TOKEN may not {what} (403: {message})"
+                )
+            if exc.status >= 500:
+                return GitHostError(
+                    "github_unavailable",
+                    f"GitHub failed to {what} ({exc.status}); try again",
+                    retryable=True,
+                )
+            return GitHostError(
+                "github_rejected", f"GitHub refused to {what} ({exc.status}: {message})"
+            )
+        if isinstance(exc, requests.exceptions.RetryError):
+            return GitHostError(
+                "github_unavailable",
+                f"GitHub kept failing to {what}; try again later",
+                retryable=True,
+            )
+        if isinstance(exc, requests.exceptions.RequestException):
+            return GitHostError(
+                "github_unreachable",
+                f"could not reach GitHub at {self.api_url} to {what}",
+                retryable=True,
+            )
+        return GitHostError("github_error", self.redactor.text(f"could not {what}: {exc}"))
+
+    def _push_error(self, exc: GitError, name: str, verb: str) -> GitHostError:
+        stderr = self.redactor.text(exc.stderr).strip()
+        lowered = stderr.lower()
+        if "protected branch" in lowered or "gh006" in lowered:
+            return GitHostError(
+                "branch_protection",
+                f"branch protection on {name} refused the push: {stderr[-300:]}",
+            )
+        if (
+            "401" in lowered
+            or "authentication failed" in lowered
+            or "could not read username" in lowered
+        ):
+            return GitHostError(
+                "github_bad_token", f"GitHub refused GITHUB_TOKEN when trying to {verb} {name}"
+            )
+        if "403" in lowered or ("permission" in lowered and "denied" in lowered):
+            return GitHostError(
+                "github_no_access", f"GITHUB_TOKEN may not {verb} {name}: {stderr[-300:]}"
+            )
+        if "workflow" in lowered and "scope" in lowered:
+            return GitHostError(
+                "github_no_access", f"GITHUB_TOKEN lacks the workflow scope needed to {verb} {name}"
+            )
+        if "404" in lowered or "not found" in lowered:
+            return GitHostError("repo_not_found", f"{name} was not found when trying to {verb} it")
+        if any(
+            s in lowered
+            for s in ("could not resolve host", "connection refused", "timed out", "50")
+        ):
+            return GitHostError(
+                "github_unavailable", f"could not {verb} {name}: {stderr[-300:]}", retryable=True
+            )
+        return GitHostError("push_rejected", f"git could not {verb} {name}: {stderr[-300:]}")
+
+    async def _git(self, *args: str, git_dir: Path, url: str) -> str:
+        return await git(
+            *args,
+            git_dir=git_dir,
+            env=self._auth_env(url),
+            allow_http=self._allow_http,
+            redactor=self.redactor,
+        )
+
+    def _auth_env(self, url: str) -> dict[str, str]:
+        """The token as an HTTP header for exactly this URL's origin, through the environment."""
+        if not self.token:
+            return {}
+        parts = urlsplit(url)
+        origin = f"{parts.scheme}://{parts.netloc}/"
+        basic = base64.b64encode(f"x-access-token:{self.token}".encode()).decode()
+        return {
+            "GIT_CONFIG_COUNT": "1",
+            "GIT_CONFIG_KEY_0": f"http.{origin}.extraheader",
+            "GIT_CONFIG_VALUE_0": f"Authorization: Basic {basic}",
+        }
+
+    def _cache(self, repo: ResolvedRepo) -> Path:
+        owner, name = repo.ref.name.lower().split("/", 1)
+        return self.cache_root / owner / f"{name}.git"
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        return self._locks.setdefault(name.lower(), asyncio.Lock())
+
+
+# --- the synchronous PyGithub calls, each run in a worker thread with its own client ----------
+def _repo_info(g: Github, ref: RepoRef, base_branch: str | None) -> dict[str, Any]:
+    repo = g.get_repo(ref.location)
+    branch = base_branch or _branch_from_reference(repo, ref.branch) or repo.default_branch
+    sha = repo.get_branch(branch).commit.sha
+    permissions = repo.permissions
+    return {
+        "full_name": repo.full_name,
+        "owner": repo.owner.login,
+        "branch": branch,
+        "sha": sha,
+        "push": bool(permissions and permissions.push),
+        "private": bool(repo.private),
+        "archived": bool(repo.archived),
+        "html_url": repo.html_url,
+        "clone_url": repo.clone_url,
+    }
+
+
+def _branch_from_reference(repo: Any, remainder: str | None) -> str | None:
+    """`/tree/feature/x/src/app.py`: the longest prefix that is a branch (names may hold '/')."""
+    if not remainder:
+        return None
+    parts = remainder.split("/")
+    for end in range(len(parts), 0, -1):
+        candidate = "/".join(parts[:end])
+        try:
+            repo.get_branch(candidate)
+            return candidate
+        except github.UnknownObjectException:
+            continue
+    raise github.UnknownObjectException(404, {"message": f"no branch in {remainder!r}"}, None)
+
+
+def _create_fork(g: Github, name: str, organization: str | None) -> str:
+    repo = g.get_repo(name)
+    fork = repo.create_fork(organization=organization) if organization else repo.create_fork()
+    return str(fork.full_name)
+
+
+def _fork_ready(g: Github, fork: str, branch: str) -> str | None:
+    """The fork's clone URL once GitHub has made it (forking is asynchronous), else None."""
+    try:
+        repo = g.get_repo(fork)
+        repo.get_branch(branch)
+        return str(repo.clone_url)
+    except github.UnknownObjectException:
+        return None
+    except GithubException as exc:
+        if exc.status == 409:
+            return None
+        raise
+
+
+def _sync_fork(g: Github, fork: str, branch: str) -> None:
+    g.get_repo(fork).merge_upstream(branch)
+
+
+def _create_pull(
+    g: Github, name: str, base: str, head: str, qualified_head: str, draft: PullRequestDraft
+) -> PullRequest:
+    repo = g.get_repo(name)
+    is_fork = head != draft.branch
+    try:
+        pr = repo.create_pull(
+            base=base,
+            head=head,
+            title=draft.title,
+            body=draft.body,
+            draft=draft.draft,
+            maintainer_can_modify=is_fork,
+        )
+    except GithubException as exc:
+        message = _github_message(exc).lower()
+        if exc.status == 422 and "draft pull requests are not supported" in message:
+            pr = repo.create_pull(
+                base=base,
+                head=head,
+                title=draft.title,
+                body=draft.body,
+                draft=False,
+                maintainer_can_modify=is_fork,
+            )
+        elif exc.status == 422 and "already exists" in message:
+            existing = list(repo.get_pulls(state="open", head=qualified_head, base=base))
+            if not existing:
+                raise
+            pr = existing[0]
+            pr.edit(title=draft.title, body=draft.body)
+        else:
+            raise
+    return PullRequest(url=pr.html_url, number=pr.number, draft=bool(pr.draft))
+
+
+def _github_message(exc: GithubException) -> str:
+    data = exc.data if isinstance(exc.data, dict) else {}
+    parts = [str(data.get("message") or exc.message or "")]
+    for error in data.get("errors") or []:
+        if isinstance(error, dict) and error.get("message"):
+            parts.append(str(error["message"]))
+        elif isinstance(error, str):
+            parts.append(error)
+    return "; ".join(p for p in parts if p)

@@ -1,0 +1,349 @@
+"""GitHub end to end: the real server, PyGithub and git against the loopback fake GitHub (REST
+plus git smart HTTP through `git http-backend`), the token kept on the host."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from backspace.orchestrator.githosts.base import PullRequestDraft, RepoRef
+from backspace.orchestrator.githosts.github import GitHubHost
+from backspace.orchestrator.redact import Redactor
+from tests.conftest import ServerFactory
+from tests.fakes.anthropic import FakeAnthropic, Reply, Text, ToolCall
+from tests.fakes.github import FakeGitHub
+from tests.server import Server
+from tests.sse import collect, events_of
+
+pytestmark = pytest.mark.timeout(90)
+
+TOKEN = "ghp_GITHUBTOKEN0123456789abcdefghijklmno"
+ANTHROPIC_KEY = "sk-ant-api03-github-e2e-key-000111"
+FILES = {"app.py": "def signup(name):\n    return name\n", "README.md": "# Widgets\n"}
+EDIT = ToolCall(
+    "str_replace_based_edit_tool",
+    {
+        "command": "str_replace",
+        "path": "app.py",
+        "old_str": "    return name\n",
+        "new_str": "    if not name:\n        raise ValueError('name is required')\n    return name\n",
+    },
+)
+FINISH = Reply(
+    [
+        Text("Done."),
+        ToolCall(
+            "finish",
+            {
+                "title": "Validate the signup name",
+                "body": "Rejects empty names.",
+                "tests": "pytest: 3 passed",
+            },
+        ),
+    ]
+)
+
+
+def bare_git(path: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "--git-dir", str(path), *args], check=True, capture_output=True, text=True
+    ).stdout
+
+
+@pytest.fixture
+def github() -> Iterator[FakeGitHub]:
+    with FakeGitHub(token=TOKEN, login="backspace-bot") as fake:
+        yield fake
+
+
+def env_for(github: FakeGitHub, model: FakeAnthropic, **extra: str) -> dict[str, str]:
+    return {
+        "ANTHROPIC_API_KEY": ANTHROPIC_KEY,
+        "ANTHROPIC_BASE_URL": model.url,
+        "GITHUB_TOKEN": TOKEN,
+        "GITHUB_API_URL": github.api_url,
+        "GITHUB_WEB_HOST": "github.com",
+        **extra,
+    }
+
+
+async def run(server: Server, repo_url: str, prompt: str, **body: Any) -> list[dict[str, Any]]:
+    async with httpx.AsyncClient(timeout=60) as client:
+        response, frames = await collect(
+            client,
+            "POST",
+            f"{server.url}/api/code",
+            json={"repo_url": repo_url, "prompt": prompt, **body},
+        )
+    assert response.status_code == 200, response.text
+    return events_of(frames)
+
+
+def of(events: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [e for e in events if e["type"] == kind]
+
+
+async def test_a_run_opens_a_draft_pull_request_on_github(
+    github: FakeGitHub, fake_model: FakeAnthropic, server_factory: ServerFactory
+) -> None:
+    github.create_repo("acme/widgets", files=FILES, default_branch="main")
+    bare = github.bare_path("acme/widgets")
+    base = bare_git(bare, "rev-parse", "main").strip()
+    fake_model.scenarios["gh-e2e"] = [
+        Reply([ToolCall("bash", {"command": "cat app.py"})]),
+        Reply([EDIT]),
+        FINISH,
+    ]
+    server = server_factory(env_for(github, fake_model))
+    events = await run(
+        server, "https://github.com/acme/widgets", "gh-e2e: validate names @octocat fixes #1",
+        co_author="Ada Lovelace <ada@example.com>",
+    )  # fmt: skip
+    assert events[-1]["status"] == "succeeded", events[-2:]
+    created = of(events, "pr_created")[0]
+    (pr,) = github.pulls("acme/widgets")
+    assert created["pr_url"] == pr["html_url"] == events[-1]["pr_url"]
+    assert pr["head"]["ref"] == created["branch"] and pr["base"]["ref"] == "main"
+    assert pr["title"] == "Validate the signup name" and pr["draft"] is True
+    body = pr["body"]
+    assert "Rejects empty names." in body and "pytest: 3 passed" in body
+    assert f"<!-- backspace:run={events[0]['run_id']} -->" in body
+    assert "@\u200bocto" in body and "#\u200b1" in body, "mentions and closing keywords defused"
+    assert "`app.py` | M | +2 | −0" in body and events[0]["run_url"] in body
+
+    branch = created["branch"]
+    assert bare_git(bare, "rev-parse", f"{branch}^").strip() == base
+    assert bare_git(bare, "diff", "--name-only", base, branch).split() == ["app.py"]
+    message = bare_git(bare, "log", "-1", "--format=%an <%ae>%n%B", branch)
+    assert message.startswith("backspace-bot <backspace-bot@users.noreply.github.com>\nValidate")
+    assert "Co-authored-by: Ada Lovelace <ada@example.com>" in message
+
+
+async def test_the_token_never_reaches_the_sandbox(
+    github: FakeGitHub, fake_model: FakeAnthropic, server_factory: ServerFactory
+) -> None:
+    github.create_repo("acme/secret-widgets", files=FILES, private=True)
+    probe = (
+        "env; echo ---; cat .git/config; git config --list --show-origin; echo ---; "
+        "cat /proc/*/environ 2>/dev/null | tr '\\0' '\\n'; "
+        "grep -rsl 'GITHUB''TOKEN' / --exclude-dir=proc --exclude-dir=sys --exclude-dir=dev "
+        "--exclude-dir=usr --exclude-dir=opt 2>/dev/null; echo probe-done"
+    )
+    fake_model.scenarios["gh-token-e2e"] = [
+        Reply([ToolCall("bash", {"command": probe})]),
+        Reply([EDIT]),
+        FINISH,
+    ]
+    server = server_factory(env_for(github, fake_model))
+    events = await run(server, "acme/secret-widgets", "gh-token-e2e")
+    assert events[-1]["status"] == "succeeded", events[-2:]
+    output = of(events, "Tool: Bash")[0]["output"]
+    assert "probe-done" in output and "[core]" in output
+    sent_back = str(fake_model.requests_for("gh-token-e2e")[1]["messages"][-1])
+    for place in (
+        output,
+        sent_back,
+        repr(events),
+        server.logs(),
+        repr(github.pulls("acme/secret-widgets")),
+    ):
+        assert TOKEN not in place and "GITHUBTOKEN" not in place
+    # The token was used, on the host: for the API and for git (clone and push).
+    authorized = [
+        r
+        for r in github.requests
+        if TOKEN in r["headers"].get("authorization", "")
+        or r["headers"].get("authorization", "").startswith("Basic ")
+    ]
+    assert any(r["path"].endswith("/git-receive-pack") for r in authorized)
+    assert any(r["path"].startswith("/api/v3/repos/acme/secret-widgets") for r in authorized)
+
+
+async def test_without_push_access_it_forks_and_opens_the_pr_from_the_fork(
+    github: FakeGitHub, fake_model: FakeAnthropic, server_factory: ServerFactory
+) -> None:
+    github.create_repo("upstream/widgets", files=FILES, push=False)
+    github.fork_ready_after = 2
+    fake_model.scenarios["gh-fork-e2e"] = [Reply([EDIT]), FINISH]
+    server = server_factory(env_for(github, fake_model))
+    events = await run(server, "https://github.com/upstream/widgets", "gh-fork-e2e")
+    assert events[-1]["status"] == "succeeded", events[-2:]
+    (pr,) = github.pulls("upstream/widgets")
+    branch = of(events, "pr_created")[0]["branch"]
+    assert pr["head"]["label"] == f"backspace-bot:{branch}"
+    assert branch in bare_git(github.bare_path("backspace-bot/widgets"), "branch", "--list")
+    assert branch not in bare_git(github.bare_path("upstream/widgets"), "branch", "--list")
+
+
+async def test_default_branch_and_a_base_branch_named_in_the_url(
+    github: FakeGitHub, fake_model: FakeAnthropic, server_factory: ServerFactory
+) -> None:
+    github.create_repo(
+        "acme/widgets", files=FILES, default_branch="develop",
+        branches={"release/1.x": {"app.py": "def signup(name):\n    return name\n", "VERSION": "1\n"}},
+    )  # fmt: skip
+    fake_model.scenarios["gh-default-e2e"] = [Reply([EDIT]), FINISH]
+    fake_model.scenarios["gh-tree-e2e"] = [Reply([EDIT]), FINISH]
+    server = server_factory(env_for(github, fake_model))
+    default = await run(server, "git@github.com:acme/widgets.git", "gh-default-e2e")
+    tree = await run(
+        server, "<https://github.com/acme/widgets/tree/release/1.x/app.py|widgets>", "gh-tree-e2e"
+    )
+    assert default[-1]["status"] == tree[-1]["status"] == "succeeded"
+    bases = sorted(pr["base"]["ref"] for pr in github.pulls("acme/widgets"))
+    assert bases == ["develop", "release/1.x"]
+    bare = github.bare_path("acme/widgets")
+    tree_branch = of(tree, "pr_created")[0]["branch"]
+    assert (
+        bare_git(bare, "rev-parse", f"{tree_branch}^").strip()
+        == bare_git(bare, "rev-parse", "release/1.x").strip()
+    )
+
+
+async def test_github_failures_become_errors_a_person_can_act_on(
+    github: FakeGitHub, fake_model: FakeAnthropic, server_factory: ServerFactory
+) -> None:
+    github.create_repo("acme/widgets", files=FILES)
+    github.create_repo("acme/readonly", files=FILES, push=False)
+    github.create_repo("acme/hooked", files=FILES)
+    for key in (
+        "gh-bad-token",
+        "gh-missing",
+        "gh-rate",
+        "gh-5xx",
+        "gh-protected",
+        "gh-no-fork",
+        "gh-declined",
+    ):
+        fake_model.scenarios[key] = [Reply([EDIT]), FINISH]
+    wrong = server_factory(
+        env_for(github, fake_model, GITHUB_TOKEN="ghp_wrongtoken000000000000000000000000"),
+        name="wrong",
+    )
+    bad_token = await run(wrong, "acme/widgets", "gh-bad-token")
+    server = server_factory(env_for(github, fake_model))
+    missing = await run(server, "acme/nope", "gh-missing")
+    github.fail(
+        "GET",
+        r"/repos/acme/widgets$",
+        403,
+        "API rate limit exceeded for user ID 1.",
+        headers={"x-ratelimit-remaining": "0", "x-ratelimit-reset": "4102444800"},
+    )
+    rate = await run(server, "acme/widgets", "gh-rate")
+    github.fail("POST", r"/repos/acme/widgets/pulls$", 502, "Server Error", times=5)
+    five_hundred = await run(server, "acme/widgets", "gh-5xx")
+    hook = github.bare_path("acme/widgets") / "hooks" / "pre-receive"
+    hook.write_text(
+        "#!/bin/sh\necho 'GH006: Protected branch update failed for refs/heads/x.' >&2\nexit 1\n"
+    )
+    hook.chmod(0o755)
+    protected = await run(server, "acme/widgets", "gh-protected")
+    github.fail(
+        "POST",
+        r"/repos/acme/readonly/forks$",
+        403,
+        "Resource not accessible by personal access token",
+    )
+    no_fork = await run(server, "acme/readonly", "gh-no-fork")
+    declined = github.bare_path("acme/hooked") / "hooks" / "pre-receive"
+    declined.write_text("#!/bin/sh\necho 'push declined by policy' >&2\nexit 1\n")
+    declined.chmod(0o755)
+    rejected = await run(server, "acme/hooked", "gh-declined")
+    expected = {
+        "github_bad_token": bad_token,
+        "repo_not_found": missing,
+        "github_rate_limited": rate,
+        "github_unavailable": five_hundred,
+        "branch_protection": protected,
+        "github_no_access": no_fork,
+        "push_rejected": rejected,
+    }
+    for code, events in expected.items():
+        errors = of(events, "error")
+        assert len(errors) == 1 and errors[0]["code"] == code, (code, errors)
+        assert events[-1]["status"] == "failed"
+        assert TOKEN not in repr(events)
+    assert of(rate, "error")[0]["retryable"] is True
+    assert "GITHUB_TOKEN" in of(bad_token, "error")[0]["message"]
+
+
+async def test_allowed_repos_limits_what_may_be_touched(
+    github: FakeGitHub, fake_model: FakeAnthropic, server_factory: ServerFactory
+) -> None:
+    server = server_factory(env_for(github, fake_model, ALLOWED_REPOS="acme/*, tools/widgets"))
+    async with httpx.AsyncClient(timeout=10) as client:
+        refused = await client.post(
+            f"{server.url}/api/code",
+            json={"repo_url": "https://github.com/evil/widgets", "prompt": "x"},
+        )
+    assert refused.status_code == 422 and "ALLOWED_REPOS" in refused.json()["detail"]
+    assert github.requests == []
+
+
+async def test_an_existing_pull_request_is_updated_not_a_crash(
+    github: FakeGitHub, tmp_path: Path
+) -> None:
+    github.create_repo("acme/widgets", files=FILES)
+    bare = github.bare_path("acme/widgets")
+    base = bare_git(bare, "rev-parse", "main").strip()
+    tree = bare_git(bare, "rev-parse", "main^{tree}").strip()
+    head = subprocess.run(
+        ["git", "--git-dir", str(bare), "commit-tree", tree, "-p", base, "-m", "x"],
+        check=True, capture_output=True, text=True,
+        env={"GIT_AUTHOR_NAME": "a", "GIT_AUTHOR_EMAIL": "a@a", "GIT_COMMITTER_NAME": "a", "GIT_COMMITTER_EMAIL": "a@a", "PATH": "/usr/bin:/bin"},
+    ).stdout.strip()  # fmt: skip
+    bare_git(bare, "update-ref", "refs/heads/backspace/x-1", head)
+    host = GitHubHost(
+        token=TOKEN, api_url=github.api_url, web_host="github.com",
+        cache_root=tmp_path / "cache", redactor=Redactor([TOKEN]),
+    )  # fmt: skip
+    repo = await host.resolve(RepoRef("github", "acme/widgets", "acme/widgets"))
+
+    def draft(title: str) -> PullRequestDraft:
+        return PullRequestDraft(
+            run_id="r", title=title, body="b", branch="backspace/x-1", head_sha=head,
+            files=[], additions=0, deletions=0, diff="",
+        )  # fmt: skip
+
+    first = await host.open_pull_request(repo, draft("First"))
+    second = await host.open_pull_request(repo, draft("Second"))
+    assert first.number == second.number and first.url == second.url
+    (pr,) = github.pulls("acme/widgets")
+    assert pr["title"] == "Second"
+
+
+async def test_a_repository_without_draft_support_gets_a_normal_pr(
+    github: FakeGitHub, fake_model: FakeAnthropic, server_factory: ServerFactory
+) -> None:
+    github.create_repo("acme/widgets", files=FILES, draft_supported=False)
+    fake_model.scenarios["gh-nodraft-e2e"] = [Reply([EDIT]), FINISH]
+    server = server_factory(env_for(github, fake_model))
+    events = await run(server, "acme/widgets", "gh-nodraft-e2e")
+    assert events[-1]["status"] == "succeeded"
+    (pr,) = github.pulls("acme/widgets")
+    assert pr["draft"] is False and of(events, "pr_created")[0]["draft"] is False
+
+
+async def test_concurrent_runs_on_one_repository_share_the_cache_safely(
+    github: FakeGitHub, fake_model: FakeAnthropic, server_factory: ServerFactory
+) -> None:
+    github.create_repo("acme/widgets", files={f"f{i}.txt": f"{i}\n" for i in range(3)})
+    for i in range(3):
+        call = {"command": "create", "path": f"f{i}.txt", "file_text": f"changed {i}\n"}
+        fake_model.scenarios[f"gh-par-{i}-e2e"] = [
+            Reply([ToolCall("str_replace_based_edit_tool", call)]),
+            FINISH,
+        ]
+    server = server_factory(env_for(github, fake_model))
+    results = await asyncio.gather(
+        *(run(server, "acme/widgets", f"gh-par-{i}-e2e") for i in range(3))
+    )
+    assert [r[-1]["status"] for r in results] == ["succeeded"] * 3
+    assert len(github.pulls("acme/widgets")) == 3
