@@ -100,6 +100,10 @@ async def run_command(settings: Settings, repo: str, prompt: str, base: str | No
         except RepoRefError as exc:
             console.print(f"[red]backspace: {escape(str(exc))}[/red]")
             return EXIT_USAGE
+        usable, message = services.hosts[ref.host].check()
+        if not usable:
+            console.print(f"backspace: {escape(ref.name)} cannot be used: {escape(message)}")
+            return EXIT_USAGE
         request = RunRequest(repo_url=repo, repo=ref, prompt=prompt, base_branch=base, source="cli")
         run = services.runner.submit(request)
         loop = asyncio.get_running_loop()

@@ -287,6 +287,22 @@ async def test_allowed_repos_limits_what_may_be_touched(
     assert github.requests == []
 
 
+async def test_without_a_token_github_runs_are_refused_before_they_start(
+    github: FakeGitHub, fake_model: FakeAnthropic, server_factory: ServerFactory
+) -> None:
+    env = env_for(github, fake_model)
+    del env["GITHUB_TOKEN"]
+    server = server_factory(env)
+    async with httpx.AsyncClient(timeout=10) as client:
+        refused = await client.post(
+            f"{server.url}/api/code", json={"repo_url": "acme/widgets", "prompt": "x"}
+        )
+        health = (await client.get(f"{server.url}/health")).json()
+    assert refused.status_code == 503 and "GITHUB_TOKEN is not set" in refused.json()["detail"]
+    assert health["git_hosts"]["github"]["usable"] is False
+    assert github.requests == []
+
+
 async def test_an_existing_pull_request_is_updated_not_a_crash(
     github: FakeGitHub, tmp_path: Path
 ) -> None:

@@ -94,6 +94,9 @@ async def create_run(request: Request) -> Response:
             f"invalid request: repo_url: {exc}",
             errors=[{"field": "repo_url", "message": str(exc)}],
         ) from None
+    host_usable, host_message = services.hosts[ref.host].check()
+    if not host_usable:
+        raise HTTPProblem(503, f"{ref.name} cannot be used: {host_message}")
     if not settings.model_configured:
         raise HTTPProblem(
             503, "no model is configured: set ANTHROPIC_API_KEY (or ANTHROPIC_BASE_URL) and restart"

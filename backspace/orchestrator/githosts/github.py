@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -312,15 +313,15 @@ class GitHubHost:
                 "branch_protection",
                 f"branch protection on {name} refused the push: {stderr[-300:]}",
             )
-        if (
-            "401" in lowered
-            or "authentication failed" in lowered
-            or "could not read username" in lowered
-        ):
+        if re.search(r"\b401\b|authentication failed|could not read username", lowered):
+            if not self.token:
+                return GitHostError(
+                    "github_no_token", f"GITHUB_TOKEN is not set, and {name} needs one to {verb}"
+                )
             return GitHostError(
                 "github_bad_token", f"GitHub refused GITHUB_TOKEN when trying to {verb} {name}"
             )
-        if "403" in lowered or ("permission" in lowered and "denied" in lowered):
+        if re.search(r"\b403\b", lowered) or ("permission" in lowered and "denied" in lowered):
             return GitHostError(
                 "github_no_access", f"GITHUB_TOKEN may not {verb} {name}: {stderr[-300:]}"
             )
@@ -328,12 +329,9 @@ class GitHubHost:
             return GitHostError(
                 "github_no_access", f"GITHUB_TOKEN lacks the workflow scope needed to {verb} {name}"
             )
-        if "404" in lowered or "not found" in lowered:
+        if re.search(r"\b404\b|not found", lowered):
             return GitHostError("repo_not_found", f"{name} was not found when trying to {verb} it")
-        if any(
-            s in lowered
-            for s in ("could not resolve host", "connection refused", "timed out", "50")
-        ):
+        if re.search(r"could not resolve host|connection refused|timed out|\b5\d\d\b", lowered):
             return GitHostError(
                 "github_unavailable", f"could not {verb} {name}: {stderr[-300:]}", retryable=True
             )
