@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
-from collections.abc import Callable, Iterator
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from backspace.orchestrator.sandboxes.local import LocalSandbox, LocalSandboxProvider
 from tests.fakes.anthropic import FakeAnthropic
 from tests.server import Server, start_server
 
@@ -74,3 +78,30 @@ def server_factory(tmp_path: Path) -> Iterator[ServerFactory]:
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def provider() -> Iterator[LocalSandboxProvider]:
+    """A local sandbox provider for a module's tests.
+
+    When the tests run as root, bubblewrap runs as `nobody`, which cannot enter pytest's 0700
+    `tmp_path`; so the root lives in a fresh 0711 directory directly under /tmp.
+    """
+    parent = Path(tempfile.mkdtemp(prefix="backspace-test-"))
+    parent.chmod(0o711)
+    try:
+        provider = LocalSandboxProvider(parent / "root")
+        usable, message = provider.check()
+        assert usable and provider.isolated, message
+        yield provider
+    finally:
+        shutil.rmtree(parent, ignore_errors=True)
+
+
+@pytest.fixture
+async def sandbox(provider: LocalSandboxProvider) -> AsyncIterator[LocalSandbox]:
+    sandbox = await provider.create(f"t-{uuid.uuid4().hex[:10]}")
+    try:
+        yield sandbox
+    finally:
+        await sandbox.close()

@@ -71,3 +71,15 @@ async def collect(
 
 def events_of(got: list[Frame]) -> list[dict[str, Any]]:
     return [f.json for f in got if f.data]
+
+
+async def post_run(base_url: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+    """POST /api/code and read the run's whole stream; the events as dicts."""
+    async with httpx.AsyncClient(timeout=60) as client:
+        response, got = await collect(client, "POST", f"{base_url}/api/code", json=body)
+    assert response.status_code == 200, response.text
+    return events_of(got)
+
+
+def of_type(events: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [e for e in events if e["type"] == kind]

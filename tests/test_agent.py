@@ -9,12 +9,8 @@ what the model was really sent (the request bodies the fake recorded).
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import time
-import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
-from pathlib import Path
+from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 import pytest
@@ -28,7 +24,7 @@ from backspace.orchestrator.agent import (
     prompts,
 )
 from backspace.orchestrator.agent.bash import CWD_MARKER
-from backspace.orchestrator.sandboxes.local import LocalSandbox, LocalSandboxProvider
+from backspace.orchestrator.sandboxes.local import LocalSandbox
 from tests.fakes.anthropic import (
     CutStream,
     Fail,
@@ -47,29 +43,6 @@ Events = list[tuple[str, dict[str, Any]]]
 
 
 # --- fixtures and helpers ---------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def provider() -> Iterator[LocalSandboxProvider]:
-    """A provider whose root uid 65534 can traverse (see tests/test_sandbox_local.py)."""
-    parent = Path(tempfile.mkdtemp(prefix="backspace-test-agent-"))
-    parent.chmod(0o711)
-    try:
-        provider = LocalSandboxProvider(parent / "root")
-        usable, message = provider.check()
-        assert usable and provider.isolated, message
-        yield provider
-    finally:
-        shutil.rmtree(parent, ignore_errors=True)
-
-
-@pytest.fixture
-async def sandbox(provider: LocalSandboxProvider) -> AsyncIterator[LocalSandbox]:
-    sandbox = await provider.create(f"ag-{uuid.uuid4().hex[:10]}")
-    try:
-        yield sandbox
-    finally:
-        await sandbox.close()
-
-
 @pytest.fixture
 def fake() -> Iterator[FakeAnthropic]:
     with FakeAnthropic(api_key="test-key") as server:

@@ -16,29 +16,13 @@ import pytest
 from backspace.orchestrator.sandboxes.local import default_root
 from tests.conftest import ServerFactory, git, make_repo
 from tests.fakes.anthropic import Fail, FakeAnthropic, Reply, Text, ToolCall
+from tests.scenarios import EDIT_SIGNUP, finish
 from tests.server import Server
-from tests.sse import collect, events_of
+from tests.sse import collect, events_of, of_type, post_run
 
 pytestmark = pytest.mark.timeout(90)
 
-EDIT = ToolCall(
-    "str_replace_based_edit_tool",
-    {
-        "command": "str_replace",
-        "path": "app.py",
-        "old_str": "    return name\n",
-        "new_str": "    if not name:\n        raise ValueError('name is required')\n    return name\n",
-    },
-)
-
-
-def finish(title: str = "Validate the signup name") -> Reply:
-    return Reply(
-        [
-            Text("Done."),
-            ToolCall("finish", {"title": title, "body": "Adds a check.", "tests": "none"}),
-        ]
-    )
+EDIT = EDIT_SIGNUP
 
 
 def edit_scenario() -> list[Any]:
@@ -66,19 +50,10 @@ def base_env(repos: Path, fake: FakeAnthropic, **extra: str) -> dict[str, str]:
 async def run_to_end(
     server: Server, prompt: str, repo: str = "local:widgets", **body: Any
 ) -> list[dict[str, Any]]:
-    async with httpx.AsyncClient(timeout=60) as client:
-        response, frames = await collect(
-            client,
-            "POST",
-            f"{server.url}/api/code",
-            json={"repo_url": repo, "prompt": prompt, **body},
-        )
-    assert response.status_code == 200, response.text
-    return events_of(frames)
+    return await post_run(server.url, {"repo_url": repo, "prompt": prompt, **body})
 
 
-def by_type(events: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
-    return [e for e in events if e["type"] == kind]
+by_type = of_type
 
 
 def assert_clean(server: Server) -> None:

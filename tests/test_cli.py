@@ -23,19 +23,12 @@ import pytest
 from backspace import __version__
 from tests.conftest import git, make_repo
 from tests.fakes.anthropic import Fail, FakeAnthropic, Reply, Text, ToolCall
+from tests.scenarios import EDIT_SIGNUP
 from tests.server import ROOT, free_port
 
 pytestmark = pytest.mark.timeout(60)
 
-EDIT = ToolCall(
-    "str_replace_based_edit_tool",
-    {
-        "command": "str_replace",
-        "path": "app.py",
-        "old_str": "    return name\n",
-        "new_str": "    if not name:\n        raise ValueError('name is required')\n    return name\n",
-    },
-)
+EDIT = EDIT_SIGNUP
 FINISH = Reply(
     [
         Text("Done."),

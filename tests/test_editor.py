@@ -7,10 +7,7 @@ both the result the model would get and the file as the sandbox really holds it.
 from __future__ import annotations
 
 import shlex
-import shutil
-import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,39 +16,12 @@ import pytest
 from backspace.orchestrator.agent.editor import Editor
 from backspace.orchestrator.agent.outcome import ToolOutcome
 from backspace.orchestrator.events import EventType
-from backspace.orchestrator.sandboxes.local import LocalSandbox, LocalSandboxProvider
+from backspace.orchestrator.sandboxes.local import LocalSandbox
 
 TEXT = "one\ntwo\nthree\nfour\n"
 
 
 # --- fixtures and helpers ---------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def provider() -> Iterator[LocalSandboxProvider]:
-    """A provider whose root uid 65534 can traverse (see tests/test_sandbox_local.py).
-
-    When the tests run as root, bubblewrap runs as `nobody`, which cannot enter pytest's 0700
-    `tmp_path`; so the root lives in a fresh 0711 directory directly under /tmp.
-    """
-    parent = Path(tempfile.mkdtemp(prefix="backspace-test-editor-"))
-    parent.chmod(0o711)
-    try:
-        provider = LocalSandboxProvider(parent / "root")
-        usable, message = provider.check()
-        assert usable and provider.isolated, message
-        yield provider
-    finally:
-        shutil.rmtree(parent, ignore_errors=True)
-
-
-@pytest.fixture
-async def sandbox(provider: LocalSandboxProvider) -> AsyncIterator[LocalSandbox]:
-    sandbox = await provider.create(f"ed-{uuid.uuid4().hex[:10]}")
-    try:
-        yield sandbox
-    finally:
-        await sandbox.close()
-
-
 @pytest.fixture
 def editor(sandbox: LocalSandbox) -> Editor:
     return Editor(sandbox, max_characters=16000)

@@ -18,23 +18,16 @@ from backspace.orchestrator.redact import Redactor
 from tests.conftest import ServerFactory
 from tests.fakes.anthropic import FakeAnthropic, Reply, Text, ToolCall
 from tests.fakes.github import FakeGitHub
+from tests.scenarios import EDIT_SIGNUP
 from tests.server import Server
-from tests.sse import collect, events_of
+from tests.sse import of_type, post_run
 
 pytestmark = pytest.mark.timeout(90)
 
 TOKEN = "ghp_GITHUBTOKEN0123456789abcdefghijklmno"
 ANTHROPIC_KEY = "sk-ant-api03-github-e2e-key-000111"
 FILES = {"app.py": "def signup(name):\n    return name\n", "README.md": "# Widgets\n"}
-EDIT = ToolCall(
-    "str_replace_based_edit_tool",
-    {
-        "command": "str_replace",
-        "path": "app.py",
-        "old_str": "    return name\n",
-        "new_str": "    if not name:\n        raise ValueError('name is required')\n    return name\n",
-    },
-)
+EDIT = EDIT_SIGNUP
 FINISH = Reply(
     [
         Text("Done."),
@@ -74,19 +67,10 @@ def env_for(github: FakeGitHub, model: FakeAnthropic, **extra: str) -> dict[str,
 
 
 async def run(server: Server, repo_url: str, prompt: str, **body: Any) -> list[dict[str, Any]]:
-    async with httpx.AsyncClient(timeout=60) as client:
-        response, frames = await collect(
-            client,
-            "POST",
-            f"{server.url}/api/code",
-            json={"repo_url": repo_url, "prompt": prompt, **body},
-        )
-    assert response.status_code == 200, response.text
-    return events_of(frames)
+    return await post_run(server.url, {"repo_url": repo_url, "prompt": prompt, **body})
 
 
-def of(events: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
-    return [e for e in events if e["type"] == kind]
+of = of_type
 
 
 async def test_a_run_opens_a_draft_pull_request_on_github(
