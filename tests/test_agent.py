@@ -208,6 +208,7 @@ async def test_a_scripted_run_edits_the_sandbox_and_reports_each_step(
         "progress",
         "AI Message",
         "usage",
+        "output",
         "Tool: Bash",
         "progress",
         "usage",
@@ -231,6 +232,8 @@ async def test_a_scripted_run_edits_the_sandbox_and_reports_each_step(
     (bash_event,) = of_type(events, "Tool: Bash")
     assert bash_event["command"].startswith("mkdir -p pkg")
     assert bash_event["output"] == "main.py\n"
+    (live,) = of_type(events, "output")
+    assert live["output"] == "main.py\n" and live["call_id"] == bash_event["call_id"] != ""
     assert bash_event["exit_code"] == 0
     assert isinstance(bash_event["duration_ms"], int) and bash_event["duration_ms"] >= 0
     assert of_type(events, "Tool: Write") == [

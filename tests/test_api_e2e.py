@@ -18,7 +18,7 @@ from tests.conftest import ServerFactory, git, make_repo
 from tests.fakes.anthropic import Fail, FakeAnthropic, Reply, Text, ToolCall
 from tests.scenarios import EDIT_SIGNUP, finish
 from tests.server import Server
-from tests.sse import collect, events_of, of_type, post_run
+from tests.sse import collect, events_of, frames, of_type, post_run
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -229,6 +229,29 @@ async def test_a_silent_stream_gets_ping_comments(
     assert events_of(frames)[-1]["status"] == "succeeded"
 
 
+async def test_a_slow_commands_output_streams_before_it_ends(
+    repos: Path, fake_model: FakeAnthropic, server_factory: ServerFactory
+) -> None:
+    make_repo(repos, "widgets")
+    slow = "for i in 1 2 3; do echo tick-$i; sleep 0.6; done"
+    fake_model.scenarios["live-e2e"] = [Reply([ToolCall("bash", {"command": slow})]), finish()]
+    server = server_factory(base_env(repos, fake_model))
+    seen: dict[str, float] = {}
+    async with httpx.AsyncClient(timeout=60) as client:
+        body = {"repo_url": "local:widgets", "prompt": "live-e2e"}
+        async with client.stream("POST", f"{server.url}/api/code", json=body) as response:
+            async for frame in frames(response):
+                if not frame.data:
+                    continue
+                event = frame.json
+                if event["type"] == "output" and "tick-1" in event["output"]:
+                    seen.setdefault("tick-1", time.monotonic())
+                if event["type"] == "Tool: Bash":
+                    seen["done"] = time.monotonic()
+                    assert event["output"] == "tick-1\ntick-2\ntick-3\n"
+    assert seen["done"] - seen["tick-1"] > 0.9, "the first line arrived while the command ran"
+
+
 async def test_json_clients_get_202_with_the_run(
     repos: Path, fake_model: FakeAnthropic, server_factory: ServerFactory
 ) -> None:
@@ -388,7 +411,7 @@ async def test_secrets_never_reach_the_sandbox_an_event_or_a_log_line(
         "GITHUB_TOKEN": "ghp_SECRETGITHUB0000000000000000000002",
         "SLACK_BOT_TOKEN": "xoxb-SECRETSLACK-0003",
         "SLACK_SIGNING_SECRET": "SECRETSIGNING0004",
-        "DAYTONA_API_KEY": "SECRETDAYTONA0005",
+        "DAYTONA_API_KEY": "SECRETDAYTONA0005",  # with BACKSPACE_SANDBOX=local below
     }
     probe = "env; cat /proc/*/environ 2>/dev/null | tr '\\0' '\\n'; grep -rsl SECRET /workspace /tmp /home /etc 2>/dev/null; echo probe-done"
     fake_model.scenarios["secrets-e2e"] = [
@@ -396,10 +419,10 @@ async def test_secrets_never_reach_the_sandbox_an_event_or_a_log_line(
         Reply([EDIT]),
         finish(),
     ]
-    server = server_factory({**base_env(repos, fake_model), **secrets})
+    server = server_factory({**base_env(repos, fake_model, BACKSPACE_SANDBOX="local"), **secrets})
     # The prompt itself carries a token a user pasted: it must be redacted from the events.
     events = await run_to_end(server, f"secrets-e2e: use token {secrets['GITHUB_TOKEN']} please")
-    assert events[-1]["status"] == "succeeded"
+    assert events[-1]["status"] == "succeeded", by_type(events, "error")
     output = by_type(events, "Tool: Bash")[0]["output"]
     assert "probe-done" in output and "PATH=" in output
     tool_results = str(fake_model.requests_for("secrets-e2e")[1]["messages"][-1])

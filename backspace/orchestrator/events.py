@@ -19,6 +19,7 @@ class EventType(StrEnum):
     PROGRESS = "progress"
     AI_MESSAGE = "AI Message"
     TOOL_BASH = "Tool: Bash"
+    OUTPUT = "output"  # a running command's output so far (Tool: Bash follows when it ends)
     TOOL_READ = "Tool: Read"
     TOOL_EDIT = "Tool: Edit"
     TOOL_WRITE = "Tool: Write"

@@ -7,7 +7,9 @@ directory, is carried over with a marker line the wrapper prints and this module
 
 from __future__ import annotations
 
+import asyncio
 import shlex
+from collections.abc import Callable
 from typing import Any
 
 from backspace.orchestrator.agent.outcome import ToolOutcome
@@ -16,16 +18,77 @@ from backspace.orchestrator.sandboxes.base import Sandbox
 
 CWD_MARKER = "__BACKSPACE_CWD_6d1f__"
 EVENT_OUTPUT_LIMIT = 8000
+Emit = Callable[[str, dict[str, Any]], None]
+
+
+class LiveOutput:
+    """A running command's output as `output` events, whole lines at a time.
+
+    Coalesced (one event per FLUSH_AFTER seconds or CHUNK_CHARS characters) and capped per
+    command, so a chatty command cannot flood the event log. The working-directory marker line
+    is never shown.
+    """
+
+    FLUSH_AFTER = 0.25
+    CHUNK_CHARS = 4000
+    LIMIT_CHARS = 64_000
+
+    def __init__(self, emit: Emit, call_id: str, command: str) -> None:
+        self.emit = emit
+        self.call_id = call_id
+        self.command = command[:200]
+        self.pending = ""
+        self.sent = 0
+        self._timer: asyncio.TimerHandle | None = None
+
+    def feed(self, text: str) -> None:
+        self.pending += text
+        if len(self.pending) >= self.CHUNK_CHARS:
+            self.flush()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.FLUSH_AFTER, self.flush)
+
+    def flush(self, final: bool = False) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        cut = len(self.pending) if final else self.pending.rfind("\n") + 1
+        if not final and cut == 0 and not CWD_MARKER.startswith(self.pending[: len(CWD_MARKER)]):
+            cut = len(self.pending)  # a long partial line that is not the marker
+        ready, self.pending = self.pending[:cut], self.pending[cut:]
+        lines = ready.splitlines(keepends=True)
+        if not final and lines and lines[-1] == "\n":
+            self.pending = lines.pop() + self.pending  # maybe the blank line before the marker
+        shown: list[str] = []
+        for line in lines:
+            if line.startswith(CWD_MARKER):
+                if shown and shown[-1] == "\n":
+                    shown.pop()  # the wrapper's own newline before its marker
+                continue
+            shown.append(line)
+        text = "".join(shown)
+        if not text or self.sent >= self.LIMIT_CHARS:
+            return
+        room = self.LIMIT_CHARS - self.sent
+        if len(text) > room:
+            text = text[:room] + "\n[... live output stops here; the result has the tail ...]\n"
+        self.sent += len(text)
+        self.emit(
+            EventType.OUTPUT, {"call_id": self.call_id, "command": self.command, "output": text}
+        )
 
 
 class BashTool:
-    def __init__(self, sandbox: Sandbox, *, timeout: float, max_output: int) -> None:
+    def __init__(
+        self, sandbox: Sandbox, *, timeout: float, max_output: int, emit: Emit | None = None
+    ) -> None:
         self.sandbox = sandbox
+        self.emit = emit
         self.timeout = timeout
         self.max_output = max_output
         self.cwd = sandbox.workdir
 
-    async def run(self, tool_input: dict[str, Any]) -> ToolOutcome:
+    async def run(self, tool_input: dict[str, Any], call_id: str = "") -> ToolOutcome:
         if tool_input.get("restart"):
             self.cwd = self.sandbox.workdir
             return ToolOutcome(content="The shell was restarted; the working directory is reset.")
@@ -39,11 +102,22 @@ class BashTool:
             f"{command}\n"
             f"__bs_rc=$?; printf '\\n{CWD_MARKER}%s\\n' \"$PWD\"; exit $__bs_rc"
         )
-        result = await self.sandbox.exec(script, timeout=self.timeout, max_output=self.max_output)
+        live = LiveOutput(self.emit, call_id, command) if self.emit else None
+        try:
+            result = await self.sandbox.exec(
+                script,
+                timeout=self.timeout,
+                max_output=self.max_output,
+                on_output=live.feed if live else None,
+            )
+        finally:
+            if live:
+                live.flush(final=True)
         output = self._take_cwd(result.output)
         shown = output if output.strip() else "(no output)"
         note = f"\n[exit code {result.exit_code}]"
-        event = {
+        event: dict[str, Any] = {
+            "call_id": call_id,
             "command": command,
             "output": output[-EVENT_OUTPUT_LIMIT:] if len(output) > EVENT_OUTPUT_LIMIT else output,
             "exit_code": result.exit_code,

@@ -64,7 +64,7 @@ class Agent:
         self.limits = limits
         self.tools = tool_definitions(tool_mode)
         self.bash = BashTool(
-            sandbox, timeout=limits.command_timeout, max_output=limits.max_output_chars
+            sandbox, timeout=limits.command_timeout, max_output=limits.max_output_chars, emit=emit
         )
         self.editor = Editor(sandbox, max_characters=limits.max_output_chars)
         self.system = [
@@ -149,7 +149,7 @@ class Agent:
             elif call["name"] == FINISH:
                 outcome, finish = self._finish(call.get("input") or {})
             else:
-                outcome = await self._tool(call["name"], call.get("input") or {})
+                outcome = await self._tool(call["name"], call.get("input") or {}, call["id"])
             if outcome.event is not None:
                 self.emit(*outcome.event)
             results.append(
@@ -162,9 +162,9 @@ class Agent:
             )
         return results, finish
 
-    async def _tool(self, name: str, tool_input: dict[str, Any]) -> ToolOutcome:
+    async def _tool(self, name: str, tool_input: dict[str, Any], call_id: str) -> ToolOutcome:
         if name == BASH:
-            return await self.bash.run(tool_input)
+            return await self.bash.run(tool_input, call_id)
         if name == EDITOR:
             return await self.editor.run(tool_input)
         return ToolOutcome(f"unknown tool {name!r}: use bash, {EDITOR} or finish", is_error=True)
