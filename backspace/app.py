@@ -5,8 +5,10 @@ This is the one place that knows every implementation; everything else sees prot
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +33,7 @@ from backspace.orchestrator.redact import Redactor
 from backspace.orchestrator.run import RunFailure
 from backspace.orchestrator.runner import Runner, RunnerLimits
 from backspace.orchestrator.sandboxes.base import SandboxProvider
+from backspace.orchestrator.sandboxes.daytona import DaytonaOptions, DaytonaSandboxProvider
 from backspace.orchestrator.sandboxes.local import LocalLimits, LocalSandboxProvider, default_root
 from backspace.orchestrator.store import Store
 
@@ -50,9 +53,12 @@ class Services:
     _close_model: Callable[[], Awaitable[None]]
 
     async def aclose(self) -> None:
-        """Stop the runner (grace period, then cancel), close the model client and the store."""
+        """Stop the runner (grace period, then cancel), close the clients and the store."""
         await self.runner.shutdown()
         await self._close_model()
+        close = getattr(self.sandboxes, "aclose", None)
+        if close is not None:
+            await close()
         self.store.close()
 
     def parse_repo(self, reference: str) -> RepoRef:
@@ -127,12 +133,25 @@ def public_url(settings: Settings) -> str:
     return f"http://{host}:{settings.port}"
 
 
-def build_services(settings: Settings) -> Services:
-    redactor = Redactor(settings.secrets())
-    store = Store(settings.db)
-    hub = EventHub(store)
-    url = public_url(settings)
-    sandboxes = LocalSandboxProvider(
+def sandbox_provider(settings: Settings) -> SandboxProvider:
+    """BACKSPACE_SANDBOX (default: daytona when DAYTONA_API_KEY is set, else local)."""
+    if settings.sandbox_backend == "daytona":
+        key = settings.daytona_api_key.get_secret_value() if settings.daytona_api_key else ""
+        run_minutes = math.ceil(settings.max_sandbox_duration / 60)
+        return DaytonaSandboxProvider(
+            DaytonaOptions(
+                api_key=key,
+                api_url=settings.daytona_api_url,
+                target=settings.daytona_target,
+                snapshot=settings.daytona_snapshot,
+                instance=settings.instance_name,
+                auto_stop_minutes=run_minutes + 15,  # a backstop: runs delete their own
+                auto_delete_minutes=60,
+                network_block_all=settings.daytona_network_block_all,
+                create_timeout=settings.daytona_create_timeout,
+            )
+        )
+    return LocalSandboxProvider(
         settings.sandbox_root or default_root(settings.db),
         LocalLimits(
             memory_mb=settings.sandbox_memory_mb,
@@ -141,6 +160,14 @@ def build_services(settings: Settings) -> Services:
         ),
         allow_unsandboxed=settings.allow_unsandboxed,
     )
+
+
+def build_services(settings: Settings) -> Services:
+    redactor = Redactor(settings.secrets())
+    store = Store(settings.db)
+    hub = EventHub(store)
+    url = public_url(settings)
+    sandboxes = sandbox_provider(settings)
     hosts: dict[str, GitHost] = {
         "local": LocalGitHost(settings.local_repos, store, url),
         "github": GitHubHost(
@@ -232,10 +259,12 @@ def create_app(settings: Settings) -> Starlette:
         if not usable:
             log.error("the %s sandbox cannot be used: %s", services.sandboxes.name, message)
         await services.runner.start()
+        janitor = asyncio.create_task(_janitor(services), name="sandbox-janitor")
         log.info("backspace %s ready at %s", __version__, services.public_url)
         try:
             yield
         finally:
+            janitor.cancel()
             await services.aclose()
 
     app = Starlette(
@@ -246,6 +275,18 @@ def create_app(settings: Settings) -> Starlette:
     )
     app.state.services = services
     return app
+
+
+async def _janitor(services: Services) -> None:
+    """Every few minutes, delete sandboxes no live run owns (a crash never leaks them for long)."""
+    while True:
+        await asyncio.sleep(services.settings.janitor_interval)
+        try:
+            removed = await services.sandboxes.cleanup_orphans(services.runner.live_run_ids())
+            if removed:
+                log.info("the janitor deleted %d sandboxes no live run owns", removed)
+        except Exception:
+            log.exception("the sandbox janitor failed")
 
 
 async def _json_http_error(request: Request, exc: Exception) -> Response:

@@ -201,6 +201,9 @@ async def doctor_command(settings: Settings) -> int:
     model_ok, model_detail = await _probe_model(settings)
     row("model", model_ok, model_detail)
     sandbox_ok, sandbox_detail = services.sandboxes.check()
+    probe = getattr(services.sandboxes, "probe", None)
+    if sandbox_ok and probe is not None:  # a remote sandbox: ask it
+        sandbox_ok, sandbox_detail = await probe()
     row(f"sandbox ({services.sandboxes.name})", sandbox_ok, sandbox_detail)
     for name, host in services.hosts.items():
         usable, detail = host.check()
@@ -211,7 +214,7 @@ async def doctor_command(settings: Settings) -> int:
         True if settings.require_auth else None,
         "API key required" if settings.require_auth else "off: REQUIRE_AUTH=false",
     )
-    services.store.close()
+    await services.aclose()
     console.print(table)
     return EXIT_FAILED if problems else 0
 

@@ -6,6 +6,9 @@ An invalid value stops start-up with a message naming the variable and what it a
 
 from __future__ import annotations
 
+import hashlib
+import re
+import socket
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
@@ -64,6 +67,12 @@ class Settings(BaseSettings):
     daytona_api_url: str = Field("https://app.daytona.io/api", alias="DAYTONA_API_URL")
     daytona_target: str | None = Field(None, alias="DAYTONA_TARGET")
     daytona_snapshot: str | None = Field(None, alias="DAYTONA_SNAPSHOT")
+    daytona_network_block_all: bool = Field(True, alias="DAYTONA_NETWORK_BLOCK_ALL")
+    daytona_create_timeout: float = Field(120.0, alias="DAYTONA_CREATE_TIMEOUT", gt=0)
+    instance: str | None = Field(
+        None, alias="BACKSPACE_INSTANCE", pattern=r"^[A-Za-z0-9._-]{1,63}$"
+    )
+    janitor_interval: float = Field(300.0, alias="BACKSPACE_JANITOR_INTERVAL", gt=0)
 
     # --- sandboxes -----------------------------------------------------------------------------
     sandbox: Literal["local", "daytona"] | None = Field(None, alias="BACKSPACE_SANDBOX")
@@ -103,6 +112,10 @@ class Settings(BaseSettings):
     def _consistent(self) -> Settings:
         if self.require_auth and not (self.api_key and self.api_key.get_secret_value()):
             raise ValueError("REQUIRE_AUTH=true needs API_KEY: set API_KEY to a long random value")
+        if self.sandbox == "daytona" and not (
+            self.daytona_api_key and self.daytona_api_key.get_secret_value()
+        ):
+            raise ValueError("BACKSPACE_SANDBOX=daytona needs DAYTONA_API_KEY")
         return self
 
     # --- derived values ------------------------------------------------------------------------
@@ -121,6 +134,15 @@ class Settings(BaseSettings):
         parts = urlsplit(self.github_api_url)
         host = (parts.hostname or "github.com").lower()
         return "github.com" if host == "api.github.com" else host
+
+    @property
+    def instance_name(self) -> str:
+        """Labels this server's remote sandboxes, so its janitor never touches another's."""
+        if self.instance:
+            return self.instance
+        digest = hashlib.sha256(str(self.db.resolve()).encode()).hexdigest()[:8]
+        host = re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname())[:40] or "host"
+        return f"{host}-{digest}"
 
     @property
     def allowed_repo_patterns(self) -> list[str]:

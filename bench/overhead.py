@@ -88,7 +88,8 @@ def shell_script(work: Path, provider: LocalSandboxProvider, index: str) -> str:
         f"git -C {q(str(origin))} bundle create {q(str(host))}/base.bundle refs/heads/main 2>/dev/null",
         f"{sandbox(write, '/tmp/base.bundle')} < {q(str(host))}/base.bundle",
         sandbox(
-            "git clone --quiet --branch main -- /tmp/base.bundle . && git remote remove origin && rm -f /tmp/base.bundle"
+            "git init -q -b main . && git fetch -q --no-tags --update-head-ok /tmp/base.bundle "
+            "refs/heads/main:refs/heads/main && git reset -q --hard && rm -f /tmp/base.bundle"
         ),
         sandbox(
             "for f in AGENTS.md CLAUDE.md README.md; do [ -f $f ] && head -c 9000 $f; done; git ls-files | head -n 300"

@@ -68,7 +68,8 @@ def test_daytona_is_the_sandbox_when_its_key_is_set_unless_local_is_asked_for(
         load_settings(DAYTONA_API_KEY="dtn_key", BACKSPACE_SANDBOX="local").sandbox_backend
         == "local"
     )
-    assert load_settings(BACKSPACE_SANDBOX="daytona").sandbox_backend == "daytona"
+    with pytest.raises(SettingsError, match="BACKSPACE_SANDBOX=daytona needs DAYTONA_API_KEY"):
+        load_settings(BACKSPACE_SANDBOX="daytona")
     monkeypatch.setenv("DAYTONA_API_KEY", "dtn_key")
     assert load_settings().sandbox_backend == "daytona"
     monkeypatch.setenv("BACKSPACE_SANDBOX", "local")

@@ -26,7 +26,6 @@ from backspace.orchestrator.githosts.base import (
 )
 from backspace.orchestrator.githosts.gitcmd import GitError
 from backspace.orchestrator.publish import (
-    OUT_BUNDLE,
     Change,
     Identity,
     Policy,
@@ -46,7 +45,10 @@ from backspace.orchestrator.sandboxes.base import Sandbox, SandboxError, Sandbox
 
 log = logging.getLogger(__name__)
 
-BASE_BUNDLE = "/tmp/backspace-base.bundle"  # noqa: S108 - a path inside the sandbox
+
+def bundle_path(run_id: str, kind: str) -> str:
+    """Where a bundle lives inside the sandbox: unique per run, whatever /tmp the sandbox has."""
+    return f"/tmp/backspace-{run_id[:8]}-{kind}.bundle"  # noqa: S108 - a path inside the sandbox
 
 
 @dataclass(frozen=True)
@@ -108,7 +110,7 @@ class Pipeline:
                 "percentage": Stage.CLONING.percentage,
             },
         )
-        start = await self._clone(host, repo, sandbox, scratch)
+        start = await self._clone(host, repo, sandbox, scratch, bundle_path(ctx.run_id, "base"))
 
         ctx.progress(Stage.AGENT, "The agent is working")
         result = await self._agent(ctx, model, sandbox, repo)
@@ -119,7 +121,9 @@ class Pipeline:
         shown_prompt = self.redactor.text(request.prompt)
         title = self.redactor.text(title_for(result.title, shown_prompt))
         message = commit_message(title, ctx.run_id, request.co_author)
-        change = await self._take_change(sandbox, host, repo, start, scratch, message)
+        change = await self._take_change(
+            sandbox, host, repo, start, scratch, message, bundle_path(ctx.run_id, "out")
+        )
         if change is None:
             if result.outcome in ("turn_limit", "cost_limit"):
                 raise RunFailure(
@@ -177,16 +181,16 @@ class Pipeline:
         return Outcome(RunStatus.SUCCEEDED, f"Opened {pr.url}", pr_url=pr.url)
 
     async def _clone(
-        self, host: GitHost, repo: ResolvedRepo, sandbox: Sandbox, scratch: Path
+        self, host: GitHost, repo: ResolvedRepo, sandbox: Sandbox, scratch: Path, remote: str
     ) -> str:
         """Check the base out in the sandbox from a bundle; return the commit it starts at."""
         bundle = await host.bundle_base(repo, scratch)
-        await sandbox.upload(bundle.path, BASE_BUNDLE)
+        await sandbox.upload(bundle.path, remote)
         q = shlex.quote
         result = await sandbox.exec(
             f"git init --quiet -b {q(repo.base_branch)} . "
-            f"&& git fetch --quiet --no-tags --update-head-ok {BASE_BUNDLE} {q(bundle.ref)}:refs/heads/{q(repo.base_branch)} "
-            f"&& git reset --quiet --hard && rm -f {BASE_BUNDLE} "
+            f"&& git fetch --quiet --no-tags --update-head-ok {q(remote)} {q(bundle.ref)}:refs/heads/{q(repo.base_branch)} "
+            f"&& git reset --quiet --hard && rm -f {q(remote)} "
             f'&& test "$(git rev-parse HEAD)" = {q(bundle.sha)}',
             timeout=600,
             max_output=4000,
@@ -268,12 +272,13 @@ class Pipeline:
         start: str,
         scratch: Path,
         message: str,
+        remote: str,
     ) -> Change | None:
         identity = self.settings.identity
-        if not await commit_in_sandbox(sandbox, start, identity, message):
+        if not await commit_in_sandbox(sandbox, start, identity, message, remote):
             return None
         bundle = scratch / "out.bundle"
-        await sandbox.download(OUT_BUNDLE, bundle, max_bytes=self.settings.max_bundle_bytes)
+        await sandbox.download(remote, bundle, max_bytes=self.settings.max_bundle_bytes)
         git_dir = await host.prepare(repo, scratch)
         return await import_change(
             git_dir,

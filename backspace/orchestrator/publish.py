@@ -18,7 +18,6 @@ from backspace.orchestrator.githosts.base import FileChange, GitHostError
 from backspace.orchestrator.githosts.gitcmd import GitError, git
 from backspace.orchestrator.sandboxes.base import Sandbox
 
-OUT_BUNDLE = "/tmp/backspace-out.bundle"  # noqa: S108 - a path inside the sandbox
 JUNK = re.compile(
     r"(^|/)(node_modules|__pycache__|\.pytest_cache|\.mypy_cache|\.venv|\.tox|\.DS_Store)(/|$)"
     r"|\.py[co]$|(^|/)\.env(\..*)?$"
@@ -51,8 +50,10 @@ class PolicyError(GitHostError):
     pass
 
 
-async def commit_in_sandbox(sandbox: Sandbox, start: str, identity: Identity, message: str) -> bool:
-    """Stage and commit everything; bundle `start..HEAD`. False when nothing changed."""
+async def commit_in_sandbox(
+    sandbox: Sandbox, start: str, identity: Identity, message: str, bundle: str
+) -> bool:
+    """Stage and commit everything; bundle `start..HEAD` to `bundle`. False when nothing changed."""
     q = shlex.quote
     script = f"""
 set -e
@@ -62,7 +63,7 @@ if git diff --cached --quiet && [ "$(git rev-parse HEAD)" = {q(start)} ]; then
 fi
 git -c user.name={q(identity.name)} -c user.email={q(identity.email)} -c core.hooksPath=/dev/null \\
   -c commit.gpgsign=false commit --quiet --no-verify --allow-empty -m {q(message)}
-git bundle create --quiet {OUT_BUNDLE} {q(start)}..HEAD
+git bundle create --quiet {q(bundle)} {q(start)}..HEAD
 """
     result = await sandbox.exec(script, timeout=300, max_output=4000)
     if result.exit_code != 0:

@@ -126,6 +126,10 @@ class Runner:
     def queued_count(self) -> int:
         return len(self._waiting)
 
+    def live_run_ids(self) -> set[str]:
+        """Runs this process owns right now (queued or running): their sandboxes are in use."""
+        return set(self._contexts)
+
     def is_live(self, run_id: str) -> bool:
         return run_id in self._tasks or run_id in self._positions
 

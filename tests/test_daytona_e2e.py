@@ -1,0 +1,306 @@
+"""Daytona sandboxes end to end: the real server and the real `daytona` SDK against the loopback
+fake Daytona (API and toolbox, running the commands for real in a directory per sandbox)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import ServerFactory, git, make_repo
+from tests.fakes.anthropic import FakeAnthropic, Reply, ToolCall
+from tests.fakes.daytona import FakeDaytona
+from tests.scenarios import EDIT_SIGNUP, finish
+from tests.server import Server
+from tests.sse import collect, events_of, frames, of_type, post_run
+
+pytestmark = pytest.mark.timeout(120)
+
+KEY = "dtn_DAYTONAKEY0123456789"
+INSTANCE = "e2e-instance"
+
+
+@pytest.fixture
+def daytona() -> Iterator[FakeDaytona]:
+    with FakeDaytona(api_key=KEY) as fake:
+        yield fake
+
+
+def env_for(repos: Path, model: FakeAnthropic, dt: FakeDaytona, **extra: str) -> dict[str, str]:
+    return {
+        "ANTHROPIC_API_KEY": "sk-ant-api03-daytona-e2e-000111",
+        "ANTHROPIC_BASE_URL": model.url,
+        "BACKSPACE_LOCAL_REPOS": str(repos),
+        "DAYTONA_API_KEY": KEY,
+        "DAYTONA_API_URL": dt.api_url,
+        "BACKSPACE_INSTANCE": INSTANCE,
+        **extra,
+    }
+
+
+def bash(command: str) -> Reply:
+    return Reply([ToolCall("bash", {"command": command})])
+
+
+async def start(server: Server, prompt: str) -> dict[str, Any]:
+    async with httpx.AsyncClient(timeout=30) as client:
+        response = await client.post(
+            f"{server.url}/api/code",
+            json={"repo_url": "local:widgets", "prompt": prompt},
+            headers={"Accept": "application/json"},
+        )
+    assert response.status_code == 202, response.text
+    run: dict[str, Any] = response.json()
+    return run
+
+
+async def events(server: Server, run_id: str) -> list[dict[str, Any]]:
+    async with httpx.AsyncClient(timeout=60) as client:
+        _, got = await collect(client, "GET", f"{server.url}/api/runs/{run_id}/events")
+    return events_of(got)
+
+
+async def test_a_whole_run_on_daytona_opens_a_pr_and_deletes_the_sandbox(
+    repos: Path, fake_model: FakeAnthropic, daytona: FakeDaytona, server_factory: ServerFactory
+) -> None:
+    origin = make_repo(repos, "widgets")
+    fake_model.scenarios["dt-run"] = [
+        bash("cat app.py; env | sort"),
+        Reply([EDIT_SIGNUP]),
+        finish(),
+    ]
+    server = server_factory(
+        env_for(repos, fake_model, daytona, GITHUB_TOKEN="ghp_NOTFORSANDBOX000000000000000000000")
+    )
+    got = await post_run(server.url, {"repo_url": "local:widgets", "prompt": "dt-run"})
+    assert got[-1]["status"] == "succeeded", of_type(got, "error")
+    branch = of_type(got, "pr_created")[0]["branch"]
+    assert git(origin, "diff", "--name-only", "main", branch).split() == ["app.py"]
+    (record,) = daytona.sandboxes.values()
+    assert record.deleted and daytona.live() == []
+    assert record.labels["backspace.run"] == got[0]["run_id"]
+    assert record.labels["backspace.instance"] == INSTANCE
+    assert record.env == {}
+    params = record.params
+    assert params.get("autoStopInterval", 0) > 0 and params.get("autoDeleteInterval", -1) >= 0
+    assert params.get("networkBlockAll") is True
+    output = of_type(got, "Tool: Bash")[0]["output"]
+    assert "def signup" in output
+    for secret in (KEY, "ghp_NOTFORSANDBOX", "sk-ant-api03-daytona"):
+        assert secret not in output and secret not in repr(params) and secret not in server.logs()
+
+
+async def test_a_slow_commands_output_reaches_the_stream_before_it_ends(
+    repos: Path, fake_model: FakeAnthropic, daytona: FakeDaytona, server_factory: ServerFactory
+) -> None:
+    make_repo(repos, "widgets")
+    slow = "for i in 1 2 3; do echo tick-$i; sleep 0.6; done"
+    fake_model.scenarios["dt-live"] = [bash(slow), finish()]
+    server = server_factory(env_for(repos, fake_model, daytona))
+    seen: dict[str, float] = {}
+    async with httpx.AsyncClient(timeout=60) as client:
+        body = {"repo_url": "local:widgets", "prompt": "dt-live"}
+        async with client.stream("POST", f"{server.url}/api/code", json=body) as response:
+            async for frame in frames(response):
+                event = frame.json if frame.data else {}
+                if event.get("type") == "output" and "tick-1" in event["output"]:
+                    seen.setdefault("first", time.monotonic())
+                if event.get("type") == "Tool: Bash":
+                    seen["done"] = time.monotonic()
+                    assert event["output"] == "tick-1\ntick-2\ntick-3\n"
+    assert seen["done"] - seen["first"] > 0.9
+
+
+async def test_timeouts_and_exit_do_not_break_later_commands(
+    repos: Path, fake_model: FakeAnthropic, daytona: FakeDaytona, server_factory: ServerFactory
+) -> None:
+    make_repo(repos, "widgets")
+    fake_model.scenarios["dt-exit"] = [
+        bash("exit 3"),
+        bash("set -e; false; echo never"),
+        bash("sleep 30; echo never"),
+        bash("echo still-alive; pwd"),
+        finish(),
+    ]
+    server = server_factory(env_for(repos, fake_model, daytona, BACKSPACE_COMMAND_TIMEOUT="1"))
+    got = await post_run(server.url, {"repo_url": "local:widgets", "prompt": "dt-exit"})
+    results = of_type(got, "Tool: Bash")
+    assert [r["exit_code"] for r in results] == [3, 1, 124, 0]
+    assert results[2].get("timed_out") is True
+    assert results[3]["output"].startswith("still-alive\n")
+    tool_results = fake_model.requests_for("dt-exit")[3]["messages"][-1]["content"]
+    assert "timed out after 1 s" in str(tool_results), "the agent is told"
+    assert got[-1]["status"] == "no_changes"
+    assert daytona.live() == []
+
+
+async def test_create_is_retried_and_a_failure_for_good_leaves_nothing(
+    repos: Path, fake_model: FakeAnthropic, daytona: FakeDaytona, server_factory: ServerFactory
+) -> None:
+    make_repo(repos, "widgets")
+    fake_model.scenarios["dt-retry"] = [Reply([EDIT_SIGNUP]), finish()]
+    fake_model.scenarios["dt-never"] = [Reply([EDIT_SIGNUP]), finish()]
+    server = server_factory(env_for(repos, fake_model, daytona))
+    daytona.fail_create(503, times=1)
+    retried = await post_run(server.url, {"repo_url": "local:widgets", "prompt": "dt-retry"})
+    assert retried[-1]["status"] == "succeeded", of_type(retried, "error")
+    daytona.fail_create(500, times=10, message="no runners available")
+    never = await post_run(server.url, {"repo_url": "local:widgets", "prompt": "dt-never"})
+    (error,) = of_type(never, "error")
+    assert error["code"] == "sandbox_unreachable" and error["stage"] == "sandbox"
+    assert "3 attempts" in error["message"] and error["retryable"] is True
+    assert never[-1]["status"] == "failed"
+    assert daytona.live() == []
+
+
+async def test_a_half_created_sandbox_is_deleted(
+    repos: Path, fake_model: FakeAnthropic, daytona: FakeDaytona, server_factory: ServerFactory
+) -> None:
+    make_repo(repos, "widgets")
+    fake_model.scenarios["dt-half"] = [Reply([EDIT_SIGNUP]), finish()]
+    server = server_factory(env_for(repos, fake_model, daytona, DAYTONA_CREATE_TIMEOUT="1"))
+    daytona.hang_create(3, times=1)
+    got = await post_run(server.url, {"repo_url": "local:widgets", "prompt": "dt-half"})
+    assert got[-1]["status"] == "succeeded", of_type(got, "error")
+    await asyncio.sleep(2.5)  # the hung create answers late; its sandbox must still go
+    deadline = time.monotonic() + 10
+    while daytona.live() and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    assert daytona.live() == [] and len(daytona.sandboxes) == 2
+
+
+async def test_the_janitor_deletes_sandboxes_no_live_run_owns(
+    repos: Path, fake_model: FakeAnthropic, daytona: FakeDaytona, server_factory: ServerFactory
+) -> None:
+    ours = daytona.add_orphan(labels={"backspace.instance": INSTANCE, "backspace.run": "gone"})
+    theirs = daytona.add_orphan(
+        labels={"backspace.instance": "another-server", "backspace.run": "x"}
+    )
+    unlabelled = daytona.add_orphan(labels={})
+    server_factory(env_for(repos, fake_model, daytona))
+    assert ours not in daytona.live()
+    assert theirs in daytona.live() and unlabelled in daytona.live()
+
+
+async def test_cancel_during_a_long_command_kills_it_and_deletes_the_sandbox(
+    repos: Path, fake_model: FakeAnthropic, daytona: FakeDaytona, server_factory: ServerFactory
+) -> None:
+    make_repo(repos, "widgets")
+    fake_model.scenarios["dt-cancel"] = [bash("sleep 131; echo never"), finish()]
+    server = server_factory(env_for(repos, fake_model, daytona))
+    run = await start(server, "dt-cancel")
+    await _wait_for_process("sleep 131")
+    async with httpx.AsyncClient(timeout=30) as client:
+        assert (await client.post(f"{server.url}/api/runs/{run['id']}/cancel")).status_code == 202
+    got = await events(server, run["id"])
+    assert got[-1]["status"] == "cancelled" and of_type(got, "error") == []
+    assert daytona.live() == []
+    assert not _running("sleep 131")
+
+
+async def test_daytona_failures_name_their_cause(
+    repos: Path, fake_model: FakeAnthropic, daytona: FakeDaytona, server_factory: ServerFactory
+) -> None:
+    make_repo(repos, "widgets")
+    fake_model.scenarios["dt-badkey"] = [Reply([EDIT_SIGNUP]), finish()]
+    fake_model.scenarios["dt-lost"] = [bash("sleep 132"), finish()]
+    fake_model.scenarios["dt-down"] = [bash("echo hi"), finish()]
+    wrong = server_factory(
+        env_for(repos, fake_model, daytona, DAYTONA_API_KEY="dtn_wrong0000000"), name="wrong"
+    )
+    bad_key = await post_run(wrong.url, {"repo_url": "local:widgets", "prompt": "dt-badkey"})
+    server = server_factory(env_for(repos, fake_model, daytona))
+    run = await start(server, "dt-lost")
+    await _wait_for_process("sleep 132")
+    (lost_id,) = daytona.live()
+    daytona.vanish(lost_id)
+    lost = await events(server, run["id"])
+    run = await start(server, "dt-down")
+    while not daytona.live():
+        await asyncio.sleep(0.02)
+    daytona.toolbox_down = True
+    down = await events(server, run["id"])
+    daytona.toolbox_down = False
+    for got, code in (
+        (bad_key, "sandbox_unavailable"),
+        (lost, "sandbox_lost"),
+        (down, "sandbox_unreachable"),
+    ):
+        (error,) = of_type(got, "error")
+        assert error["code"] == code, (code, error)
+        assert got[-1]["status"] == "failed"
+    assert "DAYTONA_API_KEY" in of_type(bad_key, "error")[0]["message"]
+    assert KEY not in repr(bad_key) + wrong.logs()
+
+
+async def test_health_and_doctor_say_whether_daytona_answers(
+    repos: Path, fake_model: FakeAnthropic, daytona: FakeDaytona, server_factory: ServerFactory
+) -> None:
+    server = server_factory(env_for(repos, fake_model, daytona))
+    async with httpx.AsyncClient(timeout=10) as client:
+        health = (await client.get(f"{server.url}/health")).json()
+    assert health["sandbox"]["backend"] == "daytona" and health["sandbox"]["usable"] is True
+    doctor = await asyncio.create_subprocess_exec(
+        *_python(), "-m", "backspace", "doctor", env=server.env, cwd=str(server.db_path.parent),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    out, _ = await doctor.communicate()
+    assert doctor.returncode == 0, out.decode()
+    assert "reachable at" in out.decode()
+
+
+def _python() -> list[str]:
+    import sys
+
+    return [sys.executable]
+
+
+def _running(fragment: str) -> bool:
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if fragment.encode() in (proc / "cmdline").read_bytes():
+                    return True
+            except OSError:
+                continue
+    return False
+
+
+async def _wait_for_process(fragment: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not _running(fragment):
+        assert time.monotonic() < deadline, f"no process running {fragment!r}"
+        await asyncio.sleep(0.05)
+
+
+async def test_file_calls_on_a_vanished_sandbox_say_it_is_gone(daytona: FakeDaytona) -> None:
+    from backspace.orchestrator.sandboxes.daytona import (
+        DaytonaOptions,
+        DaytonaSandboxProvider,
+        SandboxLost,
+    )
+
+    provider = DaytonaSandboxProvider(
+        DaytonaOptions(api_key=KEY, api_url=daytona.api_url, instance="t")
+    )
+    sandbox = await provider.create("vanishing")
+    try:
+        await sandbox.write_file(f"{sandbox.workdir}/a.txt", b"a")
+        assert await sandbox.read_file(f"{sandbox.workdir}/a.txt") == b"a"
+        with pytest.raises(FileNotFoundError):
+            await sandbox.read_file(f"{sandbox.workdir}/missing.txt")
+        daytona.vanish(sandbox.remote.id)
+        with pytest.raises(SandboxLost):
+            await sandbox.read_file(f"{sandbox.workdir}/a.txt")
+        with pytest.raises(SandboxLost):
+            await sandbox.write_file(f"{sandbox.workdir}/b.txt", b"b")
+        with pytest.raises(SandboxLost):
+            await sandbox.exec("echo hi")
+    finally:
+        await sandbox.close()
+        await provider.aclose()
