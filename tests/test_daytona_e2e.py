@@ -182,9 +182,15 @@ async def test_the_janitor_deletes_sandboxes_no_live_run_owns(
         labels={"backspace.instance": "another-server", "backspace.run": "x"}
     )
     unlabelled = daytona.add_orphan(labels={})
-    server_factory(env_for(repos, fake_model, daytona))
+    server_factory(env_for(repos, fake_model, daytona, BACKSPACE_JANITOR_INTERVAL="0.5"))
     assert ours not in daytona.live()
     assert theirs in daytona.live() and unlabelled in daytona.live()
+    # ... and every few seconds after start: a crash of another process of ours, say.
+    later = daytona.add_orphan(labels={"backspace.instance": INSTANCE, "backspace.run": "gone-too"})
+    deadline = time.monotonic() + 10
+    while later in daytona.live() and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    assert later not in daytona.live() and theirs in daytona.live()
 
 
 async def test_cancel_during_a_long_command_kills_it_and_deletes_the_sandbox(
@@ -226,10 +232,13 @@ async def test_daytona_failures_name_their_cause(
     daytona.toolbox_down = True
     down = await events(server, run["id"])
     daytona.toolbox_down = False
+    daytona.fail_create(403, times=1, message="Total CPU quota exceeded")
+    quota = await post_run(server.url, {"repo_url": "local:widgets", "prompt": "dt-badkey"})
     for got, code in (
         (bad_key, "sandbox_unavailable"),
         (lost, "sandbox_lost"),
         (down, "sandbox_unreachable"),
+        (quota, "sandbox_quota"),
     ):
         (error,) = of_type(got, "error")
         assert error["code"] == code, (code, error)
