@@ -114,6 +114,10 @@ class Services:
                 "max_concurrent": settings.max_concurrent_runs,
             },
             "auth": settings.require_auth,
+            "slack": {
+                "configured": settings.slack_configured,
+                "mode": "socket" if settings.slack_app_token else "http",
+            },
         }
 
 
@@ -252,6 +256,11 @@ def create_app(settings: Settings) -> Starlette:
     from backspace.http.routes import routes  # the web layer depends on this module, not back
 
     services = build_services(settings)
+    slack = None
+    if settings.slack_configured:
+        from backspace.slackbot.app import SlackFrontEnd
+
+        slack = SlackFrontEnd(services)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -260,12 +269,16 @@ def create_app(settings: Settings) -> Starlette:
             log.error("the %s sandbox cannot be used: %s", services.sandboxes.name, message)
         await services.runner.start()
         janitor = asyncio.create_task(_janitor(services), name="sandbox-janitor")
+        if slack is not None:
+            await slack.start()
         log.info("backspace %s ready at %s", __version__, services.public_url)
         try:
             yield
         finally:
             janitor.cancel()
             await services.aclose()
+            if slack is not None:
+                await slack.aclose()
 
     app = Starlette(
         debug=False,
@@ -274,6 +287,7 @@ def create_app(settings: Settings) -> Starlette:
         exception_handlers={HTTPException: _json_http_error, Exception: _json_internal_error},
     )
     app.state.services = services
+    app.state.slack = slack
     return app
 
 

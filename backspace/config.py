@@ -61,6 +61,13 @@ class Settings(BaseSettings):
     slack_signing_secret: SecretStr | None = Field(None, alias="SLACK_SIGNING_SECRET")
     slack_app_token: SecretStr | None = Field(None, alias="SLACK_APP_TOKEN")
     slack_api_url: str = Field("https://slack.com/api/", alias="SLACK_API_URL")
+    slack_command: str = Field("/backspace", alias="SLACK_COMMAND", pattern=r"^/[a-z0-9_-]{1,31}$")
+    slack_allowed_teams: str = Field("", alias="SLACK_ALLOWED_TEAMS")
+    slack_allowed_channels: str = Field("", alias="SLACK_ALLOWED_CHANNELS")
+    slack_allowed_users: str = Field("", alias="SLACK_ALLOWED_USERS")
+    slack_admin_users: str = Field("", alias="SLACK_ADMIN_USERS")
+    slack_status_interval: float = Field(3.0, alias="SLACK_STATUS_INTERVAL", ge=0.1, le=60)
+    slack_post_interval: float = Field(1.0, alias="SLACK_POST_INTERVAL", ge=0.05, le=60)
 
     # --- Daytona (issue 4) ---------------------------------------------------------------------
     daytona_api_key: SecretStr | None = Field(None, alias="DAYTONA_API_KEY")
@@ -143,6 +150,13 @@ class Settings(BaseSettings):
         digest = hashlib.sha256(str(self.db.resolve()).encode()).hexdigest()[:8]
         host = re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname())[:40] or "host"
         return f"{host}-{digest}"
+
+    @property
+    def slack_configured(self) -> bool:
+        token = self.slack_bot_token.get_secret_value() if self.slack_bot_token else ""
+        secret = self.slack_signing_secret.get_secret_value() if self.slack_signing_secret else ""
+        app_token = self.slack_app_token.get_secret_value() if self.slack_app_token else ""
+        return bool(token and (secret or app_token))
 
     @property
     def allowed_repo_patterns(self) -> list[str]:

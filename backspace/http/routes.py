@@ -190,6 +190,19 @@ async def pull_request_html(request: Request) -> Response:
     return HTMLResponse(pull_request_page(record))
 
 
+async def slack_events(request: Request) -> Response:
+    """Slack's commands, button clicks and events (HTTP mode); Bolt checks the signature."""
+    slack = request.app.state.slack
+    if slack is None:
+        return problem_response(
+            HTTPProblem(
+                404, "Slack is not configured: set SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET"
+            )
+        )
+    response: Response = await slack.endpoint(request)
+    return response
+
+
 def routes() -> list[BaseRoute]:
     return [
         Route("/health", health, methods=["GET"]),
@@ -200,4 +213,5 @@ def routes() -> list[BaseRoute]:
         Route("/api/runs/{run_id}/cancel", cancel_run, methods=["POST"]),
         Route("/api/prs/{pr_id}", pull_request_json, methods=["GET"]),
         Route("/prs/{pr_id}", pull_request_html, methods=["GET"]),
+        Route("/slack/events", slack_events, methods=["POST"]),
     ]

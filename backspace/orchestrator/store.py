@@ -49,6 +49,14 @@ CREATE TABLE IF NOT EXISTS events (
     data TEXT NOT NULL,
     PRIMARY KEY (run_id, seq)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS channel_repos (
+    team_id TEXT NOT NULL,
+    channel_id TEXT NOT NULL,
+    repo TEXT NOT NULL,
+    set_by TEXT,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (team_id, channel_id)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS pull_requests (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     run_id TEXT NOT NULL,
@@ -265,6 +273,30 @@ class Store:
             Event(run_id=run_id, seq=r[0], type=r[1], timestamp=r[2], data=json.loads(r[3]))
             for r in self._db.execute(sql, params)
         ]
+
+    def runs_with_meta(self, key: str, value: str, limit: int = 10) -> list[Run]:
+        """Recent runs whose meta has `key` = `value` (a Slack channel, say), newest first."""
+        rows = self._db.execute(
+            "SELECT * FROM runs WHERE json_extract(meta, ?) = ? ORDER BY created_at DESC LIMIT ?",
+            (f"$.{key}", value, limit),
+        ).fetchall()
+        return [_run_from_row(r) for r in rows]
+
+    # --- a front end's per-channel default repository ------------------------------------------
+    def set_channel_repo(self, team_id: str, channel_id: str, repo: str, set_by: str) -> None:
+        self._write(
+            "INSERT INTO channel_repos (team_id, channel_id, repo, set_by, updated_at) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (team_id, channel_id) DO UPDATE SET "
+            "repo = excluded.repo, set_by = excluded.set_by, updated_at = excluded.updated_at",
+            (team_id, channel_id, repo, set_by, now_iso()),
+        )
+
+    def channel_repo(self, team_id: str, channel_id: str) -> str | None:
+        row = self._db.execute(
+            "SELECT repo FROM channel_repos WHERE team_id = ? AND channel_id = ?",
+            (team_id, channel_id),
+        ).fetchone()
+        return str(row[0]) if row else None
 
     # --- pull requests (the local git host's records) ------------------------------------------
     def create_pull_request(self, **fields: Any) -> int:

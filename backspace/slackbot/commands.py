@@ -1,0 +1,80 @@
+"""What a `/backspace` command (or an @mention) asks for, parsed from Slack's text."""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from backspace.orchestrator.githosts.base import RepoRef, RepoRefError
+
+MENTION = re.compile(r"<@[A-Z0-9]+(?:\|[^>]*)?>")
+
+
+@dataclass(frozen=True)
+class Help:
+    pass
+
+
+@dataclass(frozen=True)
+class SetRepo:
+    reference: str
+
+
+@dataclass(frozen=True)
+class Status:
+    pass
+
+
+@dataclass(frozen=True)
+class StartRun:
+    repo: RepoRef
+    repo_text: str
+    prompt: str
+
+
+@dataclass(frozen=True)
+class Invalid:
+    reason: str
+
+
+Command = Help | SetRepo | Status | StartRun | Invalid
+
+
+def parse(
+    text: str,
+    parse_repo: Callable[[str], RepoRef],
+    channel_default: str | None,
+) -> Command:
+    """`help`, `repo <repo>`, `status`, `<repo> <prompt>`, or `<prompt>` with a channel default."""
+    text = MENTION.sub(" ", text).strip()
+    words = text.split(maxsplit=1)
+    first = words[0].lower() if words else ""
+    rest = words[1].strip() if len(words) > 1 else ""
+    if first in ("", "help", "-h", "--help", "?"):
+        return Help()
+    if first == "status" and not rest:
+        return Status()
+    if first == "repo":
+        if not rest:
+            return Invalid("say which repository: `repo owner/name`")
+        return SetRepo(rest)
+    try:
+        repo = parse_repo(words[0])
+    except RepoRefError as exc:
+        if channel_default is None:
+            return Invalid(f"{_plain(words[0])!r} is not a repository I can use: {exc}")
+        try:
+            default = parse_repo(channel_default)
+        except RepoRefError as again:
+            return Invalid(f"this channel's default repository cannot be used: {again}")
+        return StartRun(default, channel_default, html.unescape(text))
+    if not rest:
+        return Invalid("say what to change after the repository: `owner/repo add a --verbose flag`")
+    return StartRun(repo, words[0], html.unescape(rest))
+
+
+def _plain(value: str) -> str:
+    value = value.strip("<>").split("|", 1)[0]
+    return html.unescape(value)[:200]

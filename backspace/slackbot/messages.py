@@ -1,0 +1,153 @@
+"""How runs read in Slack: the status message, thread lines, the final reply, help and status."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from backspace.orchestrator.store import Run
+
+CANCEL_ACTION = "backspace_cancel"
+SECTION_LIMIT = 2900
+STATUS_ICON = {
+    "queued": ":hourglass_flowing_sand:",
+    "running": ":gear:",
+    "succeeded": ":white_check_mark:",
+    "no_changes": ":information_source:",
+    "failed": ":x:",
+    "cancelled": ":no_entry_sign:",
+    "timed_out": ":alarm_clock:",
+}
+NEXT_STEP = {
+    "model_not_configured": "An operator has to set ANTHROPIC_API_KEY.",
+    "github_bad_token": "An operator has to renew GITHUB_TOKEN.",
+    "github_no_access": "Give the bot's GitHub account access to the repository.",
+    "repo_not_found": "Check the repository name, and that the bot's token can see it.",
+    "github_rate_limited": "GitHub is rate limiting us; try again in a few minutes.",
+    "wall_clock_limit": "Try a smaller request, or ask an operator to raise MAX_SANDBOX_DURATION.",
+    "turn_limit": "Try a smaller, more specific request.",
+    "cost_limit": "Try a smaller request, or ask an operator to raise BACKSPACE_MAX_COST_USD.",
+    "interrupted": "The server restarted; run the command again.",
+}
+
+
+def escape(text: str) -> str:
+    """Slack's three control characters, so untrusted text cannot mention or link."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def bar(percentage: int) -> str:
+    filled = max(0, min(10, round(percentage / 10)))
+    return "▓" * filled + "░" * (10 - filled) + f" {percentage}%"
+
+
+@dataclass
+class RunView:
+    """What the status message shows; the reporter keeps it current from the run's events."""
+
+    run_id: str
+    run_url: str
+    user: str
+    repo: str
+    prompt: str
+    status: str = "queued"
+    stage: str = "queued"
+    message: str = "Waiting to start"
+    percentage: int = 0
+    pr_url: str | None = None
+    files_changed: int | None = None
+    cost_usd: float = 0.0
+    duration_ms: int = 0
+    error_code: str | None = None
+    error_message: str | None = None
+    lines: list[str] = field(default_factory=list)
+
+    @property
+    def finished(self) -> bool:
+        return self.status not in ("queued", "running")
+
+    def summary(self) -> str:
+        icon = STATUS_ICON.get(self.status, ":gear:")
+        if self.status == "succeeded" and self.pr_url:
+            return f"{icon} Pull request ready: {self.pr_url}"
+        if self.status == "no_changes":
+            return f"{icon} Finished: the agent made no changes, so there is no pull request."
+        if self.status == "cancelled":
+            return f"{icon} Cancelled."
+        if self.status == "timed_out":
+            return f"{icon} Stopped at the time limit. {NEXT_STEP['wall_clock_limit']}"
+        if self.status == "failed":
+            why = escape(self.error_message or "unknown error")
+            hint = NEXT_STEP.get(self.error_code or "", "")
+            return f"{icon} Failed: {clip(why, 600)} {hint}".strip()
+        return f"{icon} {escape(self.message)}\n`{bar(self.percentage)}`"
+
+    def status_blocks(self) -> list[dict[str, Any]]:
+        head = (
+            f"*<{self.run_url}|backspace run {self.run_id[:8]}>* for <@{self.user}> on "
+            f"`{escape(self.repo)}`\n>{clip(escape(self.prompt), 500)}"
+        )
+        blocks: list[dict[str, Any]] = [
+            {"type": "section", "text": {"type": "mrkdwn", "text": clip(head, SECTION_LIMIT)}},
+            {
+                "type": "section",
+                "text": {"type": "mrkdwn", "text": clip(self.summary(), SECTION_LIMIT)},
+            },
+        ]
+        if not self.finished:
+            blocks.append(
+                {
+                    "type": "actions",
+                    "elements": [
+                        {
+                            "type": "button",
+                            "action_id": CANCEL_ACTION,
+                            "text": {"type": "plain_text", "text": "Cancel"},
+                            "style": "danger",
+                            "value": self.run_id,
+                        }
+                    ],
+                }
+            )
+        return blocks
+
+    def status_text(self) -> str:
+        return f"backspace run {self.run_id[:8]} on {self.repo}: {self.summary()}"
+
+    def final_text(self) -> str:
+        seconds = self.duration_ms / 1000
+        facts = f"{seconds:.0f} s, ${self.cost_usd:.2f}"
+        if self.status == "succeeded" and self.pr_url:
+            files = (
+                f"{self.files_changed} files changed, " if self.files_changed is not None else ""
+            )
+            return f":white_check_mark: <@{self.user}> your pull request is ready: {self.pr_url} ({files}{facts})"
+        return f"{self.summary()} ({facts})"
+
+
+def help_text(command: str) -> str:
+    return (
+        f"*{command}* turns a sentence into a pull request.\n"
+        f"• `{command} owner/repo <what to change>` starts a run; progress appears in this channel\n"
+        f"• `{command} repo owner/repo` sets this channel's default repository, so that "
+        f"`{command} <what to change>` works alone\n"
+        f"• `{command} status` lists this channel's recent runs\n"
+        f"• mention me with the same words to start a run in a thread\n"
+        "Repositories: `owner/repo`, a GitHub URL (a `/tree/<branch>` URL picks the base branch)."
+    )
+
+
+def status_text(runs: list[Run], public_url: str) -> str:
+    if not runs:
+        return "No runs in this channel yet."
+    lines = ["*Recent runs in this channel*"]
+    for run in runs:
+        icon = STATUS_ICON.get(run.status, ":grey_question:")
+        link = f"<{public_url}/api/runs/{run.id}|{run.id[:8]}>"
+        pr = f" · <{run.pr_url}|pull request>" if run.pr_url else ""
+        lines.append(f"{icon} {link} `{escape(run.repo_url)}` {clip(escape(run.prompt), 80)}{pr}")
+    return "\n".join(lines)

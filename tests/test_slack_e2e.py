@@ -1,0 +1,374 @@
+"""Slack end to end: real signed requests to the real server, Bolt's real AsyncApp, slack_sdk's
+real AsyncWebClient posting to the recording fake Slack Web API."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from tests.conftest import ServerFactory, git, make_repo
+from tests.fakes.anthropic import FakeAnthropic, Reply, Text, ToolCall
+from tests.fakes.slack import FakeSlack, SlackSigner, send
+from tests.scenarios import EDIT_SIGNUP, finish
+from tests.server import ROOT, Server
+
+pytestmark = pytest.mark.timeout(120)
+
+SECRET = "slack-signing-secret-0123456789"
+BOT_TOKEN = "xoxb-test-token"
+CHANNEL = "C0CHANNEL"
+FORM = "application/x-www-form-urlencoded"
+
+
+@pytest.fixture
+def slack() -> Iterator[FakeSlack]:
+    with FakeSlack(token=BOT_TOKEN, team_id="T0001", bot_user_id="U0BOT") as fake:
+        yield fake
+
+
+@pytest.fixture
+def signer() -> SlackSigner:
+    return SlackSigner(SECRET)
+
+
+def env_for(repos: Path, model: FakeAnthropic, slack: FakeSlack, **extra: str) -> dict[str, str]:
+    return {
+        "ANTHROPIC_API_KEY": "sk-ant-api03-slack-e2e-0001",
+        "ANTHROPIC_BASE_URL": model.url,
+        "BACKSPACE_LOCAL_REPOS": str(repos),
+        "SLACK_BOT_TOKEN": BOT_TOKEN,
+        "SLACK_SIGNING_SECRET": SECRET,
+        "SLACK_API_URL": slack.api_url,
+        "SLACK_STATUS_INTERVAL": "0.3",
+        "SLACK_POST_INTERVAL": "0.25",
+        **extra,
+    }
+
+
+async def slash(
+    server: Server,
+    signer: SlackSigner,
+    slack: FakeSlack,
+    text: str,
+    *,
+    user: str = "U1",
+    channel: str = CHANNEL,
+    **kwargs: Any,
+) -> httpx.Response:
+    body = signer.slash_command_body(
+        text=text, user_id=user, channel_id=channel, response_url=slack.response_url(channel, user)
+    )
+    async with httpx.AsyncClient(timeout=10) as client:
+        return await send(
+            client, f"{server.url}/slack/events", body, signer, content_type=FORM, **kwargs
+        )
+
+
+async def wait_runs(server: Server, count: int, timeout: float = 60) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient() as client:
+        while time.monotonic() < deadline:
+            runs: list[dict[str, Any]] = (await client.get(f"{server.url}/api/runs")).json()["runs"]
+            if len(runs) >= count and all(r["status"] not in ("queued", "running") for r in runs):
+                return runs
+            await asyncio.sleep(0.1)
+    raise AssertionError("the runs did not finish")
+
+
+async def wait_for(predicate: Any, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out waiting"
+        await asyncio.sleep(0.05)
+
+
+def final_replies(slack: FakeSlack, channel: str = CHANNEL) -> list[dict[str, Any]]:
+    return [
+        c
+        for c in slack.calls_to("chat.postMessage")
+        if c["args"].get("reply_broadcast") in (True, "true", "1")
+    ]
+
+
+async def test_a_slash_command_runs_to_a_pull_request_with_threaded_progress(
+    repos: Path,
+    fake_model: FakeAnthropic,
+    slack: FakeSlack,
+    signer: SlackSigner,
+    server_factory: ServerFactory,
+) -> None:
+    origin = make_repo(repos, "widgets")
+    fake_model.scenarios["slack-e2e"] = [
+        Reply([Text("Looking at the signup code."), ToolCall("bash", {"command": "cat app.py"})]),
+        Reply([EDIT_SIGNUP]),
+        finish(),
+    ]
+    server = server_factory(env_for(repos, fake_model, slack))
+    started = time.monotonic()
+    response = await slash(server, signer, slack, "local:widgets slack-e2e: validate names")
+    assert time.monotonic() - started < 1.0, "acknowledged within a second"
+    assert response.status_code == 200
+    ack = response.json()
+    assert ack["response_type"] == "ephemeral" and "Started run" in ack["text"]
+    (run,) = await wait_runs(server, 1)
+    assert run["status"] == "succeeded" and run["source"] == "slack"
+    await wait_for(lambda: len(final_replies(slack)) == 1)
+
+    posts = slack.calls_to("chat.postMessage")
+    status = posts[0]
+    status_ts = status["response"]["ts"]
+    assert status["args"]["channel"] == CHANNEL and not status["args"].get("thread_ts")
+    blocks = json.dumps(status["args"]["blocks"])
+    assert "backspace_cancel" in blocks and run["id"] in blocks and "<@U1>" in blocks
+    replies = posts[1:]
+    assert replies and all(p["args"]["thread_ts"] == status_ts for p in replies)
+    thread_text = "\n".join(str(p["args"].get("text")) for p in replies)
+    assert "Looking at the signup code." in thread_text and "edited `app.py`" in thread_text
+    final = final_replies(slack)[0]["args"]
+    assert run["pr_url"] in final["text"] and "files changed" in final["text"]
+    updates = slack.calls_to("chat.update")
+    assert updates and all(u["args"]["ts"] == status_ts for u in updates)
+    last = json.dumps(updates[-1]["args"]["blocks"])
+    assert run["pr_url"] in last and "backspace_cancel" not in last, "the final state, no button"
+    times = [p["time"] for p in posts]
+    assert min(b - a for a, b in itertools.pairwise(times)) >= 0.2, "paced per channel"
+    branch = run["branch"]
+    assert git(origin, "diff", "--name-only", "main", branch).split() == ["app.py"]
+
+
+async def test_help_channel_default_and_status(
+    repos: Path,
+    fake_model: FakeAnthropic,
+    slack: FakeSlack,
+    signer: SlackSigner,
+    server_factory: ServerFactory,
+) -> None:
+    make_repo(repos, "widgets")
+    fake_model.scenarios["slack-default-e2e"] = [Reply([EDIT_SIGNUP]), finish()]
+    server = server_factory(env_for(repos, fake_model, slack))
+    help_reply = (await slash(server, signer, slack, "help")).json()["text"]
+    assert "/backspace repo" in help_reply and "status" in help_reply
+    no_default = (await slash(server, signer, slack, "slack-default-e2e add a check")).json()[
+        "text"
+    ]
+    assert "not a repository I can use" in no_default
+    set_repo = (await slash(server, signer, slack, "repo local:widgets")).json()["text"]
+    assert "default repository is now `widgets`" in set_repo
+    # The word "payload" in a command once made Bolt read it as a button click.
+    started = (
+        await slash(server, signer, slack, "slack-default-e2e add a check of the payload")
+    ).json()["text"]
+    assert "Started run" in started and "widgets" in started
+    (run,) = await wait_runs(server, 1)
+    assert (
+        run["status"] == "succeeded"
+        and run["prompt"] == "slack-default-e2e add a check of the payload"
+    )
+    status = (await slash(server, signer, slack, "status")).json()["text"]
+    assert run["id"][:8] in status and "pull request" in status
+    elsewhere = (await slash(server, signer, slack, "status", channel="C0OTHER")).json()["text"]
+    assert "No runs in this channel yet" in elsewhere
+
+
+async def test_a_mention_starts_a_run_in_its_thread_with_a_reaction(
+    repos: Path,
+    fake_model: FakeAnthropic,
+    slack: FakeSlack,
+    signer: SlackSigner,
+    server_factory: ServerFactory,
+) -> None:
+    make_repo(repos, "widgets")
+    fake_model.scenarios["slack-mention-e2e"] = [Reply([EDIT_SIGNUP]), finish()]
+    server = server_factory(env_for(repos, fake_model, slack))
+    event = {
+        "type": "app_mention", "user": "U1", "channel": CHANNEL, "ts": "1700000000.000100",
+        "text": "<@U0BOT> local:widgets slack-mention-e2e please validate",
+    }  # fmt: skip
+    body = signer.event_body(event, event_id="Ev-mention-1")
+    async with httpx.AsyncClient(timeout=10) as client:
+        first = await send(
+            client, f"{server.url}/slack/events", body, signer, content_type="application/json"
+        )
+        retry = await send(
+            client,
+            f"{server.url}/slack/events",
+            body,
+            signer,
+            content_type="application/json",
+            retry_num=1,
+        )
+    assert first.status_code == retry.status_code == 200
+    (run,) = await wait_runs(server, 1)
+    assert run["status"] == "succeeded"
+    await wait_for(lambda: len(final_replies(slack)) == 1)
+    assert slack.reactions[0]["name"] == "eyes" and slack.reactions[0]["timestamp"] == event["ts"]
+    posts = slack.calls_to("chat.postMessage")
+    assert all(p["args"]["thread_ts"] == event["ts"] for p in posts), (
+        "everything in the mention's thread"
+    )
+    await asyncio.sleep(0.5)
+    assert len(await _runs(server)) == 1, "the retried event started no second run"
+
+
+async def _runs(server: Server) -> list[dict[str, Any]]:
+    async with httpx.AsyncClient() as client:
+        runs: list[dict[str, Any]] = (await client.get(f"{server.url}/api/runs")).json()["runs"]
+        return runs
+
+
+async def test_only_the_requester_or_an_admin_can_cancel(
+    repos: Path,
+    fake_model: FakeAnthropic,
+    slack: FakeSlack,
+    signer: SlackSigner,
+    server_factory: ServerFactory,
+) -> None:
+    make_repo(repos, "widgets")
+    fake_model.scenarios["slack-cancel-e2e"] = [
+        Reply([ToolCall("bash", {"command": "sleep 141"})]),
+        finish(),
+    ]
+    server = server_factory(env_for(repos, fake_model, slack, SLACK_ADMIN_USERS="U0ADMIN"))
+    await slash(server, signer, slack, "local:widgets slack-cancel-e2e", user="U1")
+    await wait_for(lambda: len(slack.calls_to("chat.postMessage")) >= 1)
+    status = slack.calls_to("chat.postMessage")[0]
+    (run,) = await _runs(server)
+
+    async def click(user: str) -> httpx.Response:
+        body = signer.block_action_body(
+            action_id="backspace_cancel", value=run["id"], user_id=user, channel_id=CHANNEL,
+            message_ts=status["response"]["ts"], response_url=slack.response_url(CHANNEL, user),
+        )  # fmt: skip
+        async with httpx.AsyncClient(timeout=10) as client:
+            return await send(client, f"{server.url}/slack/events", body, signer, content_type=FORM)
+
+    assert (await click("U2")).status_code == 200
+    await wait_for(lambda: any("Only <@U1>" in str(e.get("text")) for e in slack.ephemerals))
+    await asyncio.sleep(0.3)
+    assert (await _runs(server))[0]["status"] == "running"
+    assert (await click("U1")).status_code == 200
+    (done,) = await wait_runs(server, 1)
+    assert done["status"] == "cancelled"
+    await wait_for(lambda: len(final_replies(slack)) == 1)
+    assert "Cancelled" in final_replies(slack)[0]["args"]["text"]
+
+
+async def test_bad_signatures_and_refusals_start_nothing(
+    repos: Path,
+    fake_model: FakeAnthropic,
+    slack: FakeSlack,
+    signer: SlackSigner,
+    server_factory: ServerFactory,
+) -> None:
+    make_repo(repos, "widgets")
+    server = server_factory(
+        env_for(
+            repos,
+            fake_model,
+            slack,
+            SLACK_ALLOWED_USERS="U1",
+            SLACK_ALLOWED_CHANNELS=f"{CHANNEL},C0OTHER",
+            ALLOWED_REPOS="widgets",
+        )
+    )
+    wrong = SlackSigner("not-the-secret")
+    assert (await slash(server, wrong, slack, "local:widgets x")).status_code == 401
+    stale = await slash(server, signer, slack, "local:widgets x", timestamp=int(time.time()) - 600)
+    assert stale.status_code == 401
+    refused_user = (await slash(server, signer, slack, "local:widgets x", user="U9")).json()
+    assert (
+        refused_user["response_type"] == "ephemeral" and "not on the list" in refused_user["text"]
+    )
+    refused_channel = (
+        await slash(server, signer, slack, "local:widgets x", channel="C0SECRET")
+    ).json()
+    assert "not enabled in this channel" in refused_channel["text"]
+    make_repo(repos, "gadgets")
+    refused_repo = (await slash(server, signer, slack, "local:gadgets x")).json()
+    assert "ALLOWED_REPOS" in refused_repo["text"]
+    assert await _runs(server) == []
+    assert SECRET not in server.logs()
+
+
+async def test_slack_rate_limits_and_outages_never_hurt_the_run(
+    repos: Path,
+    fake_model: FakeAnthropic,
+    slack: FakeSlack,
+    signer: SlackSigner,
+    server_factory: ServerFactory,
+) -> None:
+    origin = make_repo(repos, "widgets")
+    fake_model.scenarios["slack-429-e2e"] = [Reply([EDIT_SIGNUP]), finish()]
+    fake_model.scenarios["slack-down-e2e"] = [Reply([EDIT_SIGNUP]), finish()]
+    server = server_factory(env_for(repos, fake_model, slack))
+    slack.fail("chat.postMessage", "ratelimited", times=1, retry_after=1)
+    await slash(server, signer, slack, "local:widgets slack-429-e2e")
+    await wait_runs(server, 1)
+    await wait_for(lambda: len(final_replies(slack)) == 1)
+    statuses = [c for c in slack.calls_to("chat.postMessage") if c["args"].get("blocks")]
+    assert [c["status"] for c in statuses] == [429, 200], "posted once, after the wait"
+    assert statuses[1]["time"] - statuses[0]["time"] >= 0.9
+    assert len([m for m in slack.messages(CHANNEL) if m.get("blocks")]) == 1
+
+    slack.down = True
+    await slash(server, signer, slack, "local:widgets slack-down-e2e")
+    runs = await wait_runs(server, 2)
+    down = next(r for r in runs if r["prompt"] == "slack-down-e2e")
+    assert down["status"] == "succeeded" and down["branch"] in git(origin, "branch", "--list")
+
+
+def test_the_manifests_name_every_command_scope_and_url_the_code_relies_on() -> None:
+    http = yaml.safe_load((ROOT / "manifest.yml").read_text())
+    socket = yaml.safe_load((ROOT / "manifest.socket.yml").read_text())
+    for manifest in (http, socket):
+        (command,) = manifest["features"]["slash_commands"]
+        assert command["command"] == "/backspace" and command["description"]
+        scopes = set(manifest["oauth_config"]["scopes"]["bot"])
+        assert {"commands", "chat:write", "app_mentions:read", "reactions:write"} <= scopes
+        assert manifest["settings"]["event_subscriptions"]["bot_events"] == ["app_mention"]
+        assert manifest["settings"]["interactivity"]["is_enabled"] is True
+        assert manifest["features"]["bot_user"]["display_name"] == "backspace"
+        assert len(manifest["display_information"]["name"]) <= 35
+    urls = {
+        http["features"]["slash_commands"][0]["url"],
+        http["settings"]["event_subscriptions"]["request_url"],
+        http["settings"]["interactivity"]["request_url"],
+    }
+    assert len(urls) == 1 and urls.pop().endswith("/slack/events")
+    assert (
+        http["settings"]["socket_mode_enabled"] is False
+        and socket["settings"]["socket_mode_enabled"] is True
+    )
+    assert "url" not in socket["features"]["slash_commands"][0]
+    assert "request_url" not in socket["settings"]["interactivity"]
+
+
+async def test_not_in_channel_gets_an_ephemeral_invite_me_and_the_run_goes_on(
+    repos: Path,
+    fake_model: FakeAnthropic,
+    slack: FakeSlack,
+    signer: SlackSigner,
+    server_factory: ServerFactory,
+) -> None:
+    make_repo(repos, "widgets")
+    fake_model.scenarios["slack-invite-e2e"] = [Reply([EDIT_SIGNUP]), finish()]
+    server = server_factory(env_for(repos, fake_model, slack))
+    slack.not_in_channel.add("C0PRIVATE")
+    ack = (
+        await slash(server, signer, slack, "local:widgets slack-invite-e2e", channel="C0PRIVATE")
+    ).json()
+    assert "Started run" in ack["text"]
+    await wait_for(
+        lambda: any("/invite @backspace" in str(e.get("text")) for e in slack.ephemerals)
+    )
+    (run,) = await wait_runs(server, 1)
+    assert run["status"] == "succeeded"
