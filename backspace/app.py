@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse, Response
 
 from backspace import __version__
 from backspace.config import Settings
+from backspace.http.ratelimit import RateLimiter
 from backspace.orchestrator.agent import AgentLimits, AnthropicModel, Model
 from backspace.orchestrator.githosts.base import GitHost, RepoRef, RepoRefError
 from backspace.orchestrator.githosts.github import GitHubHost
@@ -287,6 +288,7 @@ def create_app(settings: Settings) -> Starlette:
         exception_handlers={HTTPException: _json_http_error, Exception: _json_internal_error},
     )
     app.state.services = services
+    app.state.rate_limiter = RateLimiter(settings.runs_per_minute, settings.runs_burst)
     app.state.slack = slack
     return app
 

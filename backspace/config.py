@@ -110,6 +110,8 @@ class Settings(BaseSettings):
     max_prompt_chars: int = Field(20000, alias="BACKSPACE_MAX_PROMPT_CHARS", ge=1)
     max_body_bytes: int = Field(65536, alias="BACKSPACE_MAX_BODY_BYTES", ge=1024)
     sse_ping: float = Field(15.0, alias="BACKSPACE_SSE_PING", gt=0, le=300)
+    runs_per_minute: float = Field(30.0, alias="BACKSPACE_RUNS_PER_MINUTE", gt=0)
+    runs_burst: int = Field(10, alias="BACKSPACE_RUNS_BURST", ge=1)
     debug: bool = Field(False, alias="DEBUG")
     log_format: Literal["auto", "json", "text"] = Field("auto", alias="BACKSPACE_LOG_FORMAT")
     host: str = Field("127.0.0.1", alias="HOST", min_length=1)

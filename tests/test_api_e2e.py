@@ -699,3 +699,23 @@ async def test_a_change_that_breaks_publishing_policy_is_not_pushed(
     assert all(events[-1]["status"] == "failed" for events in (junk, pasted, shaped))
     assert git(origin, "branch", "--list").split() == ["*", "main"]
     assert_clean(server)
+
+
+async def test_starting_runs_too_fast_gets_429_with_retry_after(
+    repos: Path, fake_model: FakeAnthropic, server_factory: ServerFactory
+) -> None:
+    make_repo(repos, "widgets")
+    fake_model.scenarios["rate-e2e"] = [finish()]
+    env = base_env(repos, fake_model, BACKSPACE_RUNS_PER_MINUTE="1", BACKSPACE_RUNS_BURST="2")
+    server = server_factory(env)
+    body = {"repo_url": "local:widgets", "prompt": "rate-e2e"}
+    accept = {"Accept": "application/json"}
+    async with httpx.AsyncClient(timeout=10) as client:
+        answers = [
+            await client.post(f"{server.url}/api/code", json=body, headers=accept) for _ in range(3)
+        ]
+        listed = await client.get(f"{server.url}/api/runs")
+    assert [a.status_code for a in answers] == [202, 202, 429]
+    assert int(answers[2].headers["retry-after"]) >= 1
+    assert "BACKSPACE_RUNS_PER_MINUTE" in answers[2].json()["detail"]
+    assert listed.status_code == 200 and len(listed.json()["runs"]) == 2

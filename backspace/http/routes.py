@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from starlette.requests import Request
@@ -12,6 +13,7 @@ from backspace.app import Services
 from backspace.http.auth import require_api_key
 from backspace.http.errors import HTTPProblem, problem_response
 from backspace.http.pages import pull_request_page
+from backspace.http.ratelimit import RateLimiter, key_id
 from backspace.http.schemas import CodeRequest, read_json, validate
 from backspace.http.sse import event_stream
 from backspace.orchestrator.githosts.base import RepoRefError
@@ -104,6 +106,7 @@ async def create_run(request: Request) -> Response:
     usable, message = services.sandboxes.check()
     if not usable:
         raise HTTPProblem(503, f"the {services.sandboxes.name} sandbox cannot be used: {message}")
+    _limit_rate(request)  # only requests that would start a run count
     try:
         run = services.runner.submit(
             RunRequest(
@@ -122,6 +125,23 @@ async def create_run(request: Request) -> Response:
             _run_json(services, run), status_code=202, headers={"Location": f"/api/runs/{run.id}"}
         )
     return event_stream(services.hub, run.id, 0, ping_after=settings.sse_ping)
+
+
+def _limit_rate(request: Request) -> None:
+    """429 when this client (by API key, and by address) starts runs too fast."""
+    limiter: RateLimiter = request.app.state.rate_limiter
+    keys = [f"addr:{request.client.host if request.client else 'unknown'}"]
+    given = request.headers.get("x-api-key") or request.headers.get("authorization", "")[7:]
+    if given:
+        keys.append(key_id(given))
+    wait = max(limiter.take(key) for key in keys)
+    if wait > 0:
+        raise HTTPProblem(
+            429,
+            f"too many runs started from here: try again in {math.ceil(wait)} s "
+            "(BACKSPACE_RUNS_PER_MINUTE)",
+            headers={"Retry-After": str(math.ceil(wait))},
+        )
 
 
 def _wants_json(request: Request) -> bool:

@@ -1,0 +1,59 @@
+"""Rate limits on starting runs: a token bucket per API key and one per client address.
+
+A run costs money (the model) and machine time (the sandbox), so POST /api/code is limited;
+reading runs and streams is not. Over the limit the answer is 429 with Retry-After.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from dataclasses import dataclass
+
+MAX_BUCKETS = 10_000
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    updated: float
+
+
+class RateLimiter:
+    """`per_minute` requests per key, bursts up to `burst`; memory bounded by MAX_BUCKETS."""
+
+    def __init__(self, per_minute: float, burst: int) -> None:
+        self.rate = per_minute / 60.0
+        self.burst = float(burst)
+        self._buckets: dict[str, _Bucket] = {}
+
+    def take(self, key: str) -> float:
+        """0 when allowed (a token is spent); otherwise the seconds until one is available."""
+        now = time.monotonic()
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            if len(self._buckets) >= MAX_BUCKETS:
+                self._evict(now)
+            bucket = self._buckets[key] = _Bucket(self.burst, now)
+        bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.updated) * self.rate)
+        bucket.updated = now
+        if bucket.tokens >= 1:
+            bucket.tokens -= 1
+            return 0.0
+        return (1 - bucket.tokens) / self.rate if self.rate > 0 else math.inf
+
+    def _evict(self, now: float) -> None:
+        """Drop the buckets that have refilled (they carry no state worth keeping)."""
+        full = [
+            k
+            for k, b in self._buckets.items()
+            if b.tokens + (now - b.updated) * self.rate >= self.burst
+        ]
+        for key in full or list(self._buckets)[: len(self._buckets) // 2]:
+            del self._buckets[key]
+
+
+def key_id(api_key: str) -> str:
+    """A bucket name for an API key that does not keep the key itself in memory."""
+    return "key:" + hashlib.sha256(api_key.encode()).hexdigest()[:16]
