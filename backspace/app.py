@@ -169,7 +169,8 @@ def sandbox_provider(settings: Settings) -> SandboxProvider:
 
 def build_services(settings: Settings) -> Services:
     redactor = Redactor(settings.secrets())
-    store = Store(settings.db)
+    max_bytes = int(settings.db_max_mb * 1024 * 1024) if settings.db_max_mb else None
+    store = Store(settings.db, max_bytes=max_bytes)
     hub = EventHub(store)
     url = public_url(settings)
     sandboxes = sandbox_provider(settings)

@@ -719,3 +719,43 @@ async def test_starting_runs_too_fast_gets_429_with_retry_after(
     assert int(answers[2].headers["retry-after"]) >= 1
     assert "BACKSPACE_RUNS_PER_MINUTE" in answers[2].json()["detail"]
     assert listed.status_code == 200 and len(listed.json()["runs"]) == 2
+
+
+async def test_a_full_store_fails_the_run_clearly_and_the_server_keeps_serving(
+    repos: Path, fake_model: FakeAnthropic, server_factory: ServerFactory
+) -> None:
+    make_repo(repos, "widgets")
+    chatty = "python3 -c \"print('x' * 7000)\""
+    fake_model.scenarios["full-e2e"] = [
+        Reply([ToolCall("bash", {"command": chatty})]) for _ in range(40)
+    ]
+    server = server_factory(base_env(repos, fake_model, BACKSPACE_DB_MAX_MB="0.2"))
+    async with httpx.AsyncClient(timeout=60) as client:
+        response, got = await collect(
+            client,
+            "POST",
+            f"{server.url}/api/code",
+            json={"repo_url": "local:widgets", "prompt": "full-e2e"},
+        )
+        events = events_of(got)
+        assert response.status_code == 200
+        last = events[-1]
+        assert last["type"] == "complete" and last["status"] == "failed", last
+        assert "could not record this run" in last["message"]
+        errors = by_type(events, "error")
+        # The end is stored when a small write still fits; else only live viewers get it.
+        assert (errors and errors[0]["code"] == "store_unavailable") or last.get(
+            "recorded"
+        ) is False
+        seqs = [e["seq"] for e in events]
+        assert seqs == list(range(1, len(seqs) + 1))
+        health = await client.get(f"{server.url}/health")
+        again = await client.post(
+            f"{server.url}/api/code", json={"repo_url": "local:widgets", "prompt": "full-e2e"}
+        )
+    assert health.status_code == 200 and server.process.poll() is None
+    assert again.status_code in (202, 200, 503)
+    if again.status_code == 503:
+        assert "store" in again.json()["detail"]
+    assert "store_unavailable" in server.logs() or "could not be recorded" in server.logs()
+    assert_clean(server)

@@ -19,7 +19,7 @@ from backspace.http.sse import event_stream
 from backspace.orchestrator.githosts.base import RepoRefError
 from backspace.orchestrator.run import RunRequest
 from backspace.orchestrator.runner import NotAccepting
-from backspace.orchestrator.store import Run
+from backspace.orchestrator.store import Run, StoreError
 
 MAX_LIST = 200
 
@@ -120,6 +120,10 @@ async def create_run(request: Request) -> Response:
         )
     except NotAccepting as exc:
         raise HTTPProblem(503, str(exc), headers={"Retry-After": "5"}) from None
+    except StoreError:
+        raise HTTPProblem(
+            503, "backspace cannot record new runs right now (its store is full or failing)"
+        ) from None
     if _wants_json(request):
         return JSONResponse(
             _run_json(services, run), status_code=202, headers={"Location": f"/api/runs/{run.id}"}

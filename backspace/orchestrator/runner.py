@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from backspace.logs import run_id_var
-from backspace.orchestrator.events import EventType, RunStatus, Stage, now_iso
+from backspace.orchestrator.events import Event, EventType, RunStatus, Stage, now_iso
 from backspace.orchestrator.hub import EventHub
 from backspace.orchestrator.redact import Redactor
 from backspace.orchestrator.run import Outcome, RunContext, RunFailure, RunRequest
@@ -254,6 +254,13 @@ class Runner:
                 task.uncancel()
         except RunFailure as exc:
             status, failure = exc.status, exc
+        except StoreError as exc:
+            log.error("run %s could not be recorded: %s", run_id, exc)
+            failure = RunFailure(
+                "store_unavailable",
+                "backspace could not record this run (is its disk full?); an operator must look",
+                retryable=True,
+            )
         except Exception as exc:
             log.exception("run failed unexpectedly")
             failure = RunFailure(
@@ -284,6 +291,14 @@ class Runner:
         """Record the final state, then the one `error` (if failed) and the one `complete`."""
         duration_ms = int((time.monotonic() - started) * 1000) if started is not None else 0
         pr_url = outcome.pr_url if outcome else None
+        final: dict[str, Any] = {
+            "status": str(status),
+            "duration_ms": duration_ms,
+            "message": message
+            or (failure.message if failure else (outcome.message if outcome else "")),
+        }
+        if pr_url:
+            final["pr_url"] = pr_url
         try:
             if failure is not None:
                 self._emit(
@@ -296,14 +311,6 @@ class Runner:
                         "retryable": failure.retryable,
                     },
                 )
-            final = {
-                "status": str(status),
-                "duration_ms": duration_ms,
-                "message": message
-                or (failure.message if failure else (outcome.message if outcome else "")),
-            }
-            if pr_url:
-                final["pr_url"] = pr_url
             self.store.update_run(
                 run_id,
                 status=str(status),
@@ -315,10 +322,22 @@ class Runner:
                 error_message=self.redactor.text(failure.message) if failure else None,
             )
             self._emit(run_id, EventType.COMPLETE, final)
-        except StoreError:
-            log.exception("could not record the end of run %s", run_id)
+        except StoreError as exc:
+            log.error("could not record the end of run %s: %s", run_id, exc)
+            self._announce_unrecorded_end(run_id, final)
         finally:
             self.store.forget_seq(run_id)
+
+    def _announce_unrecorded_end(self, run_id: str, final: dict[str, Any]) -> None:
+        """The store failed: live viewers still get the `complete` (it is not stored)."""
+        try:
+            seq = self.store.next_seq(run_id)
+        except StoreError:
+            return
+        final = {**final, "recorded": False}
+        self.hub.publish(
+            Event(run_id, seq, EventType.COMPLETE, now_iso(), self.redactor.data(final))
+        )
 
     def _emit(self, run_id: str, type_: str, data: dict[str, Any]) -> None:
         clean = self.redactor.data(data) if self.redactor else data

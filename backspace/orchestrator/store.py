@@ -175,7 +175,7 @@ class StoreError(Exception):
 
 
 class Store:
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, *, max_bytes: int | None = None) -> None:
         self.path = Path(path)
         if str(path) != ":memory:":
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -185,6 +185,9 @@ class Store:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(SCHEMA)
+        if max_bytes is not None:  # a size cap: past it, writes fail as on a full disk
+            page = int(self._db.execute("PRAGMA page_size").fetchone()[0])
+            self._db.execute(f"PRAGMA max_page_count = {max(1, max_bytes // page)}")
         self._next_seq: dict[str, int] = {}
 
     def close(self) -> None:
@@ -259,6 +262,19 @@ class Store:
         self._next_seq[run_id] = seq + 1
         return event
 
+    def next_seq(self, run_id: str) -> int:
+        """The seq the run's next event would get."""
+        cached = self._next_seq.get(run_id)
+        if cached is not None:
+            return cached
+        try:
+            row = self._db.execute(
+                "SELECT COALESCE(MAX(seq), 0) FROM events WHERE run_id = ?", (run_id,)
+            ).fetchone()
+        except sqlite3.Error as exc:
+            raise StoreError(f"the run store could not be read: {exc}") from exc
+        return int(row[0]) + 1
+
     def forget_seq(self, run_id: str) -> None:
         """Drop the cached next seq of a finished run (it is re-read if ever needed)."""
         self._next_seq.pop(run_id, None)
@@ -321,7 +337,7 @@ class Store:
     def _write(self, sql: str, params: tuple[Any, ...]) -> sqlite3.Cursor:
         try:
             return self._db.execute(sql, params)
-        except sqlite3.OperationalError as exc:
+        except sqlite3.Error as exc:
             raise StoreError(f"the run store could not be written: {exc}") from exc
 
 
