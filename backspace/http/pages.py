@@ -1,21 +1,11 @@
-"""HTML pages. Everything shown is escaped: the agent's output is untrusted."""
+"""HTML pages. Everything shown is escaped: the agent's output is untrusted. The style is the web
+interface's (static/app.css)."""
 
 from __future__ import annotations
 
 from html import escape
 
 from backspace.orchestrator.store import PullRequestRecord
-
-STYLE = """
-body{font:15px/1.5 system-ui,sans-serif;margin:0 auto;max-width:1100px;padding:1rem;color:#1f2328}
-h1{font-size:1.4rem;margin:.2rem 0}.meta{color:#59636e}pre{margin:0}
-.body{white-space:pre-wrap;background:#f6f8fa;border:1px solid #d1d9e0;border-radius:6px;padding:1rem}
-table{border-collapse:collapse}td,th{padding:.2rem .6rem;border-bottom:1px solid #d1d9e0;text-align:left}
-.file{border:1px solid #d1d9e0;border-radius:6px;margin:1rem 0;overflow:auto}
-.file h3{margin:0;padding:.4rem .8rem;background:#f6f8fa;font:600 14px ui-monospace,monospace}
-.l{display:block;padding:0 .8rem;font:13px/1.45 ui-monospace,monospace;white-space:pre}
-.add{background:#dafbe1}.del{background:#ffebe9}.hunk{background:#ddf4ff;color:#59636e}
-"""
 
 
 def _diff_sections(diff: str) -> list[tuple[str, list[str]]]:
@@ -52,14 +42,16 @@ def pull_request_page(pr: PullRequestRecord) -> str:
     )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
-<title>#{pr.id} {escape(pr.title)} · backspace</title><style>{STYLE}</style></head>
-<body><main>
+<title>#{pr.id} {escape(pr.title)} · backspace</title><link rel="stylesheet" href="/static/app.css"></head>
+<body>
+<header class="site"><a class="brand" href="/">backspace</a><a href="/">All runs</a></header>
+<main id="main">
 <p class="meta">{escape(pr.repo)} · pull request #{pr.id}</p>
 <h1>{escape(pr.title)}</h1>
 <p class="meta"><code>{escape(pr.branch)}</code> → <code>{escape(pr.base)}</code> ·
 {len(pr.files)} files, +{pr.additions} −{pr.deletions} · {escape(pr.created_at)}</p>
 <div class="body">{escape(pr.body)}</div>
-<h2>Files</h2><table><thead><tr><th>file</th><th>status</th><th>added</th><th>removed</th></tr></thead>
-<tbody>{rows}</tbody></table>
+<h2>Files</h2><div class="table-wrap"><table><thead><tr><th>file</th><th>status</th><th>added</th><th>removed</th></tr></thead>
+<tbody>{rows}</tbody></table></div>
 <h2>Diff</h2>{files}
 </main></body></html>"""

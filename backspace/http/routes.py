@@ -16,6 +16,7 @@ from backspace.http.pages import pull_request_page
 from backspace.http.ratelimit import RateLimiter, key_id
 from backspace.http.schemas import CodeRequest, read_json, validate
 from backspace.http.sse import event_stream
+from backspace.http.web import web_routes
 from backspace.orchestrator.githosts.base import RepoRefError
 from backspace.orchestrator.run import RunRequest
 from backspace.orchestrator.runner import NotAccepting
@@ -238,4 +239,5 @@ def routes() -> list[BaseRoute]:
         Route("/api/prs/{pr_id}", pull_request_json, methods=["GET"]),
         Route("/prs/{pr_id}", pull_request_html, methods=["GET"]),
         Route("/slack/events", slack_events, methods=["POST"]),
+        *web_routes(),
     ]

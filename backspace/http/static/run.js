@@ -1,0 +1,260 @@
+// One run, live: its events from GET /api/runs/{id}/events, each shown once (deduped by seq).
+// Without an API key the browser's EventSource follows the stream (and resumes by itself with
+// Last-Event-ID); with one, fetch() reads it, since EventSource cannot send the header.
+"use strict";
+
+const runId = decodeURIComponent(location.pathname.split("/").filter(Boolean).pop() || "");
+const eventsUrl = "/api/runs/" + encodeURIComponent(runId) + "/events";
+const $ = (id) => document.getElementById(id);
+const FINISHED = ["succeeded", "no_changes", "failed", "cancelled", "timed_out"];
+
+let lastSeq = 0;
+let finished = false;
+let source = null;
+
+function setStatus(status) {
+  const badge = $("status");
+  badge.textContent = status.replace("_", " ");
+  badge.className = "status status-" + status;
+  const done = FINISHED.includes(status);
+  if (done) finished = true;
+  const cancel = $("cancel");
+  if (done) {
+    cancel.disabled = true;
+    cancel.hidden = true;
+  } else if (cancel.dataset.state !== "cancelling") {
+    cancel.disabled = false;
+  }
+}
+
+function showPullRequest(url) {
+  const safe = safeUrl(url);
+  if (!safe) return;
+  $("pr").replaceChildren("Pull request: ", el("a", { href: safe, id: "pr-link" }, safe));
+  $("pr").hidden = false;
+}
+
+function showUsage(event) {
+  $("tokens").textContent = Number(event.input_tokens || 0).toLocaleString() + " in · "
+    + Number(event.output_tokens || 0).toLocaleString() + " out";
+  $("cost").textContent = formatCost(event.cost_usd);
+}
+
+function item(event, kind, ...children) {
+  const type = String(event.type).toLowerCase().replace(/[^a-z]+/g, "-").replace(/^-|-$/g, "");
+  return el("li", { class: "ev ev-" + type, "data-seq": event.seq, "data-type": event.type },
+    el("span", { class: "ev-kind" }, kind), ...children);
+}
+
+function diffLines(lines, prefix, css) {
+  return lines.map((line) => el("span", { class: "l " + css }, prefix + line));
+}
+
+function splitLines(text) {
+  const lines = String(text ?? "").split("\n");
+  if (lines.length > 1 && lines[lines.length - 1] === "") lines.pop();
+  return lines;
+}
+
+function editDiff(event) {
+  const lines = [];
+  if (event.insert_line !== undefined && event.insert_line !== null) {
+    lines.push(el("span", { class: "l hunk" }, "@@ after line " + event.insert_line + " @@"));
+  } else {
+    lines.push(...diffLines(splitLines(event.old_str), "-", "del"));
+  }
+  lines.push(...diffLines(splitLines(event.new_str), "+", "add"));
+  return el("section", { class: "file" }, el("h3", {}, event.filepath), el("pre", {}, ...lines));
+}
+
+function render(event) {
+  switch (event.type) {
+    case "start":
+      setStatus("running");
+      return item(event, "start", el("span", { class: "ev-message" }, "Run started for " + shortRepo(event.repo_url)));
+    case "progress":
+      $("bar").value = Number(event.percentage) || 0;
+      $("bar").textContent = (Number(event.percentage) || 0) + "%";
+      $("stage").textContent = event.stage + (event.message ? ": " + event.message : "");
+      return item(event, event.stage, el("span", { class: "ev-message" }, event.message || ""));
+    case "AI Message":
+      return item(event, "agent", el("span", { class: "ev-message" }, event.message));
+    case "output": {
+      const li = item(event, "output", el("pre", {}, event.output));
+      li.dataset.callId = event.call_id;
+      return li;
+    }
+    case "Tool: Bash": {
+      // The live chunks of this command give way to its whole output, folded.
+      for (const chunk of document.querySelectorAll("#log li.ev-output")) {
+        if (chunk.dataset.callId === String(event.call_id)) chunk.hidden = true;
+      }
+      const facts = ["exit " + event.exit_code, formatDuration(event.duration_ms)];
+      if (event.timed_out) facts.push("timed out");
+      const summary = el("summary", {}, "$ " + event.command + "  ",
+        el("span", { class: event.exit_code === 0 ? "meta" : "exit-bad" }, "(" + facts.join(", ") + ")"));
+      const output = event.output && event.output.length ? event.output : "(no output)";
+      return item(event, "command", el("details", {}, summary, el("pre", {}, output)));
+    }
+    case "Tool: Read":
+      return item(event, "read", el("code", {}, event.filepath),
+        event.error ? el("span", { class: "ev-error" }, " " + event.error) : null);
+    case "Tool: Edit":
+      return item(event, "edit", el("code", {}, event.filepath),
+        event.error ? el("span", { class: "ev-error" }, " " + event.error) : editDiff(event));
+    case "Tool: Write":
+      return item(event, "write", el("code", {}, event.filepath),
+        event.error
+          ? el("span", { class: "ev-error" }, " " + event.error)
+          : el("details", {}, el("summary", {}, splitLines(event.content).length + " lines"),
+              el("pre", {}, ...diffLines(splitLines(event.content), "+", "add"))));
+    case "usage":
+      showUsage(event);
+      return item(event, "usage", el("span", { class: "meta" },
+        `${Number(event.input_tokens || 0).toLocaleString()} tokens in, ${Number(event.output_tokens || 0).toLocaleString()} out, ${formatCost(event.cost_usd)}`));
+    case "pr_created": {
+      showPullRequest(event.pr_url);
+      const safe = safeUrl(event.pr_url);
+      return item(event, "pull request", safe ? el("a", { href: safe }, safe) : String(event.pr_url),
+        el("span", { class: "meta" }, ` · ${event.files_changed} files, +${event.additions} −${event.deletions} · `),
+        el("code", {}, event.branch));
+    }
+    case "error":
+      return item(event, "error", el("span", { class: "ev-error" },
+        `${event.code}: ${event.message} (stage ${event.stage}${event.retryable ? ", can be retried" : ""})`));
+    case "complete":
+      setStatus(event.status);
+      if (event.status === "succeeded") $("bar").value = 100;
+      $("stage").textContent = event.message || "";
+      $("duration").textContent = formatDuration(event.duration_ms);
+      if (event.pr_url) showPullRequest(event.pr_url);
+      return item(event, "complete", el("span", { class: "ev-message" }, event.status + (event.message ? ": " + event.message : "")));
+    default:
+      return item(event, event.type, el("span", { class: "meta" }, JSON.stringify(event)));
+  }
+}
+
+function handle(event) {
+  const seq = Number(event.seq);
+  if (!Number.isInteger(seq) || seq <= lastSeq) return; // already shown: a replay after a reconnect
+  lastSeq = seq;
+  $("log").append(render(event));
+  document.body.dataset.lastSeq = String(seq);
+  if (event.type === "complete") {
+    finished = true;
+    if (source) source.close(); // the stream ends here; do not let EventSource reconnect
+    document.body.dataset.complete = "true";
+  }
+}
+
+function followWithEventSource() {
+  source = new EventSource(eventsUrl);
+  source.onmessage = (message) => {
+    $("error").textContent = "";
+    handle(JSON.parse(message.data));
+  };
+  source.onerror = async () => {
+    if (finished) return;
+    if (source.readyState === EventSource.CLOSED) {
+      // The server refused the stream (e.g. 401 or 404): say why.
+      const response = await apiFetch(eventsUrl + "?after=" + lastSeq, { headers: { Accept: "application/json" } });
+      $("error").textContent = response.ok ? "The event stream closed." : await errorDetail(response);
+      if (response.body) response.body.cancel();
+    } else {
+      $("error").textContent = "Connection lost; reconnecting…";
+    }
+  };
+}
+
+// fetch() + a stream reader, sending the API key; reconnects with Last-Event-ID until complete.
+async function followWithFetch() {
+  let delay = 1000;
+  while (!finished) {
+    try {
+      const response = await apiFetch(eventsUrl, {
+        headers: { Accept: "text/event-stream", "Last-Event-ID": String(lastSeq) },
+        cache: "no-store",
+      });
+      if (response.status >= 400 && response.status < 500) {
+        $("error").textContent = await errorDetail(response);
+        return;
+      }
+      if (!response.ok || !response.body) throw new Error("HTTP " + response.status);
+      $("error").textContent = "";
+      delay = 1000;
+      await readFrames(response.body);
+    } catch (exc) {
+      if (finished) return;
+      $("error").textContent = "Connection lost; reconnecting… (" + exc.message + ")";
+    }
+    if (!finished) {
+      await new Promise((resolve) => setTimeout(resolve, delay));
+      delay = Math.min(delay * 2, 15000);
+    }
+  }
+}
+
+async function readFrames(body) {
+  const reader = body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  try {
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return;
+      buffer += value.replace(/\r\n?/g, "\n");
+      let end;
+      while ((end = buffer.indexOf("\n\n")) >= 0) {
+        const frame = buffer.slice(0, end);
+        buffer = buffer.slice(end + 2);
+        const data = frame.split("\n").filter((l) => l.startsWith("data:"))
+          .map((l) => l.slice(5).replace(/^ /, "")).join("\n");
+        if (data) handle(JSON.parse(data));
+        if (finished) return;
+      }
+    }
+  } finally {
+    reader.cancel().catch(() => {});
+  }
+}
+
+async function loadRun() {
+  const response = await apiFetch("/api/runs/" + encodeURIComponent(runId), { headers: { Accept: "application/json" } });
+  if (!response.ok) {
+    $("error").textContent = response.status === 401
+      ? "This server requires an API key: enter it on the start page."
+      : await errorDetail(response);
+    return false;
+  }
+  const run = await response.json();
+  $("repo").textContent = run.repo_url;
+  $("title").textContent = "Run " + run.id.slice(0, 8);
+  document.title = "Run " + run.id.slice(0, 8) + " · backspace";
+  $("prompt").textContent = run.prompt;
+  $("prompt").hidden = false;
+  if (!finished) setStatus(run.status);
+  if (run.pr_url) showPullRequest(run.pr_url);
+  if (run.duration_ms !== null) $("duration").textContent = formatDuration(run.duration_ms);
+  showUsage(run);
+  return true;
+}
+
+async function cancel() {
+  const button = $("cancel");
+  button.disabled = true;
+  button.dataset.state = "cancelling";
+  button.textContent = "Cancelling…";
+  const response = await apiFetch("/api/runs/" + encodeURIComponent(runId) + "/cancel", { method: "POST" });
+  if (!response.ok) {
+    $("error").textContent = await errorDetail(response);
+    button.dataset.state = "";
+    button.textContent = "Cancel the run";
+    button.disabled = finished;
+  }
+}
+
+$("cancel").addEventListener("click", cancel);
+loadRun().then((ok) => {
+  if (!ok) return;
+  if (apiKey()) followWithFetch();
+  else followWithEventSource();
+});
