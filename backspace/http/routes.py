@@ -12,6 +12,7 @@ from starlette.routing import BaseRoute, Route
 from backspace.app import Services
 from backspace.http.auth import require_api_key
 from backspace.http.errors import HTTPProblem, problem_response
+from backspace.http.openapi import document
 from backspace.http.pages import pull_request_page
 from backspace.http.ratelimit import RateLimiter, key_id
 from backspace.http.schemas import CodeRequest, read_json, validate
@@ -215,6 +216,10 @@ async def pull_request_html(request: Request) -> Response:
     return HTMLResponse(pull_request_page(record))
 
 
+async def openapi(request: Request) -> Response:
+    return JSONResponse(document(_services(request).public_url))
+
+
 async def slack_events(request: Request) -> Response:
     """Slack's commands, button clicks and events (HTTP mode); Bolt checks the signature."""
     slack = request.app.state.slack
@@ -231,6 +236,7 @@ async def slack_events(request: Request) -> Response:
 def routes() -> list[BaseRoute]:
     return [
         Route("/health", health, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
         Route("/api/code", create_run, methods=["POST"]),
         Route("/api/runs", list_runs, methods=["GET"]),
         Route("/api/runs/{run_id}", get_run, methods=["GET"]),

@@ -1,0 +1,304 @@
+"""The HTTP API's OpenAPI description, kept by hand beside the routes (a test checks that every
+route is in it), served at /openapi.json."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from backspace import __version__
+
+ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    text = {
+        400: "the body is not JSON",
+        401: "missing or wrong API key",
+        404: "not found",
+        409: "the run already ended",
+        413: "the body is too large",
+        422: "a field is wrong; `errors` names it",
+        429: "too many runs started; see Retry-After",
+        503: "no model, no sandbox, no git host, a full store, or shutting down",
+    }
+    return {str(code): _json(ERROR, text[code]) for code in codes}
+
+
+SSE = {
+    "description": "the run's events as Server-Sent Events (`id: <seq>`, `data: <json Event>`)",
+    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+}
+HTML = {"description": "an HTML page", "content": {"text/html": {"schema": {"type": "string"}}}}
+RUN_ID = {"name": "run_id", "in": "path", "required": True, "schema": {"type": "string"}}
+PR_ID = {"name": "pr_id", "in": "path", "required": True, "schema": {"type": "string"}}
+SECURED: list[dict[str, list[str]]] = [{"bearer": []}, {"apiKey": []}]
+
+
+def document(server_url: str) -> dict[str, Any]:
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "backspace",
+            "version": __version__,
+            "description": "Turn a sentence into a pull request. Authentication applies when "
+            "REQUIRE_AUTH=true.",
+        },
+        "servers": [{"url": server_url}],
+        "paths": {
+            "/health": {
+                "get": {
+                    "summary": "liveness and configuration",
+                    "responses": {"200": _json({"type": "object"}, "health")},
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "summary": "this document",
+                    "responses": {"200": _json({"type": "object"}, "OpenAPI")},
+                }
+            },
+            "/api/code": {
+                "post": {
+                    "summary": "start a run; its events stream, or 202 with the run for Accept: application/json",
+                    "security": SECURED,
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {"$ref": "#/components/schemas/CodeRequest"}
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": SSE,
+                        "202": _json({"$ref": "#/components/schemas/Run"}, "the run, queued"),
+                        **_errors(400, 401, 413, 422, 429, 503),
+                    },
+                }
+            },
+            "/api/runs": {
+                "get": {
+                    "summary": "recent runs, newest first",
+                    "security": SECURED,
+                    "parameters": [
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 200},
+                        },
+                        {"name": "before", "in": "query", "schema": {"type": "string"}},
+                    ],
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["runs"],
+                                "properties": {
+                                    "runs": {
+                                        "type": "array",
+                                        "items": {"$ref": "#/components/schemas/Run"},
+                                    }
+                                },
+                            },
+                            "runs",
+                        ),
+                        **_errors(401, 422),
+                    },
+                }
+            },
+            "/api/runs/{run_id}": {
+                "get": {
+                    "summary": "one run",
+                    "security": SECURED,
+                    "parameters": [RUN_ID],
+                    "responses": {
+                        "200": _json({"$ref": "#/components/schemas/Run"}, "the run"),
+                        **_errors(401, 404),
+                    },
+                }
+            },
+            "/api/runs/{run_id}/events": {
+                "get": {
+                    "summary": "the run's events from Last-Event-ID (or ?after=N): the past, then live ones",
+                    "security": SECURED,
+                    "parameters": [
+                        RUN_ID,
+                        {
+                            "name": "after",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 0},
+                        },
+                        {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string"}},
+                    ],
+                    "responses": {"200": SSE, **_errors(401, 404, 422)},
+                }
+            },
+            "/api/runs/{run_id}/cancel": {
+                "post": {
+                    "summary": "cancel a queued or running run",
+                    "security": SECURED,
+                    "parameters": [RUN_ID],
+                    "responses": {
+                        "202": _json(
+                            {
+                                "type": "object",
+                                "required": ["id", "status"],
+                                "properties": {
+                                    "id": {"type": "string"},
+                                    "status": {"type": "string"},
+                                },
+                            },
+                            "cancelling",
+                        ),
+                        **_errors(401, 404, 409),
+                    },
+                }
+            },
+            "/api/prs/{pr_id}": {
+                "get": {
+                    "summary": "a local pull request",
+                    "security": SECURED,
+                    "parameters": [PR_ID],
+                    "responses": {
+                        "200": _json({"type": "object"}, "the pull request"),
+                        **_errors(401, 404),
+                    },
+                }
+            },
+            "/prs/{pr_id}": {
+                "get": {
+                    "summary": "a local pull request's page",
+                    "security": SECURED,
+                    "parameters": [PR_ID],
+                    "responses": {"200": HTML, **_errors(401, 404)},
+                }
+            },
+            "/": {
+                "get": {"summary": "the web interface: runs and a form", "responses": {"200": HTML}}
+            },
+            "/runs/{run_id}": {
+                "get": {
+                    "summary": "the web interface: one run, live",
+                    "parameters": [RUN_ID],
+                    "responses": {"200": HTML},
+                }
+            },
+            "/slack/events": {
+                "post": {
+                    "summary": "Slack slash commands, interactivity and events (signed by Slack)",
+                    "responses": {
+                        "200": {"description": "handled"},
+                        "401": {"description": "bad signature"},
+                        "404": _json(ERROR, "Slack is not configured"),
+                    },
+                }
+            },
+        },
+        "components": {
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+            },
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "required": ["detail"],
+                    "properties": {
+                        "detail": {"type": "string"},
+                        "errors": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "properties": {
+                                    "field": {"type": "string"},
+                                    "message": {"type": "string"},
+                                },
+                            },
+                        },
+                    },
+                },
+                "CodeRequest": {
+                    "type": "object",
+                    "required": ["repo_url", "prompt"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "repo_url": {"type": "string", "minLength": 1, "maxLength": 2000},
+                        "repoUrl": {"type": "string", "description": "synonym of repo_url"},
+                        "prompt": {"type": "string", "minLength": 1},
+                        "base_branch": {
+                            "type": "string",
+                            "nullable": True,
+                            "minLength": 1,
+                            "maxLength": 250,
+                        },
+                        "co_author": {
+                            "type": "string",
+                            "nullable": True,
+                            "description": "Name <email>",
+                        },
+                    },
+                },
+                "Run": {
+                    "type": "object",
+                    "required": ["id", "status", "stage", "repo_url", "prompt", "created_at"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "status": {
+                            "type": "string",
+                            "enum": [
+                                "queued",
+                                "running",
+                                "succeeded",
+                                "no_changes",
+                                "failed",
+                                "cancelled",
+                                "timed_out",
+                            ],
+                        },
+                        "stage": {"type": "string"},
+                        "repo_url": {"type": "string"},
+                        "prompt": {"type": "string"},
+                        "source": {"type": "string"},
+                        "requester": {"type": "string", "nullable": True},
+                        "base_branch": {"type": "string", "nullable": True},
+                        "branch": {"type": "string", "nullable": True},
+                        "pr_url": {"type": "string", "nullable": True},
+                        "error": {
+                            "type": "object",
+                            "nullable": True,
+                            "properties": {
+                                "code": {"type": "string"},
+                                "message": {"type": "string"},
+                            },
+                        },
+                        "created_at": {"type": "string"},
+                        "updated_at": {"type": "string"},
+                        "finished_at": {"type": "string", "nullable": True},
+                        "duration_ms": {"type": "integer", "nullable": True},
+                        "cost_usd": {"type": "number"},
+                        "input_tokens": {"type": "integer"},
+                        "output_tokens": {"type": "integer"},
+                        "url": {"type": "string"},
+                        "events_url": {"type": "string"},
+                        "cancel_url": {"type": "string"},
+                    },
+                },
+                "Event": {
+                    "type": "object",
+                    "required": ["type", "run_id", "request_id", "seq", "timestamp"],
+                    "properties": {
+                        "type": {"type": "string"},
+                        "run_id": {"type": "string"},
+                        "request_id": {"type": "string"},
+                        "seq": {"type": "integer", "minimum": 1},
+                        "timestamp": {"type": "string"},
+                    },
+                    "additionalProperties": True,
+                },
+            },
+        },
+    }
