@@ -1,13 +1,110 @@
-"""Run every benchmark and print its table: `uv run python -m bench [--quick]`."""
+"""Run every benchmark, print its table, then a summary of measured figures against targets.
+
+    uv run python -m bench [--quick] [--only NAME ...]
+
+`--quick` uses tiny sizes: it only checks that the suite runs (CI does this); its figures say
+little. Each benchmark also runs alone: `uv run python -m bench.<name> --help`.
+"""
 
 from __future__ import annotations
 
 import argparse
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass
 
-from bench import first_event, overhead
+from bench import concurrent, fanout, first_event, overhead, slack_ack, store
+from bench.common import print_table
 
-parser = argparse.ArgumentParser(description=__doc__)
-parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the suite runs")
-args = parser.parse_args()
-overhead.main(["--runs", "2" if args.quick else "20"])
-first_event.main(["--requests", "5" if args.quick else "200"])
+
+@dataclass(frozen=True)
+class Target:
+    what: str
+    key: str
+    limit: float
+    unit: str
+    higher_is_better: bool = False
+
+    def met(self, value: float) -> bool:
+        compare = operator.ge if self.higher_is_better else operator.le
+        return bool(compare(value, self.limit))
+
+
+Bench = Callable[[list[str]], dict[str, float]]
+# name -> (main, full-size arguments, quick arguments, targets)
+SUITE: dict[str, tuple[Bench, list[str], list[str], list[Target]]] = {
+    "overhead": (
+        overhead.main,
+        ["--runs", "20"],
+        ["--runs", "2"],
+        [Target("orchestration overhead (p50 ratio)", "ratio", 1.10, "x")],
+    ),
+    "first_event": (
+        first_event.main,
+        ["--requests", "200"],
+        ["--requests", "5"],
+        [
+            Target("time to first event p50", "p50_ms", 10, "ms"),
+            Target("time to first event p99", "p99_ms", 50, "ms"),
+        ],
+    ),
+    "concurrent": (
+        concurrent.main,
+        ["--runs", "200"],
+        ["--runs", "4"],
+        [
+            Target("concurrent runs: wall / one run", "ratio", 1.2, "x"),
+            Target("concurrent runs: memory per active run", "mb_per_run", 2, "MB"),
+            Target("concurrent runs: event-loop lag p99", "lag_p99_ms", 20, "ms"),
+        ],
+    ),
+    "fanout": (
+        fanout.main,
+        ["--viewers", "1000"],
+        ["--viewers", "20", "--wait", "1"],
+        [Target("SSE fan-out delivery p99", "p99_ms", 50, "ms")],
+    ),
+    "slack_ack": (
+        slack_ack.main,
+        ["--commands", "50"],
+        ["--commands", "5"],
+        [Target("Slack ack p99", "p99_ms", 100, "ms")],
+    ),
+    "store": (
+        store.main,
+        ["--events", "10000"],
+        ["--events", "1000"],
+        [
+            Target("store append", "append_per_s", 5000, "events/s", higher_is_better=True),
+            Target("store full replay", "replay_ms", 200, "ms"),
+        ],
+    ),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the suite runs")
+    parser.add_argument("--only", nargs="+", choices=sorted(SUITE), help="run only these")
+    args = parser.parse_args()
+    rows: list[tuple[str, ...]] = []
+    for name, (run, full, quick, targets) in SUITE.items():
+        if args.only and name not in args.only:
+            continue
+        figures = run(quick if args.quick else full)
+        for target in targets:
+            value = figures[target.key]
+            sign = ">=" if target.higher_is_better else "<="
+            rows.append(
+                (
+                    target.what,
+                    f"{value:,.2f} {target.unit}",
+                    f"{sign} {target.limit:,g} {target.unit}",
+                    "met" if target.met(value) else "MISSED",
+                )
+            )
+    title = "summary (quick sizes: not meaningful)" if args.quick else "summary"
+    print_table(title, rows, ("what", "measured", "target", ""))
+
+
+main()

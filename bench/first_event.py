@@ -33,6 +33,7 @@ async def measure(url: str, requests: int) -> list[float]:
             started = time.perf_counter()
             body = {"repo_url": "local:widgets", "prompt": f"first-event-bench {i}"}
             async with client.stream("POST", f"{url}/api/code", json=body) as response:
+                assert response.status_code == 200, (response.status_code, await response.aread())
                 async for frame in frames(response):
                     if frame.data:
                         assert frame.json["type"] == "start"
@@ -55,6 +56,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             "ANTHROPIC_API_KEY": "bench-key",
             "ANTHROPIC_BASE_URL": fake.url,
             "BACKSPACE_LOCAL_REPOS": str(work / "repos"),
+            # the benchmark starts runs far faster than a client may: lift the rate limit
+            "BACKSPACE_RUNS_PER_MINUTE": "1000000",
+            "BACKSPACE_RUNS_BURST": "100000",
         }
         server = start_server(work / "server", env)
         try:

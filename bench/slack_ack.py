@@ -1,0 +1,107 @@
+"""Slack ack: N signed slash commands sent at once to the real server; time to each 200 ack.
+
+The real server runs as a subprocess with Slack configured (Bolt's real AsyncApp, slack_sdk's
+real client posting to the recording fake Slack on loopback). Each `/backspace local:widgets ...`
+starts a run (the scripted model finishes at once), so the server is busy while it acks.
+
+    uv run python -m bench.slack_ack [--commands N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from bench.common import print_table, small_repo, summary
+from bench.model_server import start_model
+from tests.fakes.slack import FakeSlack, SlackSigner, send
+from tests.server import start_server
+
+SECRET = "slack-signing-secret-0123456789"
+BOT_TOKEN = "xoxb-bench-token"
+CHANNEL = "C0BENCH"
+FORM = "application/x-www-form-urlencoded"
+
+
+async def burst(
+    url: str, signer: SlackSigner, slack: FakeSlack, count: int, tag: str
+) -> list[float]:
+    limits = httpx.Limits(max_connections=count + 10, max_keepalive_connections=count + 10)
+    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+        bodies = [
+            signer.slash_command_body(
+                text=f"local:widgets slack-bench {tag} {i}",
+                user_id=f"U{i % 7}",
+                channel_id=CHANNEL,
+                response_url=slack.response_url(CHANNEL, f"U{i % 7}"),
+            )
+            for i in range(count)
+        ]
+
+        async def one(body: bytes) -> float:
+            started = time.perf_counter()
+            response = await send(client, f"{url}/slack/events", body, signer, content_type=FORM)
+            elapsed = time.perf_counter() - started
+            assert response.status_code == 200, response.text
+            assert "Started run" in response.json()["text"], response.text
+            return elapsed
+
+        return list(await asyncio.gather(*(one(body) for body in bodies)))
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--commands", type=int, default=50)
+    args = parser.parse_args(argv)
+    signer = SlackSigner(SECRET)
+    model = start_model()
+    try:
+        with (
+            tempfile.TemporaryDirectory(prefix="backspace-bench-") as tmp,
+            FakeSlack(token=BOT_TOKEN, team_id="T0001", bot_user_id="U0BOT") as slack,
+        ):
+            work = Path(tmp)
+            small_repo(work / "repos")
+            env = {
+                "ANTHROPIC_API_KEY": "bench-key",
+                "ANTHROPIC_BASE_URL": model.url,
+                "BACKSPACE_LOCAL_REPOS": str(work / "repos"),
+                "BACKSPACE_RUNS_PER_MINUTE": "1000000",  # no rate limit in a benchmark
+                "BACKSPACE_RUNS_BURST": "100000",
+                "SLACK_BOT_TOKEN": BOT_TOKEN,
+                "SLACK_SIGNING_SECRET": SECRET,
+                "SLACK_API_URL": slack.api_url,
+            }
+            server = start_server(work / "server", env)
+            try:
+                asyncio.run(burst(server.url, signer, slack, 3, "warm"))
+                result = summary(asyncio.run(burst(server.url, signer, slack, args.commands, "go")))
+            finally:
+                server.stop()
+    finally:
+        model.stop()
+    ms = {k: v * 1000 for k, v in result.items() if k != "n"}
+    print_table(
+        f"Slack ack ({args.commands} slash commands at once)",
+        [
+            (
+                str(int(result["n"])),
+                f"{ms['p50']:.1f}",
+                f"{ms['p90']:.1f}",
+                f"{ms['p99']:.1f}",
+                f"{ms['mean']:.1f}",
+            )
+        ],
+        ("commands", "p50 ms", "p90 ms", "p99 ms", "mean ms"),
+    )
+    return {"p50_ms": ms["p50"], "p99_ms": ms["p99"]}
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
