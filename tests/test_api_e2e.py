@@ -501,6 +501,12 @@ BAD_REQUESTS: list[tuple[str, Any, int, str]] = [
         422,
         "base_branch",
     ),
+    (
+        "refspec base",
+        {"repo_url": "local:widgets", "prompt": "x", "base_branch": "a:refs/heads/main"},
+        422,
+        "not a valid branch name",
+    ),
     ("not a repo", {"repo_url": "local:plain", "prompt": "x"}, 422, "not a git repository"),
     (
         "unknown form",

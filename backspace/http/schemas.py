@@ -9,6 +9,8 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
 
 from backspace.http.errors import HTTPProblem
+from backspace.orchestrator.githosts.base import RepoRefError
+from backspace.orchestrator.githosts.references import check_branch_name
 
 
 class CodeRequest(BaseModel):
@@ -37,9 +39,12 @@ class CodeRequest(BaseModel):
 
     @field_validator("base_branch")
     @classmethod
-    def _not_option(cls, value: str | None) -> str | None:
-        if value is not None and value.startswith("-"):
-            raise ValueError("must not start with '-'")
+    def _branch_name(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                check_branch_name(value)
+            except RepoRefError as exc:
+                raise ValueError(str(exc)) from None
         return value
 
 

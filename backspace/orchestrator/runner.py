@@ -8,7 +8,6 @@ another run or the server.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import time
@@ -130,9 +129,6 @@ class Runner:
         """Runs this process owns right now (queued or running): their sandboxes are in use."""
         return set(self._contexts)
 
-    def is_live(self, run_id: str) -> bool:
-        return run_id in self._tasks or run_id in self._positions
-
     # --- runs ------------------------------------------------------------------------------------
     def submit(self, request: RunRequest) -> Run:
         if not self._accepting:
@@ -188,12 +184,6 @@ class Runner:
         self._contexts[run_id].cancel_reason = "cancel"
         task.cancel()
         return True
-
-    async def wait(self, run_id: str) -> None:
-        task = self._tasks.get(run_id)
-        if task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.shield(task)
 
     def _pump(self) -> None:
         while self._waiting and len(self._tasks) < self.limits.max_concurrent:

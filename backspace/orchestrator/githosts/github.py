@@ -36,7 +36,11 @@ from backspace.orchestrator.githosts.base import (
     ResolvedRepo,
 )
 from backspace.orchestrator.githosts.gitcmd import GitError, git
-from backspace.orchestrator.githosts.references import looks_like_github, parse_github_reference
+from backspace.orchestrator.githosts.references import (
+    check_branch_name,
+    looks_like_github,
+    parse_github_reference,
+)
 from backspace.orchestrator.redact import Redactor
 
 log = logging.getLogger(__name__)
@@ -89,6 +93,8 @@ class GitHubHost:
 
     # --- resolve and fetch the base -------------------------------------------------------------
     async def resolve(self, ref: RepoRef, base_branch: str | None = None) -> ResolvedRepo:
+        if base_branch is not None:
+            check_branch_name(base_branch)
         info = await self._api(
             f"read {ref.name}", ref.name, lambda g: _repo_info(g, ref, base_branch)
         )

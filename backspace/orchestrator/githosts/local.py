@@ -21,6 +21,7 @@ from backspace.orchestrator.githosts.base import (
     ResolvedRepo,
 )
 from backspace.orchestrator.githosts.gitcmd import GitError, git
+from backspace.orchestrator.githosts.references import check_branch_name
 from backspace.orchestrator.store import Store
 
 PREFIX = "local:"
@@ -81,7 +82,7 @@ class LocalGitHost:
         try:
             if branch is None:
                 branch = (await git("symbolic-ref", "--short", "HEAD", cwd=origin)).strip()
-            _check_branch_name(branch)
+            check_branch_name(branch)
             sha = (
                 await git(
                     "rev-parse",
@@ -154,14 +155,3 @@ class LocalGitHost:
             diff=draft.diff,
         )
         return PullRequest(url=f"{self.public_url}/prs/{pr_id}", number=pr_id, draft=draft.draft)
-
-
-def _check_branch_name(branch: str) -> None:
-    if (
-        not branch
-        or branch.startswith("-")
-        or ".." in branch
-        or any(c in branch for c in " ~^:?*[\\")
-        or any(ord(c) < 32 for c in branch)
-    ):
-        raise RepoRefError(f"{branch!r} is not a valid branch name")

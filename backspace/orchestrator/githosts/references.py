@@ -141,14 +141,26 @@ def _checked(host: str, owner: str, repo: str, rest: list[str], allowed: set[str
     branch: str | None = None  # for /tree/<branch>/<path>: the whole remainder; the host
     pull: int | None = None  # finds the longest prefix that is a branch
     if len(rest) >= 2 and rest[0] == "tree":
-        branch = "/".join(rest[1:]).strip("/")
-        if not BRANCH_PART.match(branch) or ".." in branch or branch.startswith("-"):
-            raise RepoRefError(f"{branch!r} is not a valid branch name")
+        branch = check_branch_name("/".join(rest[1:]).strip("/"))
     elif len(rest) >= 2 and rest[0] == "pull":
         if not rest[1].isdigit():
             raise RepoRefError("a pull request link ends in /pull/<number>")
         pull = int(rest[1])
     return GitHubRef(host=host, owner=owner, repo=repo, branch=branch, pull=pull)
+
+
+def check_branch_name(branch: str) -> str:
+    """A branch name safe to put in a refspec and a URL: letters, digits, `._/+-`, no `..`,
+    no leading `-`; RepoRefError otherwise. The one check every host and front end uses."""
+    if (
+        not BRANCH_PART.match(branch)
+        or ".." in branch
+        or branch.startswith(("-", "/"))
+        or branch.endswith(("/", ".lock", "."))
+        or "//" in branch
+    ):
+        raise RepoRefError(f"{branch!r} is not a valid branch name")
+    return branch
 
 
 class RepoAllowlist:
