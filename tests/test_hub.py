@@ -170,13 +170,13 @@ async def test_a_subscriber_that_stops_early_is_removed(store: Store, hub: Event
     emit(store, hub)  # publishing to nobody is fine
 
 
-async def test_stream_heartbeats_while_idle(store: Store, hub: EventHub) -> None:
+async def test_batches_heartbeat_while_idle(store: Store, hub: EventHub) -> None:
     store.append_event(RUN, EventType.START, {})
     received: list[int | None] = []
 
     async def consume() -> None:
-        async for event in hub.stream(RUN, heartbeat=0.05):
-            received.append(None if event is None else event.seq)
+        async for batch in hub.batches(RUN, heartbeat=0.05):
+            received.extend([e.seq for e in batch] or [None])
 
     task = asyncio.create_task(consume())
     await until(lambda: received.count(None) >= 2)
@@ -185,4 +185,21 @@ async def test_stream_heartbeats_while_idle(store: Store, hub: EventHub) -> None
     await asyncio.wait_for(task, 2)
     assert [seq for seq in received if seq is not None] == [1, 2, 3]
     assert received[0] == 1 and received[-2:] == [2, 3]
+    assert hub.subscriber_count(RUN) == 0
+
+
+async def test_events_that_arrive_together_come_as_one_batch(store: Store, hub: EventHub) -> None:
+    """A viewer pays its write cost per batch, so a burst must not be split into single events."""
+    store.append_event(RUN, EventType.START, {})
+    batches = hub.batches(RUN)
+    assert [e.seq for e in await anext(batches)] == [1]
+    waiting = asyncio.create_task(anext(batches))
+    await until(lambda: hub.subscriber_count(RUN) == 1)
+    await asyncio.sleep(0)
+    for _ in range(5):
+        emit(store, hub)
+    emit(store, hub, EventType.COMPLETE)
+    assert [e.seq for e in await asyncio.wait_for(waiting, 2)] == [2, 3, 4, 5, 6, 7]
+    with pytest.raises(StopAsyncIteration):
+        await anext(batches)
     assert hub.subscriber_count(RUN) == 0

@@ -84,6 +84,7 @@ class Event:
     type: str
     timestamp: str
     data: dict[str, Any] = field(default_factory=dict)
+    _json: str = field(default="", init=False, repr=False, compare=False)
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -96,7 +97,11 @@ class Event:
         }
 
     def to_json(self) -> str:
-        return json.dumps(self.to_wire(), ensure_ascii=False, separators=(",", ":"))
+        """The wire form, encoded once: one event goes to every viewer of its run."""
+        if not self._json:
+            encoded = json.dumps(self.to_wire(), ensure_ascii=False, separators=(",", ":"))
+            object.__setattr__(self, "_json", encoded)  # a cache; the event itself is frozen
+        return self._json
 
     @property
     def is_terminal(self) -> bool:
