@@ -8,9 +8,14 @@ Credentials, when a host needs them, come in through `env` only and are redacted
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
+import subprocess
 import tempfile
+import threading
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from backspace.orchestrator.redact import Redactor
@@ -64,27 +69,75 @@ async def git(
         "LC_ALL": "C",
         **(env or {}),
     }
-    proc = await asyncio.create_subprocess_exec(
-        "git",
-        *config,
-        *args,
-        cwd=str(cwd) if cwd else None,
-        env=full_env,
-        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+    returncode, out, err = await _run(
+        ["git", *config, *args], cwd=cwd, env=full_env, stdin=stdin, timeout=timeout
     )
-    try:
-        async with asyncio.timeout(timeout):
-            out, err = await proc.communicate(stdin)
-    except BaseException:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        raise
-    if check and proc.returncode != 0:
+    if check and returncode != 0:
         stderr = err.decode(errors="replace")
+        shown: Sequence[str] = args
         if redactor:
             stderr = redactor.text(stderr)
-        raise GitError(args, proc.returncode or 0, stderr)
+            shown = [redactor.text(arg) for arg in args]
+        raise GitError(shown, returncode, stderr)
     return out.decode(errors="replace")
+
+
+# Host git runs on its own few threads, not on the event loop: starting a process and reading
+# its pipes there stalls every other run and viewer (bench/concurrent.py measured 740 ms p99).
+# The pool's size also caps how many git processes share the CPUs at once, so a burst of runs
+# queues for them instead of all slowing down together.
+_POOL = ThreadPoolExecutor(max_workers=max(8, 4 * (os.cpu_count() or 1)), thread_name_prefix="git")
+
+
+class _Cancelled(Exception):
+    """The caller went away before git started."""
+
+
+async def _run(
+    argv: list[str], *, cwd: Path | None, env: dict[str, str], stdin: bytes | None, timeout: float
+) -> tuple[int, bytes, bytes]:
+    """Run `argv` on the pool; kill it when the caller is cancelled or `timeout` passes."""
+    lock = threading.Lock()
+    started: list[subprocess.Popen[bytes]] = []
+    cancelled = False
+
+    def run() -> tuple[int, bytes, bytes]:
+        with lock:
+            if cancelled:
+                raise _Cancelled
+            proc = subprocess.Popen(
+                argv,
+                cwd=str(cwd) if cwd else None,
+                env=env,
+                stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                process_group=0,  # so a kill reaches its helpers (remote-https, index-pack)
+            )
+            started.append(proc)
+        with proc:
+            try:
+                out, err = proc.communicate(stdin, timeout=timeout)
+            except subprocess.TimeoutExpired:
+                _kill_group(proc)
+                proc.communicate()
+                raise TimeoutError(f"git took longer than {timeout:g} s") from None
+            return proc.returncode, out, err
+
+    future = asyncio.get_running_loop().run_in_executor(_POOL, run)
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        with lock:
+            cancelled = True
+            if started:
+                _kill_group(started[0])  # the thread then reaps it and ends
+        future.add_done_callback(lambda done: done.cancelled() or done.exception())
+        raise
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    if proc.returncode is not None:
+        return  # reaped: its group id may belong to someone else by now
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
