@@ -19,8 +19,9 @@ import contextlib
 import json
 import secrets
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, TypeAlias, cast
@@ -28,11 +29,13 @@ from urllib.parse import urlsplit
 
 __all__ = [
     "CutStream",
+    "DroppedStream",
     "Fail",
     "FakeAnthropic",
     "Hang",
     "MidStreamError",
     "Reply",
+    "StallStream",
     "Step",
     "Text",
     "ToolCall",
@@ -121,7 +124,9 @@ class Fail:
     """An HTTP error answer shaped like Anthropic's, to exercise status-code error handling.
 
     An empty ``message`` is replaced by a default for the error type.
-    ``retry_after_ms`` defaults to 1 so SDK retries in tests are instant.
+    ``retry_after_ms`` defaults to 1 so SDK retries in tests are instant. ``retry_after`` sends
+    the ``retry-after`` header in whole seconds, as the real API does on a 429 (set
+    ``retry_after_ms=None`` with it); ``headers`` adds more (``anthropic-ratelimit-*``, say).
     """
 
     status: int
@@ -129,6 +134,8 @@ class Fail:
     message: str = ""
     times: int = 1
     retry_after_ms: int | None = 1
+    retry_after: int | None = None
+    headers: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.error_type is None:
@@ -156,6 +163,25 @@ class CutStream:
 
 
 @dataclass
+class DroppedStream:
+    """A 200 stream (HTTP/1.1, chunked, as the real API sends) whose connection closes in the
+    middle of the body, without the last chunk: the client sees a broken transfer, not an end."""
+
+    times: int = 1
+
+
+@dataclass
+class StallStream:
+    """A 200 stream that starts a text block, then sends nothing for ``seconds`` (then closes).
+
+    A proxy or an overloaded server that stops mid-answer: only the client's read timeout ends it.
+    """
+
+    seconds: float
+    times: int = 1
+
+
+@dataclass
 class Hang:
     """Accept the request and answer nothing for ``seconds`` (then close), to trigger timeouts."""
 
@@ -163,7 +189,7 @@ class Hang:
     times: int = 1
 
 
-Failure: TypeAlias = Fail | MidStreamError | CutStream | Hang
+Failure: TypeAlias = Fail | MidStreamError | CutStream | DroppedStream | StallStream | Hang
 Item: TypeAlias = Reply | Failure
 Step: TypeAlias = Reply | Failure | Sequence[Item]
 
@@ -412,7 +438,12 @@ class FakeAnthropic:
 
     def _handle(self, h: _Handler, path: str, body: Any, bad_json: bool) -> None:
         headers = {k.lower(): v for k, v in h.headers.items()}
-        record: dict[str, Any] = {"path": path, "headers": headers, "body": body}
+        record: dict[str, Any] = {
+            "path": path,
+            "headers": headers,
+            "body": body,
+            "time": time.monotonic(),
+        }
         scenario: str | None = None
         if path == "/v1/messages" and isinstance(body, dict):
             scenario = self._choose_scenario(body)
@@ -459,12 +490,17 @@ class FakeAnthropic:
             h.close_connection = True
             return
         if isinstance(item, Fail):
-            extra = {}
+            extra = dict(item.headers)
             if item.retry_after_ms is not None:
                 extra["retry-after-ms"] = str(item.retry_after_ms)
+            if item.retry_after is not None:
+                extra["retry-after"] = str(item.retry_after)
             h.send_error_json(item.status, cast(str, item.error_type), item.message, extra)
             return
-        if isinstance(item, MidStreamError | CutStream):
+        if isinstance(item, DroppedStream):
+            self._drop_stream(h, model)
+            return
+        if isinstance(item, MidStreamError | CutStream | StallStream):
             usage = dict(DEFAULT_USAGE)
             h.start_stream()
             self._stream_start(h, model, usage)
@@ -487,6 +523,8 @@ class FakeAnthropic:
             if isinstance(item, MidStreamError):
                 error = {"type": item.error_type, "message": item.message}
                 h.event("error", {"type": "error", "error": error})
+            if isinstance(item, StallStream):
+                self._stopping.wait(item.seconds)
             h.close_connection = True
             return
 
@@ -496,6 +534,50 @@ class FakeAnthropic:
             self._stream_reply(h, item, model)
         else:
             h.send_json(200, self._message(item, model))
+
+    @staticmethod
+    def _drop_stream(h: _Handler, model: str) -> None:
+        """Chunked framing written by hand (the handler speaks HTTP/1.0), cut before its end."""
+        head = (
+            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n"
+            f"request-id: {h.request_id}\r\ntransfer-encoding: chunked\r\n\r\n"
+        )
+        message: dict[str, Any] = {
+            "id": _new_id("msg"),
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": dict(DEFAULT_USAGE),
+        }
+        events = [
+            ("message_start", {"type": "message_start", "message": message}),
+            (
+                "content_block_start",
+                {
+                    "type": "content_block_start",
+                    "index": 0,
+                    "content_block": {"type": "text", "text": ""},
+                },
+            ),
+            (
+                "content_block_delta",
+                {
+                    "type": "content_block_delta",
+                    "index": 0,
+                    "delta": {"type": "text_delta", "text": "Let me look at"},
+                },
+            ),
+        ]
+        h.wfile.write(head.encode())
+        for name, data in events:
+            chunk = f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
+            h.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+        h.wfile.write(b"400\r\nevent: content_block_delta\ndata: {")  # a chunk cut short
+        h.wfile.flush()
+        h.close_connection = True
 
     @staticmethod
     def _usage(reply: Reply) -> dict[str, int]:

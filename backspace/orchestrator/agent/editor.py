@@ -13,7 +13,7 @@ from typing import Any
 
 from backspace.orchestrator.agent.outcome import ToolOutcome
 from backspace.orchestrator.events import EventType
-from backspace.orchestrator.sandboxes.base import Sandbox, SandboxError
+from backspace.orchestrator.sandboxes.base import Sandbox, SandboxError, SandboxLost
 
 MAX_FILE_BYTES = 4 * 1024 * 1024
 SNIPPET_LINES = 4
@@ -57,6 +57,8 @@ class Editor:
                     )
         except EditorError as exc:
             return _failed(command, display, str(exc))
+        except SandboxLost:
+            raise  # nothing the model can do about it: the run ends
         except SandboxError as exc:
             return _failed(command, display, f"{display}: {exc}")
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import anthropic
+import httpx2  # the SDK's HTTP client: what a broken stream raises while its body is read
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,10 @@ class ModelError(Exception):
 
 class IncompleteStream(Exception):
     """The stream closed before the message was complete (no `message_delta`)."""
+
+
+class StalledStream(Exception):
+    """The stream stopped sending in the middle of the message (a read timed out)."""
 
 
 class Model(Protocol):
@@ -114,14 +119,24 @@ class AnthropicModel:
         tools: list[dict[str, Any]],
         max_tokens: int,
     ) -> ModelTurn:
-        async with self.client.messages.stream(
-            model=self.name,
-            max_tokens=max_tokens,
-            system=system,  # type: ignore[arg-type]
-            messages=messages,  # type: ignore[arg-type]
-            tools=tools,  # type: ignore[arg-type]
-        ) as stream:
-            message = await stream.get_final_message()
+        # The SDK turns transport errors into APITimeoutError/APIConnectionError only until the
+        # response starts; one while the stream's body is read comes through as httpx2's own.
+        try:
+            async with self.client.messages.stream(
+                model=self.name,
+                max_tokens=max_tokens,
+                system=system,  # type: ignore[arg-type]
+                messages=messages,  # type: ignore[arg-type]
+                tools=tools,  # type: ignore[arg-type]
+            ) as stream:
+                message = await stream.get_final_message()
+        except httpx2.TimeoutException as exc:
+            raise StalledStream("it stopped sending in the middle of its answer") from exc
+        except httpx2.TransportError as exc:
+            raise IncompleteStream(
+                "the connection to the model API broke in the middle of its answer "
+                f"({type(exc).__name__})"
+            ) from exc
         if message.stop_reason is None:
             raise IncompleteStream("the model's response stream ended before it was complete")
         return ModelTurn(
@@ -155,6 +170,13 @@ class AnthropicModel:
         if isinstance(exc, anthropic.APITimeoutError):
             return ModelError(
                 "model_timeout", f"the model API did not answer in time{tries}", True, attempts
+            )
+        if isinstance(exc, StalledStream):
+            return ModelError(
+                "model_timeout",
+                f"the model API did not answer in time: {exc}{tries}",
+                True,
+                attempts,
             )
         if isinstance(exc, anthropic.APIConnectionError):
             return ModelError(
@@ -216,7 +238,7 @@ def _status_error(
 
 
 def _retryable(exc: BaseException) -> bool:
-    if isinstance(exc, IncompleteStream | anthropic.APIConnectionError):
+    if isinstance(exc, IncompleteStream | StalledStream | anthropic.APIConnectionError):
         return True
     if isinstance(exc, anthropic.APIStatusError):
         status = exc.status_code

@@ -25,6 +25,18 @@ class GitHostError(Exception):
         self.retryable = retryable
 
 
+def what_the_server_said(stderr: str, limit: int = 500) -> str:
+    """The server's own words (`remote:` lines) and git's verdict, not the lines naming URLs.
+
+    A long branch name and URL would otherwise push the reason (a hook's message) out of view.
+    """
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    said = [line.removeprefix("remote:").strip() for line in lines if line.startswith("remote:")]
+    verdict = [line for line in lines if line.startswith(("!", "fatal:", "error:"))]
+    picked = [line for line in said + verdict[:1] if line]
+    return ("; ".join(picked) if picked else stderr.strip())[:limit]
+
+
 @dataclass(frozen=True)
 class RepoRef:
     host: str  # the GitHost.name that accepted it

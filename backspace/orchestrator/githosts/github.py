@@ -34,6 +34,7 @@ from backspace.orchestrator.githosts.base import (
     PullRequestDraft,
     RepoRef,
     ResolvedRepo,
+    what_the_server_said,
 )
 from backspace.orchestrator.githosts.gitcmd import GitError, git
 from backspace.orchestrator.githosts.references import (
@@ -298,6 +299,13 @@ class GitHubHost:
                 "github_rejected", f"GitHub refused to {what} ({exc.status}: {message})"
             )
         if isinstance(exc, requests.exceptions.RetryError):
+            # PyGithub retries a 403 only when it is a rate limit (Retry-After, or the message).
+            if re.search(r"too many (403|429) error responses", str(exc)):
+                return GitHostError(
+                    "github_rate_limited",
+                    f"GitHub's rate limit kept refusing the attempt to {what}; try again later",
+                    retryable=True,
+                )
             return GitHostError(
                 "github_unavailable",
                 f"GitHub kept failing to {what}; try again later",
@@ -314,10 +322,11 @@ class GitHubHost:
     def _push_error(self, exc: GitError, name: str, verb: str) -> GitHostError:
         stderr = self.redactor.text(exc.stderr).strip()
         lowered = stderr.lower()
+        said = what_the_server_said(stderr)
         if "protected branch" in lowered or "gh006" in lowered:
             return GitHostError(
                 "branch_protection",
-                f"branch protection on {name} refused the push: {stderr[-300:]}",
+                f"branch protection on {name} refused the push: {said}",
             )
         if re.search(r"\b401\b|authentication failed|could not read username", lowered):
             if not self.token:
@@ -328,9 +337,7 @@ class GitHubHost:
                 "github_bad_token", f"GitHub refused GITHUB_TOKEN when trying to {verb} {name}"
             )
         if re.search(r"\b403\b", lowered) or ("permission" in lowered and "denied" in lowered):
-            return GitHostError(
-                "github_no_access", f"GITHUB_TOKEN may not {verb} {name}: {stderr[-300:]}"
-            )
+            return GitHostError("github_no_access", f"GITHUB_TOKEN may not {verb} {name}: {said}")
         if "workflow" in lowered and "scope" in lowered:
             return GitHostError(
                 "github_no_access", f"GITHUB_TOKEN lacks the workflow scope needed to {verb} {name}"
@@ -339,9 +346,9 @@ class GitHubHost:
             return GitHostError("repo_not_found", f"{name} was not found when trying to {verb} it")
         if re.search(r"could not resolve host|connection refused|timed out|\b5\d\d\b", lowered):
             return GitHostError(
-                "github_unavailable", f"could not {verb} {name}: {stderr[-300:]}", retryable=True
+                "github_unavailable", f"could not {verb} {name}: {said}", retryable=True
             )
-        return GitHostError("push_rejected", f"git could not {verb} {name}: {stderr[-300:]}")
+        return GitHostError("push_rejected", f"git could not {verb} {name}: {said}")
 
     async def _git(self, *args: str, git_dir: Path, url: str) -> str:
         return await git(

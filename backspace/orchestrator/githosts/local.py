@@ -19,6 +19,7 @@ from backspace.orchestrator.githosts.base import (
     RepoRef,
     RepoRefError,
     ResolvedRepo,
+    what_the_server_said,
 )
 from backspace.orchestrator.githosts.gitcmd import GitError, git
 from backspace.orchestrator.githosts.references import check_branch_name
@@ -136,7 +137,7 @@ class LocalGitHost:
         except GitError as exc:
             raise GitHostError(
                 "push_rejected",
-                f"the push to {repo.ref.name} was rejected: {exc.stderr.strip()[:300]}",
+                f"the push to {repo.ref.name} was rejected: {what_the_server_said(exc.stderr)}",
             ) from exc
 
     async def open_pull_request(self, repo: ResolvedRepo, draft: PullRequestDraft) -> PullRequest:

@@ -21,6 +21,12 @@ class SandboxError(Exception):
     code = "sandbox_error"
 
 
+class SandboxLost(SandboxError):
+    """The sandbox is gone: deleted from outside the run, or its machine vanished."""
+
+    code = "sandbox_lost"
+
+
 class SandboxUnavailable(SandboxError):
     """This kind of sandbox cannot be used on this server; the message says why and what to do."""
 

@@ -41,6 +41,7 @@ from backspace.orchestrator.sandboxes.base import (
     SandboxError,
     SandboxUnavailable,
 )
+from backspace.orchestrator.sandboxes.base import SandboxLost as SandboxLost  # re-exported
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +55,6 @@ RETRYABLE_CREATE = (
     daytona.DaytonaConnectionError,
     daytona.DaytonaTimeoutError,
 )
-
-
-class SandboxLost(SandboxError):
-    code = "sandbox_lost"
 
 
 class SandboxUnreachable(SandboxError):

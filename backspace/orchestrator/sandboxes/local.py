@@ -36,6 +36,7 @@ from backspace.orchestrator.sandboxes.base import (
     OutputCallback,
     OutputCollector,
     SandboxError,
+    SandboxLost,
     SandboxUnavailable,
 )
 
@@ -112,6 +113,14 @@ class LocalSandboxProvider:
         return self._checked
 
     def _probe(self) -> tuple[bool, str]:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self.root.chmod(0o711)
+        except OSError as exc:  # running unsandboxed would not help: run directories live there
+            return False, (
+                f"the sandbox root {self.root} cannot be used ({exc}): set "
+                "BACKSPACE_SANDBOX_ROOT to a directory this server can create and write"
+            )
         problem = self._bwrap_problem()
         if problem is None:
             return True, "bubblewrap works: commands run isolated, without network"
@@ -160,7 +169,10 @@ class LocalSandboxProvider:
         try:
             await asyncio.to_thread(self._make_run_dir, base)
         except OSError as exc:
-            raise SandboxError(f"could not create the sandbox directory: {exc}") from exc
+            raise SandboxError(
+                f"could not create the sandbox directory: {exc}; check that the sandbox root "
+                f"{self.root} (BACKSPACE_SANDBOX_ROOT) is a writable directory with free space"
+            ) from exc
         return LocalSandbox(self, run_id, base)
 
     def _make_run_dir(self, base: Path) -> None:
@@ -271,6 +283,8 @@ class LocalSandbox:
             collector.add(tail)
         output = collector.text()
         exit_code = _exit_code(proc.returncode)
+        if exit_code != 0:
+            self._check_present()  # bwrap fails when the directory went while it started
         if timed_out:
             output += f"\n[command timed out after {timeout:g} s and was killed]"
             exit_code = 124
@@ -316,7 +330,10 @@ class LocalSandbox:
             raise SandboxError("a file operation in the sandbox timed out") from exc
         finally:
             await self._reap(proc)
-        return _exit_code(proc.returncode), out, err.decode(errors="replace").strip()
+        code = _exit_code(proc.returncode)
+        if code != 0:
+            self._check_present()
+        return code, out, err.decode(errors="replace").strip()
 
     async def _spawn(
         self,
@@ -330,6 +347,7 @@ class LocalSandbox:
     ) -> asyncio.subprocess.Process:
         if self._closed:
             raise SandboxError("the sandbox is closed")
+        self._check_present()
         inner_cwd = self._inner_path(cwd or self.workdir)
         argv = self.provider._argv(self.base, script, cwd=inner_cwd, args=args)
         env = None
@@ -355,6 +373,15 @@ class LocalSandbox:
             raise SandboxError(f"could not start a sandboxed command: {exc}") from exc
         self._procs.add(proc)
         return proc
+
+    def _check_present(self) -> None:
+        """A directory deleted from outside (a /tmp cleaner, a person) ends the run clearly."""
+        if not (self.base / "workspace").is_dir():
+            raise SandboxLost(
+                f"the sandbox is gone: its directory {self.base} was deleted from outside "
+                "backspace (a /tmp cleaner? keep BACKSPACE_SANDBOX_ROOT out of its reach); "
+                "start the run again"
+            )
 
     def _inner_path(self, path: str) -> str:
         if self.isolated or path.startswith(str(self.base)):
