@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -37,8 +38,11 @@ from backspace.orchestrator.sandboxes.base import SandboxProvider
 from backspace.orchestrator.sandboxes.daytona import DaytonaOptions, DaytonaSandboxProvider
 from backspace.orchestrator.sandboxes.local import LocalLimits, LocalSandboxProvider, default_root
 from backspace.orchestrator.store import Store
+from backspace.runtime import tune_garbage_collector, watch_children_with_pidfds
 
 log = logging.getLogger(__name__)
+
+PROMPT_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 @dataclass
@@ -78,6 +82,24 @@ class Services:
             "not a repository this server knows: use owner/repo or a GitHub URL, or an "
             "absolute path or local:<name> below BACKSPACE_LOCAL_REPOS"
         )
+
+    def check_prompt(self, prompt: str) -> None:
+        """The one prompt check every front end uses: ValueError says what is wrong and the fix.
+
+        Control characters (NUL, terminal escapes) are refused: they end up in a branch, a commit
+        message and a terminal, and no person types them. Tabs and newlines are fine.
+        """
+        limit = self.settings.max_prompt_chars
+        if len(prompt) > limit:
+            raise ValueError(
+                f"is {len(prompt)} characters long, more than the limit of {limit} characters "
+                "(BACKSPACE_MAX_PROMPT_CHARS): shorten it"
+            )
+        if PROMPT_CONTROL.search(prompt):
+            raise ValueError(
+                "contains control characters (such as NUL or a terminal escape): remove them; "
+                "tabs and newlines are fine"
+            )
 
     def health(self) -> dict[str, Any]:
         sandbox_ok, sandbox_message = self.sandboxes.check()
@@ -273,6 +295,8 @@ def create_app(settings: Settings) -> Starlette:
         janitor = asyncio.create_task(_janitor(services), name="sandbox-janitor")
         if slack is not None:
             await slack.start()
+        watch_children_with_pidfds()
+        tune_garbage_collector()
         log.info("backspace %s ready at %s", __version__, services.public_url)
         try:
             yield

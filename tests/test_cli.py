@@ -150,6 +150,8 @@ def commands(
     start("outside", ["run", "/etc", "change it"])
     start("option", ["run", "--", "--upload-pack=touch /tmp/pwned-cli", "change it"])
     start("missing", ["run", "local:missing", "change it"])
+    start("control", ["run", "local:widgets", "change it\x1b[2J\x07"])
+    start("long", ["run", "local:widgets", "x" * 20_001], BACKSPACE_MAX_PROMPT_CHARS="20000")
     start("doctor-ok", ["doctor"])
     start("doctor-no-model", ["doctor"], model=False)
     start(
@@ -221,6 +223,8 @@ def test_a_run_that_changes_nothing_exits_0_without_a_url(commands: dict[str, Co
         ("outside", "/etc is not inside BACKSPACE_LOCAL_REPOS"),
         ("option", "a repository reference cannot start with '-'"),
         ("missing", "local:missing is not a git repository"),
+        ("control", "contains control characters"),
+        ("long", "more than the limit of 20000 characters (BACKSPACE_MAX_PROMPT_CHARS)"),
     ],
 )
 def test_a_bad_repository_exits_2_with_a_clear_message_and_creates_no_run(

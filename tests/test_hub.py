@@ -203,3 +203,16 @@ async def test_events_that_arrive_together_come_as_one_batch(store: Store, hub: 
     with pytest.raises(StopAsyncIteration):
         await anext(batches)
     assert hub.subscriber_count(RUN) == 0
+
+
+async def test_a_viewer_that_claims_to_be_past_the_end_still_ends(
+    store: Store, hub: EventHub
+) -> None:
+    """An `after` beyond every seq (a stale or made-up Last-Event-ID) must not wait forever."""
+    store.append_event(RUN, EventType.START, {})
+    task = asyncio.create_task(collect(hub.subscribe(RUN, after=99), timeout=5))
+    await until(lambda: hub.subscriber_count(RUN) == 1)
+    emit(store, hub)
+    emit(store, hub, EventType.COMPLETE)
+    assert await asyncio.wait_for(task, 2) == []
+    assert hub.subscriber_count(RUN) == 0

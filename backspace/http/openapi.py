@@ -8,6 +8,8 @@ from typing import Any
 from backspace import __version__
 
 ERROR = {"$ref": "#/components/schemas/Error"}
+MAX_SEQ = 2**63 - 1
+"""The largest integer SQLite stores: the largest `after` (and pull request id) there can be."""
 
 
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -25,16 +27,57 @@ def _errors(*codes: int) -> dict[str, Any]:
         429: "too many runs started; see Retry-After",
         503: "no model, no sandbox, no git host, a full store, or shutting down",
     }
-    return {str(code): _json(ERROR, text[code]) for code in codes}
+    headers = {
+        401: {
+            "WWW-Authenticate": {
+                "description": "`Bearer`",
+                "required": True,
+                "schema": {"type": "string"},
+            }
+        },
+        429: {
+            "Retry-After": {
+                "description": "seconds until a run can be started",
+                "required": True,
+                "schema": {"type": "integer", "minimum": 1},
+            }
+        },
+    }
+    responses = {str(code): _json(ERROR, text[code]) for code in codes}
+    for code in codes:
+        if code in headers:
+            responses[str(code)]["headers"] = headers[code]
+    return responses
 
 
 SSE = {
-    "description": "the run's events as Server-Sent Events (`id: <seq>`, `data: <json Event>`)",
-    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    "description": "the run's events as Server-Sent Events (`id: <seq>`, `data: <json Event>`), "
+    "then the stream ends after the `complete` event; `: ping` comments during silences",
+    "content": {
+        "text/event-stream": {
+            # Before OpenAPI 3.2 (`itemSchema`), a stream's schema describes one event.
+            "schema": {
+                "type": "object",
+                "required": ["id", "data"],
+                "properties": {
+                    "id": {"type": "string", "pattern": "^[1-9][0-9]*$", "description": "seq"},
+                    "data": {
+                        "type": "string",
+                        "description": "an Event (components/schemas/Event) as JSON",
+                    },
+                },
+            }
+        }
+    },
 }
 HTML = {"description": "an HTML page", "content": {"text/html": {"schema": {"type": "string"}}}}
 RUN_ID = {"name": "run_id", "in": "path", "required": True, "schema": {"type": "string"}}
-PR_ID = {"name": "pr_id", "in": "path", "required": True, "schema": {"type": "string"}}
+PR_ID = {
+    "name": "pr_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "integer", "minimum": 1, "maximum": MAX_SEQ},
+}
 SECURED: list[dict[str, list[str]]] = [{"bearer": []}, {"apiKey": []}]
 
 
@@ -75,7 +118,16 @@ def document(server_url: str) -> dict[str, Any]:
                     },
                     "responses": {
                         "200": SSE,
-                        "202": _json({"$ref": "#/components/schemas/Run"}, "the run, queued"),
+                        "202": {
+                            **_json({"$ref": "#/components/schemas/Run"}, "the run, queued"),
+                            "headers": {
+                                "Location": {
+                                    "description": "the run: /api/runs/{run_id}",
+                                    "required": True,
+                                    "schema": {"type": "string"},
+                                }
+                            },
+                        },
                         **_errors(400, 401, 413, 422, 429, 503),
                     },
                 }
@@ -130,11 +182,25 @@ def document(server_url: str) -> dict[str, Any]:
                         {
                             "name": "after",
                             "in": "query",
-                            "schema": {"type": "integer", "minimum": 0},
+                            "schema": {"type": "integer", "minimum": 0, "maximum": MAX_SEQ},
                         },
-                        {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string"}},
+                        {
+                            "name": "Last-Event-ID",
+                            "in": "header",
+                            "description": "like `after` (a whole number); it wins when both "
+                            "are given",
+                            "schema": {"type": "string"},
+                        },
                     ],
-                    "responses": {"200": SSE, **_errors(401, 404, 422)},
+                    "responses": {
+                        "200": SSE,
+                        "204": {
+                            "description": "the run has ended and its `complete` event is not "
+                            "after Last-Event-ID (or `after`): nothing more will come, so an "
+                            "EventSource stops reconnecting"
+                        },
+                        **_errors(401, 404, 422),
+                    },
                 }
             },
             "/api/runs/{run_id}/cancel": {
@@ -189,11 +255,27 @@ def document(server_url: str) -> dict[str, Any]:
             },
             "/slack/events": {
                 "post": {
-                    "summary": "Slack slash commands, interactivity and events (signed by Slack)",
+                    "summary": "Slack slash commands, interactivity and events (HTTP mode), "
+                    "signed by Slack with SLACK_SIGNING_SECRET",
+                    "requestBody": {
+                        "content": {
+                            "application/x-www-form-urlencoded": {"schema": {"type": "object"}},
+                            "application/json": {"schema": {"type": "object"}},
+                        }
+                    },
                     "responses": {
-                        "200": {"description": "handled"},
-                        "401": {"description": "bad signature"},
-                        "404": _json(ERROR, "Slack is not configured"),
+                        "200": {
+                            "description": "handled: Bolt's acknowledgement (for Slack's "
+                            "url_verification, the challenge as JSON)"
+                        },
+                        "400": _json(ERROR, "a signed body that is not one Slack sends"),
+                        "401": _json(ERROR, "no signature, a stale one or a wrong one"),
+                        "404": _json(
+                            ERROR,
+                            "Slack is not configured, or it runs in Socket Mode (without "
+                            "SLACK_SIGNING_SECRET)",
+                        ),
+                        "413": _json(ERROR, "the body is too large"),
                     },
                 }
             },
@@ -238,6 +320,8 @@ def document(server_url: str) -> dict[str, Any]:
                         "co_author": {
                             "type": "string",
                             "nullable": True,
+                            "maxLength": 300,
+                            "pattern": "^[^<>\\n]+ <[^<>\\s@]+@[^<>\\s@]+>$",
                             "description": "Name <email>",
                         },
                     },

@@ -30,7 +30,23 @@ class RateLimiter:
 
     def take(self, key: str) -> float:
         """0 when allowed (a token is spent); otherwise the seconds until one is available."""
+        return self.take_all([key])
+
+    def take_all(self, keys: list[str]) -> float:
+        """Spend one token from each bucket only when every one has a token: a request that
+        one bucket refuses costs the others nothing. 0 when allowed, else the longest wait."""
         now = time.monotonic()
+        buckets = [self._refill(key, now) for key in keys]
+        short = [b for b in buckets if b.tokens < 1]
+        if not short:
+            for bucket in buckets:
+                bucket.tokens -= 1
+            return 0.0
+        if self.rate <= 0:
+            return math.inf
+        return max((1 - b.tokens) / self.rate for b in short)
+
+    def _refill(self, key: str, now: float) -> _Bucket:
         bucket = self._buckets.get(key)
         if bucket is None:
             if len(self._buckets) >= MAX_BUCKETS:
@@ -38,10 +54,7 @@ class RateLimiter:
             bucket = self._buckets[key] = _Bucket(self.burst, now)
         bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.updated) * self.rate)
         bucket.updated = now
-        if bucket.tokens >= 1:
-            bucket.tokens -= 1
-            return 0.0
-        return (1 - bucket.tokens) / self.rate if self.rate > 0 else math.inf
+        return bucket
 
     def _evict(self, now: float) -> None:
         """Drop the buckets that have refilled (they carry no state worth keeping)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -12,12 +13,13 @@ from starlette.routing import BaseRoute, Route
 from backspace.app import Services
 from backspace.http.auth import require_api_key
 from backspace.http.errors import HTTPProblem, problem_response
-from backspace.http.openapi import document
+from backspace.http.openapi import MAX_SEQ, document
 from backspace.http.pages import pull_request_page
 from backspace.http.ratelimit import RateLimiter, key_id
 from backspace.http.schemas import CodeRequest, read_json, validate
 from backspace.http.sse import event_stream
 from backspace.http.web import web_routes
+from backspace.orchestrator.events import RunStatus
 from backspace.orchestrator.githosts.base import RepoRefError
 from backspace.orchestrator.run import RunRequest
 from backspace.orchestrator.runner import NotAccepting
@@ -46,6 +48,10 @@ def handles_problems(handler: Any) -> Any:
             response: Response = await handler(request)
             return response
         except HTTPProblem as problem:
+            # An error may quote what was sent (a reference, a name): never a secret we know.
+            redactor = _services(request).redactor
+            problem.detail = redactor.text(problem.detail)
+            problem.errors = redactor.data(problem.errors)
             return problem_response(problem)
 
     wrapper.__name__ = handler.__name__
@@ -61,6 +67,16 @@ def _run_json(services: Services, run: Run) -> dict[str, Any]:
         "events_url": f"{base}/events",
         "cancel_url": f"{base}/cancel",
     }
+
+
+def _whole_number(raw: str) -> int | None:
+    """`raw` as an int when it is ASCII digits within SQLite's integers; otherwise None.
+
+    (`str.isdigit` alone also takes "²", which int() refuses, and SQLite refuses past 2**63-1.)
+    """
+    if not (raw.isascii() and raw.isdigit()) or int(raw) > MAX_SEQ:
+        return None
+    return int(raw)
 
 
 def _get_run(services: Services, run_id: str) -> Run:
@@ -81,15 +97,14 @@ async def create_run(request: Request) -> Response:
     services = _authenticate(request)
     settings = services.settings
     body = validate(CodeRequest, await read_json(request, settings.max_body_bytes))
-    if len(body.prompt) > settings.max_prompt_chars:
+    try:
+        services.check_prompt(body.prompt)
+    except ValueError as exc:
         raise HTTPProblem(
             422,
-            f"invalid request: prompt: is {len(body.prompt)} characters, more than the limit of "
-            f"{settings.max_prompt_chars} (BACKSPACE_MAX_PROMPT_CHARS)",
-            errors=[
-                {"field": "prompt", "message": f"at most {settings.max_prompt_chars} characters"}
-            ],
-        )
+            f"invalid request: prompt: {exc}",
+            errors=[{"field": "prompt", "message": str(exc)}],
+        ) from None
     try:
         ref = services.parse_repo(body.repo_url)
     except RepoRefError as exc:
@@ -140,7 +155,7 @@ def _limit_rate(request: Request) -> None:
     given = request.headers.get("x-api-key") or request.headers.get("authorization", "")[7:]
     if given:
         keys.append(key_id(given))
-    wait = max(limiter.take(key) for key in keys)
+    wait = limiter.take_all(keys)
     if wait > 0:
         raise HTTPProblem(
             429,
@@ -158,10 +173,10 @@ def _wants_json(request: Request) -> bool:
 @handles_problems
 async def list_runs(request: Request) -> Response:
     services = _authenticate(request)
-    raw = request.query_params.get("limit", "50")
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIST:
+    limit = _whole_number(request.query_params.get("limit", "50"))
+    if limit is None or not 1 <= limit <= MAX_LIST:
         raise HTTPProblem(422, f"invalid request: limit: a whole number from 1 to {MAX_LIST}")
-    runs = services.store.list_runs(int(raw), before=request.query_params.get("before"))
+    runs = services.store.list_runs(limit, before=request.query_params.get("before"))
     return JSONResponse({"runs": [_run_json(services, run) for run in runs]})
 
 
@@ -177,13 +192,16 @@ async def run_events(request: Request) -> Response:
     services = _authenticate(request)
     run = _get_run(services, request.path_params["run_id"])
     raw = request.headers.get("last-event-id") or request.query_params.get("after") or "0"
-    if not raw.strip().isdigit():
+    after = _whole_number(raw.strip())
+    if after is None:
         raise HTTPProblem(
             422, "invalid request: Last-Event-ID / after: a whole number (the last seq seen)"
         )
-    return event_stream(
-        services.hub, run.id, int(raw.strip()), ping_after=services.settings.sse_ping
-    )
+    if RunStatus(run.status).finished and not services.store.events_after(run.id, after, limit=1):
+        # The run ended and its `complete` was seen: a stream would wait forever for nothing.
+        # 204 also tells an EventSource to stop reconnecting.
+        return Response(status_code=204)
+    return event_stream(services.hub, run.id, after, ping_after=services.settings.sse_ping)
 
 
 @handles_problems
@@ -198,7 +216,8 @@ async def cancel_run(request: Request) -> Response:
 def _pull_request(request: Request) -> tuple[Services, Any]:
     services = _authenticate(request)
     raw = request.path_params["pr_id"]
-    record = services.store.get_pull_request(int(raw)) if raw.isdigit() else None
+    pr_id = _whole_number(raw)
+    record = services.store.get_pull_request(pr_id) if pr_id is not None else None
     if record is None:
         raise HTTPProblem(404, f"no pull request with id {raw!r}")
     return services, record
@@ -230,7 +249,20 @@ async def slack_events(request: Request) -> Response:
             )
         )
     response: Response = await slack.endpoint(request)
+    if response.status_code >= 400:  # a JSON error, like every other one of this API
+        return problem_response(HTTPProblem(response.status_code, _refusal(response)))
     return response
+
+
+def _refusal(response: Response) -> str:
+    """The words of a refusal: plain text (the Slack front end's) or `{"error": ...}` (Bolt's)."""
+    text = bytes(response.body).decode("utf-8", errors="replace")
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return text or "refused"
+    error = data.get("error") if isinstance(data, dict) else None
+    return error if isinstance(error, str) and error else text or "refused"
 
 
 def routes() -> list[BaseRoute]:

@@ -30,7 +30,7 @@ class CodeRequest(BaseModel):
         description="the requester's git identity, 'Name <email>', credited as Co-authored-by",
     )
 
-    @field_validator("repo_url", "base_branch")
+    @field_validator("repo_url", "base_branch", "co_author")
     @classmethod
     def _no_control_characters(cls, value: str | None) -> str | None:
         if value is not None and any(ord(c) < 32 or ord(c) == 127 for c in value):
@@ -67,7 +67,11 @@ async def read_json(request: Request, limit: int) -> Any:
         )
     try:
         return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except RecursionError:
+        raise HTTPProblem(
+            400, "the request body is not valid JSON: it is nested too deeply"
+        ) from None
+    except ValueError as exc:  # bad JSON, bad UTF-8, a number too long to convert
         raise HTTPProblem(400, f"the request body is not valid JSON: {exc}") from None
 
 

@@ -89,11 +89,12 @@ class EventHub:
             pending: list[Event] = self._store.events_after(run_id, last)
             while True:
                 batch = [event for event in pending if event.seq > last]
-                ended = False
+                # The end also ends a viewer who says it saw past it (`after` beyond the last
+                # seq): otherwise that viewer would wait forever.
+                ended = any(event.is_terminal for event in pending)
                 for index, event in enumerate(batch):
                     if event.is_terminal:
                         del batch[index + 1 :]
-                        ended = True
                         break
                 if batch:
                     last = batch[-1].seq

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import shlex
+import shutil
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -88,13 +89,16 @@ class Pipeline:
             raise RunFailure(
                 exc.code, f"the sandbox could not be created: {exc}", retryable=True
             ) from exc
+        # The scratch directory holds bundles of the whole repository: made and removed on a
+        # worker thread, so a big one never stops the event loop.
+        scratch: Path | None = None
         try:
-            with tempfile.TemporaryDirectory(prefix="backspace-run-") as scratch:
-                return await self._stages(ctx, host, model, sandbox, Path(scratch))
+            scratch = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="backspace-run-"))
+            return await self._stages(ctx, host, model, sandbox, scratch)
         except (GitHostError, RepoRefError, SandboxError, GitError) as exc:
             raise _failure(exc) from exc
         finally:
-            await asyncio.shield(sandbox.close())
+            await asyncio.shield(_remove_both(sandbox, scratch))
 
     async def _stages(
         self, ctx: RunContext, host: GitHost, model: Model, sandbox: Sandbox, scratch: Path
@@ -210,7 +214,8 @@ class Pipeline:
         agent = Agent(model, sandbox, ctx.emit, limits, tool_mode=self.settings.tool_mode)  # type: ignore[arg-type]
         context, tree = await _repository_context(sandbox)
         first = prompts.first_message(
-            ctx.request.prompt,
+            # A secret pasted into the request never reaches the model, and so the sandbox.
+            self.redactor.text(ctx.request.prompt),
             repo=repo.ref.name,
             base_branch=repo.base_branch,
             context=context,
@@ -320,3 +325,11 @@ def _failure(exc: Exception) -> RunFailure:
     if isinstance(exc, SandboxError):
         return RunFailure(exc.code, f"the sandbox failed: {exc}", retryable=True)
     return RunFailure("git_failed", str(exc))
+
+
+async def _remove_both(sandbox: Sandbox, scratch: Path | None) -> None:
+    try:
+        await sandbox.close()
+    finally:
+        if scratch is not None:
+            await asyncio.to_thread(shutil.rmtree, scratch, True)

@@ -9,6 +9,7 @@ diff checked against policy before anything is pushed.
 
 from __future__ import annotations
 
+import posixpath
 import re
 import shlex
 from dataclasses import dataclass
@@ -130,6 +131,7 @@ async def import_change(
     ).strip()
     files = await _file_changes(git_dir, base_sha, head)
     _check_policy(files, policy)
+    await _check_symlinks(git_dir, base_sha, head)
     diff = await git(
         "diff", "--no-color", "--no-ext-diff", "--find-renames", base_sha, head, git_dir=git_dir
     )
@@ -190,6 +192,66 @@ def _check_policy(files: list[FileChange], policy: Policy) -> None:
             "junk_files",
             "the change adds files that should not be committed: " + ", ".join(junk[:10]),
         )
+
+
+async def _check_symlinks(git_dir: Path, base: str, head: str) -> None:
+    """Refuse symbolic links the change adds that point outside the repository.
+
+    Nothing on the host follows them (the host never checks the tree out), but whoever checks
+    the branch out would: a link to /etc/passwd or ../../.ssh in a build or a web root reads
+    that machine's files.
+    """
+    raw = await git(
+        "diff", "--raw", "-z", "--no-renames", "--no-abbrev", base, head, git_dir=git_dir
+    )  # fmt: skip
+    parts = raw.split("\0")
+    added = [
+        (path, fields[3])
+        for meta, path in zip(parts[0::2], parts[1::2], strict=False)
+        if len(fields := meta.lstrip(":").split()) >= 5
+        and fields[1] == "120000"
+        and fields[4] != "D"
+    ]
+    if not added:
+        return
+    listing = await git("ls-tree", "-r", "-z", head, git_dir=git_dir)
+    links = {
+        entry.partition("\t")[2] for entry in listing.split("\0") if entry.startswith("120000 ")
+    }
+    outside: list[str] = []
+    for path, blob in added:
+        target = await git("cat-file", "blob", blob, git_dir=git_dir)
+        if _leaves_repository(path, target, links - {path}):
+            outside.append(f"{path} -> {target[:200]}")
+    if outside:
+        raise PolicyError(
+            "symlink_outside_repository",
+            "the change adds symbolic links that point outside the repository: "
+            + ", ".join(outside[:10]),
+        )
+
+
+def _leaves_repository(path: str, target: str, links: set[str]) -> bool:
+    """Whether the link at `path` can lead out of the repository.
+
+    The target is walked one component at a time, as the kernel would: `a/l/..` is not `a`
+    when `a/l` is itself a link, so any walk through another link counts as leaving.
+    """
+    if target.startswith("/"):
+        return True
+    where = [part for part in posixpath.dirname(path).split("/") if part]
+    for part in target.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not where:
+                return True
+            where.pop()
+            continue
+        where.append(part)
+        if "/".join(where) in links:
+            return True
+    return False
 
 
 def find_secrets(diff: str, known: list[str]) -> list[str]:

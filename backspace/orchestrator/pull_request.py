@@ -14,6 +14,7 @@ SLUG_LIMIT = 40
 TITLE_LIMIT = 72
 BODY_LIMIT = 60_000
 REQUEST_QUOTE_LIMIT = 2000
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def slug(text: str) -> str:
@@ -39,7 +40,8 @@ def title_for(agent_title: str | None, prompt: str) -> str:
         if (agent_title or prompt).strip()
         else "Change"
     )
-    title = " ".join(title.split())
+    # The model's title is untrusted text: no control characters (a NUL cannot be in a commit).
+    title = " ".join(CONTROL.sub("", " ".join(title.split())).split()) or "Change"
     if len(title) > TITLE_LIMIT:
         title = title[: TITLE_LIMIT - 1].rstrip() + "…"
     return title

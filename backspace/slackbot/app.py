@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -67,10 +70,13 @@ class SlackFrontEnd:
                 AsyncServerErrorRetryHandler(max_retry_count=2),
             ],
         )
+        self._secret = secret.encode()  # empty in Socket Mode: then no HTTP request is taken
         self.app = AsyncApp(
             client=self.client,
             signing_secret=secret or "socket-mode-only",
-            process_before_response=False,
+            # Bolt answers when a listener returns, not by polling every 10 ms for its ack:
+            # our listeners only do local work and hand anything on the network to a task.
+            process_before_response=True,
             raise_error_for_unhandled_request=False,
         )
         self.pacer = ChannelPacer(settings.slack_post_interval)
@@ -87,10 +93,35 @@ class SlackFrontEnd:
     # --- transport -------------------------------------------------------------------------------
     async def endpoint(self, request: Request) -> Response:
         declared = request.headers.get("content-length", "")
+        if not self._secret:  # Bolt's placeholder secret is public: never verify with it
+            return Response(
+                "Slack runs in Socket Mode here (no SLACK_SIGNING_SECRET): HTTP requests are "
+                "not accepted",
+                status_code=404,
+            )
         if declared.isdigit() and int(declared) > MAX_BODY:
             return Response("request body too large", status_code=413)
-        body = await request.body()
-        bolt_request = to_async_bolt_request(request, body)
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():  # a chunked body has no content-length to check
+            size += len(chunk)
+            if size > MAX_BODY:
+                return Response("request body too large", status_code=413)
+            chunks.append(chunk)
+        body = b"".join(chunks)
+        # The signature first: nothing of an unsigned body is parsed (Bolt checks it again).
+        if not self._signed(body, request.headers.get("x-slack-request-timestamp", ""),
+                            request.headers.get("x-slack-signature", "")):  # fmt: skip
+            return Response("invalid signature", status_code=401)
+        try:
+            bolt_request = to_async_bolt_request(request, body)
+        except Exception as exc:  # not UTF-8, not JSON, nested too deeply, odd shapes
+            log.warning("refused a malformed Slack request: %s", type(exc).__name__)
+            return Response("malformed request", status_code=400)
+        problem = _shape_problem(bolt_request.body)
+        if problem is not None:
+            log.warning("refused a malformed Slack request: %s", problem)
+            return Response(f"malformed request: {problem}", status_code=400)
         text = body.decode("utf-8", errors="replace")
         if "payload" in text and not text.startswith("{") and bolt_request.body == {}:
             # Bolt 1.30 reads any form body containing the word "payload" as a button click, so
@@ -100,6 +131,17 @@ class SlackFrontEnd:
                 bolt_request.body = fields
                 bolt_request.context = build_async_context(AsyncBoltContext({}), fields)
         return to_starlette_response(await self.app.async_dispatch(bolt_request))
+
+    def _signed(self, body: bytes, timestamp: str, signature: str) -> bool:
+        """Slack's v0 signature over the raw bytes, from the last five minutes."""
+        if (
+            not (timestamp.isascii() and timestamp.isdigit())
+            or abs(time.time() - int(timestamp)) > 300
+        ):
+            return False
+        base = b"v0:" + timestamp.encode() + b":" + body
+        expected = "v0=" + hmac.new(self._secret, base, hashlib.sha256).hexdigest()
+        return hmac.compare_digest(expected.encode(), signature.encode(errors="replace"))
 
     async def start(self) -> None:
         """Socket Mode, when SLACK_APP_TOKEN is set: connected in the background (it retries)."""
@@ -138,8 +180,9 @@ class SlackFrontEnd:
         app = self.app
         app.middleware(self._allowlist)
         app.command(self.services.settings.slack_command)(self._command)
-        app.event("app_mention")(self._mention)
-        app.action(CANCEL_ACTION)(self._cancel)
+        app.command(re.compile(r".*"))(self._unknown_command)  # after ours: only the others
+        app.event("app_mention")(self._on_mention)
+        app.action(CANCEL_ACTION)(self._on_cancel)
         app.event("message")(self._ignore)
 
     async def _allowlist(
@@ -165,15 +208,29 @@ class SlackFrontEnd:
             return "Sorry, you are not on the list of people who can use backspace. Ask an admin."
         return None
 
+    async def _unknown_command(self, ack: Any, body: dict[str, Any]) -> None:
+        command = self.services.settings.slack_command
+        await ack(
+            response_type="ephemeral",
+            text=f"backspace answers {command} only (SLACK_COMMAND), not "
+            f"`{escape(str(body.get('command', ''))[:40])}`: ask an admin to check the Slack app.",
+        )
+
     async def _command(self, ack: Any, body: dict[str, Any], respond: Any) -> None:
         team, channel, user = (
-            body.get("team_id", ""),
-            body.get("channel_id", ""),
-            body.get("user_id", ""),
+            _text(body.get("team_id")),
+            _text(body.get("channel_id")),
+            _text(body.get("user_id")),
         )
-        reply = self._handle(body.get("text", ""), team, channel, user)
-        if isinstance(reply, str):
-            await ack(response_type="ephemeral", text=reply)
+        if not channel or not user:
+            await ack(
+                response_type="ephemeral",
+                text="This command came without a channel or a user, so backspace cannot run it.",
+            )
+            return
+        reply = self._handle(_text(body.get("text")), team, channel, user)
+        if isinstance(reply, str):  # it may quote what was sent: never a secret we know
+            await ack(response_type="ephemeral", text=self.services.redactor.text(reply))
             return
         view, request = reply
         try:
@@ -191,17 +248,34 @@ class SlackFrontEnd:
         )
         self._spawn(self._report(view, channel, None, respond))
 
+    async def _on_mention(
+        self, body: dict[str, Any], event: dict[str, Any], client: AsyncWebClient
+    ) -> None:
+        self._spawn(self._mention(body, event, client))  # Bolt has already acked the event
+
+    async def _on_cancel(self, ack: Any, body: dict[str, Any], respond: Any) -> None:
+        await ack()
+        self._spawn(self._cancel(body, respond))
+
     async def _mention(
         self, body: dict[str, Any], event: dict[str, Any], client: AsyncWebClient
     ) -> None:
         if self._duplicate(str(body.get("event_id", ""))):
             return
-        team = body.get("team_id", "")
-        channel, user, ts = event.get("channel", ""), event.get("user", ""), event.get("ts", "")
-        thread = event.get("thread_ts") or ts
-        reply = self._handle(event.get("text", ""), team, channel, user)
+        team = _text(body.get("team_id"))
+        channel, user, ts = (
+            _text(event.get("channel")),
+            _text(event.get("user")),
+            _text(event.get("ts")),
+        )
+        thread = _text(event.get("thread_ts")) or ts
+        if not channel or not user:
+            log.info("ignored a mention without a channel or a user")
+            return
+        reply = self._handle(_text(event.get("text")), team, channel, user)
         if isinstance(reply, str):
-            await self._safe(client.chat_postMessage(channel=channel, thread_ts=thread, text=reply))
+            text = self.services.redactor.text(reply)
+            await self._safe(client.chat_postMessage(channel=channel, thread_ts=thread, text=text))
             return
         view, request = reply
         try:
@@ -217,11 +291,11 @@ class SlackFrontEnd:
         await self._safe(client.reactions_add(channel=channel, timestamp=ts, name="eyes"))
         self._spawn(self._report(view, channel, thread, None))
 
-    async def _cancel(self, ack: Any, body: dict[str, Any], respond: Any) -> None:
-        await ack()
+    async def _cancel(self, body: dict[str, Any], respond: Any) -> None:
         actions = body.get("actions") or [{}]
-        run_id = str(actions[0].get("value", ""))
-        user = (body.get("user") or {}).get("id", "")
+        run_id = _text(actions[0].get("value"))
+        who = body.get("user")
+        user = _text(who.get("id")) if isinstance(who, dict) else ""
         run = self.services.store.get_run(run_id)
         if run is None:
             await respond(
@@ -270,6 +344,10 @@ class SlackFrontEnd:
                 )
                 return f"This channel's default repository is now `{escape(ref.name)}`. Try `{command} <what to change>`."
             case commands.StartRun(repo, repo_text, prompt):
+                try:
+                    services.check_prompt(prompt)
+                except ValueError as exc:
+                    return f"Your request {escape(str(exc))}."
                 usable, message = services.hosts[repo.host].check()
                 if not usable:
                     return f"I cannot use `{escape(repo.name)}` right now: {escape(message)}"
@@ -332,3 +410,25 @@ class SlackFrontEnd:
             return True
         self._seen_events[event_id] = now
         return False
+
+
+def _text(value: Any) -> str:
+    """A field Slack sends as a string; anything else (missing, an object) is empty."""
+    return value if isinstance(value, str) else ""
+
+
+def _shape_problem(body: Any) -> str | None:
+    """What Bolt's listeners and middleware cannot handle (they would fail with a 500), or None."""
+    if not isinstance(body, dict):
+        return "the body is not an object"
+    if (body.get("type") == "event_callback" or "event" in body) and not isinstance(
+        body.get("event"), dict
+    ):
+        return "an event callback without an event object"
+    if body.get("type") == "block_actions" or "actions" in body:
+        actions = body.get("actions")
+        if not isinstance(actions, list) or not actions:
+            return "a block_actions payload without actions"
+        if not all(isinstance(a, dict) for a in actions):
+            return "an action that is not an object"
+    return None

@@ -90,7 +90,10 @@ def parse_github_reference(value: str, hosts: Iterable[str] = ("github.com",)) -
                 f"{text!r} is not a repository reference: use owner/repo or a GitHub URL"
             )
         text = "https://" + text  # github.com/owner/repo
-    parts = urlsplit(text)
+    try:
+        parts = urlsplit(text)
+    except ValueError:  # e.g. a host with characters that NFKC-normalize to '/' or '@'
+        raise RepoRefError("the URL is not valid: use an https:// GitHub URL") from None
     scheme = parts.scheme.lower()
     if scheme not in ("https", "http", "ssh", "git"):
         raise RepoRefError(f"{scheme}:// URLs are not allowed: use an https:// GitHub URL")
