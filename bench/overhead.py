@@ -1,7 +1,7 @@
 """Orchestration overhead: a whole backspace run against a shell script doing the same work.
 
-The run: a small local repository, the scripted model at zero latency (one `cat`, one edit,
-`finish`). The script: the same git commands on the host and the same bubblewrap commands
+The run: a small local repository, the scripted model at zero latency in its own process
+(`bench/model_server.py`: one `cat`, one edit, `finish`). The script: the same git commands on the host and the same bubblewrap commands
 (identical command lines, taken from the sandbox provider), in the same order, with nothing
 in between. The ratio is what backspace adds on top of git and the sandbox.
 
@@ -24,20 +24,9 @@ from backspace.app import build_services
 from backspace.config import load_settings
 from backspace.orchestrator.run import RunRequest
 from backspace.orchestrator.sandboxes.local import LocalSandboxProvider
+from backspace.runtime import tune_garbage_collector, watch_children_with_pidfds
 from bench.common import print_table, small_repo, summary
-from tests.fakes.anthropic import FakeAnthropic, Reply, Text, ToolCall
-
-EDIT = {
-    "command": "str_replace",
-    "path": "app.py",
-    "old_str": "    return name\n",
-    "new_str": "    if not name:\n        raise ValueError('name is required')\n    return name\n",
-}
-SCENARIO = [
-    Reply([Text("Looking."), ToolCall("bash", {"command": "cat app.py"})]),
-    Reply([ToolCall("str_replace_based_edit_tool", EDIT)]),
-    Reply([ToolCall("finish", {"title": "Validate the name", "body": "Adds a check."})]),
-]
+from bench.model_server import start_model
 
 
 async def backspace_runs(work: Path, fake_url: str, runs: int) -> list[float]:
@@ -50,6 +39,8 @@ async def backspace_runs(work: Path, fake_url: str, runs: int) -> list[float]:
     )
     services = build_services(settings)
     services.sandboxes.check()
+    watch_children_with_pidfds()  # as the server does at start-up
+    tune_garbage_collector()
     ref = services.parse_repo("local:widgets")
     times = []
     try:
@@ -107,12 +98,11 @@ def shell_script(work: Path, provider: LocalSandboxProvider, index: str) -> str:
         f"git init -q --bare {q(str(host))}/host.git",
         f"echo $(git -C {q(str(origin))} rev-parse --path-format=absolute --git-common-dir)/objects > {q(str(host))}/host.git/objects/info/alternates",
         f'g() {{ git --git-dir {q(str(host))}/host.git {hardening} "$@"; }}',
-        f"g bundle verify --quiet {q(str(host))}/out.bundle 2>/dev/null",
         f"tip=$(g bundle unbundle {q(str(host))}/out.bundle | cut -d' ' -f1)",
         'g merge-base --is-ancestor "$base" "$tip"',
-        'tree=$(g rev-parse "$tip^{tree}"); g rev-parse "$base^{tree}" >/dev/null',
+        'tree=$(g rev-parse "$tip^{tree}" "$base^{tree}" | head -n1)',
         'head=$(echo msg | GIT_AUTHOR_NAME=b GIT_AUTHOR_EMAIL=b@b GIT_COMMITTER_NAME=b GIT_COMMITTER_EMAIL=b@b g commit-tree "$tree" -p "$base")',
-        'g diff --numstat -z "$base" "$head" >/dev/null; g diff --name-status -z "$base" "$head" >/dev/null; g diff "$base" "$head" >/dev/null',
+        'g diff --raw --numstat -z --no-abbrev "$base" "$head" >/dev/null; g diff "$base" "$head" >/dev/null',
         f'g push --quiet {q(str(origin))} "$head:refs/heads/script-{index}"',
         f"rm -rf {q(str(base))} {q(str(host))}",
     ]
@@ -137,16 +127,19 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=20)
     args = parser.parse_args(argv)
-    with (
-        tempfile.TemporaryDirectory(prefix="backspace-bench-") as tmp,
-        FakeAnthropic(scenarios={"overhead-bench": SCENARIO}) as fake,
-    ):
-        work = Path(tmp)
-        small_repo(work / "repos")
-        script_runs(work, 2)  # warm the page cache for both
-        asyncio.run(backspace_runs(work, fake.url, 2))
-        script = summary(script_runs(work, args.runs))
-        ours = summary(asyncio.run(backspace_runs(work, fake.url, args.runs)))
+    # The model answers from its own process, as a real API would: in this one its threads
+    # would take the GIL from the run being measured.
+    model = start_model()
+    try:
+        with tempfile.TemporaryDirectory(prefix="backspace-bench-") as tmp:
+            work = Path(tmp)
+            small_repo(work / "repos")
+            script_runs(work, 2)  # warm the page cache for both
+            asyncio.run(backspace_runs(work, model.url, 2))
+            script = summary(script_runs(work, args.runs))
+            ours = summary(asyncio.run(backspace_runs(work, model.url, args.runs)))
+    finally:
+        model.stop()
     ratio = ours["p50"] / script["p50"]
     print_table(
         "orchestration overhead (whole run, zero-latency model)",

@@ -98,7 +98,7 @@ async def import_change(
     itself, or a snapshot of the base's tree (same tree, so the diff is the same).
     """
     try:
-        await git("bundle", "verify", "--quiet", str(bundle), git_dir=git_dir)
+        # `unbundle` verifies the bundle (its prerequisites are here) before it reads a pack.
         heads = await git("bundle", "unbundle", str(bundle), git_dir=git_dir)
     except GitError as exc:
         raise PolicyError(
@@ -114,8 +114,8 @@ async def import_change(
         raise PolicyError(
             "bad_bundle", "the sandbox's change does not descend from the base commit"
         ) from exc
-    tree = (await git("rev-parse", f"{tip}^{{tree}}", git_dir=git_dir)).strip()
-    base_tree = (await git("rev-parse", f"{base_sha}^{{tree}}", git_dir=git_dir)).strip()
+    trees = await git("rev-parse", f"{tip}^{{tree}}", f"{base_sha}^{{tree}}", git_dir=git_dir)
+    tree, base_tree = trees.split()
     if tree == base_tree:
         return None
     env = {
@@ -129,9 +129,9 @@ async def import_change(
             "commit-tree", tree, "-p", base_sha, stdin=message.encode(), env=env, git_dir=git_dir
         )
     ).strip()
-    files = await _file_changes(git_dir, base_sha, head)
+    files, links = await _file_changes(git_dir, base_sha, head)
     _check_policy(files, policy)
-    await _check_symlinks(git_dir, base_sha, head)
+    await _check_symlinks(git_dir, head, links)
     diff = await git(
         "diff", "--no-color", "--no-ext-diff", "--find-renames", base_sha, head, git_dir=git_dir
     )
@@ -146,28 +146,41 @@ async def import_change(
     )
 
 
-async def _file_changes(git_dir: Path, base: str, head: str) -> list[FileChange]:
-    numstat = await git("diff", "--numstat", "-z", "--no-renames", base, head, git_dir=git_dir)
-    status = await git("diff", "--name-status", "-z", "--no-renames", base, head, git_dir=git_dir)
+async def _file_changes(
+    git_dir: Path, base: str, head: str
+) -> tuple[list[FileChange], list[tuple[str, str]]]:
+    """The changed files, and the (path, blob) of each symbolic link the change adds or edits.
+
+    One `git diff --raw --numstat`: its raw records (`:modes shas status`, path) come first,
+    then the numstat ones (`added<TAB>deleted<TAB>path`).
+    """
+    out = await git(
+        "diff", "--raw", "--numstat", "-z", "--no-renames", "--no-abbrev", base, head,
+        git_dir=git_dir,
+    )  # fmt: skip
+    tokens = iter(out.split("\0"))
     kinds: dict[str, str] = {}
-    parts = status.split("\0")
-    for kind, path in zip(parts[0::2], parts[1::2], strict=False):
-        if path:
-            kinds[path] = kind
-    files = []
-    for record in numstat.split("\0"):
-        if not record.strip():
-            continue
-        added, deleted, path = record.split("\t", 2)
-        files.append(
-            FileChange(
-                path=path,
-                status=kinds.get(path, "M"),
-                additions=int(added) if added.isdigit() else 0,
-                deletions=int(deleted) if deleted.isdigit() else 0,
+    links: list[tuple[str, str]] = []
+    files: list[FileChange] = []
+    for token in tokens:
+        if token.startswith(":"):
+            fields, path = token[1:].split(), next(tokens, "")
+            if len(fields) < 5 or not path:
+                continue
+            kinds[path] = fields[4]
+            if fields[1] == "120000" and fields[4] != "D":
+                links.append((path, fields[3]))
+        elif token.strip():
+            added, deleted, path = token.split("\t", 2)
+            files.append(
+                FileChange(
+                    path=path,
+                    status=kinds.get(path, "M"),
+                    additions=int(added) if added.isdigit() else 0,
+                    deletions=int(deleted) if deleted.isdigit() else 0,
+                )
             )
-        )
-    return files
+    return files, links
 
 
 def _check_policy(files: list[FileChange], policy: Policy) -> None:
@@ -194,24 +207,13 @@ def _check_policy(files: list[FileChange], policy: Policy) -> None:
         )
 
 
-async def _check_symlinks(git_dir: Path, base: str, head: str) -> None:
+async def _check_symlinks(git_dir: Path, head: str, added: list[tuple[str, str]]) -> None:
     """Refuse symbolic links the change adds that point outside the repository.
 
     Nothing on the host follows them (the host never checks the tree out), but whoever checks
     the branch out would: a link to /etc/passwd or ../../.ssh in a build or a web root reads
     that machine's files.
     """
-    raw = await git(
-        "diff", "--raw", "-z", "--no-renames", "--no-abbrev", base, head, git_dir=git_dir
-    )  # fmt: skip
-    parts = raw.split("\0")
-    added = [
-        (path, fields[3])
-        for meta, path in zip(parts[0::2], parts[1::2], strict=False)
-        if len(fields := meta.lstrip(":").split()) >= 5
-        and fields[1] == "120000"
-        and fields[4] != "D"
-    ]
     if not added:
         return
     listing = await git("ls-tree", "-r", "-z", head, git_dir=git_dir)
