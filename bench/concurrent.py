@@ -28,6 +28,7 @@ from backspace.app import Services, build_services
 from backspace.config import load_settings
 from backspace.orchestrator.pipeline import Pipeline
 from backspace.orchestrator.run import RunRequest
+from backspace.runtime import tune_garbage_collector, watch_children_with_pidfds
 from bench.common import percentile, print_table, small_repo
 from bench.fake_sandbox import FakeRemoteSandboxProvider
 from bench.model_server import start_model
@@ -87,13 +88,8 @@ async def one_batch(services: Services, count: int, tag: str) -> tuple[float, li
     return time.perf_counter() - started, list(durations)
 
 
-async def measure(
-    work: Path, model_url: str, count: int, *, pidfd: bool = False
-) -> dict[str, float]:
-    if pidfd:
-        watcher = asyncio.PidfdChildWatcher()
-        watcher.attach_loop(asyncio.get_running_loop())
-        asyncio.get_event_loop_policy().set_child_watcher(watcher)
+async def measure(work: Path, model_url: str, count: int) -> dict[str, float]:
+    watch_children_with_pidfds()  # as the server does at start-up
     settings = load_settings(
         ANTHROPIC_API_KEY="bench-key",
         ANTHROPIC_BASE_URL=model_url,
@@ -102,6 +98,7 @@ async def measure(
         MAX_CONCURRENT_RUNS=count,
     )
     services = build_services(settings)
+    tune_garbage_collector()
     provider = FakeRemoteSandboxProvider(work / "sandboxes")
     pipeline = services.runner.pipeline
     assert isinstance(pipeline, Pipeline)
@@ -145,18 +142,13 @@ async def measure(
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=200)
-    parser.add_argument(
-        "--pidfd",
-        action="store_true",
-        help="experiment: asyncio's PidfdChildWatcher instead of a thread per child process",
-    )
     args = parser.parse_args(argv)
     model = start_model()
     try:
         with tempfile.TemporaryDirectory(prefix="backspace-bench-") as tmp:
             work = Path(tmp)
             small_repo(work / "repos")
-            result = asyncio.run(measure(work, model.url, args.runs, pidfd=args.pidfd))
+            result = asyncio.run(measure(work, model.url, args.runs))
     finally:
         model.stop()
     r = result

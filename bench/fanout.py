@@ -54,11 +54,31 @@ async def create_run(url: str) -> str:
     return run_id
 
 
-async def view(url: str, run_id: str, connected: asyncio.Queue[None]) -> list[tuple[float, bytes]]:
-    """One viewer on a bare socket: record (arrival time, frame) for every `data:` line.
+@dataclass
+class Received:
+    reads: list[tuple[float, int]]  # (arrival time, bytes received so far)
+    data: bytearray
+    writer: asyncio.StreamWriter
 
-    A thousand viewers share this process's one core, so the reading is kept to a socket read
-    and a timestamp; the HTTP chunking and SSE frames are taken apart after the run ended.
+    def frames(self) -> list[tuple[float, bytes]]:
+        """(arrival time, JSON) of every `data:` line: when the read that completed it came."""
+        frames: list[tuple[float, bytes]] = []
+        position, read_index = 0, 0
+        while (start := self.data.find(b"data: ", position)) >= 0:
+            end = self.data.index(b"\n", start)
+            while self.reads[read_index][1] < end:
+                read_index += 1
+            frames.append((self.reads[read_index][0], bytes(self.data[start + 6 : end])))
+            position = end
+        return frames
+
+
+async def view(url: str, run_id: str, connected: asyncio.Queue[None]) -> Received:
+    """One viewer on a bare socket, reading until `complete`.
+
+    A thousand viewers share this process's one core, so a viewer only reads and takes the
+    time: the frames are taken apart, and the sockets closed, once every viewer has the end.
+    Otherwise the first viewers' parsing and closing would delay the last ones' reads.
     """
     host, port = url.removeprefix("http://").split(":")
     reader, writer = await asyncio.open_connection(host, int(port))
@@ -69,26 +89,16 @@ async def view(url: str, run_id: str, connected: asyncio.Queue[None]) -> list[tu
     head = await reader.readuntil(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200"), head
     connected.put_nowait(None)
-    reads: list[tuple[float, int]] = []
-    buffer = bytearray()
+    received = Received([], bytearray(), writer)
     while True:
         chunk = await reader.read(65536)
         if not chunk:
             break
-        buffer += chunk
-        reads.append((time.time(), len(buffer)))
-        if b'"type":"complete"' in buffer[-len(chunk) - 32 :]:
+        received.data += chunk
+        received.reads.append((time.time(), len(received.data)))
+        if b'"type":"complete"' in received.data[-len(chunk) - 32 :]:
             break
-    writer.close()
-    frames: list[tuple[float, bytes]] = []
-    position, read_index = 0, 0
-    while (start := buffer.find(b"data: ", position)) >= 0:
-        end = buffer.index(b"\n", start)
-        while reads[read_index][1] < end:
-            read_index += 1
-        frames.append((reads[read_index][0], bytes(buffer[start + 6 : end])))
-        position = end
-    return frames
+    return received
 
 
 def cpu_seconds(pid: int) -> float:
@@ -117,8 +127,11 @@ async def watch(url: str, pid: int, viewers: int, connect_timeout: float) -> Wat
     ready_at = time.time()
     cpu_before = cpu_seconds(pid)
     connect_s = time.perf_counter() - started
-    received = await asyncio.gather(*tasks)
+    viewers_received = await asyncio.gather(*tasks)
     server_cpu = cpu_seconds(pid) - cpu_before
+    for one in viewers_received:
+        one.writer.close()
+    received = [one.frames() for one in viewers_received]
     latencies = []
     live_events: set[int] = set()
     for got in received:

@@ -62,6 +62,12 @@ def scenarios() -> dict[str, Sequence[Step]]:
             _finish(0.1),
         ],
         "slack-bench": [_finish()],
+        # a whole run at zero latency: one command, one edit, finish
+        "overhead-bench": [
+            Reply([Text("Looking."), ToolCall("bash", {"command": "cat app.py"})]),
+            Reply([ToolCall("str_replace_based_edit_tool", EDIT)]),
+            _finish(),
+        ],
     }
 
 
