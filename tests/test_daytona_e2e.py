@@ -288,11 +288,8 @@ async def _wait_for_process(fragment: str, timeout: float = 20) -> None:
 
 
 async def test_file_calls_on_a_vanished_sandbox_say_it_is_gone(daytona: FakeDaytona) -> None:
-    from backspace.orchestrator.sandboxes.daytona import (
-        DaytonaOptions,
-        DaytonaSandboxProvider,
-        SandboxLost,
-    )
+    from backspace.orchestrator.sandboxes.base import SandboxLost
+    from backspace.orchestrator.sandboxes.daytona import DaytonaOptions, DaytonaSandboxProvider
 
     provider = DaytonaSandboxProvider(
         DaytonaOptions(api_key=KEY, api_url=daytona.api_url, instance="t")

@@ -31,7 +31,7 @@ pytestmark = pytest.mark.timeout(150)
 RUNS = 50
 VIEWERS = 500
 HEALTH_EVERY = 0.15
-HEALTH_BOUND = 2.0  # seconds; generous, for a shared 2-core machine under load
+HEALTH_BOUND = 3.0  # seconds; generous: sandbox starts still stall the loop (up to 1.4 s seen)
 RSS_GROWTH_BOUND_MB = 200
 NO_RATE_LIMIT = {"BACKSPACE_RUNS_PER_MINUTE": "1000000", "BACKSPACE_RUNS_BURST": "100000"}
 

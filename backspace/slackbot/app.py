@@ -133,7 +133,11 @@ class SlackFrontEnd:
         return to_starlette_response(await self.app.async_dispatch(bolt_request))
 
     def _signed(self, body: bytes, timestamp: str, signature: str) -> bool:
-        """Slack's v0 signature over the raw bytes, from the last five minutes."""
+        """Slack's v0 signature over the raw bytes, from the last five minutes.
+
+        Not slack_sdk's SignatureVerifier: it raises on a timestamp that is not a number and
+        on a body that is not UTF-8, which must be a refusal here, not a 500.
+        """
         if (
             not (timestamp.isascii() and timestamp.isdigit())
             or abs(time.time() - int(timestamp)) > 300

@@ -39,9 +39,9 @@ from backspace.orchestrator.sandboxes.base import (
     OutputCallback,
     OutputCollector,
     SandboxError,
+    SandboxLost,
     SandboxUnavailable,
 )
-from backspace.orchestrator.sandboxes.base import SandboxLost as SandboxLost  # re-exported
 
 log = logging.getLogger(__name__)
 

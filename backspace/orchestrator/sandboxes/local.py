@@ -114,8 +114,7 @@ class LocalSandboxProvider:
 
     def _probe(self) -> tuple[bool, str]:
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            self.root.chmod(0o711)
+            self._make_root()
         except OSError as exc:  # running unsandboxed would not help: run directories live there
             return False, (
                 f"the sandbox root {self.root} cannot be used ({exc}): set "
@@ -141,9 +140,8 @@ class LocalSandboxProvider:
             if shutil.which(tool) is None:
                 return f"`{tool}` is not installed"
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            self.root.chmod(0o711)
-            # Probe inside the real root: a root the sandbox user cannot reach fails here.
+            # Probe inside the real root (made by _probe): one the sandbox user cannot reach
+            # fails here.
             probe = Path(tempfile.mkdtemp(prefix=".probe-", dir=self.root))
         except OSError as exc:
             return f"the sandbox root {self.root} cannot be used ({exc})"
@@ -175,9 +173,13 @@ class LocalSandboxProvider:
             ) from exc
         return LocalSandbox(self, run_id, base)
 
-    def _make_run_dir(self, base: Path) -> None:
+    def _make_root(self) -> None:
+        """The root, traversable (not listable) by the sandbox user; made again if deleted."""
         self.root.mkdir(parents=True, exist_ok=True)
         self.root.chmod(0o711)
+
+    def _make_run_dir(self, base: Path) -> None:
+        self._make_root()
         base.mkdir(mode=0o700)
         self._prepare_dirs(base)
 
