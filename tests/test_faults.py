@@ -456,11 +456,25 @@ def thaw_the_root(rig: Rig) -> None:
     chattr(default_root(rig.server.db_path), "-i")
 
 
-def vanish_during(marker: str) -> Hook:
-    """Delete the run's sandbox directory from outside while `marker` runs in it."""
+def running_exactly(*argv: str) -> bool:
+    """A process whose argv is exactly `argv`: the command itself, not bwrap's command line
+    (which holds the script before bubblewrap has mounted the sandbox)."""
+    wanted = b"\0".join(arg.encode() for arg in argv) + b"\0"
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if (proc / "cmdline").read_bytes() == wanted:
+                    return True
+            except OSError:
+                continue
+    return False
+
+
+def vanish_during(*argv: str) -> Hook:
+    """Delete the run's sandbox directory from outside while `argv` runs in it."""
 
     async def go(rig: Rig, run_id: str) -> None:
-        await wait_until(lambda: running(marker), marker)
+        await wait_until(lambda: running_exactly(*argv), " ".join(argv))
         shutil.rmtree(sandbox_dir(rig, run_id))
 
     return go
@@ -540,7 +554,7 @@ SANDBOX_FAULTS = [
         Expect("failed", "sandbox_lost", "agent", True, ("sandbox", "gone")),
         key="fx-sandbox-vanish-command",
         steps=[bash("sleep 1.5; echo slept"), Reply([EDIT_SIGNUP]), finish()],
-        during=vanish_during("sleep 1.5; echo slept"),
+        during=vanish_during("sleep", "1.5"),
         check=no_further_turn(2),
         marker="sleep 1.5",
     ),

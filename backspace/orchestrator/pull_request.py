@@ -41,7 +41,8 @@ def title_for(agent_title: str | None, prompt: str) -> str:
         else "Change"
     )
     # The model's title is untrusted text: no control characters (a NUL cannot be in a commit).
-    title = " ".join(CONTROL.sub(" ", title).split()) or "Change"
+    # Whitespace controls (tab, form feed, ...) become spaces; the others go.
+    title = " ".join(CONTROL.sub("", " ".join(title.split())).split()) or "Change"
     if len(title) > TITLE_LIMIT:
         title = title[: TITLE_LIMIT - 1].rstrip() + "…"
     return title
