@@ -10,7 +10,9 @@ import asyncio
 import contextlib
 import os
 import shutil
+import signal
 import socket
+import subprocess
 import tempfile
 import time
 import uuid
@@ -490,6 +492,26 @@ async def test_cleanup_orphans_keeps_live_runs(provider: LocalSandboxProvider) -
         await live.close()
         for sandbox in dead:
             await sandbox.close()
+
+
+async def test_cleanup_orphans_kills_what_still_runs_in_them(
+    provider: LocalSandboxProvider,
+) -> None:
+    """A crashed server's sandbox processes are killed, not only their directories removed."""
+    orphan = await provider.create("orphan-with-a-process")
+    survivor = subprocess.Popen(
+        ["bash", "-c", "sleep 60; true", "bash", str(orphan.base / "workspace")],
+        start_new_session=True,
+    )
+    try:
+        assert await provider.cleanup_orphans(set()) == 1
+        assert survivor.wait(5) == -signal.SIGKILL
+        assert not orphan.base.exists()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(survivor.pid, signal.SIGKILL)  # its own `sleep` too
+        survivor.wait()
+        await orphan.close()
 
 
 async def test_cleanup_orphans_without_a_root(tmp_path: Path) -> None:
