@@ -412,6 +412,8 @@ class LocalSandbox:
 
     def _check_present(self) -> None:
         """A directory deleted from outside (a /tmp cleaner, a person) ends the run clearly."""
+        if self._closed:  # deleted by close(): what was running was killed, not lost
+            return
         if not (self.base / "workspace").is_dir():
             raise SandboxLost(
                 f"the sandbox is gone: its directory {self.base} was deleted from outside "
