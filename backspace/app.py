@@ -12,6 +12,7 @@ import math
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -21,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from backspace import __version__
-from backspace.config import Settings
+from backspace.config import Settings, SettingsError
 from backspace.http.ratelimit import RateLimiter
 from backspace.orchestrator.agent import AgentLimits, AnthropicModel, Model
 from backspace.orchestrator.githosts.base import GitHost, RepoRef, RepoRefError
@@ -35,6 +36,7 @@ from backspace.orchestrator.redact import Redactor
 from backspace.orchestrator.run import RunFailure
 from backspace.orchestrator.runner import Runner, RunnerLimits
 from backspace.orchestrator.sandboxes.base import SandboxProvider
+from backspace.orchestrator.sandboxes.bwrap import exposed
 from backspace.orchestrator.sandboxes.daytona import DaytonaOptions, DaytonaSandboxProvider
 from backspace.orchestrator.sandboxes.local import LocalLimits, LocalSandboxProvider, default_root
 from backspace.orchestrator.store import Store
@@ -160,6 +162,25 @@ def public_url(settings: Settings) -> str:
     return f"http://{host}:{settings.port}"
 
 
+def check_outside_sandbox_view(settings: Settings) -> None:
+    """Refuse to run when this server's own files lie where every local sandbox can read them."""
+    if settings.sandbox_backend != "local":
+        return
+    cwd = Path.cwd()
+    env_file = settings.model_config.get("env_file")
+    paths = {"the working directory": cwd, "BACKSPACE_DB": settings.db}
+    if isinstance(env_file, str) and (cwd / env_file).exists():
+        paths[env_file] = cwd / env_file
+    paths["BACKSPACE_SANDBOX_ROOT"] = settings.sandbox_root or default_root(settings.db)
+    found = exposed(paths)
+    if found:
+        raise SettingsError(
+            "; ".join(found) + ": every sandboxed command can read there. Move them (the "
+            "working directory, .env, BACKSPACE_DB and BACKSPACE_SANDBOX_ROOT) outside /usr and "
+            "the /etc files the sandbox sees (backspace/orchestrator/sandboxes/bwrap.py lists them)"
+        )
+
+
 def sandbox_provider(settings: Settings) -> SandboxProvider:
     """BACKSPACE_SANDBOX (default: daytona when DAYTONA_API_KEY is set, else local)."""
     if settings.sandbox_backend == "daytona":
@@ -190,6 +211,7 @@ def sandbox_provider(settings: Settings) -> SandboxProvider:
 
 
 def build_services(settings: Settings) -> Services:
+    check_outside_sandbox_view(settings)
     redactor = Redactor(settings.secrets())
     max_bytes = int(settings.db_max_mb * 1024 * 1024) if settings.db_max_mb else None
     store = Store(settings.db, max_bytes=max_bytes)

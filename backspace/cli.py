@@ -55,11 +55,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"backspace: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    if args.command == "serve":
-        return serve_command(settings)
-    if args.command == "run":
-        return asyncio.run(run_command(settings, args.repo, args.prompt, args.base))
-    return asyncio.run(doctor_command(settings))
+    try:
+        if args.command == "serve":
+            return serve_command(settings)
+        if args.command == "run":
+            return asyncio.run(run_command(settings, args.repo, args.prompt, args.base))
+        return asyncio.run(doctor_command(settings))
+    except SettingsError as exc:  # a layout the sandbox could read, found while starting
+        print(f"backspace: {exc}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 def serve_command(settings: Settings) -> int:

@@ -43,6 +43,7 @@ class FakeRemoteSandbox:
         self.id = f"fake-{run_id}"
         self.base = base
         self.workdir = str(base / "workspace")
+        self.tmpdir = "/tmp"  # host paths, as a remote sandbox's would be
         self.calls = 0  # the tiny in-memory state: how many remote calls this sandbox served
         self._outside: set[Path] = set()  # files written outside the workdir (bundles in /tmp)
         self._closed = False

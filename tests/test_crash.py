@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from backspace.orchestrator.sandboxes.local import default_root
+from backspace.orchestrator.sandboxes.local import MARK_VARIABLE, default_root, sandbox_mark
 from tests.conftest import ServerFactory, git, make_repo
 from tests.fakes.anthropic import FakeAnthropic, Reply, Text, ToolCall
 from tests.scenarios import EDIT_SIGNUP, finish
@@ -28,15 +28,21 @@ HANG = "echo before-the-crash; sleep 124; echo after-the-crash"
 
 
 def sandbox_processes(root: Path) -> list[int]:
-    """Processes whose command line names the sandbox root (bwrap and what runs inside it)."""
+    """Processes of the sandboxes below `root`: bubblewrap, marked in its environment (its
+    command line no longer names the directory), or a command line naming the root."""
+    marks = [
+        f"{MARK_VARIABLE}={sandbox_mark(base)}".encode() for base in root.iterdir() if base.is_dir()
+    ]
     found = []
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
             try:
-                if str(root).encode() in (proc / "cmdline").read_bytes():
-                    found.append(int(proc.name))
+                cmdline = (proc / "cmdline").read_bytes()
+                environ = (proc / "environ").read_bytes().split(b"\0")
             except OSError:
                 continue
+            if str(root).encode() in cmdline or any(mark in environ for mark in marks):
+                found.append(int(proc.name))
     return found
 
 

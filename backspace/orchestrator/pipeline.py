@@ -47,9 +47,10 @@ from backspace.orchestrator.sandboxes.base import Sandbox, SandboxError, Sandbox
 log = logging.getLogger(__name__)
 
 
-def bundle_path(run_id: str, kind: str) -> str:
-    """Where a bundle lives inside the sandbox: unique per run, whatever /tmp the sandbox has."""
-    return f"/tmp/backspace-{run_id[:8]}-{kind}.bundle"  # noqa: S108 - a path inside the sandbox
+def bundle_path(sandbox: Sandbox, run_id: str, kind: str) -> str:
+    """Where a bundle lives inside the sandbox: in its tmpdir, which goes with it (unsandboxed,
+    that is the run's own directory, not the host's /tmp); unique per run."""
+    return f"{sandbox.tmpdir}/backspace-{run_id[:8]}-{kind}.bundle"
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,9 @@ class Pipeline:
                 "percentage": Stage.CLONING.percentage,
             },
         )
-        start = await self._clone(host, repo, sandbox, scratch, bundle_path(ctx.run_id, "base"))
+        start = await self._clone(
+            host, repo, sandbox, scratch, bundle_path(sandbox, ctx.run_id, "base")
+        )
 
         ctx.progress(Stage.AGENT, "The agent is working")
         result = await self._agent(ctx, model, sandbox, repo)
@@ -126,7 +129,7 @@ class Pipeline:
         title = self.redactor.text(title_for(result.title, shown_prompt))
         message = commit_message(title, ctx.run_id, request.co_author)
         change = await self._take_change(
-            sandbox, host, repo, start, scratch, message, bundle_path(ctx.run_id, "out")
+            sandbox, host, repo, start, scratch, message, bundle_path(sandbox, ctx.run_id, "out")
         )
         if change is None:
             if result.outcome in ("turn_limit", "cost_limit"):

@@ -45,6 +45,7 @@ class ExecResult:
 class Sandbox(Protocol):
     id: str
     workdir: str
+    tmpdir: str  # for scratch files such as bundles; removed with the sandbox
 
     async def exec(
         self,

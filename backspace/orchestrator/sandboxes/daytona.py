@@ -219,6 +219,7 @@ class DaytonaSandbox:
         self.remote = remote
         self.id = f"daytona-{remote.id}"
         self.workdir = "/home/daytona/workspace"
+        self.tmpdir = "/tmp"  # noqa: S108 - the remote machine's, deleted with it
         self._session: str | None = None
         self._closed = False
 

@@ -3,8 +3,10 @@
 Each command runs as `prlimit ... [setpriv ...] bwrap ... bash -c COMMAND`:
 - no network (`--unshare-all` gives a fresh network namespace with only a down loopback),
 - its own PID namespace (the whole tree dies with the command), a private /tmp and home,
-- the system directories read-only and nothing else of the host: not the server's files, its
-  `.env`, its database or its environment (`--clearenv` plus a short allowlist),
+- `/usr` and a short list of `/etc` files read-only and nothing else of the host: not the
+  server's files, its `.env`, its database or its environment (`--clearenv` plus a short
+  allowlist); see bwrap.py, which also holds the seccomp filter and passes bubblewrap's options
+  through a memfd so that PID 1's command line shows no host path,
 - rlimits on address space, processes, file size and open files.
 
 When the server runs as root, bubblewrap is started as an unprivileged user (`setpriv`), so that
@@ -27,6 +29,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -39,6 +42,7 @@ from backspace.orchestrator.sandboxes.base import (
     SandboxLost,
     SandboxUnavailable,
 )
+from backspace.orchestrator.sandboxes.bwrap import SeccompUnavailable, bwrap_argv
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +51,7 @@ HOME = "/home/agent"
 SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 UNPRIVILEGED_UID = 65534  # "nobody": used when the server itself runs as root
 INNER_UID = 1000
-SYSTEM_DIRS = ("/usr", "/etc", "/opt", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+MARK_VARIABLE = "BACKSPACE_SANDBOX_MARK"  # in bubblewrap's own environment: see sandbox_mark
 FILE_MISSING = 44
 FILE_IS_DIR = 45
 KILL_WAIT = 5.0
@@ -80,6 +84,16 @@ def sandbox_environment(home: str, path: str = SANDBOX_PATH) -> dict[str, str]:
         "TQDM_DISABLE": "1",
         "PYTHONDONTWRITEBYTECODE": "1",
     }
+
+
+def sandbox_mark(base: Path) -> str:
+    """Names a sandbox's processes for the orphan sweep, in bubblewrap's environment.
+
+    The command line no longer names the sandbox directory (bubblewrap reads its options from a
+    memfd), and PID 1 in the sandbox is bubblewrap, whose environment the sandbox can read: so
+    the mark is a digest of the directory, not the directory itself nor the run id.
+    """
+    return hashlib.sha256(str(base).encode()).hexdigest()[:24]
 
 
 def default_root(db_path: Path) -> Path:
@@ -147,12 +161,16 @@ class LocalSandboxProvider:
             return f"the sandbox root {self.root} cannot be used ({exc})"
         try:
             self._prepare_dirs(probe)
-            argv = self._argv(probe, "true", cwd=WORKDIR)
-            done = subprocess.run(argv, capture_output=True, timeout=20, check=False)
+            with self._command(probe, "true", cwd=WORKDIR) as (argv, fds):
+                done = subprocess.run(
+                    argv, capture_output=True, timeout=20, check=False, pass_fds=fds
+                )
             if done.returncode != 0:
                 err = done.stderr.decode(errors="replace").strip()[:300]
                 return f"bubblewrap cannot start a sandbox here ({err or done.returncode})"
             return None
+        except SeccompUnavailable as exc:
+            return str(exc)
         except (OSError, subprocess.SubprocessError) as exc:
             return f"bubblewrap cannot start a sandbox here ({exc})"
         finally:
@@ -201,7 +219,28 @@ class LocalSandboxProvider:
         return len(orphans)
 
     # --- the command line -----------------------------------------------------------------------
-    def _argv(self, base: Path, script: str, *, cwd: str, args: tuple[str, ...] = ()) -> list[str]:
+    @contextlib.contextmanager
+    def _command(
+        self, base: Path, script: str, *, cwd: str, args: tuple[str, ...] = ()
+    ) -> Iterator[tuple[list[str], tuple[int, ...]]]:
+        """The argv and the descriptors it needs (closed after the block: start it inside)."""
+        if not self.isolated:
+            yield self._argv(base, script, cwd=cwd, args=args), ()
+            return
+        binds = {"/tmp": base / "tmp", HOME: base / "home", WORKDIR: base / "workspace"}  # noqa: S108 - the sandbox's private /tmp
+        env = sandbox_environment(HOME)
+        with bwrap_argv(binds, cwd=cwd, env=env, uid=INNER_UID, home=HOME) as (bwrap, fds):
+            yield self._argv(base, script, cwd=cwd, args=args, bwrap=bwrap), fds
+
+    def _argv(
+        self,
+        base: Path,
+        script: str,
+        *,
+        cwd: str,
+        args: tuple[str, ...] = (),
+        bwrap: list[str] | None = None,
+    ) -> list[str]:
         limits = self.limits
         argv = [
             "prlimit",
@@ -212,7 +251,7 @@ class LocalSandboxProvider:
             "--core=0",
             "--",
         ]
-        if not self.isolated:
+        if bwrap is None:
             return [*argv, "bash", "-c", script, "bash", *args]
         if self._as_root:
             argv += [
@@ -222,22 +261,7 @@ class LocalSandboxProvider:
                 "--clear-groups",
                 "--",
             ]
-        argv += ["bwrap", "--unshare-all", "--die-with-parent", "--new-session"]
-        argv += ["--uid", str(INNER_UID), "--gid", str(INNER_UID), "--hostname", "sandbox"]
-        for directory in SYSTEM_DIRS:
-            path = Path(directory)
-            if path.is_symlink():
-                argv += ["--symlink", os.readlink(path), directory]
-            elif path.is_dir():
-                argv += ["--ro-bind", directory, directory]
-        argv += ["--proc", "/proc", "--dev", "/dev"]
-        argv += ["--bind", str(base / "tmp"), "/tmp"]  # noqa: S108 - the sandbox's private /tmp
-        argv += ["--bind", str(base / "home"), HOME]
-        argv += ["--bind", str(base / "workspace"), WORKDIR]
-        argv += ["--remount-ro", "/", "--chdir", cwd, "--clearenv"]
-        for key, value in sandbox_environment(HOME).items():
-            argv += ["--setenv", key, value]
-        return [*argv, "--", "bash", "-c", script, "bash", *args]
+        return [*argv, *bwrap, "--", "bash", "-c", script, "bash", *args]
 
 
 class LocalSandbox:
@@ -247,6 +271,8 @@ class LocalSandbox:
         self.base = base
         self.isolated = provider.isolated
         self.workdir = WORKDIR if self.isolated else str(base / "workspace")
+        # Scratch files (bundles) go here; unsandboxed, the run's own directory, removed on close.
+        self.tmpdir = "/tmp" if self.isolated else str(base / "tmp")  # noqa: S108
         self._closed = False
         self._procs: set[asyncio.subprocess.Process] = set()
 
@@ -351,26 +377,34 @@ class LocalSandbox:
             raise SandboxError("the sandbox is closed")
         self._check_present()
         inner_cwd = self._inner_path(cwd or self.workdir)
-        argv = self.provider._argv(self.base, script, cwd=inner_cwd, args=args)
-        env = None
+        env = {"PATH": os.environ.get("PATH", SANDBOX_PATH)}
         host_cwd = None
         if not self.isolated:
-            env = sandbox_environment(str(self.base / "home"), os.environ.get("PATH", SANDBOX_PATH))
+            env = sandbox_environment(str(self.base / "home"), env["PATH"])
+            env["TMPDIR"] = self.tmpdir
             host_cwd = inner_cwd
+        env[MARK_VARIABLE] = sandbox_mark(self.base)
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=stdin
-                if not isinstance(stdin, bool)
-                else subprocess.PIPE
-                if stdin
-                else subprocess.DEVNULL,
-                stdout=stdout if stdout is not None else subprocess.PIPE,
-                stderr=subprocess.STDOUT if merge else subprocess.PIPE,
-                start_new_session=True,
-                env=env if env is not None else {"PATH": os.environ.get("PATH", SANDBOX_PATH)},
-                cwd=host_cwd,
-            )
+            with self.provider._command(self.base, script, cwd=inner_cwd, args=args) as (
+                argv,
+                fds,
+            ):
+                proc = await asyncio.create_subprocess_exec(
+                    *argv,
+                    stdin=stdin
+                    if not isinstance(stdin, bool)
+                    else subprocess.PIPE
+                    if stdin
+                    else subprocess.DEVNULL,
+                    stdout=stdout if stdout is not None else subprocess.PIPE,
+                    stderr=subprocess.STDOUT if merge else subprocess.PIPE,
+                    start_new_session=True,
+                    env=env,
+                    cwd=host_cwd,
+                    pass_fds=fds,
+                )
+        except SeccompUnavailable as exc:
+            raise SandboxError(str(exc)) from exc
         except OSError as exc:
             raise SandboxError(f"could not start a sandboxed command: {exc}") from exc
         self._procs.add(proc)
@@ -378,6 +412,8 @@ class LocalSandbox:
 
     def _check_present(self) -> None:
         """A directory deleted from outside (a /tmp cleaner, a person) ends the run clearly."""
+        if self._closed:  # deleted by close(): what was running was killed, not lost
+            return
         if not (self.base / "workspace").is_dir():
             raise SandboxLost(
                 f"the sandbox is gone: its directory {self.base} was deleted from outside "
@@ -460,13 +496,15 @@ FILE_OP_TIMEOUT = 300.0
 
 
 def _kill_processes_of(sandboxes: list[Path]) -> None:
-    """SIGKILL every process whose command line names one of these sandbox directories.
+    """SIGKILL every process marked as one of these sandboxes' (bubblewrap, or an unsandboxed
+    command: see sandbox_mark), or whose command line names one of their directories.
 
     bubblewrap's --die-with-parent ends a sandbox when the server dies, but not always before
     the next server starts (seen twice in the crash tests on a loaded machine): the sweep of
     a crashed server's sandboxes does not count on it.
     """
-    marks = [str(path).encode() + b"/" for path in sandboxes]
+    paths = [str(path).encode() + b"/" for path in sandboxes]
+    marks = {f"{MARK_VARIABLE}={sandbox_mark(path)}".encode() for path in sandboxes}
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit() or int(proc.name) == os.getpid():
             continue
@@ -474,7 +512,11 @@ def _kill_processes_of(sandboxes: list[Path]) -> None:
             cmdline = (proc / "cmdline").read_bytes()
         except OSError:
             continue
-        if any(mark in cmdline for mark in marks):
+        try:
+            environ = set((proc / "environ").read_bytes().split(b"\0"))
+        except OSError:  # another user's process
+            environ = set()
+        if any(path in cmdline for path in paths) or marks & environ:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(int(proc.name), signal.SIGKILL)
 
