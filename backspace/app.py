@@ -12,6 +12,7 @@ import math
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -101,14 +102,17 @@ class Services:
                 "tabs and newlines are fine"
             )
 
-    def health(self) -> dict[str, Any]:
+    def health(self, *, show_paths: bool = False) -> dict[str, Any]:
+        """What is configured and usable; file paths only when `show_paths` (an API key): they
+        tell a stranger where the database and the repositories are."""
+        hide = _hide_paths(self._paths()) if not show_paths else str
         sandbox_ok, sandbox_message = self.sandboxes.check()
         settings = self.settings
         store_ok = self.store.ping()
         hosts = {}
         for name, host in self.hosts.items():
             usable, message = host.check()
-            hosts[name] = {"usable": usable, "message": message}
+            hosts[name] = {"usable": usable, "message": hide(message)}
         ready = sandbox_ok and store_ok and settings.model_configured
         return {
             "status": "ok" if ready else "degraded",
@@ -127,10 +131,10 @@ class Services:
             "sandbox": {
                 "backend": self.sandboxes.name,
                 "usable": sandbox_ok,
-                "message": sandbox_message,
+                "message": hide(sandbox_message),
             },
             "git_hosts": hosts,
-            "store": {"ok": store_ok, "path": str(settings.db)},
+            "store": {"ok": store_ok, **({"path": str(settings.db)} if show_paths else {})},
             "runs": {
                 "active": self.runner.active_count(),
                 "queued": self.runner.queued_count(),
@@ -142,6 +146,25 @@ class Services:
                 "mode": "socket" if settings.slack_app_token else "http",
             },
         }
+
+    def _paths(self) -> list[str]:
+        """The server's own files and directories, as they may appear in a message."""
+        paths: list[Path | None] = [
+            self.settings.db,
+            self.settings.local_repos,
+            getattr(self.sandboxes, "root", None),
+        ]
+        names = {str(p) for p in paths if p} | {str(p.resolve()) for p in paths if p}
+        return sorted(names, key=len, reverse=True)
+
+
+def _hide_paths(paths: list[str]) -> Callable[[str], str]:
+    def hide(message: str) -> str:
+        for path in paths:
+            message = message.replace(path, "(a path; ask with the API key)")
+        return message
+
+    return hide
 
 
 def _without_userinfo(url: str) -> str:
