@@ -18,6 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -300,6 +301,8 @@ def build_services(settings: Settings) -> Services:
 
 
 def create_app(settings: Settings) -> Starlette:
+    from backspace.http.crosssite import CrossSiteCheck
+    from backspace.http.hosts import HostCheck, allowed_hosts
     from backspace.http.routes import routes  # the web layer depends on this module, not back
 
     services = build_services(settings)
@@ -333,6 +336,11 @@ def create_app(settings: Settings) -> Starlette:
         debug=False,
         routes=routes(),
         lifespan=lifespan,
+        middleware=[
+            # Outermost first: the Host is checked before the Origin is compared with it.
+            Middleware(HostCheck, allowed=allowed_hosts(settings, services.public_url)),
+            Middleware(CrossSiteCheck, public_url=services.public_url),
+        ],
         exception_handlers={HTTPException: _json_http_error, Exception: _json_internal_error},
     )
     app.state.services = services
