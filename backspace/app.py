@@ -19,7 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from backspace import __version__
@@ -341,7 +341,11 @@ def create_app(settings: Settings) -> Starlette:
             Middleware(HostCheck, allowed=allowed_hosts(settings, services.public_url)),
             Middleware(CrossSiteCheck, public_url=services.public_url),
         ],
-        exception_handlers={HTTPException: _json_http_error, Exception: _json_internal_error},
+        exception_handlers={
+            HTTPException: _json_http_error,
+            ClientDisconnect: _client_gone,
+            Exception: _json_internal_error,
+        },
     )
     app.state.services = services
     app.state.rate_limiter = RateLimiter(settings.runs_per_minute, settings.runs_burst)
@@ -372,6 +376,12 @@ async def _json_http_error(request: Request, exc: Exception) -> Response:
         status_code=exc.status_code,
         headers=exc.headers,
     )
+
+
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    """The client went away (or was cut off at its deadline) while sending: nobody to answer."""
+    log.info("the client left before sending all of %s %s", request.method, request.url.path)
+    return Response(status_code=400)
 
 
 async def _json_internal_error(request: Request, exc: Exception) -> Response:
