@@ -156,7 +156,7 @@ class Services:
             getattr(self.sandboxes, "root", None),
         ]
         names = {str(p) for p in paths if p} | {str(p.resolve()) for p in paths if p}
-        return sorted(names, key=len, reverse=True)
+        return sorted((n for n in names if len(n) > 1), key=len, reverse=True)  # never "/"
 
 
 def _hide_paths(paths: list[str]) -> Callable[[str], str]:
