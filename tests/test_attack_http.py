@@ -366,13 +366,15 @@ def test_health_answers_with_2000_idle_connections_open(slow: Server) -> None:
     _no_server_error(slow)
 
 
-def _closed_after(sock: socket.socket, limit: float) -> float | None:
-    """Seconds until the server closes `sock` (None if still open after `limit`)."""
+def _closed_after(sock: socket.socket, limit: float, said: list[bytes]) -> float | None:
+    """Seconds until the server closes `sock` (None if still open after `limit`); what it said
+    before goes in `said`."""
     started = time.monotonic()
     sock.settimeout(limit)
     try:
         while True:
             data = sock.recv(4096)
+            said.append(data)
             if not data:
                 return time.monotonic() - started
     except TimeoutError:
@@ -401,13 +403,18 @@ def _slowloris(port: int) -> float | None:
         sock.close()
 
 
+SAID: dict[bytes, bytes] = {}
+
+
 def _stalled(port: int, first: bytes) -> float | None:
     sock = _connect(port)
+    said: list[bytes] = []
     try:
         if first:
             sock.sendall(first)
-        return _closed_after(sock, HEADER_TIMEOUT + BODY_TIMEOUT + 4)
+        return _closed_after(sock, HEADER_TIMEOUT + BODY_TIMEOUT + 4, said)
     finally:
+        SAID[first] = b"".join(said)
         sock.close()
 
 
@@ -430,6 +437,11 @@ def test_slow_clients_are_cut_off_at_their_deadlines(slow: Server) -> None:
     for name, after in closed.items():
         assert after is not None, f"{name}: still open after {HEADER_TIMEOUT + 4} s ({closed})"
         assert after < HEADER_TIMEOUT + BODY_TIMEOUT + 1.5, (name, closed)
+    # A client that began a request is told why (408, naming the setting); a silent one is not.
+    assert SAID[b""] == b""
+    for began in (b"GET /hea", b"GET /health HTTP/1.1\r\n"):
+        assert SAID[began].startswith(b"HTTP/1.1 408 "), SAID[began]
+        assert b"BACKSPACE_HEADER_TIMEOUT" in SAID[began]
     # An honest request on the same server is answered meanwhile and after.
     assert httpx.get(f"{slow.url}/health", timeout=5).status_code == 200
     _no_server_error(slow)
