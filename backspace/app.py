@@ -18,7 +18,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.middleware import Middleware
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from backspace import __version__
@@ -103,14 +104,17 @@ class Services:
                 "tabs and newlines are fine"
             )
 
-    def health(self) -> dict[str, Any]:
+    def health(self, *, show_paths: bool = False) -> dict[str, Any]:
+        """What is configured and usable; file paths only when `show_paths` (an API key): they
+        tell a stranger where the database and the repositories are."""
+        hide = _hide_paths(self._paths()) if not show_paths else str
         sandbox_ok, sandbox_message = self.sandboxes.check()
         settings = self.settings
         store_ok = self.store.ping()
         hosts = {}
         for name, host in self.hosts.items():
             usable, message = host.check()
-            hosts[name] = {"usable": usable, "message": message}
+            hosts[name] = {"usable": usable, "message": hide(message)}
         ready = sandbox_ok and store_ok and settings.model_configured
         return {
             "status": "ok" if ready else "degraded",
@@ -129,10 +133,10 @@ class Services:
             "sandbox": {
                 "backend": self.sandboxes.name,
                 "usable": sandbox_ok,
-                "message": sandbox_message,
+                "message": hide(sandbox_message),
             },
             "git_hosts": hosts,
-            "store": {"ok": store_ok, "path": str(settings.db)},
+            "store": {"ok": store_ok, **({"path": str(settings.db)} if show_paths else {})},
             "runs": {
                 "active": self.runner.active_count(),
                 "queued": self.runner.queued_count(),
@@ -144,6 +148,25 @@ class Services:
                 "mode": "socket" if settings.slack_app_token else "http",
             },
         }
+
+    def _paths(self) -> list[str]:
+        """The server's own files and directories, as they may appear in a message."""
+        paths: list[Path | None] = [
+            self.settings.db,
+            self.settings.local_repos,
+            getattr(self.sandboxes, "root", None),
+        ]
+        names = {str(p) for p in paths if p} | {str(p.resolve()) for p in paths if p}
+        return sorted((n for n in names if len(n) > 1), key=len, reverse=True)  # never "/"
+
+
+def _hide_paths(paths: list[str]) -> Callable[[str], str]:
+    def hide(message: str) -> str:
+        for path in paths:
+            message = message.replace(path, "(a path; ask with the API key)")
+        return message
+
+    return hide
 
 
 def _without_userinfo(url: str) -> str:
@@ -299,6 +322,8 @@ def build_services(settings: Settings) -> Services:
 
 
 def create_app(settings: Settings) -> Starlette:
+    from backspace.http.crosssite import CrossSiteCheck
+    from backspace.http.hosts import HostCheck, allowed_hosts
     from backspace.http.routes import routes  # the web layer depends on this module, not back
 
     services = build_services(settings)
@@ -332,7 +357,16 @@ def create_app(settings: Settings) -> Starlette:
         debug=False,
         routes=routes(),
         lifespan=lifespan,
-        exception_handlers={HTTPException: _json_http_error, Exception: _json_internal_error},
+        middleware=[
+            # Outermost first: the Host is checked before the Origin is compared with it.
+            Middleware(HostCheck, allowed=allowed_hosts(settings, services.public_url)),
+            Middleware(CrossSiteCheck, public_url=services.public_url),
+        ],
+        exception_handlers={
+            HTTPException: _json_http_error,
+            ClientDisconnect: _client_gone,
+            Exception: _json_internal_error,
+        },
     )
     app.state.services = services
     app.state.rate_limiter = RateLimiter(settings.runs_per_minute, settings.runs_burst)
@@ -363,6 +397,12 @@ async def _json_http_error(request: Request, exc: Exception) -> Response:
         status_code=exc.status_code,
         headers=exc.headers,
     )
+
+
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    """The client went away (or was cut off at its deadline) while sending: nobody to answer."""
+    log.info("the client left before sending all of %s %s", request.method, request.url.path)
+    return Response(status_code=400)
 
 
 async def _json_internal_error(request: Request, exc: Exception) -> Response:

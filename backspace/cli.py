@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import signal
 import sys
 from collections.abc import Sequence
@@ -70,9 +71,21 @@ def serve_command(settings: Settings) -> int:
     import uvicorn
 
     from backspace.app import create_app
+    from backspace.http.deadlines import with_deadlines
+    from backspace.runtime import DESCRIPTOR_RESERVE, raise_descriptor_limit
 
     json_format = None if settings.log_format == "auto" else settings.log_format == "json"
     configure_logging(Redactor(settings.secrets()), debug=settings.debug, json_format=json_format)
+    descriptors = raise_descriptor_limit()
+    connections = max(16, min(settings.max_connections, descriptors - DESCRIPTOR_RESERVE))
+    if connections < settings.max_connections:
+        logging.getLogger(__name__).warning(
+            "only %d open files are allowed: at most %d connections (BACKSPACE_MAX_CONNECTIONS "
+            "is %d); raise the hard limit (ulimit -Hn, LimitNOFILE=) for more",
+            descriptors,
+            connections,
+            settings.max_connections,
+        )
     app = create_app(settings)
     uvicorn.run(
         app,
@@ -81,11 +94,15 @@ def serve_command(settings: Settings) -> int:
         log_config=None,
         access_log=settings.debug,
         timeout_graceful_shutdown=5,
-        # httptools parses and writes HTTP with less CPU per SSE write than h11. The plain
-        # asyncio loop, not uvloop: uvloop forks (no vfork) for every sandbox and git command,
-        # 8 ms each at this process's size, with the loop stopped.
-        http="httptools",
+        # httptools parses and writes HTTP with less CPU per SSE write than h11; its protocol
+        # here adds read deadlines (backspace/http/deadlines.py). The plain asyncio loop, not
+        # uvloop: uvloop forks (no vfork) for every sandbox and git command, 8 ms each at this
+        # process's size, with the loop stopped.
+        http=with_deadlines(settings.header_timeout, settings.body_timeout),
         loop="asyncio",
+        timeout_keep_alive=5,
+        # Past this many connections and requests at once, uvicorn answers 503.
+        limit_concurrency=connections,
     )
     return 0
 

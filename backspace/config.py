@@ -13,8 +13,13 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+HOST_PATTERN = re.compile(
+    r"\*|(\*\.)?[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*(:\d+)?|\[[0-9A-Fa-f:.]+\](:\d+)?"
+)
+"""A BACKSPACE_ALLOWED_HOSTS entry: *, a name or address (optionally *.name), an optional port."""
 
 
 class SettingsError(Exception):
@@ -103,6 +108,7 @@ class Settings(BaseSettings):
     db: Path = Field(Path("backspace.db"), alias="BACKSPACE_DB")
     db_max_mb: float | None = Field(None, alias="BACKSPACE_DB_MAX_MB", gt=0)
     public_url: str | None = Field(None, alias="BACKSPACE_PUBLIC_URL")
+    allowed_hosts: str = Field("", alias="BACKSPACE_ALLOWED_HOSTS")
     require_auth: bool = Field(False, alias="REQUIRE_AUTH")
     api_key: SecretStr | None = Field(None, alias="API_KEY")
     max_sandbox_duration: float = Field(600.0, alias="MAX_SANDBOX_DURATION", gt=0)
@@ -111,12 +117,26 @@ class Settings(BaseSettings):
     max_prompt_chars: int = Field(20000, alias="BACKSPACE_MAX_PROMPT_CHARS", ge=1)
     max_body_bytes: int = Field(65536, alias="BACKSPACE_MAX_BODY_BYTES", ge=1024)
     sse_ping: float = Field(15.0, alias="BACKSPACE_SSE_PING", gt=0, le=300)
+    header_timeout: float = Field(15.0, alias="BACKSPACE_HEADER_TIMEOUT", gt=0, le=600)
+    body_timeout: float = Field(30.0, alias="BACKSPACE_BODY_TIMEOUT", gt=0, le=600)
+    max_connections: int = Field(4096, alias="BACKSPACE_MAX_CONNECTIONS", ge=16)
     runs_per_minute: float = Field(30.0, alias="BACKSPACE_RUNS_PER_MINUTE", gt=0)
     runs_burst: int = Field(10, alias="BACKSPACE_RUNS_BURST", ge=1)
     debug: bool = Field(False, alias="DEBUG")
     log_format: Literal["auto", "json", "text"] = Field("auto", alias="BACKSPACE_LOG_FORMAT")
     host: str = Field("127.0.0.1", alias="HOST", min_length=1)
     port: int = Field(8000, alias="PORT", ge=0, le=65535)
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_patterns(cls, value: str) -> str:
+        for pattern in (p.strip() for p in value.split(",")):
+            if pattern and not HOST_PATTERN.fullmatch(pattern):
+                raise ValueError(
+                    f"{pattern!r} is not a host name: give names like backspace.example.com, "
+                    "10.0.0.5 or *.example.com (no scheme, no path; a port is ignored), or *"
+                )
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
@@ -164,6 +184,20 @@ class Settings(BaseSettings):
     @property
     def allowed_repo_patterns(self) -> list[str]:
         return [p.strip() for p in self.allowed_repos.split(",") if p.strip()]
+
+    @property
+    def allowed_host_patterns(self) -> list[str]:
+        """BACKSPACE_ALLOWED_HOSTS as TrustedHostMiddleware patterns (lower case, no port)."""
+        patterns = []
+        for raw in self.allowed_hosts.split(","):
+            pattern = raw.strip().lower()
+            if pattern.startswith("["):
+                pattern = pattern[: pattern.index("]") + 1]
+            else:
+                pattern = pattern.split(":", 1)[0]
+            if pattern:
+                patterns.append(pattern)
+        return patterns
 
     @property
     def model_configured(self) -> bool:

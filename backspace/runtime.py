@@ -9,7 +9,11 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import resource
 import sys
+
+DESCRIPTOR_RESERVE = 256
+"""Descriptors kept for the server's own work (database, git and sandbox pipes), not clients."""
 
 
 def tune_garbage_collector() -> None:
@@ -38,3 +42,20 @@ def watch_children_with_pidfds() -> None:
     watcher = asyncio.PidfdChildWatcher()
     watcher.attach_loop(asyncio.get_running_loop())
     asyncio.get_event_loop_policy().set_child_watcher(watcher)
+
+
+def raise_descriptor_limit() -> int:
+    """Raise the soft limit of open files to the hard limit; return the soft limit now in force.
+
+    The soft limit is often 1,024: fewer than a thousand idle clients then stopped the server
+    from accepting anything, `/health` included. The hard limit is what the system allows.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        return soft if soft != resource.RLIM_INFINITY else target
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError):
+        return soft
+    return target

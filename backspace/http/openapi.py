@@ -20,9 +20,11 @@ def _errors(*codes: int) -> dict[str, Any]:
     text = {
         400: "the body is not JSON",
         401: "missing or wrong API key",
+        403: "a browser sent it from another site (Origin, Sec-Fetch-Site)",
         404: "not found",
         409: "the run already ended",
         413: "the body is too large",
+        415: "the body is not sent as Content-Type: application/json",
         422: "a field is wrong; `errors` names it",
         429: "too many runs started; see Retry-After",
         503: "no model, no sandbox, no git host, a full store, or shutting down",
@@ -128,7 +130,7 @@ def document(server_url: str) -> dict[str, Any]:
                                 }
                             },
                         },
-                        **_errors(400, 401, 413, 422, 429, 503),
+                        **_errors(400, 401, 403, 413, 415, 422, 429, 503),
                     },
                 }
             },
@@ -220,7 +222,7 @@ def document(server_url: str) -> dict[str, Any]:
                             },
                             "cancelling",
                         ),
-                        **_errors(401, 404, 409),
+                        **_errors(401, 403, 404, 409),
                     },
                 }
             },
@@ -270,6 +272,7 @@ def document(server_url: str) -> dict[str, Any]:
                         },
                         "400": _json(ERROR, "a signed body that is not one Slack sends"),
                         "401": _json(ERROR, "no signature, a stale one or a wrong one"),
+                        "403": _json(ERROR, "a browser sent it from another site"),
                         "404": _json(
                             ERROR,
                             "Slack is not configured, or it runs in Socket Mode (without "

@@ -18,7 +18,7 @@ from backspace.http.pages import pull_request_page
 from backspace.http.ratelimit import RateLimiter, key_id
 from backspace.http.schemas import CodeRequest, read_json, validate
 from backspace.http.sse import event_stream
-from backspace.http.web import web_routes
+from backspace.http.web import SECURITY_HEADERS, web_routes
 from backspace.orchestrator.events import RunStatus
 from backspace.orchestrator.githosts.base import RepoRefError
 from backspace.orchestrator.run import RunRequest
@@ -88,7 +88,20 @@ def _get_run(services: Services, run_id: str) -> Run:
 
 @handles_problems
 async def health(request: Request) -> Response:
-    return JSONResponse(_services(request).health())
+    """Public liveness; where the database lives only for a caller with the API key."""
+    services = _services(request)
+    return JSONResponse(services.health(show_paths=_has_key(request, services)))
+
+
+def _has_key(request: Request, services: Services) -> bool:
+    settings = services.settings
+    if not (settings.require_auth and settings.api_key):
+        return False
+    try:
+        require_api_key(request, settings.api_key.get_secret_value())
+    except HTTPProblem:
+        return False
+    return True
 
 
 @handles_problems
@@ -232,7 +245,7 @@ async def pull_request_json(request: Request) -> Response:
 @handles_problems
 async def pull_request_html(request: Request) -> Response:
     _, record = _pull_request(request)
-    return HTMLResponse(pull_request_page(record))
+    return HTMLResponse(pull_request_page(record), headers=SECURITY_HEADERS)
 
 
 async def openapi(request: Request) -> Response:

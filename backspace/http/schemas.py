@@ -49,7 +49,20 @@ class CodeRequest(BaseModel):
 
 
 async def read_json(request: Request, limit: int) -> Any:
-    """The request body as JSON: 413 past `limit` bytes, 400 when it is not JSON."""
+    """The request body as JSON: 415 unless sent as JSON, 413 past `limit` bytes, 400 when it
+    is not JSON.
+
+    Requiring `Content-Type: application/json` keeps a web page elsewhere from sending it
+    without the browser asking this server first (text/plain and forms need no preflight).
+    """
+    content_type = request.headers.get("content-type", "")
+    if content_type.split(";", 1)[0].strip().lower() != "application/json":
+        shown = repr(content_type[:100]) if content_type else "missing"
+        raise HTTPProblem(
+            415,
+            f"the request body must be sent as JSON with 'Content-Type: application/json' "
+            f"(the Content-Type was {shown})",
+        )
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise HTTPProblem(413, f"the request body is larger than {limit} bytes")
