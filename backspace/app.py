@@ -35,7 +35,6 @@ from backspace.orchestrator.redact import Redactor
 from backspace.orchestrator.run import RunFailure
 from backspace.orchestrator.runner import Runner, RunnerLimits
 from backspace.orchestrator.sandboxes.base import SandboxProvider
-from backspace.orchestrator.sandboxes.daytona import DaytonaOptions, DaytonaSandboxProvider
 from backspace.orchestrator.sandboxes.local import LocalLimits, LocalSandboxProvider, default_root
 from backspace.orchestrator.store import Store
 from backspace.runtime import tune_garbage_collector, watch_children_with_pidfds
@@ -163,6 +162,9 @@ def public_url(settings: Settings) -> str:
 def sandbox_provider(settings: Settings) -> SandboxProvider:
     """BACKSPACE_SANDBOX (default: daytona when DAYTONA_API_KEY is set, else local)."""
     if settings.sandbox_backend == "daytona":
+        # The Daytona SDK takes about a second to import: only a server that uses it pays.
+        from backspace.orchestrator.sandboxes.daytona import DaytonaOptions, DaytonaSandboxProvider
+
         key = settings.daytona_api_key.get_secret_value() if settings.daytona_api_key else ""
         run_minutes = math.ceil(settings.max_sandbox_duration / 60)
         return DaytonaSandboxProvider(
