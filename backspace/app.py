@@ -152,6 +152,15 @@ def _without_userinfo(url: str) -> str:
     return url
 
 
+def preload_model_sdk() -> None:
+    """Import the anthropic SDK ahead of the first run, then keep the GC from walking it."""
+    import gc
+
+    import anthropic  # noqa: F401
+
+    gc.freeze()
+
+
 def public_url(settings: Settings) -> str:
     if settings.public_url:
         return settings.public_url.rstrip("/")
@@ -300,9 +309,19 @@ def create_app(settings: Settings) -> Starlette:
         watch_children_with_pidfds()
         tune_garbage_collector()
         log.info("backspace %s ready at %s", __version__, services.public_url)
+        # The model SDK is not imported at start (it takes about a second): it is imported now,
+        # in a worker thread so that the loop keeps serving, then frozen like the rest.
+        warm = (
+            asyncio.create_task(asyncio.to_thread(preload_model_sdk), name="preload-model-sdk")
+            if settings.model_configured
+            else None
+        )
         try:
             yield
         finally:
+            if warm is not None:
+                with contextlib.suppress(Exception):
+                    await warm
             janitor.cancel()
             await services.aclose()
             if slack is not None:
