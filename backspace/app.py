@@ -38,7 +38,6 @@ from backspace.orchestrator.run import RunFailure
 from backspace.orchestrator.runner import Runner, RunnerLimits
 from backspace.orchestrator.sandboxes.base import SandboxProvider
 from backspace.orchestrator.sandboxes.bwrap import exposed
-from backspace.orchestrator.sandboxes.daytona import DaytonaOptions, DaytonaSandboxProvider
 from backspace.orchestrator.sandboxes.local import LocalLimits, LocalSandboxProvider, default_root
 from backspace.orchestrator.store import Store
 from backspace.runtime import tune_garbage_collector, watch_children_with_pidfds
@@ -178,6 +177,15 @@ def _without_userinfo(url: str) -> str:
     return url
 
 
+def preload_model_sdk() -> None:
+    """Import the anthropic SDK ahead of the first run, then keep the GC from walking it."""
+    import gc
+
+    import anthropic  # noqa: F401
+
+    gc.freeze()
+
+
 def public_url(settings: Settings) -> str:
     if settings.public_url:
         return settings.public_url.rstrip("/")
@@ -207,6 +215,9 @@ def check_outside_sandbox_view(settings: Settings) -> None:
 def sandbox_provider(settings: Settings) -> SandboxProvider:
     """BACKSPACE_SANDBOX (default: daytona when DAYTONA_API_KEY is set, else local)."""
     if settings.sandbox_backend == "daytona":
+        # The Daytona SDK takes about a second to import: only a server that uses it pays.
+        from backspace.orchestrator.sandboxes.daytona import DaytonaOptions, DaytonaSandboxProvider
+
         key = settings.daytona_api_key.get_secret_value() if settings.daytona_api_key else ""
         run_minutes = math.ceil(settings.max_sandbox_duration / 60)
         return DaytonaSandboxProvider(
@@ -345,9 +356,19 @@ def create_app(settings: Settings) -> Starlette:
         watch_children_with_pidfds()
         tune_garbage_collector()
         log.info("backspace %s ready at %s", __version__, services.public_url)
+        # The model SDK is not imported at start (it takes about a second): it is imported now,
+        # in a worker thread so that the loop keeps serving, then frozen like the rest.
+        warm = (
+            asyncio.create_task(asyncio.to_thread(preload_model_sdk), name="preload-model-sdk")
+            if settings.model_configured
+            else None
+        )
         try:
             yield
         finally:
+            if warm is not None:
+                with contextlib.suppress(Exception):
+                    await warm
             janitor.cancel()
             await services.aclose()
             if slack is not None:

@@ -13,7 +13,7 @@ import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bench import concurrent, fanout, first_event, overhead, slack_ack, store
+from bench import concurrent, fanout, first_event, overhead, slack_ack, startup, store
 from bench.common import print_table
 
 
@@ -77,6 +77,15 @@ SUITE: dict[str, tuple[Bench, list[str], list[str], list[Target]]] = {
         [
             Target("store append", "append_per_s", 5000, "events/s", higher_is_better=True),
             Target("store full replay", "replay_ms", 200, "ms"),
+        ],
+    ),
+    "startup": (
+        startup.main,
+        ["--starts", "10"],
+        ["--starts", "2"],
+        [
+            Target("backspace serve to a healthy /health (p50)", "serve_p50_s", 1.5, "s"),
+            Target("python -c 'import backspace.app' (p50)", "import_p50_s", 1.2, "s"),
         ],
     ),
 }

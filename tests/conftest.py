@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from backspace.orchestrator.sandboxes.local import LocalSandbox, LocalSandboxProvider
+from tests import server as server_module
 from tests.fakes.anthropic import FakeAnthropic
 from tests.server import Server, start_server
 
@@ -105,3 +106,28 @@ async def sandbox(provider: LocalSandboxProvider) -> AsyncIterator[LocalSandbox]
         yield sandbox
     finally:
         await sandbox.close()
+
+
+# --- counting servers, also across pytest-xdist workers ---------------------------------------
+# (scripts/test runs `--dist loadfile`: a module's tests stay on one worker, so a module-scoped
+# server starts once. `loadgroup` would not work with pytest 9: xdist 3.8 renames `item._nodeid`,
+# which pytest 9 no longer reads.)
+SERVERS_ON_WORKERS: list[int] = []  # on the xdist controller: each worker's count
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:  # an xdist worker: hand the count to the controller
+        workeroutput["servers_started"] = len(server_module.STARTED)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: object, error: object) -> None:
+    output = getattr(node, "workeroutput", {})
+    SERVERS_ON_WORKERS.append(int(output.get("servers_started", 0)))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    terminalreporter.write_line(
+        f"backspace serve processes started: {len(server_module.STARTED) + sum(SERVERS_ON_WORKERS)}"
+    )

@@ -18,6 +18,8 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
+STARTED: list[int] = []  # pids of the servers this test process started (conftest reports them)
+BIND_RETRIES = 3  # a port found free can be taken by another test worker before the server binds
 
 
 def free_port() -> int:
@@ -50,6 +52,21 @@ class Server:
 
 
 def start_server(workdir: Path, env: dict[str, str], *, wait: float = 30) -> Server:
+    """Start `backspace serve` and wait for a 200 from /health; another port if its was taken."""
+    for attempt in range(BIND_RETRIES):
+        try:
+            return _start(workdir, env, wait)
+        except PortTaken:
+            if attempt == BIND_RETRIES - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+class PortTaken(RuntimeError):
+    """The server could not bind the port chosen for it (another process took it meanwhile)."""
+
+
+def _start(workdir: Path, env: dict[str, str], wait: float) -> Server:
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     db = workdir / "backspace.db"
@@ -65,6 +82,7 @@ def start_server(workdir: Path, env: dict[str, str], *, wait: float = 30) -> Ser
         **env,
     }
     log_path = workdir / "server.log"
+    log_start = log_path.stat().st_size if log_path.exists() else 0
     with log_path.open("ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "backspace", "serve"],
@@ -74,13 +92,21 @@ def start_server(workdir: Path, env: dict[str, str], *, wait: float = 30) -> Ser
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+    STARTED.append(process.pid)
     server = Server(f"http://127.0.0.1:{port}", process, log_path, db, full_env)
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
         if process.poll() is not None:
+            if b"address already in use" in log_path.read_bytes()[log_start:].lower():
+                with log_path.open("r+b") as log:
+                    log.truncate(log_start)  # the next attempt's log, not this one's
+                raise PortTaken(f"port {port} was taken before the server could bind it")
             raise RuntimeError(f"the server exited ({process.returncode}):\n{server.logs()}")
+        # Only once this process says it listens: another worker's server that won the race
+        # for the same port would answer /health too.
+        listening = f"running on {server.url}".encode() in log_path.read_bytes()[log_start:]
         try:
-            if httpx.get(f"{server.url}/health", timeout=1).status_code == 200:
+            if listening and httpx.get(f"{server.url}/health", timeout=1).status_code == 200:
                 return server
         except httpx.HTTPError:
             pass

@@ -16,10 +16,12 @@ TABLES = (
     "SSE fan-out",
     "Slack ack",
     "store (append and replay",
+    "start-up (",
     "summary",
 )
 
 
+@pytest.mark.e2e  # its benchmarks start the real server
 @pytest.mark.timeout(120)
 def test_the_benchmark_suite_runs() -> None:
     done = subprocess.run(

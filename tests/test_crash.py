@@ -22,7 +22,7 @@ from tests.scenarios import EDIT_SIGNUP, finish
 from tests.sse import Frame, collect, events_of, frames, post_run
 from tests.test_api_e2e import assert_clean, base_env
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
 HANG = "echo before-the-crash; sleep 124; echo after-the-crash"
 

@@ -19,7 +19,7 @@ from tests.scenarios import EDIT_SIGNUP, finish
 from tests.server import Server
 from tests.sse import collect, events_of, frames, of_type, post_run
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
 KEY = "dtn_DAYTONAKEY0123456789"
 INSTANCE = "e2e-instance"

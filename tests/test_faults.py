@@ -55,7 +55,7 @@ from tests.server import Server, start_server
 from tests.sse import collect, events_of, of_type
 from tests.test_api_e2e import assert_clean
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
 ANTHROPIC_KEY = "sk-ant-api03-FAULTSMODELKEY0123456789"
 GITHUB_TOKEN = "ghp_FAULTSGITHUBTOKEN0123456789abcdefghij"

@@ -22,7 +22,7 @@ from tests.scenarios import EDIT_SIGNUP
 from tests.server import Server
 from tests.sse import of_type, post_run
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
 TOKEN = "ghp_GITHUBTOKEN0123456789abcdefghijklmno"
 ANTHROPIC_KEY = "sk-ant-api03-github-e2e-key-000111"

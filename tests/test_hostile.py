@@ -35,7 +35,7 @@ from tests.server import Server, start_server
 from tests.sse import collect, events_of, of_type, post_run
 from tests.test_references import REFUSED
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
 ANTHROPIC_KEY = "sk-ant-api03-hostile-key-0123456789"
 PWNED = f"pwned-{uuid.uuid4().hex[:10]}"  # a file name no honest run ever creates

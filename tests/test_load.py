@@ -26,7 +26,7 @@ from tests.server import Server
 from tests.sse import Frame, collect, events_of, frames
 from tests.test_api_e2e import assert_clean, base_env
 
-pytestmark = pytest.mark.timeout(150)
+pytestmark = [pytest.mark.e2e, pytest.mark.serial, pytest.mark.timeout(150)]
 
 RUNS = 50
 VIEWERS = 500

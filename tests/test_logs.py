@@ -17,7 +17,7 @@ from tests.fakes.anthropic import Fail, FakeAnthropic, Reply, Step, Text, ToolCa
 from tests.server import Server, start_server
 from tests.sse import collect, events_of
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
 
 SECRETS = {
     "ANTHROPIC_API_KEY": "sk-ant-api03-LOGSECRET-anthropic-0001",

@@ -57,7 +57,7 @@ from tests.scenarios import EDIT_SIGNUP, finish
 from tests.server import Server
 from tests.test_api_e2e import base_env
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
 KEY = "schemathesis-api-key-0123456789abcdef"
 MAX_EXAMPLES = 50

@@ -21,7 +21,7 @@ from tests.fakes.slack import FakeSlack, SlackSigner, send
 from tests.scenarios import EDIT_SIGNUP, finish
 from tests.server import ROOT, Server
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
 SECRET = "slack-signing-secret-0123456789"
 BOT_TOKEN = "xoxb-test-token"

@@ -3,7 +3,7 @@
 Why: the agent loop must be tested end to end (streaming, tool calls, retries,
 mid-stream failures, truncated streams, timeouts) without network access or a
 real key. The fake speaks the wire format the SDK parses (see
-``/work/shared/reference/anthropic-agent.md`` section 5) on 127.0.0.1.
+``../shared/reference/anthropic-agent.md`` section 5) on 127.0.0.1.
 
 A scenario is a sequence of steps; step ``i`` answers every request whose
 ``messages`` hold ``i`` assistant messages. A step is a :class:`Reply`, a single

@@ -3,7 +3,7 @@
 Why: the service's Daytona provider must be tested end to end with the *real*
 ``daytona`` SDK (0.226.1, async client), offline. Every answer here is shaped
 like the generated models that SDK parses (``daytona_api_client_async`` and
-``daytona_toolbox_api_client_async``; see ``/work/shared/reference/daytona.md``
+``daytona_toolbox_api_client_async``; see ``../shared/reference/daytona.md``
 §4), and ``tests/test_fake_daytona.py`` proves it by driving the SDK.
 
 Each sandbox is a real temporary directory (:attr:`FakeSandbox.dir`, also its

@@ -5,7 +5,7 @@ tested end to end with the *real* PyGithub and the *real* git client, offline.
 The fake listens on 127.0.0.1 (ephemeral port); every repository is a real bare
 repository served through ``git http-backend`` (CGI), and the REST answers are
 shaped like GitHub's (checked against GitHub's OpenAPI description by
-``tests/test_fake_github.py``). See ``/work/shared/reference/github.md`` §2-3
+``tests/test_fake_github.py``). See ``../shared/reference/github.md`` §2-3
 for the rules a fake must follow (absolute ``url`` fields on the fake's own host,
 never a 202 to a GET, error shapes, ``Link`` pagination).
 

@@ -4,7 +4,7 @@ Why: the Slack front end must be tested end to end, offline, with the *real*
 ``slack_sdk.web.async_client.AsyncWebClient`` (and Bolt's ``respond()``) talking
 HTTP to something shaped like Slack, and with *real* signed requests (slash
 commands, button clicks, Events API callbacks) reaching the service. See
-``/work/shared/reference/slack-bolt.md`` §3-4 and §7.
+``../shared/reference/slack-bolt.md`` §3-4 and §7.
 
 Usage::
 

@@ -11,11 +11,14 @@ from __future__ import annotations
 import logging
 import random
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import anthropic
-import httpx2  # the SDK's HTTP client: what a broken stream raises while its body is read
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+
+if TYPE_CHECKING:
+    # The SDK takes about a second to import: loaded when the first model is made, so that
+    # `backspace serve`, `doctor` and the tests' servers start without it.
+    import anthropic
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +76,8 @@ class AnthropicModel:
         retry_delay: float = 1.0,
         timeout: float = 300.0,
     ) -> None:
+        import anthropic
+
         self.name = name
         self.retries = retries
         self.retry_delay = retry_delay
@@ -121,6 +126,8 @@ class AnthropicModel:
     ) -> ModelTurn:
         # The SDK turns transport errors into APITimeoutError/APIConnectionError only until the
         # response starts; one while the stream's body is read comes through as httpx2's own.
+        import httpx2  # the SDK's HTTP client: what a broken stream raises while its body is read
+
         try:
             async with self.client.messages.stream(
                 model=self.name,
@@ -162,6 +169,8 @@ class AnthropicModel:
         return float(min(backoff, MAX_WAIT) * (0.75 + random.random() / 2))
 
     def _error(self, exc: BaseException, attempts: int) -> ModelError:
+        import anthropic
+
         tries = f" (after {attempts} attempts)" if attempts > 1 else ""
         if isinstance(exc, ModelError):
             return exc
@@ -238,6 +247,8 @@ def _status_error(
 
 
 def _retryable(exc: BaseException) -> bool:
+    import anthropic
+
     if isinstance(exc, IncompleteStream | StalledStream | anthropic.APIConnectionError):
         return True
     if isinstance(exc, anthropic.APIStatusError):

@@ -20,12 +20,8 @@ import re
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
-
-import github
-import requests
-from github import Auth, Github, GithubException, GithubRetry
 
 from backspace.orchestrator.githosts.base import (
     BaseBundle,
@@ -43,6 +39,11 @@ from backspace.orchestrator.githosts.references import (
     parse_github_reference,
 )
 from backspace.orchestrator.redact import Redactor
+
+if TYPE_CHECKING:
+    # PyGithub (and requests) is imported where a GitHub call is made, not when the server
+    # starts: most servers never call GitHub, and the import takes a good part of a second.
+    from github import Github, GithubException
 
 log = logging.getLogger(__name__)
 
@@ -236,6 +237,8 @@ class GitHubHost:
 
     # --- plumbing --------------------------------------------------------------------------------
     def _client(self) -> Github:
+        from github import Auth, Github, GithubRetry
+
         retry = GithubRetry(
             total=2, backoff_factor=0.3, secondary_rate_wait=5, max_rate_limit_wait=5
         )
@@ -261,6 +264,10 @@ class GitHubHost:
             raise self._api_error(exc, what, name) from exc
 
     def _api_error(self, exc: Exception, what: str, name: str) -> GitHostError:
+        import github
+        import requests
+        from github import GithubException
+
         if isinstance(exc, github.BadCredentialsException):
             return GitHostError(
                 "github_bad_token",
@@ -401,6 +408,8 @@ def _repo_info(g: Github, ref: RepoRef, base_branch: str | None) -> dict[str, An
 
 def _branch_from_reference(repo: Any, remainder: str | None) -> str | None:
     """`/tree/feature/x/src/app.py`: the longest prefix that is a branch (names may hold '/')."""
+    import github
+
     if not remainder:
         return None
     parts = remainder.split("/")
@@ -422,6 +431,9 @@ def _create_fork(g: Github, name: str, organization: str | None) -> str:
 
 def _fork_ready(g: Github, fork: str, branch: str) -> str | None:
     """The fork's clone URL once GitHub has made it (forking is asynchronous), else None."""
+    import github
+    from github import GithubException
+
     try:
         repo = g.get_repo(fork)
         repo.get_branch(branch)
@@ -441,6 +453,8 @@ def _sync_fork(g: Github, fork: str, branch: str) -> None:
 def _create_pull(
     g: Github, name: str, base: str, head: str, qualified_head: str, draft: PullRequestDraft
 ) -> PullRequest:
+    from github import GithubException
+
     repo = g.get_repo(name)
     is_fork = head != draft.branch
     try:
