@@ -311,6 +311,8 @@ def build_services(settings: Settings) -> Services:
             policy=Policy(
                 max_files=settings.max_diff_files,
                 allow_workflow_changes=settings.allow_workflow_changes,
+                max_file_bytes=settings.max_file_change_mb * 1024 * 1024,
+                max_change_bytes=settings.max_change_mb * 1024 * 1024,
             ),
             draft=settings.draft_prs,
         ),

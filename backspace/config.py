@@ -103,6 +103,8 @@ class Settings(BaseSettings):
     allow_workflow_changes: bool = Field(False, alias="BACKSPACE_ALLOW_WORKFLOW_CHANGES")
     draft_prs: bool = Field(True, alias="BACKSPACE_DRAFT_PRS")
     max_bundle_mb: int = Field(50, alias="BACKSPACE_MAX_BUNDLE_MB", ge=1)
+    max_change_mb: int = Field(100, alias="BACKSPACE_MAX_CHANGE_MB", ge=1)
+    max_file_change_mb: int = Field(25, alias="BACKSPACE_MAX_FILE_CHANGE_MB", ge=1)
 
     # --- service -------------------------------------------------------------------------------
     db: Path = Field(Path("backspace.db"), alias="BACKSPACE_DB")

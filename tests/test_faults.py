@@ -509,13 +509,16 @@ def no_further_turn(turns: int) -> Callable[[Rig, str, Any], None]:
     return check
 
 
-def rejecting_hook(rig: Rig) -> None:
+def conflicting_branch(rig: Rig) -> None:
+    """A branch named `backspace`: no `backspace/...` branch can be made next to it.
+
+    (The origin's hooks never run when backspace publishes into it, so a hook cannot refuse.)
+    """
     assert rig.repos is not None
-    hook = rig.repos / "rejecting" / ".git" / "hooks" / "pre-receive"
-    hook.write_text(
-        "#!/bin/sh\necho 'pushes to this repository are frozen for a release' >&2\nexit 1\n"
-    )
-    hook.chmod(0o755)
+    subprocess.run(
+        ["git", "-C", str(rig.repos / "rejecting"), "branch", "backspace"],
+        check=True, capture_output=True,
+    )  # fmt: skip
 
 
 def nothing_pushed(rig: Rig, key: str, events: list[dict[str, Any]]) -> None:
@@ -524,7 +527,7 @@ def nothing_pushed(rig: Rig, key: str, events: list[dict[str, Any]]) -> None:
         ["git", "-C", str(rig.repos / "rejecting"), "branch", "--list"],
         check=True, capture_output=True, text=True,
     ).stdout.split()  # fmt: skip
-    assert branches == ["*", "main"]
+    assert branches == ["backspace", "*", "main"]
 
 
 SANDBOX_FAULTS = [
@@ -567,16 +570,16 @@ SANDBOX_FAULTS = [
         check=no_further_turn(2),
     ),
     Fault(
-        "push-rejected-by-a-hook",
+        "push-rejected-by-the-origin",
         Expect(
             "failed",
             "push_rejected",
             "pushing",
             False,
-            ("rejected", "frozen for a release", "(pre-receive hook declined)"),
+            ("rejected", "refs/heads/backspace"),
         ),
         repo="local:rejecting",
-        setup=rejecting_hook,
+        setup=conflicting_branch,
         check=nothing_pushed,
     ),
 ]

@@ -33,6 +33,7 @@ from backspace.orchestrator.publish import (
     commit_in_sandbox,
     find_secrets,
     import_change,
+    tree_in_sandbox,
 )
 from backspace.orchestrator.pull_request import (
     branch_name,
@@ -123,14 +124,14 @@ class Pipeline:
         result = await self._agent(ctx, model, sandbox, repo)
 
         ctx.progress(Stage.VALIDATING, "Checking the change")
-        tests = await self._run_tests(ctx, sandbox)
         # What people see (title, branch, body) never carries a secret, even one in the prompt.
         shown_prompt = self.redactor.text(request.prompt)
         title = self.redactor.text(title_for(result.title, shown_prompt))
         message = commit_message(title, ctx.run_id, request.co_author)
-        change = await self._take_change(
-            sandbox, host, repo, start, scratch, message, bundle_path(sandbox, ctx.run_id, "out")
-        )
+        # The change is taken (committed, brought to the host) before the test command runs,
+        # and the test command runs on exactly that tree: what was tested is what is published.
+        out_bundle = bundle_path(sandbox, ctx.run_id, "out")
+        change = await self._take_change(sandbox, host, repo, start, scratch, message, out_bundle)
         if change is None:
             if result.outcome in ("turn_limit", "cost_limit"):
                 raise RunFailure(
@@ -144,6 +145,7 @@ class Pipeline:
                 "secret_in_diff",
                 "The change was not published: it contains " + "; ".join(sorted(set(leaked))) + ".",
             )
+        tests = await self._run_tests(ctx, sandbox, change.tree, out_bundle)
 
         branch = branch_name(shown_prompt, ctx.run_id)
         ctx.progress(Stage.PUSHING, f"Pushing branch {branch}")
@@ -243,10 +245,19 @@ class Pipeline:
             )
         return result
 
-    async def _run_tests(self, ctx: RunContext, sandbox: Sandbox) -> str | None:
+    async def _run_tests(
+        self, ctx: RunContext, sandbox: Sandbox, tree: str, bundle: str
+    ) -> str | None:
+        """Run the test command on the work tree, which must be the published tree `tree`."""
         command = self.settings.test_command
         if not command:
             return None
+        if await tree_in_sandbox(sandbox, bundle) != tree:
+            raise RunFailure(
+                "tree_changed",
+                "the work tree changed after the change was taken, so the test command would "
+                "not run on what is published; nothing was published",
+            )
         ctx.emit(
             EventType.PROGRESS,
             {
@@ -270,6 +281,8 @@ class Pipeline:
             },
         )
         verdict = "passed" if result.exit_code == 0 else f"failed (exit {result.exit_code})"
+        if await tree_in_sandbox(sandbox, bundle) != tree:
+            verdict += "; it changed the work tree, and what it changed is not published"
         return f"`{command}` {verdict}"
 
     async def _take_change(
@@ -283,12 +296,13 @@ class Pipeline:
         remote: str,
     ) -> Change | None:
         identity = self.settings.identity
-        if not await commit_in_sandbox(sandbox, start, identity, message, remote):
+        tree = await commit_in_sandbox(sandbox, start, identity, message, remote)
+        if tree is None:
             return None
         bundle = scratch / "out.bundle"
         await sandbox.download(remote, bundle, max_bytes=self.settings.max_bundle_bytes)
         git_dir = await host.prepare(repo, scratch)
-        return await import_change(
+        change = await import_change(
             git_dir,
             bundle,
             start=start,
@@ -297,6 +311,13 @@ class Pipeline:
             message=message,
             policy=self.settings.policy,
         )
+        if change is not None and change.tree != tree:
+            raise RunFailure(
+                "bad_bundle",
+                "the change brought out of the sandbox is not the tree committed there; "
+                "nothing was published",
+            )
+        return change
 
 
 CONTEXT_SEPARATOR = "\x1e"  # ASCII record separator: cannot appear in a path git prints

@@ -1,10 +1,13 @@
 """Taking the agent's work out of the sandbox and making it safe to push.
 
-Inside the sandbox the orchestrator commits everything and writes `git bundle base..HEAD`.
-On the host that bundle is untrusted input: it is imported into a host-owned bare repository
-(plumbing only, no checkout, no hooks), checked to descend from the base, re-committed as one
-commit with backspace's identity (agent-made commits and their metadata are discarded), and its
-diff checked against policy before anything is pushed.
+Inside the sandbox the orchestrator commits the work tree with a git directory of its own
+(none of the agent's config, attributes, index flags or hooks take part, so the commit holds the
+bytes the test command sees) and writes `git bundle start..commit`. On the host that bundle is
+untrusted input: its pack is indexed with fsck into a host-owned bare repository (plumbing only,
+no checkout, no hooks), checked to descend from the base, re-committed as one commit with
+backspace's identity (agent-made commits and their metadata are discarded), its blob sizes
+checked before any diff is computed, and its diff checked against policy before anything is
+pushed.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backspace.orchestrator.githosts.base import FileChange, GitHostError
-from backspace.orchestrator.githosts.gitcmd import GitError, git
+from backspace.orchestrator.githosts.gitcmd import FSCK_ERRORS, GitError, git, git_capped
 from backspace.orchestrator.sandboxes.base import Sandbox
 
 JUNK = re.compile(
@@ -28,6 +31,8 @@ SECRET_PATTERNS = re.compile(
     r"|xox[bap]-[A-Za-z0-9-]{20,}|AKIA[0-9A-Z]{16}|-----BEGIN [A-Z ]*PRIVATE KEY-----)"
 )
 DIFF_TEXT_LIMIT = 2_000_000
+BUNDLE_HEADER_LIMIT = 1 << 20
+MB = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -45,33 +50,93 @@ class Change:
     additions: int
     deletions: int
     diff: str
+    tree: str = ""  # the published tree's id, to compare with what the test command saw
 
 
 class PolicyError(GitHostError):
     pass
 
 
+def owned_git_dir(bundle: str) -> str:
+    """The sandbox path of backspace's own git directory for a run (next to its bundle)."""
+    return bundle.removesuffix(".bundle") + ".git"
+
+
+def _owned_git(git_dir: str) -> str:
+    """Shell lines defining `g`: git on the work tree with backspace's git directory and index.
+
+    No system, global or repository config, no hooks, no fsmonitor, and attributes that switch
+    every content conversion off (info/attributes outranks the tree's .gitattributes), so what
+    is committed is the bytes in the work tree.
+    """
+    q = shlex.quote
+    return f"""
+unset GIT_DIR GIT_WORK_TREE GIT_INDEX_FILE GIT_OBJECT_DIRECTORY GIT_ALTERNATE_OBJECT_DIRECTORIES \
+  GIT_CONFIG GIT_CONFIG_PARAMETERS GIT_CONFIG_COUNT GIT_COMMON_DIR GIT_NAMESPACE GIT_ATTR_SOURCE
+export GIT_CONFIG_NOSYSTEM=1 GIT_CONFIG_GLOBAL=/dev/null GIT_INDEX_FILE={q(git_dir)}/index
+g() {{
+  git --git-dir={q(git_dir)} --work-tree=. -c core.hooksPath=/dev/null -c core.fsmonitor=false \
+    -c core.autocrlf=false -c core.safecrlf=false -c core.excludesFile=/dev/null \
+    -c core.attributesFile=/dev/null -c core.untrackedCache=false -c commit.gpgsign=false "$@"
+}}
+"""
+
+
 async def commit_in_sandbox(
     sandbox: Sandbox, start: str, identity: Identity, message: str, bundle: str
-) -> bool:
-    """Stage and commit everything; bundle `start..HEAD` to `bundle`. False when nothing changed."""
+) -> str | None:
+    """Commit the work tree with backspace's own git directory; bundle `start..` it to `bundle`.
+
+    The tree id of the commit, or None when the work tree is the start commit's tree.
+    """
     q = shlex.quote
+    git_dir = owned_git_dir(bundle)
+    no_conversion = "* -text -eol -crlf -filter -ident -working-tree-encoding -export-subst"
     script = f"""
 set -e
-git add -A
-if git diff --cached --quiet && [ "$(git rev-parse HEAD)" = {q(start)} ]; then
+rm -rf {q(git_dir)}
+git init --quiet --bare --template= {q(git_dir)}
+git --git-dir={q(git_dir)} config core.bare false
+mkdir -p {q(git_dir)}/info {q(git_dir)}/objects/info
+printf '%s\n' "$PWD/.git/objects" > {q(git_dir)}/objects/info/alternates
+printf '%s\n' {q(no_conversion)} > {q(git_dir)}/info/attributes
+{_owned_git(git_dir)}
+g read-tree {q(start)}
+g add --all
+tree=$(g write-tree)
+if [ "$tree" = "$(g rev-parse {q(start + "^{tree}")})" ]; then
   echo BACKSPACE_NO_CHANGES; exit 0
 fi
-git -c user.name={q(identity.name)} -c user.email={q(identity.email)} -c core.hooksPath=/dev/null \\
-  -c commit.gpgsign=false commit --quiet --no-verify --allow-empty -m {q(message)}
-git bundle create --quiet {q(bundle)} {q(start)}..HEAD
+commit=$(printf '%s' {q(message)} | GIT_AUTHOR_NAME={q(identity.name)} GIT_AUTHOR_EMAIL={q(identity.email)} \
+  GIT_COMMITTER_NAME={q(identity.name)} GIT_COMMITTER_EMAIL={q(identity.email)} \
+  g commit-tree "$tree" -p {q(start)})
+g update-ref refs/heads/backspace "$commit"
+g bundle create --quiet {q(bundle)} {q(start)}..refs/heads/backspace
+echo "BACKSPACE_TREE=$tree"
 """
     result = await sandbox.exec(script, timeout=300, max_output=4000)
     if result.exit_code != 0:
         raise GitHostError(
             "commit_failed", f"committing the change in the sandbox failed: {result.output[-400:]}"
         )
-    return "BACKSPACE_NO_CHANGES" not in result.output
+    if "BACKSPACE_NO_CHANGES" in result.output:
+        return None
+    found = re.search(r"BACKSPACE_TREE=([0-9a-f]{40,64})", result.output)
+    if not found:
+        raise GitHostError(
+            "commit_failed", f"committing the change in the sandbox failed: {result.output[-400:]}"
+        )
+    return found.group(1)
+
+
+async def tree_in_sandbox(sandbox: Sandbox, bundle: str) -> str | None:
+    """The tree id of the work tree now, through the git directory `commit_in_sandbox` made."""
+    script = f"set -e\n{_owned_git(owned_git_dir(bundle))}\ng add --all\ng write-tree\n"
+    result = await sandbox.exec(script, timeout=300, max_output=4000)
+    lines = result.output.split()
+    if result.exit_code != 0 or not lines or not re.fullmatch(r"[0-9a-f]{40,64}", lines[-1]):
+        return None
+    return lines[-1]
 
 
 @dataclass(frozen=True)
@@ -80,6 +145,8 @@ class Policy:
 
     max_files: int = 200
     allow_workflow_changes: bool = False
+    max_file_bytes: int = 25 * MB
+    max_change_bytes: int = 100 * MB
 
 
 async def import_change(
@@ -97,17 +164,7 @@ async def import_change(
     None when the tree did not change. `start` is the commit the sandbox began at: the base
     itself, or a snapshot of the base's tree (same tree, so the diff is the same).
     """
-    try:
-        # `unbundle` verifies the bundle (its prerequisites are here) before it reads a pack.
-        heads = await git("bundle", "unbundle", str(bundle), git_dir=git_dir)
-    except GitError as exc:
-        raise PolicyError(
-            "bad_bundle", f"the sandbox's change could not be imported: {exc.stderr.strip()[:300]}"
-        ) from exc
-    tips = [line.split()[0] for line in heads.splitlines() if line.strip()]
-    if not tips or not re.fullmatch(r"[0-9a-f]{40,64}", tips[0]):
-        raise PolicyError("bad_bundle", "the sandbox's bundle named no commit")
-    tip = tips[0]
+    tip = await _index_bundle(git_dir, bundle)
     try:
         await git("merge-base", "--is-ancestor", start, tip, git_dir=git_dir)
     except GitError as exc:
@@ -129,21 +186,118 @@ async def import_change(
             "commit-tree", tree, "-p", base_sha, stdin=message.encode(), env=env, git_dir=git_dir
         )
     ).strip()
+    await _check_sizes(git_dir, base_sha, head, policy)
     files, links = await _file_changes(git_dir, base_sha, head)
     _check_policy(files, policy)
     await _check_symlinks(git_dir, head, links)
-    diff = await git(
-        "diff", "--no-color", "--no-ext-diff", "--find-renames", base_sha, head, git_dir=git_dir
-    )
-    if len(diff) > DIFF_TEXT_LIMIT:
-        diff = diff[:DIFF_TEXT_LIMIT] + "\n[... diff cut ...]\n"
+    diff, cut = await git_capped(
+        "diff", "--no-color", "--no-ext-diff", "--no-textconv", "--find-renames", base_sha, head,
+        git_dir=git_dir, limit=DIFF_TEXT_LIMIT,
+    )  # fmt: skip
+    if cut:
+        diff += "\n[... diff cut ...]\n"
     return Change(
         head_sha=head,
         files=files,
         additions=sum(f.additions for f in files),
         deletions=sum(f.deletions for f in files),
         diff=diff,
+        tree=tree,
     )
+
+
+async def _index_bundle(git_dir: Path, bundle: Path) -> str:
+    """Index the bundle's pack with fsck (strict: `.git` in a tree is an error); its tip.
+
+    `git bundle unbundle` (before git 2.46) checks no object it receives, so the pack is
+    handed to `index-pack --strict` directly; `--fix-thin` completes it from the base, and the
+    strict connectivity check proves everything it points at is here.
+    """
+    header, offset = _bundle_header(bundle)
+    tips = [line.split()[0] for line in header if line and line[0] not in "#-@"]
+    if not tips or not re.fullmatch(r"[0-9a-f]{40,64}", tips[0]):
+        raise PolicyError("bad_bundle", "the sandbox's bundle named no commit")
+    pack = bundle.with_suffix(".pack")
+    with bundle.open("rb") as source, pack.open("wb") as target:
+        source.seek(offset)
+        while chunk := source.read(1 << 20):
+            target.write(chunk)
+    strict = ",".join(f"{msg.lower()}=error" for msg in FSCK_ERRORS)
+    try:
+        await git(
+            "index-pack", f"--strict={strict}", "--fix-thin", "--stdin",
+            git_dir=git_dir, stdin_path=pack,
+        )  # fmt: skip
+        await git("cat-file", "-e", f"{tips[0]}^{{commit}}", git_dir=git_dir)
+    except GitError as exc:
+        raise PolicyError(
+            "bad_bundle", f"the sandbox's change could not be imported: {exc.stderr.strip()[:300]}"
+        ) from exc
+    finally:
+        pack.unlink(missing_ok=True)
+    return tips[0]
+
+
+def _bundle_header(bundle: Path) -> tuple[list[str], int]:
+    """The header lines of a v2/v3 bundle and the offset of its pack."""
+    with bundle.open("rb") as source:
+        head = source.read(BUNDLE_HEADER_LIMIT)
+    end = head.find(b"\n\n")
+    if not head.startswith((b"# v2 git bundle\n", b"# v3 git bundle\n")) or end < 0:
+        raise PolicyError("bad_bundle", "the sandbox's change is not a git bundle")
+    return head[:end].decode(errors="replace").splitlines(), end + 2
+
+
+async def _check_sizes(git_dir: Path, base: str, head: str, policy: Policy) -> None:
+    """Refuse a change whose files are too big, from the blobs' sizes, before any diff.
+
+    A diff of a 300 MB file costs git and the server memory several times its size; the sizes
+    come from `--raw` (no content read) and `cat-file --batch-check` (object headers only).
+    """
+    raw = await git(
+        "diff", "--raw", "-z", "--no-renames", "--no-abbrev", base, head, git_dir=git_dir
+    )
+    tokens = iter(raw.split("\0"))
+    blobs: dict[str, str] = {}
+    for token in tokens:
+        if token.startswith(":"):
+            fields, path = token[1:].split(), next(tokens, "")
+            if len(fields) >= 5 and fields[4] != "D" and fields[1] != "160000":
+                blobs[path] = fields[3]
+    if not blobs:
+        return
+    sizes_out = await git(
+        "cat-file", "--batch-check=%(objectname) %(objectsize)", git_dir=git_dir,
+        stdin="".join(f"{sha}\n" for sha in blobs.values()).encode(),
+    )  # fmt: skip
+    sizes = {
+        line.split()[0]: int(line.split()[1])
+        for line in sizes_out.splitlines()
+        if len(line.split()) == 2 and line.split()[1].isdigit()
+    }
+    too_big = sorted(
+        (
+            (sizes.get(sha, 0), path)
+            for path, sha in blobs.items()
+            if sizes.get(sha, 0) > policy.max_file_bytes
+        ),
+        reverse=True,
+    )
+    if too_big:
+        listed = ", ".join(f"{path} ({size / MB:.1f} MB)" for size, path in too_big[:5])
+        raise PolicyError(
+            "file_too_large",
+            f"the change has files larger than BACKSPACE_MAX_FILE_CHANGE_MB="
+            f"{policy.max_file_bytes / MB:g}: {listed}; remove them or raise the limit",
+        )
+    total = sum(sizes.get(sha, 0) for sha in blobs.values())
+    if total > policy.max_change_bytes:
+        raise PolicyError(
+            "change_too_large",
+            f"the changed files add up to {total / MB:.1f} MB, more than "
+            f"BACKSPACE_MAX_CHANGE_MB={policy.max_change_bytes / MB:g}; make the change smaller "
+            "or raise the limit",
+        )
 
 
 async def _file_changes(
@@ -222,7 +376,7 @@ async def _check_symlinks(git_dir: Path, head: str, added: list[tuple[str, str]]
     }
     outside: list[str] = []
     for path, blob in added:
-        target = await git("cat-file", "blob", blob, git_dir=git_dir)
+        target, _ = await git_capped("cat-file", "blob", blob, git_dir=git_dir, limit=4096)
         if _leaves_repository(path, target, links - {path}):
             outside.append(f"{path} -> {target[:200]}")
     if outside:

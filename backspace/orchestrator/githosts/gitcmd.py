@@ -2,7 +2,11 @@
 
 Every call runs with no system or user configuration (an empty HOME), hooks pointed at
 /dev/null, no terminal prompt, only the protocols the caller allows, and argv lists (no shell).
-Credentials, when a host needs them, come in through `env` only and are redacted from errors.
+A bare repository is only used when named with --git-dir (safe.bareRepository=explicit), so a
+directory shaped like one inside some work tree is never picked up. Objects received are fsck'd,
+with the path checks (`.git`, `..` in a tree) as errors. Output can be capped: git is killed at
+the cap, so a huge diff never reaches memory. Credentials, when a host needs them, come in
+through `env` only and are redacted from errors.
 """
 
 from __future__ import annotations
@@ -21,6 +25,14 @@ from pathlib import Path
 from backspace.orchestrator.redact import Redactor
 
 _EMPTY_HOME = Path(tempfile.gettempdir()) / "backspace-git-home"
+_STDERR_LIMIT = 64 * 1024
+_CHUNK = 64 * 1024
+
+# fsck findings that are only warnings by default but name paths a checkout would trip over.
+FSCK_ERRORS = (
+    "hasDot", "hasDotdot", "hasDotgit", "fullPathname", "emptyName", "zeroPaddedFilemode",
+    "badFilemode", "nulInHeader", "badTimezone", "missingSpaceBeforeDate",
+)  # fmt: skip
 
 
 class GitError(Exception):
@@ -36,6 +48,7 @@ async def git(
     git_dir: Path | None = None,
     env: Mapping[str, str] | None = None,
     stdin: bytes | None = None,
+    stdin_path: Path | None = None,
     allow_file: bool = False,
     allow_http: bool = False,
     redactor: Redactor | None = None,
@@ -43,6 +56,32 @@ async def git(
     check: bool = True,
 ) -> str:
     """Run git and return its stdout; raise GitError (redacted) on failure."""
+    out, _ = await git_capped(
+        *args, cwd=cwd, git_dir=git_dir, env=env, stdin=stdin, stdin_path=stdin_path,
+        allow_file=allow_file, allow_http=allow_http, redactor=redactor, timeout=timeout,
+        check=check, limit=None,
+    )  # fmt: skip
+    return out
+
+
+async def git_capped(
+    *args: str,
+    limit: int | None,
+    cwd: Path | None = None,
+    git_dir: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    stdin: bytes | None = None,
+    stdin_path: Path | None = None,
+    allow_file: bool = False,
+    allow_http: bool = False,
+    redactor: Redactor | None = None,
+    timeout: float = 300.0,
+    check: bool = True,
+) -> tuple[str, bool]:
+    """Like `git`, reading at most `limit` bytes of stdout: (output, whether it was cut).
+
+    When the output reaches the limit, git is killed and its exit status is not checked.
+    """
     _EMPTY_HOME.mkdir(mode=0o700, exist_ok=True)
     config = [
         "-c", "core.hooksPath=/dev/null",
@@ -52,6 +91,9 @@ async def git(
         "-c", f"protocol.file.allow={'always' if allow_file else 'never'}",
         "-c", f"protocol.http.allow={'always' if allow_http else 'never'}",
         "-c", "transfer.fsckObjects=true",
+        "-c", "safe.bareRepository=explicit",
+        *[item for msg in FSCK_ERRORS for item in ("-c", f"fetch.fsck.{msg}=error")],
+        *[item for msg in FSCK_ERRORS for item in ("-c", f"receive.fsck.{msg}=error")],
         "-c", "init.defaultBranch=main",
         "-c", "advice.detachedHead=false",
     ]  # fmt: skip
@@ -69,17 +111,18 @@ async def git(
         "LC_ALL": "C",
         **(env or {}),
     }
-    returncode, out, err = await _run(
-        ["git", *config, *args], cwd=cwd, env=full_env, stdin=stdin, timeout=timeout
-    )
-    if check and returncode != 0:
+    returncode, out, err, cut = await _run(
+        ["git", *config, *args], cwd=cwd, env=full_env, stdin=stdin, stdin_path=stdin_path,
+        timeout=timeout, limit=limit,
+    )  # fmt: skip
+    if check and returncode != 0 and not cut:
         stderr = err.decode(errors="replace")
         shown: Sequence[str] = args
         if redactor:
             stderr = redactor.text(stderr)
             shown = [redactor.text(arg) for arg in args]
         raise GitError(shown, returncode, stderr)
-    return out.decode(errors="replace")
+    return out.decode(errors="replace"), cut
 
 
 # Host git runs on its own few threads, not on the event loop: starting a process and reading
@@ -94,35 +137,39 @@ class _Cancelled(Exception):
 
 
 async def _run(
-    argv: list[str], *, cwd: Path | None, env: dict[str, str], stdin: bytes | None, timeout: float
-) -> tuple[int, bytes, bytes]:
-    """Run `argv` on the pool; kill it when the caller is cancelled or `timeout` passes."""
+    argv: list[str],
+    *,
+    cwd: Path | None,
+    env: dict[str, str],
+    stdin: bytes | None,
+    stdin_path: Path | None,
+    timeout: float,
+    limit: int | None,
+) -> tuple[int, bytes, bytes, bool]:
+    """Run `argv` on the pool; kill it when the caller is cancelled, `timeout` passes or its
+    output reaches `limit` bytes (then the output so far, cut at the limit, and True)."""
     lock = threading.Lock()
     started: list[subprocess.Popen[bytes]] = []
     cancelled = False
 
-    def run() -> tuple[int, bytes, bytes]:
-        with lock:
-            if cancelled:
-                raise _Cancelled
-            proc = subprocess.Popen(
-                argv,
-                cwd=str(cwd) if cwd else None,
-                env=env,
-                stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                process_group=0,  # so a kill reaches its helpers (remote-https, index-pack)
-            )
-            started.append(proc)
-        with proc:
-            try:
-                out, err = proc.communicate(stdin, timeout=timeout)
-            except subprocess.TimeoutExpired:
-                _kill_group(proc)
-                proc.communicate()
-                raise TimeoutError(f"git took longer than {timeout:g} s") from None
-            return proc.returncode, out, err
+    def run() -> tuple[int, bytes, bytes, bool]:
+        with contextlib.ExitStack() as stack:
+            source = stack.enter_context(stdin_path.open("rb")) if stdin_path else None
+            with lock:
+                if cancelled:
+                    raise _Cancelled
+                proc = subprocess.Popen(
+                    argv,
+                    cwd=str(cwd) if cwd else None,
+                    env=env,
+                    stdin=source or (subprocess.PIPE if stdin is not None else subprocess.DEVNULL),
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    process_group=0,  # so a kill reaches its helpers (remote-https, index-pack)
+                )
+                started.append(proc)
+            with proc:
+                return _collect(proc, stdin, timeout, limit)
 
     future = asyncio.get_running_loop().run_in_executor(_POOL, run)
     try:
@@ -134,6 +181,60 @@ async def _run(
                 _kill_group(started[0])  # the thread then reaps it and ends
         future.add_done_callback(lambda done: done.cancelled() or done.exception())
         raise
+
+
+def _collect(
+    proc: subprocess.Popen[bytes], stdin: bytes | None, timeout: float, limit: int | None
+) -> tuple[int, bytes, bytes, bool]:
+    """Read stdout in chunks up to `limit`, stderr (its head) on a helper thread, feed stdin."""
+    assert proc.stdout is not None and proc.stderr is not None
+    timed_out = threading.Event()
+
+    def on_timeout() -> None:
+        timed_out.set()
+        _kill_group(proc)
+
+    err = bytearray()
+
+    def read_stderr() -> None:
+        assert proc.stderr is not None
+        while chunk := proc.stderr.read(_CHUNK):
+            if len(err) < _STDERR_LIMIT:
+                err.extend(chunk[: _STDERR_LIMIT - len(err)])
+
+    def write_stdin() -> None:
+        assert proc.stdin is not None
+        with contextlib.suppress(BrokenPipeError, OSError):
+            proc.stdin.write(stdin or b"")
+        with contextlib.suppress(BrokenPipeError, OSError):
+            proc.stdin.close()
+
+    helpers = [threading.Thread(target=read_stderr, daemon=True)]
+    if stdin is not None and proc.stdin is not None:
+        helpers.append(threading.Thread(target=write_stdin, daemon=True))
+    timer = threading.Timer(timeout, on_timeout)
+    timer.daemon = True
+    for helper in helpers:
+        helper.start()
+    timer.start()
+    out = bytearray()
+    cut = False
+    try:
+        while chunk := os.read(proc.stdout.fileno(), _CHUNK):
+            out.extend(chunk)
+            if limit is not None and len(out) >= limit:
+                del out[limit:]
+                cut = True
+                _kill_group(proc)
+                break
+        proc.wait()
+        for helper in helpers:
+            helper.join()
+    finally:
+        timer.cancel()
+    if timed_out.is_set():
+        raise TimeoutError(f"git took longer than {timeout:g} s")
+    return proc.returncode, bytes(out), bytes(err), cut
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:

@@ -1,9 +1,9 @@
 """Git repositories on this machine, under BACKSPACE_LOCAL_REPOS only.
 
-The branch is pushed into the origin repository; the "pull request" is a record in the store,
-served by backspace itself at /prs/{id}. Host-side git runs in the origin (the operator's own
-repository, which the agent never touches) and in host-owned bare repositories, never in a
-directory that came from the sandbox.
+The branch is fetched into the origin repository (from its side, so none of its hooks run); the
+"pull request" is a record in the store, served by backspace itself at /prs/{id}. Host-side git
+runs in the origin (the operator's own repository, always its top level, which the agent never
+touches) and in host-owned bare repositories, never in a directory that came from the sandbox.
 """
 
 from __future__ import annotations
@@ -71,8 +71,7 @@ class LocalGitHost:
                 f"{reference} is not inside BACKSPACE_LOCAL_REPOS ({self.root}); only "
                 "repositories below it can be used"
             )
-        if not (resolved / "HEAD").is_file() and not (resolved / ".git").exists():
-            raise RepoRefError(f"{reference} is not a git repository")
+        _check_top_level(reference, resolved, self.root)
         name = resolved.relative_to(self.root).as_posix()
         return RepoRef(host=self.name, name=name, location=str(resolved))
 
@@ -82,7 +81,9 @@ class LocalGitHost:
         branch = base_branch or ref.branch
         try:
             if branch is None:
-                branch = (await git("symbolic-ref", "--short", "HEAD", cwd=origin)).strip()
+                branch = (
+                    await git("symbolic-ref", "--short", "HEAD", git_dir=git_dir_of(origin))
+                ).strip()
             check_branch_name(branch)
             sha = (
                 await git(
@@ -90,7 +91,7 @@ class LocalGitHost:
                     "--verify",
                     "--end-of-options",
                     f"refs/heads/{branch}^{{commit}}",
-                    cwd=origin,
+                    git_dir=git_dir_of(origin),
                 )
             ).strip()
         except GitError as exc:
@@ -109,7 +110,7 @@ class LocalGitHost:
             "create",
             str(bundle),
             f"refs/heads/{repo.base_branch}",
-            cwd=Path(repo.ref.location),
+            git_dir=git_dir_of(Path(repo.ref.location)),
         )
         return BaseBundle(bundle, f"refs/heads/{repo.base_branch}", repo.base_sha)
 
@@ -117,22 +118,27 @@ class LocalGitHost:
         """A bare repository that borrows the origin's objects (alternates): instant, no copy."""
         git_dir = dest / "host.git"
         await git("init", "--quiet", "--bare", str(git_dir))
-        objects = (
-            await git(
-                "rev-parse",
-                "--path-format=absolute",
-                "--git-common-dir",
-                cwd=Path(repo.ref.location),
-            )
-        ).strip()
-        (git_dir / "objects" / "info" / "alternates").write_text(f"{objects}/objects\n")
+        objects = git_dir_of(Path(repo.ref.location)) / "objects"
+        (git_dir / "objects" / "info" / "alternates").write_text(f"{objects}\n")
         return git_dir
 
     async def push(self, repo: ResolvedRepo, git_dir: Path, sha: str, branch: str) -> None:
+        """Fetch the branch into the origin from its side, rather than push into it.
+
+        A push into a local path runs `git receive-pack` there, and receive-pack runs the
+        origin's hooks whatever `-c core.hooksPath` the pushing side sets (local transport drops
+        it). A fetch runs in a process started here, so hooks, maintenance and fsck settings are
+        the ones backspace chose; the only process on the other side is upload-pack, in
+        backspace's own bare repository.
+        """
+        published = "refs/backspace/publish"
         try:
+            await git("update-ref", published, sha, git_dir=git_dir)
             await git(
-                "push", "--quiet", "--end-of-options", repo.ref.location, f"{sha}:refs/heads/{branch}",
-                git_dir=git_dir, allow_file=True,
+                "-c", "gc.auto=0", "-c", "maintenance.auto=false", "-c", "fetch.writeCommitGraph=false",
+                "fetch", "--quiet", "--no-tags", "--no-write-fetch-head", "--no-recurse-submodules",
+                "--end-of-options", str(git_dir), f"{published}:refs/heads/{branch}",
+                git_dir=git_dir_of(Path(repo.ref.location)), allow_file=True,
             )  # fmt: skip
         except GitError as exc:
             raise GitHostError(
@@ -156,3 +162,45 @@ class LocalGitHost:
             diff=draft.diff,
         )
         return PullRequest(url=f"{self.public_url}/prs/{pr_id}", number=pr_id, draft=draft.draft)
+
+
+def git_dir_of(top: Path) -> Path:
+    """The git directory of a repository's top level: `top/.git`, or `top` when it is bare.
+
+    Every host-side git call names it with --git-dir (with safe.bareRepository=explicit, git
+    never discovers a repository on its own).
+    """
+    dot_git = top / ".git"
+    return dot_git if dot_git.is_dir() else top
+
+
+def _looks_like_git_dir(path: Path) -> bool:
+    return (path / "HEAD").is_file() and (path / "objects").is_dir() and (path / "refs").is_dir()
+
+
+def _check_top_level(reference: str, resolved: Path, root: Path) -> None:
+    """Only a repository's own top level: never a directory inside another repository.
+
+    A repository's tracked content can contain a directory shaped like a bare repository (with
+    its own config and hooks); accepting it would let repository content choose what host git
+    runs.
+    """
+    for parent in resolved.parents:
+        if not parent.is_relative_to(root):
+            break
+        if (parent / ".git").exists() or _looks_like_git_dir(parent) or parent.name == ".git":
+            raise RepoRefError(
+                f"{reference} is inside the repository {parent}: use the top level of a "
+                "repository below BACKSPACE_LOCAL_REPOS, not a directory inside one"
+            )
+    dot_git = resolved / ".git"
+    if dot_git.is_symlink() or dot_git.is_file():
+        raise RepoRefError(
+            f"{reference} is a linked work tree or submodule (its .git is a file): use the top "
+            "level of the main repository"
+        )
+    if not dot_git.is_dir() and not _looks_like_git_dir(resolved):
+        raise RepoRefError(
+            f"{reference} is not a git repository: give the top level of one (a directory with a "
+            ".git directory, or a bare repository)"
+        )

@@ -12,7 +12,6 @@ handed to git, an HTTP client or a shell.
 
 from __future__ import annotations
 
-import fnmatch
 import html
 import re
 from collections.abc import Iterable
@@ -167,18 +166,30 @@ def check_branch_name(branch: str) -> str:
 
 
 class RepoAllowlist:
-    """ALLOWED_REPOS: patterns such as `acme/*` or `acme/widgets`; empty allows everything."""
+    """ALLOWED_REPOS: patterns such as `acme/*` or `acme/widgets`; empty allows everything.
+
+    `*` and `?` stay within one path segment (fnmatch's would cross `/`, so `widgets*` allowed
+    `widgets/vendor/lib.git`); `**` is the explicit way to say any depth.
+    """
 
     def __init__(self, patterns: Iterable[str]) -> None:
         self.patterns = [p.strip().lower() for p in patterns if p.strip()]
+        self._compiled = [re.compile(_glob_to_regex(p)) for p in self.patterns]
 
     def allows(self, name: str) -> bool:
         if not self.patterns:
             return True
-        return any(fnmatch.fnmatchcase(name.lower(), pattern) for pattern in self.patterns)
+        return any(pattern.fullmatch(name.lower()) for pattern in self._compiled)
 
     def check(self, name: str) -> None:
         if not self.allows(name):
             raise RepoRefError(
                 f"{name} is not in ALLOWED_REPOS on this server ({', '.join(self.patterns)})"
             )
+
+
+def _glob_to_regex(pattern: str) -> str:
+    """`**` any characters, `*` any but `/`, `?` one but `/`; everything else literal."""
+    parts = re.split(r"(\*\*|\*|\?)", pattern)
+    table = {"**": ".*", "*": "[^/]*", "?": "[^/]"}
+    return "".join(table.get(part, re.escape(part)) for part in parts)
