@@ -128,6 +128,7 @@ class Services:
                 "backend": self.sandboxes.name,
                 "usable": sandbox_ok,
                 "message": sandbox_message,
+                **_sandbox_limits(self.sandboxes),
             },
             "git_hosts": hosts,
             "store": {"ok": store_ok, "path": str(settings.db)},
@@ -142,6 +143,12 @@ class Services:
                 "mode": "socket" if settings.slack_app_token else "http",
             },
         }
+
+
+def _sandbox_limits(provider: SandboxProvider) -> dict[str, Any]:
+    """The limits a local sandbox enforces and the ones degraded here (a remote one has none)."""
+    report = getattr(provider, "limits_report", None)
+    return {"limits": report()} if report is not None else {}
 
 
 def _without_userinfo(url: str) -> str:
@@ -184,6 +191,8 @@ def sandbox_provider(settings: Settings) -> SandboxProvider:
             memory_mb=settings.sandbox_memory_mb,
             max_processes=settings.sandbox_max_processes,
             max_file_mb=settings.sandbox_max_file_mb,
+            disk_mb=settings.sandbox_disk_mb,
+            cpus=settings.sandbox_cpus,
         ),
         allow_unsandboxed=settings.allow_unsandboxed,
     )

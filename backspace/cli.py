@@ -215,6 +215,18 @@ async def doctor_command(settings: Settings) -> int:
     if sandbox_ok and probe is not None:  # a remote sandbox: ask it
         sandbox_ok, sandbox_detail = await probe()
     row(f"sandbox ({services.sandboxes.name})", sandbox_ok, sandbox_detail)
+    report = getattr(services.sandboxes, "limits_report", None)
+    if sandbox_ok and report is not None:
+        limits = report()
+        degraded = limits["degraded"]
+        in_force = (
+            f"per run: {limits['memory_mb']} MB memory, {limits['processes']} processes, "
+            f"{limits['cpus']:g} CPUs, {limits['disk_mb']} MB disk, {limits['shm_mb']} MB /dev/shm "
+            f"(cgroup {limits['cgroup']})"
+        )
+        state = "[yellow]degraded[/yellow]" if degraded else "[green]ok[/green]"
+        lines = [in_force, *(f"{name}: {why}" for name, why in degraded.items())]
+        table.add_row("sandbox limits", state, escape("\n".join(lines)))
     for name, host in services.hosts.items():
         usable, detail = host.check()
         row(f"git host ({name})", usable if usable else None, detail)

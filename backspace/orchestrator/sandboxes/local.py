@@ -5,7 +5,10 @@ Each command runs as `prlimit ... [setpriv ...] bwrap ... bash -c COMMAND`:
 - its own PID namespace (the whole tree dies with the command), a private /tmp and home,
 - the system directories read-only and nothing else of the host: not the server's files, its
   `.env`, its database or its environment (`--clearenv` plus a short allowlist),
-- rlimits on address space, processes, file size and open files.
+- rlimits on address space, processes, file size and open files,
+- as root, a cgroup per run (cgroup.py) bounding the run as a whole (memory, processes, CPU),
+  and a size-limited tmpfs holding its workspace, /tmp and home, so a full sandbox fills its
+  own memory-charged tmpfs, never the disk the database is on; /dev/shm is a small tmpfs.
 
 When the server runs as root, bubblewrap is started as an unprivileged user (`setpriv`), so that
 root-owned host files inside the read-only view (such as /etc/shadow) stay unreadable.
@@ -22,6 +25,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -29,7 +33,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from backspace.orchestrator.sandboxes.base import (
     ExecResult,
@@ -39,6 +43,7 @@ from backspace.orchestrator.sandboxes.base import (
     SandboxLost,
     SandboxUnavailable,
 )
+from backspace.orchestrator.sandboxes.cgroup import CgroupLimits, Cgroups, RunCgroup
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +56,7 @@ SYSTEM_DIRS = ("/usr", "/etc", "/opt", "/bin", "/sbin", "/lib", "/lib32", "/lib6
 FILE_MISSING = 44
 FILE_IS_DIR = 45
 KILL_WAIT = 5.0
+CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,9 @@ class LocalLimits:
     max_processes: int = 512
     max_file_mb: int = 512
     max_open_files: int = 4096
+    disk_mb: int = 2048  # workspace, /tmp and home together (a tmpfs: it counts as memory)
+    shm_mb: int = 64
+    cpus: float | None = None  # None: all of the host's cores (runs still get equal shares)
 
 
 def sandbox_environment(home: str, path: str = SANDBOX_PATH) -> dict[str, str]:
@@ -97,9 +106,12 @@ class LocalSandboxProvider:
         limits: LocalLimits = LocalLimits(),
         *,
         allow_unsandboxed: bool = False,
+        cgroup_root: Path = CGROUP_ROOT,
     ) -> None:
         self.root = root
         self.limits = limits
+        self.cgroup_root = cgroup_root
+        self.cgroups: Cgroups | None = None
         self.allow_unsandboxed = allow_unsandboxed
         self._as_root = os.geteuid() == 0
         self._checked: tuple[bool, str] | None = None
@@ -109,8 +121,50 @@ class LocalSandboxProvider:
     def check(self) -> tuple[bool, str]:
         """Probe bubblewrap once (a real `bwrap ... true`) and remember the answer."""
         if self._checked is None:
-            self._checked = self._probe()
+            usable, message = self._probe()
+            degraded = self.limits_report()["degraded"]
+            if usable and degraded:
+                message += f"; limits degraded: {', '.join(degraded)} (see /health)"
+            self._checked = usable, message
         return self._checked
+
+    def _cgroups(self) -> Cgroups:
+        if self.cgroups is None:
+            key = hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:12]
+            self.cgroups = Cgroups(self.cgroup_root, f"backspace-{key}")
+        return self.cgroups
+
+    def limits_report(self) -> dict[str, Any]:
+        """The limits each sandbox gets, and those that do not hold here (and why)."""
+        cgroups = self._cgroups()
+        degraded = cgroups.degraded()
+        if not self._tmpfs_disk():
+            degraded["disk"] = (
+                "the workspace, /tmp and home are directories on the host disk, limited only "
+                "per file (RLIMIT_FSIZE): a sandbox can fill that disk; run the server as root "
+                "so each run gets a size-limited tmpfs"
+            )
+        limits = self.limits
+        return {
+            "cgroup": cgroups.mode,
+            "memory_mb": limits.memory_mb,
+            "processes": limits.max_processes,
+            "cpus": self._cpus(),
+            "disk_mb": limits.disk_mb,
+            "shm_mb": limits.shm_mb,
+            "file_mb": limits.max_file_mb,
+            "degraded": degraded,
+        }
+
+    def _tmpfs_disk(self) -> bool:
+        return self._as_root and self.isolated
+
+    def _cpus(self) -> float:
+        return self.limits.cpus or float(os.cpu_count() or 1)
+
+    def _cgroup_limits(self) -> CgroupLimits:
+        limits = self.limits
+        return CgroupLimits(limits.memory_mb * 1024 * 1024, limits.max_processes, self._cpus())
 
     def _probe(self) -> tuple[bool, str]:
         try:
@@ -171,7 +225,12 @@ class LocalSandboxProvider:
                 f"could not create the sandbox directory: {exc}; check that the sandbox root "
                 f"{self.root} (BACKSPACE_SANDBOX_ROOT) is a writable directory with free space"
             ) from exc
-        return LocalSandbox(self, run_id, base)
+        try:
+            cgroup = await asyncio.to_thread(self._cgroups().create, run_id, self._cgroup_limits())
+        except OSError as exc:
+            await asyncio.to_thread(_remove_run_dir, base)
+            raise SandboxError(f"could not create the sandbox's cgroup: {exc}") from exc
+        return LocalSandbox(self, run_id, base, cgroup)
 
     def _make_root(self) -> None:
         """The root, traversable (not listable) by the sandbox user; made again if deleted."""
@@ -181,6 +240,19 @@ class LocalSandboxProvider:
     def _make_run_dir(self, base: Path) -> None:
         self._make_root()
         base.mkdir(mode=0o700)
+        if self._tmpfs_disk():  # its pages are charged to the memory cgroup of the writer
+            size = self.limits.disk_mb * 1024 * 1024
+            options = f"size={size},mode=0700,nosuid,nodev"
+            try:
+                subprocess.run(
+                    ["mount", "-t", "tmpfs", "-o", options, "backspace-sandbox", str(base)],
+                    check=True,
+                    capture_output=True,
+                    timeout=20,
+                )
+            except subprocess.CalledProcessError as exc:
+                base.rmdir()
+                raise OSError(f"mount tmpfs: {exc.stderr.decode(errors='replace')}") from exc
         self._prepare_dirs(base)
 
     def _prepare_dirs(self, base: Path) -> None:
@@ -194,11 +266,17 @@ class LocalSandboxProvider:
         if not self.root.is_dir():
             return 0
         orphans = [e for e in self.root.iterdir() if e.name not in live_run_ids and e.is_dir()]
+        await asyncio.to_thread(self._cgroups().sweep, live_run_ids)
         if orphans:
             await asyncio.to_thread(_kill_processes_of, orphans)
         for entry in orphans:
-            await asyncio.to_thread(shutil.rmtree, entry, True)
+            await asyncio.to_thread(_remove_run_dir, entry)
         return len(orphans)
+
+    async def aclose(self) -> None:
+        """At shutdown: the (empty) parent cgroups go too."""
+        if self.cgroups is not None:
+            await asyncio.to_thread(self.cgroups.close)
 
     # --- the command line -----------------------------------------------------------------------
     def _argv(self, base: Path, script: str, *, cwd: str, args: tuple[str, ...] = ()) -> list[str]:
@@ -206,7 +284,7 @@ class LocalSandboxProvider:
         argv = [
             "prlimit",
             f"--as={limits.memory_mb * 1024 * 1024}",
-            f"--nproc={limits.max_processes}",
+            f"--nproc={self._nproc()}",
             f"--fsize={limits.max_file_mb * 1024 * 1024}",
             f"--nofile={limits.max_open_files}",
             "--core=0",
@@ -231,6 +309,7 @@ class LocalSandboxProvider:
             elif path.is_dir():
                 argv += ["--ro-bind", directory, directory]
         argv += ["--proc", "/proc", "--dev", "/dev"]
+        argv += ["--size", str(limits.shm_mb * 1024 * 1024), "--tmpfs", "/dev/shm"]  # noqa: S108
         argv += ["--bind", str(base / "tmp"), "/tmp"]  # noqa: S108 - the sandbox's private /tmp
         argv += ["--bind", str(base / "home"), HOME]
         argv += ["--bind", str(base / "workspace"), WORKDIR]
@@ -239,10 +318,24 @@ class LocalSandboxProvider:
             argv += ["--setenv", key, value]
         return [*argv, "--", "bash", "-c", script, "bash", *args]
 
+    def _nproc(self) -> str:
+        """RLIMIT_NPROC counts every sandbox's processes (one uid): the pids cgroup replaces it."""
+        if self._cgroups().has("pids"):  # as high as this server may set it
+            hard = resource.getrlimit(resource.RLIMIT_NPROC)[1]
+            return "unlimited" if hard == resource.RLIM_INFINITY else str(hard)
+        return str(self.limits.max_processes)
+
 
 class LocalSandbox:
-    def __init__(self, provider: LocalSandboxProvider, run_id: str, base: Path) -> None:
+    def __init__(
+        self,
+        provider: LocalSandboxProvider,
+        run_id: str,
+        base: Path,
+        cgroup: RunCgroup | None = None,
+    ) -> None:
         self.provider = provider
+        self.cgroup = cgroup
         self.id = f"local-{run_id}"
         self.base = base
         self.isolated = provider.isolated
@@ -352,6 +445,8 @@ class LocalSandbox:
         self._check_present()
         inner_cwd = self._inner_path(cwd or self.workdir)
         argv = self.provider._argv(self.base, script, cwd=inner_cwd, args=args)
+        if self.cgroup is not None:
+            argv = self.cgroup.enter_argv() + argv
         env = None
         host_cwd = None
         if not self.isolated:
@@ -448,7 +543,11 @@ class LocalSandbox:
         self._closed = True
         for proc in list(self._procs):
             await self._reap(proc)
-        await asyncio.to_thread(shutil.rmtree, self.base, True)
+        if self.cgroup is not None:
+            await asyncio.to_thread(self.cgroup.kill_all)
+        await asyncio.to_thread(_remove_run_dir, self.base)
+        if self.cgroup is not None:
+            await asyncio.to_thread(self.cgroup.remove)
 
 
 READ_SCRIPT = (
@@ -477,6 +576,15 @@ def _kill_processes_of(sandboxes: list[Path]) -> None:
         if any(mark in cmdline for mark in marks):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(int(proc.name), signal.SIGKILL)
+
+
+def _remove_run_dir(base: Path) -> None:
+    """Unmount the run's tmpfs (if it has one: its memory is freed), then delete what is left."""
+    if os.path.ismount(base):
+        done = subprocess.run(["umount", str(base)], capture_output=True, check=False)
+        if done.returncode != 0:  # still busy: detach it; it goes with its last user
+            subprocess.run(["umount", "-l", str(base)], capture_output=True, check=False)
+    shutil.rmtree(base, ignore_errors=True)
 
 
 def _raise_for_file_op(code: int, path: str, err: str, verb: str) -> None:
