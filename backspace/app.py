@@ -105,6 +105,8 @@ class Services:
         sandbox_ok, sandbox_message = self.sandboxes.check()
         settings = self.settings
         store_ok = self.store.ping()
+        room, store_message = self.store.headroom()
+        store_ok = store_ok and room
         hosts = {}
         for name, host in self.hosts.items():
             usable, message = host.check()
@@ -131,7 +133,7 @@ class Services:
                 **_sandbox_limits(self.sandboxes),
             },
             "git_hosts": hosts,
-            "store": {"ok": store_ok, "path": str(settings.db)},
+            "store": {"ok": store_ok, "path": str(settings.db), "message": store_message},
             "runs": {
                 "active": self.runner.active_count(),
                 "queued": self.runner.queued_count(),
@@ -201,7 +203,9 @@ def sandbox_provider(settings: Settings) -> SandboxProvider:
 def build_services(settings: Settings) -> Services:
     redactor = Redactor(settings.secrets())
     max_bytes = int(settings.db_max_mb * 1024 * 1024) if settings.db_max_mb else None
-    store = Store(settings.db, max_bytes=max_bytes)
+    store = Store(
+        settings.db, max_bytes=max_bytes, headroom_bytes=settings.db_headroom_mb * 1024 * 1024
+    )
     hub = EventHub(store)
     url = public_url(settings)
     sandboxes = sandbox_provider(settings)

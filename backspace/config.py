@@ -104,6 +104,7 @@ class Settings(BaseSettings):
     # --- service -------------------------------------------------------------------------------
     db: Path = Field(Path("backspace.db"), alias="BACKSPACE_DB")
     db_max_mb: float | None = Field(None, alias="BACKSPACE_DB_MAX_MB", gt=0)
+    db_headroom_mb: int = Field(100, alias="BACKSPACE_DB_HEADROOM_MB", ge=0)
     public_url: str | None = Field(None, alias="BACKSPACE_PUBLIC_URL")
     require_auth: bool = Field(False, alias="REQUIRE_AUTH")
     api_key: SecretStr | None = Field(None, alias="API_KEY")
