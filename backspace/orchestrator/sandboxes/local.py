@@ -112,6 +112,7 @@ class LocalSandboxProvider:
         self.limits = limits
         self.cgroup_root = cgroup_root
         self.cgroups: Cgroups | None = None
+        self._bwrap_sizes_tmpfs: bool | None = None
         self.allow_unsandboxed = allow_unsandboxed
         self._as_root = os.geteuid() == 0
         self._checked: tuple[bool, str] | None = None
@@ -143,6 +144,11 @@ class LocalSandboxProvider:
                 "the workspace, /tmp and home are directories on the host disk, limited only "
                 "per file (RLIMIT_FSIZE): a sandbox can fill that disk; run the server as root "
                 "so each run gets a size-limited tmpfs"
+            )
+        if self.isolated and not self._shm_args():
+            degraded["shm"] = (
+                "bubblewrap is older than 0.5 and cannot size /dev/shm: it is bounded only by "
+                "the run's memory cgroup; install bubblewrap 0.5 or later"
             )
         limits = self.limits
         return {
@@ -309,7 +315,7 @@ class LocalSandboxProvider:
             elif path.is_dir():
                 argv += ["--ro-bind", directory, directory]
         argv += ["--proc", "/proc", "--dev", "/dev"]
-        argv += ["--size", str(limits.shm_mb * 1024 * 1024), "--tmpfs", "/dev/shm"]  # noqa: S108
+        argv += self._shm_args()
         argv += ["--bind", str(base / "tmp"), "/tmp"]  # noqa: S108 - the sandbox's private /tmp
         argv += ["--bind", str(base / "home"), HOME]
         argv += ["--bind", str(base / "workspace"), WORKDIR]
@@ -317,6 +323,14 @@ class LocalSandboxProvider:
         for key, value in sandbox_environment(HOME).items():
             argv += ["--setenv", key, value]
         return [*argv, "--", "bash", "-c", script, "bash", *args]
+
+    def _shm_args(self) -> list[str]:
+        """A small /dev/shm (bubblewrap >= 0.5 sizes a tmpfs); else /dev's own, under memory."""
+        if self._bwrap_sizes_tmpfs is None:
+            self._bwrap_sizes_tmpfs = _bwrap_version() >= (0, 5)
+        if not self._bwrap_sizes_tmpfs:
+            return []
+        return ["--size", str(self.limits.shm_mb * 1024 * 1024), "--tmpfs", "/dev/shm"]  # noqa: S108
 
     def _nproc(self) -> str:
         """RLIMIT_NPROC counts every sandbox's processes (one uid): the pids cgroup replaces it."""
@@ -576,6 +590,17 @@ def _kill_processes_of(sandboxes: list[Path]) -> None:
         if any(mark in cmdline for mark in marks):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(int(proc.name), signal.SIGKILL)
+
+
+def _bwrap_version() -> tuple[int, ...]:
+    """`bwrap --version` as numbers ("bubblewrap 0.8.0" -> (0, 8, 0)); () if unknown."""
+    try:
+        out = subprocess.run(
+            ["bwrap", "--version"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout
+        return tuple(int(part) for part in out.split()[-1].split("."))
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return ()
 
 
 def _remove_run_dir(base: Path) -> None:
