@@ -14,6 +14,7 @@ Where none can be had, `Cgroups.degraded` says which limits are missing and why.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import signal
@@ -127,16 +128,27 @@ class Cgroups:
         self._detect_v1(own)
 
     def _detect_v2(self, mount: Path, own: str, controllers: set[str]) -> None:
-        """Use our own group's subtree: enable the controllers for our children there."""
+        """Use our own group's subtree: enable the controllers for our children there.
+
+        v2 lets a group hand controllers to children only while no process sits in it, so
+        when this server is in its (delegated) group it first moves into a leaf of its own.
+        """
         group = mount / own.lstrip("/")
         parent = group / self.name
         wanted = [c for c in CONTROLLERS if c in controllers]
+        enable = " ".join(f"+{c}" for c in wanted)
         try:
-            enabled = _read_words(group / "cgroup.subtree_control")
-            if not set(wanted) <= enabled:  # fails (busy) if processes sit in our own group
-                (group / "cgroup.subtree_control").write_text(" ".join(f"+{c}" for c in wanted))
+            if not set(wanted) <= _read_words(group / "cgroup.subtree_control"):
+                try:
+                    (group / "cgroup.subtree_control").write_text(enable)
+                except OSError as exc:
+                    if exc.errno != errno.EBUSY:
+                        raise
+                    leaf = group / "backspace-server"
+                    leaf.mkdir(exist_ok=True)
+                    (leaf / "cgroup.procs").write_text(str(os.getpid()))
+                    (group / "cgroup.subtree_control").write_text(enable)
             parent.mkdir(exist_ok=True)
-            enable = " ".join(f"+{c}" for c in wanted)
             (parent / "cgroup.subtree_control").write_text(enable)
         except OSError as exc:
             self.problem = f"cgroup v2 at {mount} is not delegated to this server ({exc})"
