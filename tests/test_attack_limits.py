@@ -188,6 +188,7 @@ async def test_every_command_runs_in_the_runs_cgroup_which_is_gone_after_close(
     task.cancel()
     for directory in group.dirs:
         assert not directory.exists(), directory
+        assert not directory.parent.exists(), "the last run out leaves no empty parent group"
     assert str(sandbox.base) not in mount_points()
     assert not sandbox.base.exists()
 

@@ -90,6 +90,9 @@ class RunCgroup:
                         log.warning("could not remove the cgroup %s: %s", directory, exc)
                         break
                     time.sleep(0.05)
+        for parent in {d.parent for d in self.dirs}:  # the last run out removes the parent
+            with contextlib.suppress(OSError):
+                parent.rmdir()
 
     def _pids(self) -> set[int]:
         pids: set[int] = set()
@@ -148,14 +151,16 @@ class Cgroups:
                     leaf.mkdir(exist_ok=True)
                     (leaf / "cgroup.procs").write_text(str(os.getpid()))
                     (group / "cgroup.subtree_control").write_text(enable)
-            parent.mkdir(exist_ok=True)
-            (parent / "cgroup.subtree_control").write_text(enable)
+            self.mode = "v2"
+            self._make_parent(parent)
+            enabled = _read_words(parent / "cgroup.subtree_control")
+            with contextlib.suppress(OSError):
+                parent.rmdir()
         except OSError as exc:
+            self.mode = "none"
             self.problem = f"cgroup v2 at {mount} is not delegated to this server ({exc})"
             return
-        enabled = _read_words(parent / "cgroup.subtree_control")
         self.parents = {c: parent for c in wanted if c in enabled}
-        self.mode = "v2"
 
     def _detect_v1(self, own: dict[str, str]) -> None:
         problems = []
@@ -166,10 +171,9 @@ class Cgroups:
                 continue
             parent = mount / own.get(controller, "/").lstrip("/") / self.name
             try:
-                parent.mkdir(exist_ok=True)
-                if controller == "memory":  # count children's usage against the parent's limit
-                    with contextlib.suppress(OSError):
-                        (parent / "memory.use_hierarchy").write_text("1")
+                self._make_parent(parent)
+                with contextlib.suppress(OSError):
+                    parent.rmdir()  # made again by the first run: none is left behind
             except OSError as exc:
                 problems.append(f"cannot create a group in {mount} ({exc.strerror})")
                 continue
@@ -177,6 +181,16 @@ class Cgroups:
         if self.parents:
             self.mode = "v1"
         self.problem = "; ".join(problems)
+
+    def _make_parent(self, parent: Path) -> None:
+        """The directory run groups go in, made on demand (the last run out removes it)."""
+        parent.mkdir(exist_ok=True)
+        if self.mode == "v2":
+            enable = " ".join(f"+{c}" for c in CONTROLLERS if c in _controllers(parent))
+            (parent / "cgroup.subtree_control").write_text(enable)
+        else:
+            with contextlib.suppress(OSError):  # v1 memory: count children against the parent
+                (parent / "memory.use_hierarchy").write_text("1")
 
     # --- what holds -----------------------------------------------------------------------------
     def degraded(self) -> dict[str, str]:
@@ -205,8 +219,15 @@ class Cgroups:
             dirs[parent / run_id] = None
         group = RunCgroup(tuple(dirs))
         try:
-            for directory in group.dirs:
-                directory.mkdir(exist_ok=True)
+            for attempt in range(3):  # another run's close may remove a parent meanwhile
+                try:
+                    for directory in group.dirs:
+                        self._make_parent(directory.parent)
+                        directory.mkdir(exist_ok=True)
+                    break
+                except FileNotFoundError:
+                    if attempt == 2:
+                        raise
             self._apply(run_id, limits)
         except OSError:
             group.remove()
@@ -238,7 +259,7 @@ class Cgroups:
             _write(group / "cpu.cfs_quota_us", str(quota))
 
     def close(self) -> None:
-        """Remove this root's parent groups if no run is left in them."""
+        """Remove this root's parent groups if no run is left in them (normally none is left)."""
         for parent in set(self.parents.values()):
             with contextlib.suppress(OSError):
                 parent.rmdir()
@@ -261,6 +282,10 @@ def _write(path: Path, value: str, *, optional: bool = False) -> None:
     except OSError:
         if not optional:
             raise
+
+
+def _controllers(group: Path) -> set[str]:
+    return _read_words(group / "cgroup.controllers")
 
 
 def _read_words(path: Path) -> set[str]:
