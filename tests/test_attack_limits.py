@@ -24,7 +24,9 @@ import pytest
 
 from backspace.app import build_services
 from backspace.config import load_settings
+from backspace.orchestrator.events import now_iso
 from backspace.orchestrator.sandboxes.local import LocalLimits, LocalSandbox, LocalSandboxProvider
+from backspace.orchestrator.store import Run, Store, StoreFull
 from tests.conftest import ServerFactory, make_repo
 from tests.fakes.anthropic import FakeAnthropic
 from tests.test_cli import backspace, cli_env
@@ -292,3 +294,24 @@ def test_a_nearly_full_database_disk_refuses_new_runs_clearly(
     assert "BACKSPACE_DB_HEADROOM_MB" in detail and "free" in detail, detail
     store = httpx.get(f"{server.url}/health", timeout=10).json()["store"]
     assert not store["ok"] and "BACKSPACE_DB_HEADROOM_MB" in store["message"]
+
+
+def test_below_the_headroom_running_runs_still_record_their_events(small_disk: Path) -> None:
+    store = Store(small_disk / "backspace.db", headroom_bytes=8 * MB)
+    try:
+        now = now_iso()
+        running = Run(
+            id="r1", created_at=now, updated_at=now, status="running", stage="agent",
+            repo_url="local:widgets", prompt="p", source="api",
+        )  # fmt: skip
+        store.create_run(running)
+        free = shutil.disk_usage(small_disk).free
+        (small_disk / "filler").write_bytes(b"x" * (free - 4 * MB))
+        with pytest.raises(StoreFull, match="BACKSPACE_DB_HEADROOM_MB=8"):
+            store.create_run(replace(running, id="r2"))
+        store.append_event("r1", "complete", {"status": "failed", "message": "x" * 10_000})
+        store.update_run("r1", status="failed")
+        assert [e.type for e in store.events_after("r1")] == ["complete"]
+        assert store.get_run("r2") is None
+    finally:
+        store.close()
