@@ -110,6 +110,8 @@ class Services:
         sandbox_ok, sandbox_message = self.sandboxes.check()
         settings = self.settings
         store_ok = self.store.ping()
+        room, store_message = self.store.headroom()
+        store_ok = store_ok and room
         hosts = {}
         for name, host in self.hosts.items():
             usable, message = host.check()
@@ -133,9 +135,14 @@ class Services:
                 "backend": self.sandboxes.name,
                 "usable": sandbox_ok,
                 "message": hide(sandbox_message),
+                **_sandbox_limits(self.sandboxes),
             },
             "git_hosts": hosts,
-            "store": {"ok": store_ok, **({"path": str(settings.db)} if show_paths else {})},
+            "store": {
+                "ok": store_ok,
+                **({"path": str(settings.db)} if show_paths else {}),
+                "message": hide(store_message),
+            },
             "runs": {
                 "active": self.runner.active_count(),
                 "queued": self.runner.queued_count(),
@@ -166,6 +173,12 @@ def _hide_paths(paths: list[str]) -> Callable[[str], str]:
         return message
 
     return hide
+
+
+def _sandbox_limits(provider: SandboxProvider) -> dict[str, Any]:
+    """The limits a local sandbox enforces and the ones degraded here (a remote one has none)."""
+    report = getattr(provider, "limits_report", None)
+    return {"limits": report()} if report is not None else {}
 
 
 def _without_userinfo(url: str) -> str:
@@ -239,6 +252,8 @@ def sandbox_provider(settings: Settings) -> SandboxProvider:
             memory_mb=settings.sandbox_memory_mb,
             max_processes=settings.sandbox_max_processes,
             max_file_mb=settings.sandbox_max_file_mb,
+            disk_mb=settings.sandbox_disk_mb,
+            cpus=settings.sandbox_cpus,
         ),
         allow_unsandboxed=settings.allow_unsandboxed,
     )
@@ -248,7 +263,9 @@ def build_services(settings: Settings) -> Services:
     check_outside_sandbox_view(settings)
     redactor = Redactor(settings.secrets())
     max_bytes = int(settings.db_max_mb * 1024 * 1024) if settings.db_max_mb else None
-    store = Store(settings.db, max_bytes=max_bytes)
+    store = Store(
+        settings.db, max_bytes=max_bytes, headroom_bytes=settings.db_headroom_mb * 1024 * 1024
+    )
     hub = EventHub(store)
     url = public_url(settings)
     sandboxes = sandbox_provider(settings)

@@ -22,6 +22,7 @@ from backspace.orchestrator.events import Event, EventType, RunStatus
 from backspace.orchestrator.githosts.base import RepoRefError
 from backspace.orchestrator.redact import Redactor
 from backspace.orchestrator.run import RunRequest
+from backspace.orchestrator.store import StoreFull
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -136,7 +137,11 @@ async def run_command(settings: Settings, repo: str, prompt: str, base: str | No
             console.print(f"backspace: {escape(ref.name)} cannot be used: {escape(message)}")
             return EXIT_USAGE
         request = RunRequest(repo_url=repo, repo=ref, prompt=prompt, base_branch=base, source="cli")
-        run = services.runner.submit(request)
+        try:
+            run = services.runner.submit(request)
+        except StoreFull as exc:
+            console.print(f"backspace: {escape(str(exc))}")
+            return EXIT_FAILED
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(
             signal.SIGINT, lambda: asyncio.ensure_future(services.runner.cancel(run.id))
@@ -236,10 +241,23 @@ async def doctor_command(settings: Settings) -> int:
     if sandbox_ok and probe is not None:  # a remote sandbox: ask it
         sandbox_ok, sandbox_detail = await probe()
     row(f"sandbox ({services.sandboxes.name})", sandbox_ok, sandbox_detail)
+    report = getattr(services.sandboxes, "limits_report", None)
+    if sandbox_ok and report is not None:
+        limits = report()
+        degraded = limits["degraded"]
+        in_force = (
+            f"per run: {limits['memory_mb']} MB memory, {limits['processes']} processes, "
+            f"{limits['cpus']:g} CPUs, {limits['disk_mb']} MB disk, {limits['shm_mb']} MB /dev/shm "
+            f"(cgroup {limits['cgroup']})"
+        )
+        state = "[yellow]degraded[/yellow]" if degraded else "[green]ok[/green]"
+        lines = [in_force, *(f"{name}: {why}" for name, why in degraded.items())]
+        table.add_row("sandbox limits", state, escape("\n".join(lines)))
     for name, host in services.hosts.items():
         usable, detail = host.check()
         row(f"git host ({name})", usable if usable else None, detail)
-    row("store", services.store.ping(), str(settings.db))
+    room, room_message = services.store.headroom()
+    row("store", services.store.ping() and room, f"{settings.db}: {room_message}")
     row(
         "auth",
         True if settings.require_auth else None,

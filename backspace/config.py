@@ -93,6 +93,8 @@ class Settings(BaseSettings):
     sandbox_memory_mb: int = Field(4096, alias="BACKSPACE_SANDBOX_MEMORY_MB", ge=64)
     sandbox_max_processes: int = Field(512, alias="BACKSPACE_SANDBOX_MAX_PROCESSES", ge=8)
     sandbox_max_file_mb: int = Field(512, alias="BACKSPACE_SANDBOX_MAX_FILE_MB", ge=1)
+    sandbox_disk_mb: int = Field(2048, alias="BACKSPACE_SANDBOX_DISK_MB", ge=16)
+    sandbox_cpus: float | None = Field(None, alias="BACKSPACE_SANDBOX_CPUS", gt=0)
     command_timeout: float = Field(120.0, alias="BACKSPACE_COMMAND_TIMEOUT", gt=0)
     max_output_chars: int = Field(16000, alias="BACKSPACE_MAX_OUTPUT_CHARS", ge=1000)
     test_command: str | None = Field(None, alias="BACKSPACE_TEST_COMMAND")
@@ -109,6 +111,7 @@ class Settings(BaseSettings):
     # --- service -------------------------------------------------------------------------------
     db: Path = Field(Path("backspace.db"), alias="BACKSPACE_DB")
     db_max_mb: float | None = Field(None, alias="BACKSPACE_DB_MAX_MB", gt=0)
+    db_headroom_mb: int = Field(100, alias="BACKSPACE_DB_HEADROOM_MB", ge=0)
     public_url: str | None = Field(None, alias="BACKSPACE_PUBLIC_URL")
     allowed_hosts: str = Field("", alias="BACKSPACE_ALLOWED_HOSTS")
     require_auth: bool = Field(False, alias="REQUIRE_AUTH")

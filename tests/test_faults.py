@@ -470,12 +470,19 @@ def running_exactly(*argv: str) -> bool:
     return False
 
 
+def delete_sandbox_dir(path: Path) -> None:
+    """What a /tmp cleaner does: all it can. As root the run directory is its tmpfs's mount
+    point, which cannot be removed while mounted: everything in it goes, the workspace too."""
+    shutil.rmtree(path, ignore_errors=True)
+    assert not (path / "workspace").exists()
+
+
 def vanish_during(*argv: str) -> Hook:
     """Delete the run's sandbox directory from outside while `argv` runs in it."""
 
     async def go(rig: Rig, run_id: str) -> None:
         await wait_until(lambda: running_exactly(*argv), " ".join(argv))
-        shutil.rmtree(sandbox_dir(rig, run_id))
+        delete_sandbox_dir(sandbox_dir(rig, run_id))
 
     return go
 
@@ -487,7 +494,7 @@ def vanish_between_turns(turn: int) -> Hook:
         await wait_until(
             lambda: rig.model.attempts("fx-sandbox-vanish-turns", turn) > 0, "the model turn"
         )
-        shutil.rmtree(sandbox_dir(rig, run_id))
+        delete_sandbox_dir(sandbox_dir(rig, run_id))
 
     return go
 

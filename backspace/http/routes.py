@@ -23,7 +23,7 @@ from backspace.orchestrator.events import RunStatus
 from backspace.orchestrator.githosts.base import RepoRefError
 from backspace.orchestrator.run import RunRequest
 from backspace.orchestrator.runner import NotAccepting
-from backspace.orchestrator.store import Run, StoreError
+from backspace.orchestrator.store import Run, StoreError, StoreFull
 
 MAX_LIST = 200
 
@@ -150,6 +150,8 @@ async def create_run(request: Request) -> Response:
         )
     except NotAccepting as exc:
         raise HTTPProblem(503, str(exc), headers={"Retry-After": "5"}) from None
+    except StoreFull as exc:
+        raise HTTPProblem(503, str(exc), headers={"Retry-After": "60"}) from None
     except StoreError:
         raise HTTPProblem(
             503, "backspace cannot record new runs right now (its store is full or failing)"

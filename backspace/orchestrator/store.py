@@ -8,6 +8,7 @@ keeping every write on one thread makes `seq` allocation trivially gap-free.
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -174,9 +175,16 @@ class StoreError(Exception):
     """The store could not be written (disk full, file gone): the run cannot be recorded."""
 
 
+class StoreFull(StoreError):
+    """The database's disk is nearly full: new runs are refused so running ones can finish."""
+
+
 class Store:
-    def __init__(self, path: Path | str, *, max_bytes: int | None = None) -> None:
+    def __init__(
+        self, path: Path | str, *, max_bytes: int | None = None, headroom_bytes: int = 0
+    ) -> None:
         self.path = Path(path)
+        self.headroom_bytes = 0 if str(path) == ":memory:" else headroom_bytes
         if str(path) != ":memory:":
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
@@ -193,6 +201,23 @@ class Store:
     def close(self) -> None:
         self._db.close()
 
+    def headroom(self) -> tuple[bool, str]:
+        """Whether the database's disk has BACKSPACE_DB_HEADROOM_MB free, and a sentence."""
+        if not self.headroom_bytes:
+            return True, "no headroom kept (BACKSPACE_DB_HEADROOM_MB=0)"
+        try:
+            free = shutil.disk_usage(self.path.parent).free
+        except OSError as exc:
+            return False, f"the database's disk cannot be measured ({exc.strerror})"
+        mb = 1024 * 1024
+        if free < self.headroom_bytes:
+            return False, (
+                f"the disk holding the database has {free // mb} MB free, less than "
+                f"BACKSPACE_DB_HEADROOM_MB={self.headroom_bytes // mb}: new runs are refused so "
+                "that running ones can still record their events; free space on that disk"
+            )
+        return True, f"{free // mb} MB free on the database's disk"
+
     def ping(self) -> bool:
         try:
             self._db.execute("SELECT 1").fetchone()
@@ -202,6 +227,10 @@ class Store:
 
     # --- runs ----------------------------------------------------------------------------------
     def create_run(self, run: Run) -> None:
+        """Record a new run; StoreFull when the database's disk has no headroom left."""
+        room, message = self.headroom()
+        if not room:
+            raise StoreFull(message)
         values = {name: getattr(run, name) for name in RUN_COLUMNS}
         values["meta"] = json.dumps(run.meta)
         columns = ", ".join(values)

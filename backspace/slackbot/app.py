@@ -37,6 +37,7 @@ from backspace.app import Services
 from backspace.orchestrator.githosts.base import RepoRefError
 from backspace.orchestrator.run import RunRequest
 from backspace.orchestrator.runner import NotAccepting
+from backspace.orchestrator.store import StoreFull
 from backspace.slackbot import commands
 from backspace.slackbot.messages import CANCEL_ACTION, RunView, escape, help_text, status_text
 from backspace.slackbot.reporter import ChannelPacer, SlackReporter
@@ -239,6 +240,9 @@ class SlackFrontEnd:
         view, request = reply
         try:
             run = self.services.runner.submit(request)
+        except StoreFull as exc:
+            await ack(response_type="ephemeral", text=f"backspace cannot take runs now: {exc}")
+            return
         except NotAccepting as exc:
             await ack(
                 response_type="ephemeral",
@@ -284,6 +288,10 @@ class SlackFrontEnd:
         view, request = reply
         try:
             run = self.services.runner.submit(request)
+        except StoreFull as exc:
+            text = f"backspace cannot take runs now: {exc}"
+            await self._safe(client.chat_postMessage(channel=channel, thread_ts=thread, text=text))
+            return
         except NotAccepting as exc:
             await self._safe(
                 client.chat_postMessage(

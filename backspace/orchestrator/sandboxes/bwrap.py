@@ -179,11 +179,13 @@ def bwrap_argv(
     env: Mapping[str, str],
     uid: int,
     home: str,
+    shm_bytes: int | None = None,
 ) -> Iterator[tuple[list[str], tuple[int, ...]]]:
     """`bwrap --args N` and the descriptors it reads: the options, passwd, group, the filter.
 
     `binds` maps sandbox paths to the host directories bound writable there. The descriptors
-    are closed when the block ends: start the process inside it.
+    are closed when the block ends: start the process inside it. `shm_bytes` sizes /dev/shm
+    (bubblewrap 0.5 or newer); without it /dev/shm is part of /dev's tmpfs.
     """
     fds: list[int] = []
     try:
@@ -204,6 +206,8 @@ def bwrap_argv(
         options += ["--ro-bind-data", str(passwd), "/etc/passwd"]
         options += ["--ro-bind-data", str(group), "/etc/group"]
         options += ["--proc", "/proc", "--dev", "/dev"]
+        if shm_bytes is not None:
+            options += ["--size", str(shm_bytes), "--tmpfs", "/dev/shm"]  # noqa: S108 - its own
         for inside, host in binds.items():
             options += ["--bind", str(host), inside]
         options += ["--remount-ro", "/", "--chdir", cwd, "--clearenv"]

@@ -7,7 +7,10 @@ Each command runs as `prlimit ... [setpriv ...] bwrap ... bash -c COMMAND`:
   server's files, its `.env`, its database or its environment (`--clearenv` plus a short
   allowlist); see bwrap.py, which also holds the seccomp filter and passes bubblewrap's options
   through a memfd so that PID 1's command line shows no host path,
-- rlimits on address space, processes, file size and open files.
+- rlimits on address space, processes, file size and open files,
+- as root, a cgroup per run (cgroup.py) bounding the run as a whole (memory, processes, CPU),
+  and a size-limited tmpfs holding its workspace, /tmp and home, so a full sandbox fills its
+  own memory-charged tmpfs, never the disk the database is on; /dev/shm is a small tmpfs.
 
 When the server runs as root, bubblewrap is started as an unprivileged user (`setpriv`), so that
 root-owned host files inside the read-only view (such as /etc/shadow) stay unreadable.
@@ -24,6 +27,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -32,7 +36,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from backspace.orchestrator.sandboxes.base import (
     ExecResult,
@@ -43,6 +47,7 @@ from backspace.orchestrator.sandboxes.base import (
     SandboxUnavailable,
 )
 from backspace.orchestrator.sandboxes.bwrap import SeccompUnavailable, bwrap_argv
+from backspace.orchestrator.sandboxes.cgroup import CgroupLimits, Cgroups, RunCgroup
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +60,7 @@ MARK_VARIABLE = "BACKSPACE_SANDBOX_MARK"  # in bubblewrap's own environment: see
 FILE_MISSING = 44
 FILE_IS_DIR = 45
 KILL_WAIT = 5.0
+CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,9 @@ class LocalLimits:
     max_processes: int = 512
     max_file_mb: int = 512
     max_open_files: int = 4096
+    disk_mb: int = 2048  # workspace, /tmp and home together (a tmpfs: it counts as memory)
+    shm_mb: int = 64
+    cpus: float | None = None  # None: all of the host's cores (runs still get equal shares)
 
 
 def sandbox_environment(home: str, path: str = SANDBOX_PATH) -> dict[str, str]:
@@ -111,9 +120,13 @@ class LocalSandboxProvider:
         limits: LocalLimits = LocalLimits(),
         *,
         allow_unsandboxed: bool = False,
+        cgroup_root: Path = CGROUP_ROOT,
     ) -> None:
         self.root = root
         self.limits = limits
+        self.cgroup_root = cgroup_root
+        self.cgroups: Cgroups | None = None
+        self._bwrap_sizes_tmpfs: bool | None = None
         self.allow_unsandboxed = allow_unsandboxed
         self._as_root = os.geteuid() == 0
         self._checked: tuple[bool, str] | None = None
@@ -123,8 +136,55 @@ class LocalSandboxProvider:
     def check(self) -> tuple[bool, str]:
         """Probe bubblewrap once (a real `bwrap ... true`) and remember the answer."""
         if self._checked is None:
-            self._checked = self._probe()
+            usable, message = self._probe()
+            degraded = self.limits_report()["degraded"]
+            if usable and degraded:
+                message += f"; limits degraded: {', '.join(degraded)} (see /health)"
+            self._checked = usable, message
         return self._checked
+
+    def _cgroups(self) -> Cgroups:
+        if self.cgroups is None:
+            key = hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:12]
+            self.cgroups = Cgroups(self.cgroup_root, f"backspace-{key}")
+        return self.cgroups
+
+    def limits_report(self) -> dict[str, Any]:
+        """The limits each sandbox gets, and those that do not hold here (and why)."""
+        cgroups = self._cgroups()
+        degraded = cgroups.degraded()
+        if not self._tmpfs_disk():
+            degraded["disk"] = (
+                "the workspace, /tmp and home are directories on the host disk, limited only "
+                "per file (RLIMIT_FSIZE): a sandbox can fill that disk; run the server as root "
+                "so each run gets a size-limited tmpfs"
+            )
+        if self.isolated and self._shm_bytes() is None:
+            degraded["shm"] = (
+                "bubblewrap is older than 0.5 and cannot size /dev/shm: it is bounded only by "
+                "the run's memory cgroup; install bubblewrap 0.5 or later"
+            )
+        limits = self.limits
+        return {
+            "cgroup": cgroups.mode,
+            "memory_mb": limits.memory_mb,
+            "processes": limits.max_processes,
+            "cpus": self._cpus(),
+            "disk_mb": limits.disk_mb,
+            "shm_mb": limits.shm_mb,
+            "file_mb": limits.max_file_mb,
+            "degraded": degraded,
+        }
+
+    def _tmpfs_disk(self) -> bool:
+        return self._as_root and self.isolated
+
+    def _cpus(self) -> float:
+        return self.limits.cpus or float(os.cpu_count() or 1)
+
+    def _cgroup_limits(self) -> CgroupLimits:
+        limits = self.limits
+        return CgroupLimits(limits.memory_mb * 1024 * 1024, limits.max_processes, self._cpus())
 
     def _probe(self) -> tuple[bool, str]:
         try:
@@ -189,7 +249,12 @@ class LocalSandboxProvider:
                 f"could not create the sandbox directory: {exc}; check that the sandbox root "
                 f"{self.root} (BACKSPACE_SANDBOX_ROOT) is a writable directory with free space"
             ) from exc
-        return LocalSandbox(self, run_id, base)
+        try:
+            cgroup = await asyncio.to_thread(self._cgroups().create, run_id, self._cgroup_limits())
+        except OSError as exc:
+            await asyncio.to_thread(_remove_run_dir, base)
+            raise SandboxError(f"could not create the sandbox's cgroup: {exc}") from exc
+        return LocalSandbox(self, run_id, base, cgroup)
 
     def _make_root(self) -> None:
         """The root, traversable (not listable) by the sandbox user; made again if deleted."""
@@ -199,6 +264,19 @@ class LocalSandboxProvider:
     def _make_run_dir(self, base: Path) -> None:
         self._make_root()
         base.mkdir(mode=0o700)
+        if self._tmpfs_disk():  # its pages are charged to the memory cgroup of the writer
+            size = self.limits.disk_mb * 1024 * 1024
+            options = f"size={size},mode=0700,nosuid,nodev"
+            try:
+                subprocess.run(
+                    ["mount", "-t", "tmpfs", "-o", options, "backspace-sandbox", str(base)],
+                    check=True,
+                    capture_output=True,
+                    timeout=20,
+                )
+            except subprocess.CalledProcessError as exc:
+                base.rmdir()
+                raise OSError(f"mount tmpfs: {exc.stderr.decode(errors='replace')}") from exc
         self._prepare_dirs(base)
 
     def _prepare_dirs(self, base: Path) -> None:
@@ -212,11 +290,17 @@ class LocalSandboxProvider:
         if not self.root.is_dir():
             return 0
         orphans = [e for e in self.root.iterdir() if e.name not in live_run_ids and e.is_dir()]
+        await asyncio.to_thread(self._cgroups().sweep, live_run_ids)
         if orphans:
             await asyncio.to_thread(_kill_processes_of, orphans)
         for entry in orphans:
-            await asyncio.to_thread(shutil.rmtree, entry, True)
+            await asyncio.to_thread(_remove_run_dir, entry)
         return len(orphans)
+
+    async def aclose(self) -> None:
+        """At shutdown: the (empty) parent cgroups go too."""
+        if self.cgroups is not None:
+            await asyncio.to_thread(self.cgroups.close)
 
     # --- the command line -----------------------------------------------------------------------
     @contextlib.contextmanager
@@ -229,7 +313,9 @@ class LocalSandboxProvider:
             return
         binds = {"/tmp": base / "tmp", HOME: base / "home", WORKDIR: base / "workspace"}  # noqa: S108 - the sandbox's private /tmp
         env = sandbox_environment(HOME)
-        with bwrap_argv(binds, cwd=cwd, env=env, uid=INNER_UID, home=HOME) as (bwrap, fds):
+        with bwrap_argv(
+            binds, cwd=cwd, env=env, uid=INNER_UID, home=HOME, shm_bytes=self._shm_bytes()
+        ) as (bwrap, fds):
             yield self._argv(base, script, cwd=cwd, args=args, bwrap=bwrap), fds
 
     def _argv(
@@ -245,7 +331,7 @@ class LocalSandboxProvider:
         argv = [
             "prlimit",
             f"--as={limits.memory_mb * 1024 * 1024}",
-            f"--nproc={limits.max_processes}",
+            f"--nproc={self._nproc()}",
             f"--fsize={limits.max_file_mb * 1024 * 1024}",
             f"--nofile={limits.max_open_files}",
             "--core=0",
@@ -263,10 +349,32 @@ class LocalSandboxProvider:
             ]
         return [*argv, *bwrap, "--", "bash", "-c", script, "bash", *args]
 
+    def _shm_bytes(self) -> int | None:
+        """A small /dev/shm (bubblewrap >= 0.5 sizes a tmpfs); else /dev's own, under memory."""
+        if self._bwrap_sizes_tmpfs is None:
+            self._bwrap_sizes_tmpfs = _bwrap_version() >= (0, 5)
+        if not self._bwrap_sizes_tmpfs:
+            return None
+        return self.limits.shm_mb * 1024 * 1024
+
+    def _nproc(self) -> str:
+        """RLIMIT_NPROC counts every sandbox's processes (one uid): the pids cgroup replaces it."""
+        if self._cgroups().has("pids"):  # as high as this server may set it
+            hard = resource.getrlimit(resource.RLIMIT_NPROC)[1]
+            return "unlimited" if hard == resource.RLIM_INFINITY else str(hard)
+        return str(self.limits.max_processes)
+
 
 class LocalSandbox:
-    def __init__(self, provider: LocalSandboxProvider, run_id: str, base: Path) -> None:
+    def __init__(
+        self,
+        provider: LocalSandboxProvider,
+        run_id: str,
+        base: Path,
+        cgroup: RunCgroup | None = None,
+    ) -> None:
         self.provider = provider
+        self.cgroup = cgroup
         self.id = f"local-{run_id}"
         self.base = base
         self.isolated = provider.isolated
@@ -389,6 +497,8 @@ class LocalSandbox:
                 argv,
                 fds,
             ):
+                if self.cgroup is not None:
+                    argv = self.cgroup.enter_argv() + argv
                 proc = await asyncio.create_subprocess_exec(
                     *argv,
                     stdin=stdin
@@ -484,7 +594,11 @@ class LocalSandbox:
         self._closed = True
         for proc in list(self._procs):
             await self._reap(proc)
-        await asyncio.to_thread(shutil.rmtree, self.base, True)
+        if self.cgroup is not None:
+            await asyncio.to_thread(self.cgroup.kill_all)
+        await asyncio.to_thread(_remove_run_dir, self.base)
+        if self.cgroup is not None:
+            await asyncio.to_thread(self.cgroup.remove)
 
 
 READ_SCRIPT = (
@@ -519,6 +633,26 @@ def _kill_processes_of(sandboxes: list[Path]) -> None:
         if any(path in cmdline for path in paths) or marks & environ:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(int(proc.name), signal.SIGKILL)
+
+
+def _bwrap_version() -> tuple[int, ...]:
+    """`bwrap --version` as numbers ("bubblewrap 0.8.0" -> (0, 8, 0)); () if unknown."""
+    try:
+        out = subprocess.run(
+            ["bwrap", "--version"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout
+        return tuple(int(part) for part in out.split()[-1].split("."))
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return ()
+
+
+def _remove_run_dir(base: Path) -> None:
+    """Unmount the run's tmpfs (if it has one: its memory is freed), then delete what is left."""
+    if os.path.ismount(base):
+        done = subprocess.run(["umount", str(base)], capture_output=True, check=False)
+        if done.returncode != 0:  # still busy: detach it; it goes with its last user
+            subprocess.run(["umount", "-l", str(base)], capture_output=True, check=False)
+    shutil.rmtree(base, ignore_errors=True)
 
 
 def _raise_for_file_op(code: int, path: str, err: str, verb: str) -> None:
