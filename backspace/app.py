@@ -30,6 +30,7 @@ from backspace.orchestrator.githosts.local import LocalGitHost
 from backspace.orchestrator.githosts.references import RepoAllowlist
 from backspace.orchestrator.hub import EventHub
 from backspace.orchestrator.pipeline import Pipeline, PipelineSettings
+from backspace.orchestrator.protected_paths import ProtectedPaths
 from backspace.orchestrator.publish import Identity, Policy
 from backspace.orchestrator.redact import Redactor
 from backspace.orchestrator.run import RunFailure
@@ -255,6 +256,7 @@ def build_services(settings: Settings) -> Services:
             policy=Policy(
                 max_files=settings.max_diff_files,
                 allow_workflow_changes=settings.allow_workflow_changes,
+                protected=ProtectedPaths(settings.protected_path_patterns),
             ),
             draft=settings.draft_prs,
         ),

@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from backspace.orchestrator.protected_paths import DEFAULT_PROTECTED, parse_patterns
 
 
 class SettingsError(Exception):
@@ -96,6 +98,7 @@ class Settings(BaseSettings):
     local_repos: Path | None = Field(None, alias="BACKSPACE_LOCAL_REPOS")
     max_diff_files: int = Field(200, alias="BACKSPACE_MAX_DIFF_FILES", ge=1)
     allow_workflow_changes: bool = Field(False, alias="BACKSPACE_ALLOW_WORKFLOW_CHANGES")
+    protected_paths: str = Field(",".join(DEFAULT_PROTECTED), alias="BACKSPACE_PROTECTED_PATHS")
     draft_prs: bool = Field(True, alias="BACKSPACE_DRAFT_PRS")
     max_bundle_mb: int = Field(50, alias="BACKSPACE_MAX_BUNDLE_MB", ge=1)
 
@@ -117,6 +120,12 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "json", "text"] = Field("auto", alias="BACKSPACE_LOG_FORMAT")
     host: str = Field("127.0.0.1", alias="HOST", min_length=1)
     port: int = Field(8000, alias="PORT", ge=0, le=65535)
+
+    @field_validator("protected_paths")
+    @classmethod
+    def _globs(cls, value: str) -> str:
+        parse_patterns(value)
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
@@ -164,6 +173,10 @@ class Settings(BaseSettings):
     @property
     def allowed_repo_patterns(self) -> list[str]:
         return [p.strip() for p in self.allowed_repos.split(",") if p.strip()]
+
+    @property
+    def protected_path_patterns(self) -> tuple[str, ...]:
+        return parse_patterns(self.protected_paths)
 
     @property
     def model_configured(self) -> bool:
