@@ -15,6 +15,7 @@ import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from backspace.orchestrator.agent import Agent, AgentLimits, AgentResult, Model, ModelError, prompts
 from backspace.orchestrator.events import EventType, RunStatus, Stage
@@ -123,7 +124,9 @@ class Pipeline:
         tests = await self._run_tests(ctx, sandbox)
         # What people see (title, branch, body) never carries a secret, even one in the prompt.
         shown_prompt = self.redactor.text(request.prompt)
-        title = self.redactor.text(title_for(result.title, shown_prompt))
+        # The only host the agent's text may name in a link: the repository's own.
+        own_host = urlsplit(repo.web_url).hostname if repo.web_url else None
+        title = self.redactor.text(title_for(result.title, shown_prompt, own_host))
         message = commit_message(title, ctx.run_id, request.co_author)
         change = await self._take_change(
             sandbox, host, repo, start, scratch, message, bundle_path(ctx.run_id, "out")
@@ -159,6 +162,7 @@ class Pipeline:
                     tests=tests,
                     run_url=ctx.run_url,
                     run_id=ctx.run_id,
+                    keep_host=own_host,
                 )
             ),
             branch=branch,
