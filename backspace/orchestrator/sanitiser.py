@@ -14,7 +14,9 @@ plain-text rules make each construct impossible whatever the parser:
    `<` before a letter, `/`, `!` or `?` (no HTML, comment or autolink), between `!` and `[` (no
    image), between `]` and `(` or `:` (no link, no link definition), after `@` (no mention),
    after `#` before a digit and inside `GH-1` (no issue reference), and after the first letter
-   of a closing keyword (close, closes, closed, fix, fixes, fixed, resolve, resolves, resolved).
+   of a closing keyword (close, closes, closed, fix, fixes, fixed, resolve, resolves, resolved)
+   that comes before something like a reference (`#`, `GH-`, `owner/repo#`, a URL): "Fix the
+   signup" stays searchable.
 """
 
 from __future__ import annotations
@@ -25,7 +27,11 @@ from collections.abc import Callable
 
 ZWSP = "\u200b"
 _END = r"[^\s<>\"'`()\[\]{}|^]"  # where a URL stops: whitespace, quotes, brackets, markup
-_SCHEME_URL = re.compile(rf"(?i)(?<![a-z0-9+.-])[a-z][a-z0-9+.-]+\\?:(?:\\?[/\\])+{_END}*")
+# `scheme://host`, and `http:host` (a browser reads it as `http://host` on an https page).
+_SCHEME_URL = re.compile(
+    r"(?i)(?<![a-z0-9+.-])(?:[a-z][a-z0-9+.-]+\\?:(?:\\?[/\\])+|(?:https?|ftp|wss?)\\?:(?=\w))"
+    rf"{_END}*"
+)
 _WWW_URL = re.compile(rf"(?i)(?<![\w.@/\\-])www\\?\.{_END}*")
 _RELATIVE_URL = re.compile(rf"(?<![\w:/\\.-])[/\\]{{2}}(?=[\w-]+(?:\\?\.[\w-]+)+){_END}*")
 _OPAQUE_URL = re.compile(
@@ -42,7 +48,10 @@ _BREAKS: list[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]]] = [
     (re.compile(r"#(?=[0-9])"), "#" + ZWSP),
     (re.compile(r"(?i)\b(g)(?=h-[0-9])"), r"\1" + ZWSP),
     (
-        re.compile(r"(?i)\b(?:close[sd]?|fix(?:e[sd])?|resolve[sd]?)\b"),
+        re.compile(
+            r"(?i)\b(?:close[sd]?|fix(?:e[sd])?|resolve[sd]?)\b"
+            r"(?=[^\w\n]{0,10}(?:https?:|#|gh-|[\w.-]+/[\w.-]+#))"
+        ),
         lambda m: m[0][0] + ZWSP + m[0][1:],
     ),
 ]
