@@ -13,7 +13,7 @@ import shlex
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -123,10 +123,19 @@ class Pipeline:
         ctx.progress(Stage.VALIDATING, "Checking the change")
         tests = await self._run_tests(ctx, sandbox)
         # What people see (title, branch, body) never carries a secret, even one in the prompt.
+        # Redacted before it is sanitised too: a sanitised secret might no longer match.
         shown_prompt = self.redactor.text(request.prompt)
+        redact = self.redactor.text
+        shown = replace(
+            result,
+            title=redact(result.title or ""),
+            body=redact(result.body or ""),
+            tests=redact(result.tests or ""),
+            message=redact(result.message),
+        )
         # The only host the agent's text may name in a link: the repository's own.
         own_host = urlsplit(repo.web_url).hostname if repo.web_url else None
-        title = self.redactor.text(title_for(result.title, shown_prompt, own_host))
+        title = self.redactor.text(title_for(shown.title, shown_prompt, own_host))
         message = commit_message(title, ctx.run_id, request.co_author)
         change = await self._take_change(
             sandbox, host, repo, start, scratch, message, bundle_path(ctx.run_id, "out")
@@ -157,7 +166,7 @@ class Pipeline:
                 render_body(
                     prompt=shown_prompt,
                     requester=request.requester,
-                    result=result,
+                    result=shown,
                     change=change,
                     tests=tests,
                     run_url=ctx.run_url,
