@@ -19,6 +19,7 @@ import httpx
 import pytest
 from markdown_it import MarkdownIt
 
+from backspace.config import SettingsError, load_settings
 from backspace.orchestrator.githosts.base import FileChange
 from backspace.orchestrator.protected_paths import DEFAULT_PROTECTED, ProtectedPaths
 from backspace.orchestrator.publish import Policy, PolicyError, check_policy
@@ -370,3 +371,12 @@ async def test_the_local_pull_request_carries_nothing_that_acts(
     run_url = events[0]["run_url"]
     body = record["body"].replace(f"<!-- backspace:run={events[0]['run_id']} -->", "")
     assert_inert(body.replace(run_url, "https://local/run"), own=("https://local/run",))
+
+
+def test_a_pattern_that_would_unprotect_is_refused_at_start_naming_the_setting() -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings(protected_paths="Makefile,!.github/**")
+    assert "BACKSPACE_PROTECTED_PATHS" in str(caught.value) and "'!'" in str(caught.value)
+    settings = load_settings(protected_paths=" Makefile , scripts/ci/** ,")
+    assert settings.protected_path_patterns == ("Makefile", "scripts/ci/**")
+    assert load_settings().protected_path_patterns == DEFAULT_PROTECTED
