@@ -32,6 +32,7 @@ from backspace.orchestrator.githosts.local import LocalGitHost
 from backspace.orchestrator.githosts.references import RepoAllowlist
 from backspace.orchestrator.hub import EventHub
 from backspace.orchestrator.pipeline import Pipeline, PipelineSettings
+from backspace.orchestrator.protected_paths import ProtectedPaths
 from backspace.orchestrator.publish import Identity, Policy
 from backspace.orchestrator.redact import Redactor
 from backspace.orchestrator.run import RunFailure
@@ -330,6 +331,7 @@ def build_services(settings: Settings) -> Services:
                 allow_workflow_changes=settings.allow_workflow_changes,
                 max_file_bytes=settings.max_file_change_mb * 1024 * 1024,
                 max_change_bytes=settings.max_change_mb * 1024 * 1024,
+                protected=ProtectedPaths(settings.protected_path_patterns),
             ),
             draft=settings.draft_prs,
         ),

@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from backspace.orchestrator.protected_paths import DEFAULT_PROTECTED, parse_patterns
+
 HOST_PATTERN = re.compile(
     r"\*|(\*\.)?[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*(:\d+)?|\[[0-9A-Fa-f:.]+\](:\d+)?"
 )
@@ -103,6 +105,7 @@ class Settings(BaseSettings):
     local_repos: Path | None = Field(None, alias="BACKSPACE_LOCAL_REPOS")
     max_diff_files: int = Field(200, alias="BACKSPACE_MAX_DIFF_FILES", ge=1)
     allow_workflow_changes: bool = Field(False, alias="BACKSPACE_ALLOW_WORKFLOW_CHANGES")
+    protected_paths: str = Field(",".join(DEFAULT_PROTECTED), alias="BACKSPACE_PROTECTED_PATHS")
     draft_prs: bool = Field(True, alias="BACKSPACE_DRAFT_PRS")
     max_bundle_mb: int = Field(50, alias="BACKSPACE_MAX_BUNDLE_MB", ge=1)
     max_change_mb: int = Field(100, alias="BACKSPACE_MAX_CHANGE_MB", ge=1)
@@ -131,6 +134,12 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "json", "text"] = Field("auto", alias="BACKSPACE_LOG_FORMAT")
     host: str = Field("127.0.0.1", alias="HOST", min_length=1)
     port: int = Field(8000, alias="PORT", ge=0, le=65535)
+
+    @field_validator("protected_paths")
+    @classmethod
+    def _globs(cls, value: str) -> str:
+        parse_patterns(value)
+        return value
 
     @field_validator("allowed_hosts")
     @classmethod
@@ -203,6 +212,10 @@ class Settings(BaseSettings):
             if pattern:
                 patterns.append(pattern)
         return patterns
+
+    @property
+    def protected_path_patterns(self) -> tuple[str, ...]:
+        return parse_patterns(self.protected_paths)
 
     @property
     def model_configured(self) -> bool:

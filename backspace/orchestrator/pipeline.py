@@ -13,8 +13,9 @@ import shlex
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from backspace.orchestrator.agent import Agent, AgentLimits, AgentResult, Model, ModelError, prompts
 from backspace.orchestrator.events import EventType, RunStatus, Stage
@@ -125,8 +126,19 @@ class Pipeline:
 
         ctx.progress(Stage.VALIDATING, "Checking the change")
         # What people see (title, branch, body) never carries a secret, even one in the prompt.
+        # Redacted before it is sanitised too: a sanitised secret might no longer match.
         shown_prompt = self.redactor.text(request.prompt)
-        title = self.redactor.text(title_for(result.title, shown_prompt))
+        redact = self.redactor.text
+        shown = replace(
+            result,
+            title=redact(result.title or ""),
+            body=redact(result.body or ""),
+            tests=redact(result.tests or ""),
+            message=redact(result.message),
+        )
+        # The only host the agent's text may name in a link: the repository's own.
+        own_host = urlsplit(repo.web_url).hostname if repo.web_url else None
+        title = self.redactor.text(title_for(shown.title, shown_prompt, own_host))
         message = commit_message(title, ctx.run_id, request.co_author)
         # The change is taken (committed, brought to the host) before the test command runs,
         # and the test command runs on exactly that tree: what was tested is what is published.
@@ -159,11 +171,12 @@ class Pipeline:
                 render_body(
                     prompt=shown_prompt,
                     requester=request.requester,
-                    result=result,
+                    result=shown,
                     change=change,
                     tests=tests,
                     run_url=ctx.run_url,
                     run_id=ctx.run_id,
+                    keep_host=own_host,
                 )
             ),
             branch=branch,

@@ -15,11 +15,12 @@ from __future__ import annotations
 import posixpath
 import re
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from backspace.orchestrator.githosts.base import FileChange, GitHostError
 from backspace.orchestrator.githosts.gitcmd import FSCK_ERRORS, GitError, git, git_capped
+from backspace.orchestrator.protected_paths import ProtectedPaths, under_github
 from backspace.orchestrator.sandboxes.base import Sandbox
 
 JUNK = re.compile(
@@ -144,9 +145,10 @@ class Policy:
     """What a change may contain to be published."""
 
     max_files: int = 200
-    allow_workflow_changes: bool = False
+    allow_workflow_changes: bool = False  # all of `.github/`, not only its workflows
     max_file_bytes: int = 25 * MB
     max_change_bytes: int = 100 * MB
+    protected: ProtectedPaths = field(default_factory=ProtectedPaths)
 
 
 async def import_change(
@@ -188,7 +190,7 @@ async def import_change(
     ).strip()
     await _check_sizes(git_dir, base_sha, head, policy)
     files, links = await _file_changes(git_dir, base_sha, head)
-    _check_policy(files, policy)
+    check_policy(files, policy)
     await _check_symlinks(git_dir, head, links)
     diff, cut = await git_capped(
         "diff", "--no-color", "--no-ext-diff", "--no-textconv", "--find-renames", base_sha, head,
@@ -337,27 +339,43 @@ async def _file_changes(
     return files, links
 
 
-def _check_policy(files: list[FileChange], policy: Policy) -> None:
+def check_policy(files: list[FileChange], policy: Policy) -> None:
+    """Refuse a change too large, touching a protected path, or adding junk; say how to allow it."""
     if len(files) > policy.max_files:
         raise PolicyError(
             "diff_too_large",
             f"the change touches {len(files)} files, more than "
             f"BACKSPACE_MAX_DIFF_FILES={policy.max_files}",
         )
-    workflows = [f.path for f in files if f.path.startswith(".github/workflows/")]
-    if workflows and not policy.allow_workflow_changes:
-        raise PolicyError(
-            "workflow_change",
-            "the change touches GitHub Actions workflows ("
-            + ", ".join(workflows[:5])
-            + "), which run with the repository's secrets; set "
-            "BACKSPACE_ALLOW_WORKFLOW_CHANGES=true to allow it",
-        )
+    _check_protected(files, policy)
     junk = [f.path for f in files if f.status != "D" and JUNK.search(f.path)]
     if junk:
         raise PolicyError(
             "junk_files",
             "the change adds files that should not be committed: " + ", ".join(junk[:10]),
+        )
+
+
+def _check_protected(files: list[FileChange], policy: Policy) -> None:
+    """Added, changed or deleted alike: deleting a security workflow changes CI too."""
+    github = [f.path for f in files if under_github(f.path)]
+    if github and not policy.allow_workflow_changes:
+        raise PolicyError(
+            "protected_path",
+            "the change touches " + ", ".join(github[:5]) + ": files under .github/ "
+            "(workflows, composite actions, CODEOWNERS) run in CI with the repository's "
+            "secrets or decide who reviews, so backspace does not publish them; set "
+            "BACKSPACE_ALLOW_WORKFLOW_CHANGES=true to allow changes under .github/",
+        )
+    matched = [(f.path, policy.protected.match(f.path)) for f in files if not under_github(f.path)]
+    hits = [(path, pattern) for path, pattern in matched if pattern is not None]
+    if hits:
+        raise PolicyError(
+            "protected_path",
+            "the change touches "
+            + ", ".join(f"{path} (protected by {pattern!r})" for path, pattern in hits[:5])
+            + ": backspace does not publish changes to what CI runs; remove the pattern from "
+            "BACKSPACE_PROTECTED_PATHS to allow it",
         )
 
 

@@ -1,10 +1,16 @@
-"""How a pull request reads: branch name, title and body."""
+"""How a pull request reads: branch name, title and body.
+
+Everything in them that the agent or the requester wrote goes through `sanitise` (one sanitiser
+for all of it): a git host renders it, and rendered Markdown can fetch, link, ping and close.
+"""
 
 from __future__ import annotations
 
 import re
 import unicodedata
 from typing import TYPE_CHECKING
+
+from backspace.orchestrator.sanitiser import sanitise
 
 if TYPE_CHECKING:
     from backspace.orchestrator.agent import AgentResult
@@ -33,15 +39,17 @@ def branch_name(prompt: str, run_id: str) -> str:
     return f"backspace/{slug(prompt)}-{run_id.replace('-', '')[:8]}"
 
 
-def title_for(agent_title: str | None, prompt: str) -> str:
-    """The agent's title, or the request's first line; one line, at most 72 characters."""
+def title_for(agent_title: str | None, prompt: str, keep_host: str | None = None) -> str:
+    """The agent's title, or the request's first line; one inert line, at most 72 characters."""
     title = (
         (agent_title or prompt).strip().splitlines()[0]
         if (agent_title or prompt).strip()
         else "Change"
     )
-    # The model's title is untrusted text: no control characters (a NUL cannot be in a commit).
-    # Whitespace controls (tab, form feed, ...) become spaces; the others go.
+    # The model's title is untrusted text: nothing that renders as an image, link, mention or
+    # closing keyword (it is also the commit's subject), no control characters (a NUL cannot be
+    # in a commit). Whitespace controls (tab, form feed, ...) become spaces; the others go.
+    title = sanitise(title, keep_host)
     title = " ".join(CONTROL.sub("", " ".join(title.split())).split()) or "Change"
     if len(title) > TITLE_LIMIT:
         title = title[: TITLE_LIMIT - 1].rstrip() + "…"
@@ -56,11 +64,19 @@ def commit_message(title: str, run_id: str, co_author: str | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _quote(text: str) -> str:
-    """The request as a Markdown quote, with @mentions and closing keywords defused."""
+def _quote(text: str, keep_host: str | None) -> str:
+    """The request as a Markdown quote, made inert like the agent's text."""
     clipped = text if len(text) <= REQUEST_QUOTE_LIMIT else text[:REQUEST_QUOTE_LIMIT] + " […]"
-    defused = clipped.replace("@", "@\u200b").replace("#", "#\u200b")
+    defused = sanitise(clipped, keep_host)
     return "\n".join(f"> {line}" for line in defused.splitlines() or [""])
+
+
+def _path_cell(path: str) -> str:
+    """A file path as one table cell: a code span that no backtick, pipe or newline ends."""
+    text = sanitise(CONTROL.sub("?", path)).replace("|", "\\|")
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def render_body(
@@ -72,25 +88,28 @@ def render_body(
     tests: str | None,
     run_url: str,
     run_id: str,
+    keep_host: str | None = None,
 ) -> str:
+    """The body; `keep_host` is the one host the untrusted parts may link to (as text)."""
     parts: list[str] = []
-    summary = (result.body or "").strip()
+    summary = sanitise((result.body or "").strip(), keep_host)
     parts.append(summary or "_The agent did not write a summary._")
     if result.outcome != "finished":
-        parts.append(
-            f"> [!WARNING]\n> The agent did not finish: {result.message}. Review with care."
-        )
-    who = f" by {requester}" if requester else ""
-    parts.append(f"## Request{who}\n\n{_quote(prompt)}")
+        message = " ".join(sanitise(result.message, keep_host).split())
+        parts.append(f"> [!WARNING]\n> The agent did not finish: {message}. Review with care.")
+    who = " by " + " ".join(sanitise(requester, keep_host).split()) if requester else ""
+    parts.append(f"## Request{who}\n\n{_quote(prompt, keep_host)}")
     rows = "\n".join(
-        f"| `{f.path}` | {f.status} | +{f.additions} | −{f.deletions} |" for f in change.files[:100]
+        f"| {_path_cell(f.path)} | {f.status} | +{f.additions} | −{f.deletions} |"
+        for f in change.files[:100]
     )
     more = f"\n\n…and {len(change.files) - 100} more files." if len(change.files) > 100 else ""
     parts.append(
         f"## Changes\n\n{len(change.files)} files, +{change.additions} −{change.deletions}\n\n"
         f"| file | status | added | removed |\n|---|---|---|---|\n{rows}{more}"
     )
-    test_lines = [f"- Agent: {result.tests}" if result.tests else "- Agent: did not report tests"]
+    agent_tests = " ".join(sanitise(result.tests or "", keep_host).split())
+    test_lines = [f"- Agent: {agent_tests}" if agent_tests else "- Agent: did not report tests"]
     test_lines.append(
         f"- backspace: {tests}" if tests else "- backspace: no test command is configured"
     )
