@@ -10,6 +10,7 @@ import contextlib
 import logging
 import math
 import re
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -283,10 +284,13 @@ def build_services(settings: Settings) -> Services:
     }
 
     shared_model: list[AnthropicModel] = []  # one client for all runs: it pools connections
+    model_lock = threading.Lock()  # runs call the factory from worker threads (see Pipeline.run)
 
     def model_factory() -> Model:
-        if shared_model:
-            return shared_model[0]
+        with model_lock:
+            return shared_model[0] if shared_model else make_model()
+
+    def make_model() -> Model:
         if not settings.model_configured:
             raise RunFailure(
                 "model_not_configured",

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -64,15 +66,29 @@ def shell_script(work: Path, provider: LocalSandboxProvider, index: str) -> str:
     base = provider.root / f"script-{index}"
     host = work / f"host-{index}"
     hardening = "-c core.hooksPath=/dev/null -c protocol.allow=never -c protocol.file.allow=always"
+    shutil.rmtree(host, ignore_errors=True)
+    host.mkdir(parents=True)  # holds the descriptor files before the script runs
+
+    fd_files = 0
 
     def sandbox(command: str, *args: str) -> str:
-        return shlex.join(provider._argv(base, command, cwd="/workspace", args=args))
+        """The provider's own command line; the descriptors it reads (bubblewrap's options,
+        passwd, group, the seccomp filter) become files the script opens at the same numbers."""
+        nonlocal fd_files
+        with provider._command(base, command, cwd="/workspace", args=args) as (argv, fds):
+            redirects = []
+            for fd in fds:
+                fd_files += 1
+                copy = host / f"fd-{fd_files}"
+                copy.write_bytes(os.pread(fd, 1 << 24, 0))
+                redirects.append(f"{fd}<{q(str(copy))}")
+        return " ".join([shlex.join(argv), *redirects])
 
     q = shlex.quote
     write = 'mkdir -p -- "$(dirname -- "$1")" && cat > "$1"'
     lines = [
         "set -euo pipefail",
-        f"rm -rf {q(str(base))} {q(str(host))}; mkdir -p {q(str(base))}/workspace {q(str(base))}/tmp {q(str(base))}/home {q(str(host))}",
+        f"rm -rf {q(str(base))}; mkdir -p {q(str(base))}/workspace {q(str(base))}/tmp {q(str(base))}/home",
         f"chown -R 65534:65534 {q(str(base))}" if provider._as_root else "true",
         f"git -C {q(str(origin))} symbolic-ref --short HEAD >/dev/null",
         f"base=$(git -C {q(str(origin))} rev-parse refs/heads/main)",

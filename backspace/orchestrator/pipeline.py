@@ -84,7 +84,9 @@ class Pipeline:
 
     async def run(self, ctx: RunContext) -> Outcome:
         host = self.hosts[ctx.request.repo.host]
-        model = self.model_factory()  # fails at once when no model is configured
+        # Fails at once when no model is configured. On a worker thread: the first call imports
+        # the model SDK (about a second), which must not stop the event loop.
+        model = await asyncio.to_thread(self.model_factory)
         ctx.progress(Stage.SANDBOX, "Creating the sandbox")
         try:
             sandbox = await self.sandboxes.create(ctx.run_id)
