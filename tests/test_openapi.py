@@ -1,4 +1,4 @@
-"""The hand-kept OpenAPI document names every route the server has, with its methods."""
+"""The OpenAPI document names every route the server has, with its methods; its Run is the store's."""
 
 from __future__ import annotations
 
