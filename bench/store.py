@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from backspace.orchestrator.events import now_iso
+from backspace.orchestrator.events import RunStatus, Stage, now_iso
 from backspace.orchestrator.store import Run, Store
 from bench.common import print_table
 
@@ -46,8 +46,8 @@ def measure(path: Path, count: int) -> dict[str, float]:
                 id=RUN_ID,
                 created_at=now,
                 updated_at=now,
-                status="running",
-                stage="agent",
+                status=RunStatus.RUNNING,
+                stage=Stage.AGENT,
                 repo_url="local:widgets",
                 prompt="store bench",
                 source="bench",

@@ -24,7 +24,7 @@ import pytest
 
 from backspace.app import build_services
 from backspace.config import load_settings
-from backspace.orchestrator.events import now_iso
+from backspace.orchestrator.events import RunStatus, Stage, now_iso
 from backspace.orchestrator.sandboxes.local import LocalLimits, LocalSandbox, LocalSandboxProvider
 from backspace.orchestrator.store import Run, Store, StoreFull
 from tests.conftest import ServerFactory, make_repo
@@ -301,7 +301,7 @@ def test_below_the_headroom_running_runs_still_record_their_events(small_disk: P
     try:
         now = now_iso()
         running = Run(
-            id="r1", created_at=now, updated_at=now, status="running", stage="agent",
+            id="r1", created_at=now, updated_at=now, status=RunStatus.RUNNING, stage=Stage.AGENT,
             repo_url="local:widgets", prompt="p", source="api",
         )  # fmt: skip
         store.create_run(running)

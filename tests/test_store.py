@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from backspace.orchestrator.events import EventType, RunStatus
-from backspace.orchestrator.store import PullRequestRecord, Run, Store
+from backspace.orchestrator.events import EventType, RunStatus, Stage
+from backspace.orchestrator.store import COLUMNS, PullRequestRecord, Run, RunError, Store
 
 
 def make_run(run_id: str, created_at: str) -> Run:
@@ -18,8 +18,8 @@ def make_run(run_id: str, created_at: str) -> Run:
         id=run_id,
         created_at=created_at,
         updated_at=created_at,
-        status=str(RunStatus.QUEUED),
-        stage="queued",
+        status=RunStatus.QUEUED,
+        stage=Stage.QUEUED,
         repo_url="https://github.com/example/repo",
         prompt=f"prompt of {run_id}",
         source="api",
@@ -102,6 +102,63 @@ def test_update_run_rejects_unknown_fields(store: Store) -> None:
             store.update_run("r1", **bad)
     assert store.get_run("r1") == before
     assert store.get_run("other") is None
+
+
+def test_the_runs_table_has_a_column_for_each_field_of_a_run(store: Store, db_path: Path) -> None:
+    other = sqlite3.connect(db_path)
+    try:
+        table = [row[1] for row in other.execute("PRAGMA table_info(runs)")]
+    finally:
+        other.close()
+    assert sorted(table) == sorted(COLUMNS)
+    failed = replace(
+        make_run("r1", "2026-01-01T00:00:01.000Z"),
+        status=RunStatus.FAILED,
+        error=RunError(code="agent_failed", message="the model gave up"),
+        meta={"slack_user": "U1"},
+    )
+    store.create_run(failed)
+    assert store.get_run("r1") == failed
+    assert failed.to_json()["error"] == {"code": "agent_failed", "message": "the model gave up"}
+    assert "meta" not in failed.to_json()
+    store.update_run("r1", error=None)
+    cleared = store.get_run("r1")
+    assert cleared is not None and cleared.error is None and cleared.to_json()["error"] is None
+
+
+def test_a_database_of_an_older_version_still_opens(db_path: Path) -> None:
+    """Earlier versions' `runs` had a `sandbox_id` column, never written: it is left alone."""
+    db_path.parent.mkdir(parents=True)
+    old = sqlite3.connect(db_path)
+    old.executescript(
+        """
+        CREATE TABLE runs (
+            id TEXT PRIMARY KEY, created_at TEXT NOT NULL, updated_at TEXT NOT NULL,
+            finished_at TEXT, status TEXT NOT NULL, stage TEXT NOT NULL, repo_url TEXT NOT NULL,
+            prompt TEXT NOT NULL, source TEXT NOT NULL, requester TEXT, base_branch TEXT,
+            branch TEXT, pr_url TEXT, error_code TEXT, error_message TEXT, duration_ms INTEGER,
+            cost_usd REAL NOT NULL DEFAULT 0, input_tokens INTEGER NOT NULL DEFAULT 0,
+            output_tokens INTEGER NOT NULL DEFAULT 0, sandbox_id TEXT,
+            meta TEXT NOT NULL DEFAULT '{}'
+        );
+        INSERT INTO runs (id, created_at, updated_at, finished_at, status, stage, repo_url, prompt,
+            source, error_code, error_message, duration_ms, sandbox_id)
+        VALUES ('old', '2025-01-01T00:00:00.000Z', '2025-01-01T00:01:00.000Z',
+            '2025-01-01T00:01:00.000Z', 'failed', 'complete', 'local:widgets', 'p', 'api',
+            'sandbox_failed', 'no sandbox', 60000, 'sb-1');
+        """
+    )
+    old.close()
+    store = Store(db_path)
+    try:
+        run = store.get_run("old")
+        assert run is not None and run.status is RunStatus.FAILED
+        assert run.error == RunError(code="sandbox_failed", message="no sandbox")
+        assert run.duration_ms == 60000 and run.meta == {}
+        store.create_run(make_run("new", "2026-01-01T00:00:01.000Z"))
+        assert [r.id for r in store.list_runs()] == ["new", "old"]
+    finally:
+        store.close()
 
 
 def test_event_seq_is_gap_free_per_run_and_survives_reopening(db_path: Path) -> None:

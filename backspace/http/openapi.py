@@ -1,11 +1,17 @@
-"""The HTTP API's OpenAPI description, kept by hand beside the routes (a test checks that every
-route is in it), served at /openapi.json."""
+"""The HTTP API's OpenAPI description, served at /openapi.json.
+
+The paths and their prose are kept by hand beside the routes (a test checks that every route is
+in it); the Run schema is generated from the `Run` the store keeps, so the two cannot drift.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from pydantic import TypeAdapter
+
 from backspace import __version__
+from backspace.orchestrator.store import Run
 
 ERROR = {"$ref": "#/components/schemas/Error"}
 MAX_SEQ = 2**63 - 1
@@ -81,6 +87,50 @@ PR_ID = {
     "schema": {"type": "integer", "minimum": 1, "maximum": MAX_SEQ},
 }
 SECURED: list[dict[str, list[str]]] = [{"bearer": []}, {"apiKey": []}]
+RUN_LINKS = ("url", "events_url", "cancel_url")
+"""What the API adds to a run's fields (`routes._run_json`): where it, its events and its
+cancellation are."""
+
+
+def run_schema() -> dict[str, Any]:
+    """The `Run` component: the run as `Run.to_json` shows it, with its links."""
+    schema = openapi_schema(TypeAdapter(Run).json_schema(mode="serialization"))
+    schema["properties"].update({name: {"type": "string"} for name in RUN_LINKS})
+    return schema
+
+
+def openapi_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """A pydantic JSON Schema as OpenAPI 3.0 takes it: `$defs` inlined (each component stands
+    alone), `X or null` as `nullable`, no generated titles and no class docstrings."""
+    defs = schema.get("$defs", {})
+
+    def convert(node: Any) -> Any:
+        if isinstance(node, list):
+            return [convert(item) for item in node]
+        if not isinstance(node, dict):
+            return node
+        if "$ref" in node:
+            target = dict(defs[node["$ref"].removeprefix("#/$defs/")])
+            target.pop("description", None)  # a class docstring, for Python's readers
+            return convert({**target, **{k: v for k, v in node.items() if k != "$ref"}})
+        choices = node.get("anyOf", [])
+        if {"type": "null"} in choices and len(choices) == 2:
+            rest = {k: v for k, v in node.items() if k != "anyOf"}
+            (other,) = (c for c in choices if c != {"type": "null"})
+            return convert({**other, **rest, "nullable": True})
+        converted = {}
+        for key, value in node.items():
+            if key in ("$defs", "title"):
+                continue
+            if key == "properties":
+                converted[key] = {name: convert(sub) for name, sub in value.items()}
+            else:
+                converted[key] = convert(value)
+        return converted
+
+    converted: dict[str, Any] = convert(schema)
+    converted.pop("description", None)
+    return converted
 
 
 def document(server_url: str) -> dict[str, Any]:
@@ -329,51 +379,7 @@ def document(server_url: str) -> dict[str, Any]:
                         },
                     },
                 },
-                "Run": {
-                    "type": "object",
-                    "required": ["id", "status", "stage", "repo_url", "prompt", "created_at"],
-                    "properties": {
-                        "id": {"type": "string"},
-                        "status": {
-                            "type": "string",
-                            "enum": [
-                                "queued",
-                                "running",
-                                "succeeded",
-                                "no_changes",
-                                "failed",
-                                "cancelled",
-                                "timed_out",
-                            ],
-                        },
-                        "stage": {"type": "string"},
-                        "repo_url": {"type": "string"},
-                        "prompt": {"type": "string"},
-                        "source": {"type": "string"},
-                        "requester": {"type": "string", "nullable": True},
-                        "base_branch": {"type": "string", "nullable": True},
-                        "branch": {"type": "string", "nullable": True},
-                        "pr_url": {"type": "string", "nullable": True},
-                        "error": {
-                            "type": "object",
-                            "nullable": True,
-                            "properties": {
-                                "code": {"type": "string"},
-                                "message": {"type": "string"},
-                            },
-                        },
-                        "created_at": {"type": "string"},
-                        "updated_at": {"type": "string"},
-                        "finished_at": {"type": "string", "nullable": True},
-                        "duration_ms": {"type": "integer", "nullable": True},
-                        "cost_usd": {"type": "number"},
-                        "input_tokens": {"type": "integer"},
-                        "output_tokens": {"type": "integer"},
-                        "url": {"type": "string"},
-                        "events_url": {"type": "string"},
-                        "cancel_url": {"type": "string"},
-                    },
-                },
+                "Run": run_schema(),
                 "Event": {
                     "type": "object",
                     "required": ["type", "run_id", "request_id", "seq", "timestamp"],

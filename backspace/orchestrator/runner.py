@@ -21,7 +21,7 @@ from backspace.orchestrator.events import Event, EventType, RunStatus, Stage, no
 from backspace.orchestrator.hub import EventHub
 from backspace.orchestrator.redact import Redactor
 from backspace.orchestrator.run import Outcome, RunContext, RunFailure, RunRequest
-from backspace.orchestrator.store import Run, Store, StoreError
+from backspace.orchestrator.store import Run, RunError, Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -308,8 +308,11 @@ class Runner:
                 finished_at=now_iso(),
                 duration_ms=duration_ms,
                 pr_url=pr_url,
-                error_code=failure.code if failure else None,
-                error_message=self.redactor.text(failure.message) if failure else None,
+                error=(
+                    RunError(code=failure.code, message=self.redactor.text(failure.message))
+                    if failure
+                    else None
+                ),
             )
             self._emit(run_id, EventType.COMPLETE, final)
         except StoreError as exc:

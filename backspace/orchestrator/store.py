@@ -7,14 +7,18 @@ keeping every write on one thread makes `seq` allocation trivially gap-free.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import sqlite3
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from backspace.orchestrator.events import Event, RunStatus, now_iso
+from pydantic import Field, TypeAdapter, field_serializer
+from pydantic.dataclasses import dataclass as pydantic_dataclass
+
+from backspace.orchestrator.events import Event, RunStatus, Stage, now_iso
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -37,7 +41,6 @@ CREATE TABLE IF NOT EXISTS runs (
     cost_usd REAL NOT NULL DEFAULT 0,
     input_tokens INTEGER NOT NULL DEFAULT 0,
     output_tokens INTEGER NOT NULL DEFAULT 0,
-    sandbox_id TEXT,
     meta TEXT NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS runs_created ON runs (created_at DESC);
@@ -76,81 +79,84 @@ CREATE TABLE IF NOT EXISTS pull_requests (
 );
 """
 
-RUN_COLUMNS = [
-    "id",
-    "created_at",
-    "updated_at",
-    "finished_at",
-    "status",
-    "stage",
-    "repo_url",
-    "prompt",
-    "source",
-    "requester",
-    "base_branch",
-    "branch",
-    "pr_url",
-    "error_code",
-    "error_message",
-    "duration_ms",
-    "cost_usd",
-    "input_tokens",
-    "output_tokens",
-    "sandbox_id",
-    "meta",
-]
-UPDATABLE = frozenset(RUN_COLUMNS) - {"id", "created_at"}
+
+@pydantic_dataclass(frozen=True, kw_only=True)
+class RunError:
+    """Why a run failed: a code to act on and a sentence for a person."""
+
+    code: str
+    message: str
 
 
-@dataclass
+@pydantic_dataclass(frozen=True, kw_only=True)
 class Run:
+    """A run: the one definition of its fields, for the `runs` table and for the API.
+
+    The fields are in the order the API shows them (`to_json`); `meta` (a front end's own notes,
+    such as a Slack thread) is stored but never shown. The OpenAPI component is generated from
+    this class (`backspace.http.openapi`), and the table's columns from its fields (`COLUMNS`).
+    """
+
     id: str
-    created_at: str
-    updated_at: str
-    status: str
-    stage: str
+    status: RunStatus
+    stage: Stage
     repo_url: str
     prompt: str
-    source: str
+    source: str = "api"
     requester: str | None = None
     base_branch: str | None = None
     branch: str | None = None
     pr_url: str | None = None
-    error_code: str | None = None
-    error_message: str | None = None
+    error: RunError | None = None
+    created_at: str
+    updated_at: str = dataclasses.field(default_factory=now_iso)
+    finished_at: str | None = None
     duration_ms: int | None = None
     cost_usd: float = 0.0
     input_tokens: int = 0
     output_tokens: int = 0
-    sandbox_id: str | None = None
-    finished_at: str | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = Field(default_factory=dict, exclude=True)
+
+    @field_serializer("cost_usd")
+    def _rounded(self, cost_usd: float) -> float:
+        return round(cost_usd, 6)
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "status": self.status,
-            "stage": self.stage,
-            "repo_url": self.repo_url,
-            "prompt": self.prompt,
-            "source": self.source,
-            "requester": self.requester,
-            "base_branch": self.base_branch,
-            "branch": self.branch,
-            "pr_url": self.pr_url,
-            "error": (
-                {"code": self.error_code, "message": self.error_message}
-                if self.error_code
-                else None
-            ),
-            "created_at": self.created_at,
-            "updated_at": self.updated_at,
-            "finished_at": self.finished_at,
-            "duration_ms": self.duration_ms,
-            "cost_usd": round(self.cost_usd, 6),
-            "input_tokens": self.input_tokens,
-            "output_tokens": self.output_tokens,
-        }
+        """The run as the API shows it."""
+        shown: dict[str, Any] = _RUN.dump_python(self, mode="json")
+        return shown
+
+
+_RUN = TypeAdapter(Run)
+FIELDS = tuple(f.name for f in dataclasses.fields(Run))
+COLUMNS = tuple(
+    column
+    for name in FIELDS
+    for column in (("error_code", "error_message") if name == "error" else (name,))
+)
+"""The `runs` table's columns: a run's fields, with its error in two (as the table always had)."""
+UPDATABLE = frozenset(FIELDS) - {"id", "created_at"}
+_SELECT_RUNS = f"SELECT {', '.join(COLUMNS)} FROM runs"  # noqa: S608 (names, not values)
+
+
+def _stored(values: dict[str, Any]) -> dict[str, Any]:
+    """A run's fields (all or some) as the columns that hold them."""
+    columns = dict(values)
+    if "error" in columns:
+        error: RunError | None = columns.pop("error")
+        columns["error_code"] = error.code if error else None
+        columns["error_message"] = error.message if error else None
+    if "meta" in columns:
+        columns["meta"] = json.dumps(columns["meta"])
+    return columns
+
+
+def _run_from_row(row: sqlite3.Row) -> Run:
+    values = {name: row[name] for name in FIELDS if name != "error"}
+    values["meta"] = json.loads(values["meta"] or "{}")
+    code = row["error_code"]
+    error = RunError(code=code, message=row["error_message"] or "") if code else None
+    return Run(**values, error=error)
 
 
 @dataclass
@@ -231,8 +237,7 @@ class Store:
         room, message = self.headroom()
         if not room:
             raise StoreFull(message)
-        values = {name: getattr(run, name) for name in RUN_COLUMNS}
-        values["meta"] = json.dumps(run.meta)
+        values = _stored({name: getattr(run, name) for name in FIELDS})
         columns = ", ".join(values)
         marks = ", ".join("?" for _ in values)
         self._write(f"INSERT INTO runs ({columns}) VALUES ({marks})", tuple(values.values()))  # noqa: S608
@@ -241,35 +246,33 @@ class Store:
         unknown = set(changes) - UPDATABLE
         if unknown:
             raise ValueError(f"unknown run fields: {sorted(unknown)}")
-        if "meta" in changes:
-            changes["meta"] = json.dumps(changes["meta"])
-        changes["updated_at"] = now_iso()
-        assignments = ", ".join(f"{name} = ?" for name in changes)
+        columns = _stored({**changes, "updated_at": now_iso()})
+        assignments = ", ".join(f"{name} = ?" for name in columns)
         self._write(
             f"UPDATE runs SET {assignments} WHERE id = ?",  # noqa: S608
-            (*changes.values(), run_id),
+            (*columns.values(), run_id),
         )
 
     def get_run(self, run_id: str) -> Run | None:
-        row = self._db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        row = self._db.execute(f"{_SELECT_RUNS} WHERE id = ?", (run_id,)).fetchone()
         return _run_from_row(row) if row else None
 
     def list_runs(self, limit: int = 50, before: str | None = None) -> list[Run]:
         if before:
             rows = self._db.execute(
-                "SELECT * FROM runs WHERE created_at < ? ORDER BY created_at DESC LIMIT ?",
+                f"{_SELECT_RUNS} WHERE created_at < ? ORDER BY created_at DESC LIMIT ?",
                 (before, limit),
             ).fetchall()
         else:
             rows = self._db.execute(
-                "SELECT * FROM runs ORDER BY created_at DESC LIMIT ?", (limit,)
+                f"{_SELECT_RUNS} ORDER BY created_at DESC LIMIT ?", (limit,)
             ).fetchall()
         return [_run_from_row(r) for r in rows]
 
     def runs_with_status(self, *statuses: RunStatus) -> list[Run]:
         marks = ", ".join("?" for _ in statuses)
         rows = self._db.execute(
-            f"SELECT * FROM runs WHERE status IN ({marks})",  # noqa: S608
+            f"{_SELECT_RUNS} WHERE status IN ({marks})",
             tuple(str(s) for s in statuses),
         ).fetchall()
         return [_run_from_row(r) for r in rows]
@@ -322,7 +325,7 @@ class Store:
     def runs_with_meta(self, key: str, value: str, limit: int = 10) -> list[Run]:
         """Recent runs whose meta has `key` = `value` (a Slack channel, say), newest first."""
         rows = self._db.execute(
-            "SELECT * FROM runs WHERE json_extract(meta, ?) = ? ORDER BY created_at DESC LIMIT ?",
+            f"{_SELECT_RUNS} WHERE json_extract(meta, ?) = ? ORDER BY created_at DESC LIMIT ?",
             (f"$.{key}", value, limit),
         ).fetchall()
         return [_run_from_row(r) for r in rows]
@@ -368,9 +371,3 @@ class Store:
             return self._db.execute(sql, params)
         except sqlite3.Error as exc:
             raise StoreError(f"the run store could not be written: {exc}") from exc
-
-
-def _run_from_row(row: sqlite3.Row) -> Run:
-    values = dict(row)
-    values["meta"] = json.loads(values.get("meta") or "{}")
-    return Run(**values)

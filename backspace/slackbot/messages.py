@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from backspace.orchestrator.store import Run
@@ -64,7 +64,6 @@ class RunView:
     duration_ms: int = 0
     error_code: str | None = None
     error_message: str | None = None
-    lines: list[str] = field(default_factory=list)
 
     @property
     def finished(self) -> bool:

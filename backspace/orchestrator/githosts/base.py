@@ -6,7 +6,7 @@ bundle and gives back a bundle; everything that talks to a remote runs here, on 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -47,13 +47,15 @@ class RepoRef:
 
 @dataclass
 class ResolvedRepo:
+    """A repository a run works on, as its host found it; `head_owner` is set on push."""
+
     ref: RepoRef
     base_branch: str
     base_sha: str
-    can_push: bool = True
-    private: bool = False
-    web_url: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    can_push: bool = True  # False: the host pushes to a fork of it
+    web_url: str | None = None  # its page: links to it in the agent's text are kept
+    clone_url: str | None = None  # where git fetches and pushes, for a host with a remote
+    head_owner: str | None = None  # who owns the pushed branch, when a fork does
 
 
 @dataclass(frozen=True)

@@ -115,9 +115,8 @@ class GitHubHost:
             base_branch=info["branch"],
             base_sha=info["sha"],
             can_push=info["push"],
-            private=info["private"],
             web_url=info["html_url"],
-            extra={"clone_url": info["clone_url"], "owner": info["owner"]},
+            clone_url=info["clone_url"],
         )
         await self._fetch_base(repo)
         return repo
@@ -133,8 +132,8 @@ class GitHubHost:
             try:
                 await self._git(
                     "fetch", "--quiet", "--no-tags", "--depth=1", "--end-of-options",
-                    repo.extra["clone_url"], f"+refs/heads/{branch}:refs/backspace/heads/{branch}",
-                    git_dir=cache, url=repo.extra["clone_url"],
+                    _clone_url(repo), f"+refs/heads/{branch}:refs/backspace/heads/{branch}",
+                    git_dir=cache, url=_clone_url(repo),
                 )  # fmt: skip
             except GitError as exc:
                 raise self._push_error(exc, repo.ref.name, "fetch from") from exc
@@ -183,7 +182,7 @@ class GitHubHost:
 
     # --- publish ---------------------------------------------------------------------------------
     async def push(self, repo: ResolvedRepo, git_dir: Path, sha: str, branch: str) -> None:
-        url = repo.extra["clone_url"]
+        url = _clone_url(repo)
         if not repo.can_push:
             url = await self._fork(repo)
         try:
@@ -219,13 +218,13 @@ class GitHubHost:
         await self._api(
             f"sync the fork {fork}", fork, lambda g: _sync_fork(g, fork, repo.base_branch)
         )
-        repo.extra["head_owner"] = fork.split("/")[0]
-        repo.extra["head_repo"] = fork
+        repo.head_owner = fork.split("/")[0]
         return str(ready)
 
     async def open_pull_request(self, repo: ResolvedRepo, draft: PullRequestDraft) -> PullRequest:
-        owner = repo.extra.get("head_owner") or repo.extra["owner"]
-        head = draft.branch if owner == repo.extra["owner"] else f"{owner}:{draft.branch}"
+        base_owner = repo.ref.name.split("/", 1)[0]
+        owner = repo.head_owner or base_owner
+        head = draft.branch if owner == base_owner else f"{owner}:{draft.branch}"
         name = repo.ref.name
         return await self._api(
             f"open a pull request on {name}",
@@ -387,6 +386,13 @@ class GitHubHost:
         return self._locks.setdefault(name.lower(), asyncio.Lock())
 
 
+def _clone_url(repo: ResolvedRepo) -> str:
+    """Where git reaches the repository; `resolve` always sets it on this host's repositories."""
+    if repo.clone_url is None:
+        raise GitHostError("not_resolved", f"{repo.ref.name} was not resolved by GitHub")
+    return repo.clone_url
+
+
 # --- the synchronous PyGithub calls, each run in a worker thread with its own client ----------
 def _repo_info(g: Github, ref: RepoRef, base_branch: str | None) -> dict[str, Any]:
     repo = g.get_repo(ref.location)
@@ -395,11 +401,9 @@ def _repo_info(g: Github, ref: RepoRef, base_branch: str | None) -> dict[str, An
     permissions = repo.permissions
     return {
         "full_name": repo.full_name,
-        "owner": repo.owner.login,
         "branch": branch,
         "sha": sha,
         "push": bool(permissions and permissions.push),
-        "private": bool(repo.private),
         "archived": bool(repo.archived),
         "html_url": repo.html_url,
         "clone_url": repo.clone_url,
