@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from backspace.orchestrator.errors import StoreError as StoreError
+from backspace.orchestrator.errors import StoreFull as StoreFull
 from backspace.orchestrator.events import Event, RunStatus, now_iso
 
 SCHEMA = """
@@ -169,14 +171,6 @@ class PullRequestRecord:
     deletions: int
     diff: str
     created_at: str
-
-
-class StoreError(Exception):
-    """The store could not be written (disk full, file gone): the run cannot be recorded."""
-
-
-class StoreFull(StoreError):
-    """The database's disk is nearly full: new runs are refused so running ones can finish."""
 
 
 class Store:
