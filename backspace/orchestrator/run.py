@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from backspace.orchestrator.errors import RunFailure as RunFailure  # where runs' users look
+from backspace.orchestrator.errors import RunFailure as RunFailure
 from backspace.orchestrator.events import EventType, RunStatus, Stage
 from backspace.orchestrator.githosts.base import RepoRef
 
