@@ -16,16 +16,13 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from backspace.orchestrator.errors import SettingsError as SettingsError
 from backspace.orchestrator.protected_paths import DEFAULT_PROTECTED, parse_patterns
 
 HOST_PATTERN = re.compile(
     r"\*|(\*\.)?[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*(:\d+)?|\[[0-9A-Fa-f:.]+\](:\d+)?"
 )
 """A BACKSPACE_ALLOWED_HOSTS entry: *, a name or address (optionally *.name), an optional port."""
-
-
-class SettingsError(Exception):
-    """A setting is missing or invalid; the message names the variable and the fix."""
 
 
 class Settings(BaseSettings):

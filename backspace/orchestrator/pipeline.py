@@ -1,8 +1,9 @@
 """One run, stage by stage: sandbox, cloning, agent, validating, pushing, pr.
 
-Each stage emits `progress`. A stage that cannot go on raises RunFailure; the runner turns it
-into the run's one `error` and its `complete`. The sandbox is deleted in a shielded `finally`,
-whatever happens, cancellation included.
+Each stage emits `progress`. A stage that cannot go on raises a BackspaceError (errors.py):
+its own RunFailure, or whatever the sandbox, git host or model raised, as it was raised. The
+runner turns it into the run's one `error` and its `complete`. The sandbox is deleted in a
+shielded `finally`, whatever happens, cancellation included.
 """
 
 from __future__ import annotations
@@ -17,16 +18,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from backspace.orchestrator.agent import Agent, AgentLimits, AgentResult, Model, ModelError, prompts
+from backspace.orchestrator.agent import Agent, AgentLimits, AgentResult, Model, prompts
+from backspace.orchestrator.errors import PolicyError, RunFailure
 from backspace.orchestrator.events import EventType, RunStatus, Stage
-from backspace.orchestrator.githosts.base import (
-    GitHost,
-    GitHostError,
-    PullRequestDraft,
-    RepoRefError,
-    ResolvedRepo,
-)
-from backspace.orchestrator.githosts.gitcmd import GitError
+from backspace.orchestrator.githosts.base import GitHost, PullRequestDraft, ResolvedRepo
 from backspace.orchestrator.publish import (
     Change,
     Identity,
@@ -43,8 +38,8 @@ from backspace.orchestrator.pull_request import (
     title_for,
 )
 from backspace.orchestrator.redact import Redactor
-from backspace.orchestrator.run import Outcome, RunContext, RunFailure
-from backspace.orchestrator.sandboxes.base import Sandbox, SandboxError, SandboxProvider
+from backspace.orchestrator.run import Outcome, RunContext
+from backspace.orchestrator.sandboxes.base import Sandbox, SandboxProvider
 
 log = logging.getLogger(__name__)
 
@@ -88,20 +83,13 @@ class Pipeline:
         # the model SDK (about a second), which must not stop the event loop.
         model = await asyncio.to_thread(self.model_factory)
         ctx.progress(Stage.SANDBOX, "Creating the sandbox")
-        try:
-            sandbox = await self.sandboxes.create(ctx.run_id)
-        except SandboxError as exc:
-            raise RunFailure(
-                exc.code, f"the sandbox could not be created: {exc}", retryable=True
-            ) from exc
+        sandbox = await self.sandboxes.create(ctx.run_id)
         # The scratch directory holds bundles of the whole repository: made and removed on a
         # worker thread, so a big one never stops the event loop.
         scratch: Path | None = None
         try:
             scratch = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="backspace-run-"))
             return await self._stages(ctx, host, model, sandbox, scratch)
-        except (GitHostError, RepoRefError, SandboxError, GitError) as exc:
-            raise _failure(exc) from exc
         finally:
             await asyncio.shield(_remove_both(sandbox, scratch))
 
@@ -241,12 +229,7 @@ class Pipeline:
             context=context,
             tree=tree,
         )
-        try:
-            result = await agent.run(first)
-        except ModelError as exc:
-            raise RunFailure(
-                exc.code, f"The model failed: {exc.message}", retryable=exc.retryable
-            ) from exc
+        result = await agent.run(first)
         if result.outcome == "refusal":
             raise RunFailure("model_refusal", result.message)
         if result.outcome in ("turn_limit", "cost_limit"):
@@ -327,7 +310,7 @@ class Pipeline:
             policy=self.settings.policy,
         )
         if change is not None and change.tree != tree:
-            raise RunFailure(
+            raise PolicyError(
                 "bad_bundle",
                 "the change brought out of the sandbox is not the tree committed there; "
                 "nothing was published",
@@ -354,16 +337,6 @@ async def _repository_context(sandbox: Sandbox) -> tuple[dict[str, str], str]:
     context = {parts[i]: parts[i + 1] for i in range(1, len(parts) - 1, 2) if parts[i]}
     tree = parts[-1].strip() if len(parts) > 1 else ""
     return context, tree
-
-
-def _failure(exc: Exception) -> RunFailure:
-    if isinstance(exc, GitHostError):
-        return RunFailure(exc.code, exc.message, retryable=exc.retryable)
-    if isinstance(exc, RepoRefError):
-        return RunFailure("bad_repository", str(exc))
-    if isinstance(exc, SandboxError):
-        return RunFailure(exc.code, f"the sandbox failed: {exc}", retryable=True)
-    return RunFailure("git_failed", str(exc))
 
 
 async def _remove_both(sandbox: Sandbox, scratch: Path | None) -> None:

@@ -18,8 +18,10 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from backspace.orchestrator.githosts.base import FileChange, GitHostError
-from backspace.orchestrator.githosts.gitcmd import FSCK_ERRORS, GitError, git, git_capped
+from backspace.orchestrator.errors import GitError, GitHostError
+from backspace.orchestrator.errors import PolicyError as PolicyError
+from backspace.orchestrator.githosts.base import FileChange
+from backspace.orchestrator.githosts.gitcmd import FSCK_ERRORS, git, git_capped
 from backspace.orchestrator.protected_paths import ProtectedPaths, under_github
 from backspace.orchestrator.sandboxes.base import Sandbox
 
@@ -52,10 +54,6 @@ class Change:
     deletions: int
     diff: str
     tree: str = ""  # the published tree's id, to compare with what the test command saw
-
-
-class PolicyError(GitHostError):
-    pass
 
 
 def owned_git_dir(bundle: str) -> str:

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from backspace.orchestrator.errors import RunFailure as RunFailure
 from backspace.orchestrator.events import EventType, RunStatus, Stage
 from backspace.orchestrator.githosts.base import RepoRef
 
@@ -22,24 +23,6 @@ class RunRequest:
     requester: str | None = None  # a display name, for the PR body
     co_author: str | None = None  # "Name <email>" for Co-authored-by, when known
     meta: dict[str, Any] = field(default_factory=dict)
-
-
-class RunFailure(Exception):
-    """The run cannot go on; becomes the one `error` event before `complete`."""
-
-    def __init__(
-        self,
-        code: str,
-        message: str,
-        *,
-        retryable: bool = False,
-        status: RunStatus = RunStatus.FAILED,
-    ) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.retryable = retryable
-        self.status = status
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """The runner owns every run's task: start, queue, cancel, time limit, shutdown and recovery.
 
 Every run ends with exactly one `complete`; a failed or timed-out run has exactly one `error`
-right before it. Nothing a run does can raise out of its task: one run's failure never reaches
+right before it, made from the BackspaceError that ended it (errors.py), or `internal_error` for
+anything else. Nothing a run does can raise out of its task: one run's failure never reaches
 another run or the server.
 """
 
@@ -17,11 +18,13 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from backspace.logs import run_id_var
+from backspace.orchestrator.errors import BackspaceError, RunFailure, StoreError
+from backspace.orchestrator.errors import NotAccepting as NotAccepting
 from backspace.orchestrator.events import Event, EventType, RunStatus, Stage, now_iso
 from backspace.orchestrator.hub import EventHub
 from backspace.orchestrator.redact import Redactor
-from backspace.orchestrator.run import Outcome, RunContext, RunFailure, RunRequest
-from backspace.orchestrator.store import Run, RunError, Store, StoreError
+from backspace.orchestrator.run import Outcome, RunContext, RunRequest
+from backspace.orchestrator.store import Run, RunError, Store
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +35,6 @@ class PipelineRunner(Protocol):
 
 class SandboxJanitor(Protocol):
     async def cleanup_orphans(self, live_run_ids: set[str]) -> int: ...
-
-
-class NotAccepting(Exception):
-    """The server is shutting down and takes no new runs."""
 
 
 @dataclass(frozen=True)
@@ -212,7 +211,8 @@ class Runner:
         token = run_id_var.set(run_id)
         started = time.monotonic()
         ctx.deadline = started + self.limits.max_duration
-        status, failure, outcome = RunStatus.FAILED, None, None
+        status, outcome = RunStatus.FAILED, None
+        failure: BackspaceError | None = None
         timer: asyncio.Timeout | None = None
         try:
             self.store.update_run(run_id, status=RunStatus.RUNNING)
@@ -242,20 +242,13 @@ class Runner:
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()
-        except RunFailure as exc:
-            status, failure = exc.status, exc
-        except StoreError as exc:
-            log.error("run %s could not be recorded: %s", run_id, exc)
-            failure = RunFailure(
-                "store_unavailable",
-                "backspace could not record this run (is its disk full?); an operator must look",
-                retryable=True,
-            )
+        except BackspaceError as exc:
+            failure = exc
+            if isinstance(exc, StoreError):
+                log.error("run %s could not be recorded: %s", run_id, exc)
         except Exception as exc:
             log.exception("run failed unexpectedly")
-            failure = RunFailure(
-                "internal_error", f"backspace failed unexpectedly: {type(exc).__name__}: {exc}"
-            )
+            failure = BackspaceError(f"backspace failed unexpectedly: {type(exc).__name__}: {exc}")
         finally:
             self._tasks.pop(run_id, None)
             try:
@@ -271,7 +264,7 @@ class Runner:
         self,
         run_id: str,
         status: RunStatus,
-        failure: RunFailure | None,
+        failure: BackspaceError | None,
         *,
         started: float | None,
         outcome: Outcome | None = None,
@@ -281,11 +274,13 @@ class Runner:
         """Record the final state, then the one `error` (if failed) and the one `complete`."""
         duration_ms = int((time.monotonic() - started) * 1000) if started is not None else 0
         pr_url = outcome.pr_url if outcome else None
+        stage = stage or Stage.QUEUED
+        reason = failure.describe(stage) if failure is not None else None
         final: dict[str, Any] = {
             "status": str(status),
             "duration_ms": duration_ms,
             "message": message
-            or (failure.message if failure else (outcome.message if outcome else "")),
+            or (reason if reason is not None else (outcome.message if outcome else "")),
         }
         if pr_url:
             final["pr_url"] = pr_url
@@ -296,8 +291,8 @@ class Runner:
                     EventType.ERROR,
                     {
                         "code": failure.code,
-                        "message": failure.message,
-                        "stage": str(stage or Stage.QUEUED),
+                        "message": reason,
+                        "stage": str(stage),
                         "retryable": failure.retryable,
                     },
                 )
@@ -309,8 +304,8 @@ class Runner:
                 duration_ms=duration_ms,
                 pr_url=pr_url,
                 error=(
-                    RunError(code=failure.code, message=self.redactor.text(failure.message))
-                    if failure
+                    RunError(code=failure.code, message=self.redactor.text(reason))
+                    if failure is not None and reason is not None
                     else None
                 ),
             )

@@ -18,6 +18,8 @@ from typing import Any
 from pydantic import Field, TypeAdapter, field_serializer
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
+from backspace.orchestrator.errors import StoreError as StoreError
+from backspace.orchestrator.errors import StoreFull as StoreFull
 from backspace.orchestrator.events import Event, RunStatus, Stage, now_iso
 
 SCHEMA = """
@@ -175,14 +177,6 @@ class PullRequestRecord:
     deletions: int
     diff: str
     created_at: str
-
-
-class StoreError(Exception):
-    """The store could not be written (disk full, file gone): the run cannot be recorded."""
-
-
-class StoreFull(StoreError):
-    """The database's disk is nearly full: new runs are refused so running ones can finish."""
 
 
 class Store:

@@ -12,16 +12,13 @@ import shlex
 from typing import Any
 
 from backspace.orchestrator.agent.outcome import ToolOutcome
+from backspace.orchestrator.errors import EditorError, SandboxError, SandboxLost
 from backspace.orchestrator.events import EventType
-from backspace.orchestrator.sandboxes.base import Sandbox, SandboxError, SandboxLost
+from backspace.orchestrator.sandboxes.base import Sandbox
 
 MAX_FILE_BYTES = 4 * 1024 * 1024
 SNIPPET_LINES = 4
 EVENT_TEXT_LIMIT = 4000
-
-
-class EditorError(Exception):
-    """A mistake in the tool call; its message goes back to the model as an error result."""
 
 
 class Editor:

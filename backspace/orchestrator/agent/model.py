@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+
+from backspace.orchestrator.errors import ModelError as ModelError
 
 if TYPE_CHECKING:
     # The SDK takes about a second to import: loaded when the first model is made, so that
@@ -33,23 +35,14 @@ class ModelTurn:
     stop_details: Any = None
 
 
-@dataclass
-class ModelError(Exception):
-    code: str
-    message: str
-    retryable: bool = False
-    attempts: int = field(default=1)
-
-    def __str__(self) -> str:
-        return self.message
-
-
 class IncompleteStream(Exception):
-    """The stream closed before the message was complete (no `message_delta`)."""
+    """The stream closed before the message was complete (no `message_delta`): a retry signal,
+    reported as a ModelError once the retries are spent."""
 
 
 class StalledStream(Exception):
-    """The stream stopped sending in the middle of the message (a read timed out)."""
+    """The stream stopped sending in the middle of the message (a read timed out): a retry
+    signal, reported as a ModelError once the retries are spent."""
 
 
 class Model(Protocol):

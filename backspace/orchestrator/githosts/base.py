@@ -10,19 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-
-class RepoRefError(ValueError):
-    """The repository reference is not acceptable; the message says why (a 422 for the API)."""
-
-
-class GitHostError(Exception):
-    """A git host operation failed; `code` and `message` are what a person can act on."""
-
-    def __init__(self, code: str, message: str, *, retryable: bool = False) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.retryable = retryable
+from backspace.orchestrator.errors import GitHostError as GitHostError
+from backspace.orchestrator.errors import RepoRefError as RepoRefError
 
 
 def what_the_server_said(stderr: str, limit: int = 500) -> str:

@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from backspace.orchestrator.errors import GitError as GitError
 from backspace.orchestrator.redact import Redactor
 
 _EMPTY_HOME = Path(tempfile.gettempdir()) / "backspace-git-home"
@@ -33,13 +34,6 @@ FSCK_ERRORS = (
     "hasDot", "hasDotdot", "hasDotgit", "fullPathname", "emptyName", "zeroPaddedFilemode",
     "badFilemode", "nulInHeader", "badTimezone", "missingSpaceBeforeDate",
 )  # fmt: skip
-
-
-class GitError(Exception):
-    def __init__(self, args: Sequence[str], returncode: int, stderr: str) -> None:
-        self.returncode = returncode
-        self.stderr = stderr
-        super().__init__(f"git {' '.join(args[:2])} failed ({returncode}): {stderr.strip()[:500]}")
 
 
 async def git(

@@ -389,7 +389,7 @@ class GitHubHost:
 def _clone_url(repo: ResolvedRepo) -> str:
     """Where git reaches the repository; `resolve` always sets it on this host's repositories."""
     if repo.clone_url is None:
-        raise GitHostError("not_resolved", f"{repo.ref.name} was not resolved by GitHub")
+        raise GitHostError("github_error", f"{repo.ref.name} was not resolved by GitHub")
     return repo.clone_url
 
 

@@ -12,25 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from backspace.orchestrator.errors import SandboxError as SandboxError
+from backspace.orchestrator.errors import SandboxLost as SandboxLost
+from backspace.orchestrator.errors import SandboxUnavailable as SandboxUnavailable
+
 OutputCallback = Callable[[str], None]
-
-
-class SandboxError(Exception):
-    """The sandbox failed (could not start, vanished, a file operation failed)."""
-
-    code = "sandbox_error"
-
-
-class SandboxLost(SandboxError):
-    """The sandbox is gone: deleted from outside the run, or its machine vanished."""
-
-    code = "sandbox_lost"
-
-
-class SandboxUnavailable(SandboxError):
-    """This kind of sandbox cannot be used on this server; the message says why and what to do."""
-
-    code = "sandbox_unavailable"
 
 
 @dataclass(frozen=True, slots=True)

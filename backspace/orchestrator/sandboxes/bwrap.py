@@ -26,6 +26,8 @@ import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+from backspace.orchestrator.errors import SeccompUnavailable
+
 # Top-level system directories: bound read-only when a directory, re-created when a symlink
 # (merged /usr: /bin -> usr/bin).
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
@@ -123,10 +125,6 @@ CLONE_NAMESPACES = {
     "CLONE_NEWPID": 0x20000000,
     "CLONE_NEWNET": 0x40000000,
 }  # not CLONE_NEWTIME: clone() cannot make one (only unshare, refused, and clone3, ENOSYS)
-
-
-class SeccompUnavailable(RuntimeError):
-    """libseccomp (Debian package libseccomp2) cannot be loaded."""
 
 
 @functools.cache

@@ -34,14 +34,14 @@ from daytona import (
     SessionExecuteRequest,
 )
 
-from backspace.orchestrator.sandboxes.base import (
-    ExecResult,
-    OutputCallback,
-    OutputCollector,
+from backspace.orchestrator.errors import (
     SandboxError,
     SandboxLost,
+    SandboxQuota,
     SandboxUnavailable,
+    SandboxUnreachable,
 )
+from backspace.orchestrator.sandboxes.base import ExecResult, OutputCallback, OutputCollector
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +55,6 @@ RETRYABLE_CREATE = (
     daytona.DaytonaConnectionError,
     daytona.DaytonaTimeoutError,
 )
-
-
-class SandboxUnreachable(SandboxError):
-    code = "sandbox_unreachable"
-
-
-class SandboxQuota(SandboxError):
-    code = "sandbox_quota"
 
 
 @dataclass(frozen=True)

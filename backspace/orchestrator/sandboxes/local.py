@@ -38,15 +38,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from backspace.orchestrator.sandboxes.base import (
-    ExecResult,
-    OutputCallback,
-    OutputCollector,
+from backspace.orchestrator.errors import (
     SandboxError,
     SandboxLost,
     SandboxUnavailable,
+    SeccompUnavailable,
 )
-from backspace.orchestrator.sandboxes.bwrap import SeccompUnavailable, bwrap_argv
+from backspace.orchestrator.sandboxes.base import ExecResult, OutputCallback, OutputCollector
+from backspace.orchestrator.sandboxes.bwrap import bwrap_argv
 from backspace.orchestrator.sandboxes.cgroup import CgroupLimits, Cgroups, RunCgroup
 
 log = logging.getLogger(__name__)
@@ -513,8 +512,6 @@ class LocalSandbox:
                     cwd=host_cwd,
                     pass_fds=fds,
                 )
-        except SeccompUnavailable as exc:
-            raise SandboxError(str(exc)) from exc
         except OSError as exc:
             raise SandboxError(f"could not start a sandboxed command: {exc}") from exc
         self._procs.add(proc)
