@@ -1,4 +1,8 @@
-"""`backspace serve | run | doctor`."""
+"""`backspace serve | run | doctor`.
+
+The CLI is a front end: it does not build the service itself but is handed a `Wiring` by the
+entry point (backspace/__main__.py), which knows the composition root.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,9 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -19,16 +24,27 @@ from backspace import __version__
 from backspace.config import Settings, SettingsError, load_settings
 from backspace.logs import configure_logging
 from backspace.orchestrator.events import Event, EventType, RunStatus
-from backspace.orchestrator.githosts.base import RepoRefError
 from backspace.orchestrator.redact import Redactor
-from backspace.orchestrator.run import RunRequest
-from backspace.orchestrator.store import StoreFull
+from backspace.orchestrator.service import Reason, Refusal
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp
+
+    from backspace.orchestrator.service import Service
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+@dataclass(frozen=True)
+class Wiring:
+    """How to build what the commands need, from the settings they loaded."""
+
+    service: Callable[[Settings], Service]
+    web_app: Callable[[Settings], ASGIApp]
+
+
+def main(argv: Sequence[str] | None, wiring: Wiring) -> int:
     parser = argparse.ArgumentParser(
         prog="backspace", description="Turn a sentence into a pull request."
     )
@@ -59,19 +75,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         if args.command == "serve":
-            return serve_command(settings)
+            return serve_command(settings, wiring)
         if args.command == "run":
-            return asyncio.run(run_command(settings, args.repo, args.prompt, args.base))
-        return asyncio.run(doctor_command(settings))
+            return asyncio.run(run_command(settings, wiring, args.repo, args.prompt, args.base))
+        return asyncio.run(doctor_command(settings, wiring))
     except SettingsError as exc:  # a layout the sandbox could read, found while starting
         print(f"backspace: {exc}", file=sys.stderr)
         return EXIT_USAGE
 
 
-def serve_command(settings: Settings) -> int:
+def serve_command(settings: Settings, wiring: Wiring) -> int:
     import uvicorn
 
-    from backspace.app import create_app
     from backspace.http.deadlines import with_deadlines
     from backspace.runtime import DESCRIPTOR_RESERVE, raise_descriptor_limit
 
@@ -87,7 +102,7 @@ def serve_command(settings: Settings) -> int:
             connections,
             settings.max_connections,
         )
-    app = create_app(settings)
+    app = wiring.web_app(settings)
     uvicorn.run(
         app,
         host=settings.host,
@@ -108,51 +123,54 @@ def serve_command(settings: Settings) -> int:
     return 0
 
 
-async def run_command(settings: Settings, repo: str, prompt: str, base: str | None) -> int:
+async def run_command(
+    settings: Settings, wiring: Wiring, repo: str, prompt: str, base: str | None
+) -> int:
     console = Console(stderr=True)
-    if not settings.model_configured:  # as POST /api/code does: refuse before creating a run
-        console.print(
-            "[red]backspace: no model is configured: set ANTHROPIC_API_KEY "
-            "(or ANTHROPIC_BASE_URL)[/red]"
-        )
-        return EXIT_FAILED
-
-    from backspace.app import build_services
-
     configure_logging(Redactor(settings.secrets()), debug=settings.debug, json_format=False)
-    services = build_services(settings)
+    service = wiring.service(settings)
     try:
         try:
-            ref = services.parse_repo(repo)
-        except RepoRefError as exc:
-            console.print(f"[red]backspace: {escape(str(exc))}[/red]")
-            return EXIT_USAGE
-        try:
-            services.check_prompt(prompt)
-        except ValueError as exc:
-            console.print(f"[red]backspace: the prompt {escape(str(exc))}[/red]")
-            return EXIT_USAGE
-        usable, message = services.hosts[ref.host].check()
-        if not usable:
-            console.print(f"backspace: {escape(ref.name)} cannot be used: {escape(message)}")
-            return EXIT_USAGE
-        request = RunRequest(repo_url=repo, repo=ref, prompt=prompt, base_branch=base, source="cli")
-        try:
-            run = services.runner.submit(request)
-        except StoreFull as exc:
-            console.print(f"backspace: {escape(str(exc))}")
-            return EXIT_FAILED
+            run = service.admit(repo, prompt, base_branch=base, source="cli")
+        except Refusal as refusal:
+            text, code = refusal_message(refusal)
+            console.print(text)
+            return code
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(
-            signal.SIGINT, lambda: asyncio.ensure_future(services.runner.cancel(run.id))
+            signal.SIGINT, lambda: asyncio.ensure_future(service.cancel(run.id))
         )
-        final = await _follow(console, services.hub.subscribe(run.id))
+        final = await _follow(console, service.subscribe(run.id))
     finally:
-        await services.aclose()
+        await service.aclose()
     status = final.data.get("status") if final else None
     if final and final.data.get("pr_url"):
         print(final.data["pr_url"])
     return 0 if status in (RunStatus.SUCCEEDED, RunStatus.NO_CHANGES) else EXIT_FAILED
+
+
+def refusal_message(refusal: Refusal) -> tuple[str, int]:
+    """The CLI's words (rich markup) and exit code for a refusal of the orchestrator's door:
+    2 for what the command line got wrong, 1 for what the server cannot do now."""
+    message = escape(refusal.message)
+    match refusal.reason:
+        case Reason.PROMPT:
+            return f"[red]backspace: the prompt {message}[/red]", EXIT_USAGE
+        case Reason.REPOSITORY:
+            return f"[red]backspace: {message}[/red]", EXIT_USAGE
+        case Reason.GIT_HOST:
+            subject = escape(refusal.subject or "")
+            return f"backspace: {subject} cannot be used: {message}", EXIT_USAGE
+        case Reason.MODEL:
+            return f"[red]backspace: {message}[/red]", EXIT_FAILED
+        case Reason.SANDBOX:
+            subject = escape(refusal.subject or "")
+            return (
+                f"[red]backspace: the {subject} sandbox cannot be used: {message}[/red]",
+                EXIT_FAILED,
+            )
+        case _:
+            return f"backspace: {message}", EXIT_FAILED
 
 
 async def _follow(console: Console, events: Any) -> Event | None:
@@ -217,10 +235,8 @@ async def _follow(console: Console, events: Any) -> Event | None:
     return final
 
 
-async def doctor_command(settings: Settings) -> int:
-    from backspace.app import build_services
-
-    services = build_services(settings)
+async def doctor_command(settings: Settings, wiring: Wiring) -> int:
+    services = wiring.service(settings)
     console = Console()
     table = Table(title=f"backspace {__version__}", show_lines=False)
     table.add_column("part")
@@ -295,7 +311,3 @@ async def _probe_model(settings: Settings) -> tuple[bool, str]:
         return False, f"cannot reach {where}: check ANTHROPIC_BASE_URL and the network"
     finally:
         await client.close()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

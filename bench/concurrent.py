@@ -24,10 +24,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from backspace.app import Services, build_services
+from backspace.app import build_service
 from backspace.config import load_settings
 from backspace.orchestrator.pipeline import Pipeline
 from backspace.orchestrator.run import RunRequest
+from backspace.orchestrator.service import Service
 from backspace.runtime import tune_garbage_collector, watch_children_with_pidfds
 from bench.common import percentile, print_table, small_repo
 from bench.fake_sandbox import FakeRemoteSandboxProvider
@@ -46,7 +47,7 @@ def rss_bytes() -> int:
 class Probe:
     """Samples event-loop lag, RSS and active runs every 10 ms until stopped."""
 
-    services: Services
+    services: Service
     lags: list[float] = field(default_factory=list)
     peak_rss: int = 0
     peak_active: int = 0
@@ -67,7 +68,7 @@ def cpu_seconds() -> tuple[float, float]:
     return me.ru_utime + me.ru_stime, kids.ru_utime + kids.ru_stime
 
 
-async def one_batch(services: Services, count: int, tag: str) -> tuple[float, list[float]]:
+async def one_batch(services: Service, count: int, tag: str) -> tuple[float, list[float]]:
     """Submit `count` runs at once; wait for all; return wall time and each run's duration."""
     ref = services.parse_repo("local:widgets")
 
@@ -97,7 +98,7 @@ async def measure(work: Path, model_url: str, count: int) -> dict[str, float]:
         BACKSPACE_DB=str(work / "bench.db"),
         MAX_CONCURRENT_RUNS=count,
     )
-    services = build_services(settings)
+    services = build_service(settings)
     tune_garbage_collector()
     provider = FakeRemoteSandboxProvider(work / "sandboxes")
     pipeline = services.runner.pipeline

@@ -22,7 +22,7 @@ import time
 import uuid
 from pathlib import Path
 
-from backspace.app import build_services
+from backspace.app import build_service
 from backspace.config import load_settings
 from backspace.orchestrator.run import RunRequest
 from backspace.orchestrator.sandboxes.local import LocalSandboxProvider
@@ -39,7 +39,7 @@ async def backspace_runs(work: Path, fake_url: str, runs: int) -> list[float]:
         BACKSPACE_DB=str(work / "bench.db"),
         MAX_CONCURRENT_RUNS=1,
     )
-    services = build_services(settings)
+    services = build_service(settings)
     services.sandboxes.check()
     watch_children_with_pidfds()  # as the server does at start-up
     tune_garbage_collector()

@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from backspace.app import build_services
+from backspace.app import build_service
 from backspace.config import load_settings
 from backspace.orchestrator.events import RunStatus, Stage, now_iso
 from backspace.orchestrator.sandboxes.local import LocalLimits, LocalSandbox, LocalSandboxProvider
@@ -228,7 +228,7 @@ def test_without_cgroups_the_degraded_limits_are_reported(tmp_path: Path, root: 
     assert report["cgroup"] == "none"
     assert {"memory", "processes", "cpu"} <= set(report["degraded"])
     settings = load_settings(BACKSPACE_DB=str(tmp_path / "b.db"), BACKSPACE_SANDBOX="local")
-    services = replace(build_services(settings), sandboxes=provider)
+    services = replace(build_service(settings), sandboxes=provider)
     try:
         health = services.health()
         assert health["sandbox"]["limits"]["degraded"]["memory"]

@@ -1,4 +1,8 @@
-"""The HTTP API: /health, /api/code, /api/runs..., /prs/{id}."""
+"""The HTTP API: /health, /api/code, /api/runs..., /prs/{id}.
+
+Handlers raise `HTTPProblem` (or let the orchestrator's `Refusal` through); the exception
+handlers of backspace/http/errors.py render both as JSON, redacted.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +14,9 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from backspace.app import Services
+from backspace.config import Settings
 from backspace.http.auth import require_api_key
-from backspace.http.errors import HTTPProblem, problem_response
+from backspace.http.errors import HTTPProblem
 from backspace.http.openapi import MAX_SEQ, document
 from backspace.http.pages import pull_request_page
 from backspace.http.ratelimit import RateLimiter, key_id
@@ -20,46 +24,31 @@ from backspace.http.schemas import CodeRequest, read_json, validate
 from backspace.http.sse import event_stream
 from backspace.http.web import SECURITY_HEADERS, web_routes
 from backspace.orchestrator.events import RunStatus
-from backspace.orchestrator.githosts.base import RepoRefError
-from backspace.orchestrator.run import RunRequest
-from backspace.orchestrator.runner import NotAccepting
-from backspace.orchestrator.store import Run, StoreError, StoreFull
+from backspace.orchestrator.service import Service
+from backspace.orchestrator.store import Run
 
 MAX_LIST = 200
 
 
-def _services(request: Request) -> Services:
-    services: Services = request.app.state.services
-    return services
+def _service(request: Request) -> Service:
+    service: Service = request.app.state.service
+    return service
 
 
-def _authenticate(request: Request) -> Services:
-    services = _services(request)
-    settings = services.settings
+def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def _authenticate(request: Request) -> Service:
+    settings = _settings(request)
     if settings.require_auth:
         key = settings.api_key.get_secret_value() if settings.api_key else None
         require_api_key(request, key)
-    return services
+    return _service(request)
 
 
-def handles_problems(handler: Any) -> Any:
-    async def wrapper(request: Request) -> Response:
-        try:
-            response: Response = await handler(request)
-            return response
-        except HTTPProblem as problem:
-            # An error may quote what was sent (a reference, a name): never a secret we know.
-            redactor = _services(request).redactor
-            problem.detail = redactor.text(problem.detail)
-            problem.errors = redactor.data(problem.errors)
-            return problem_response(problem)
-
-    wrapper.__name__ = handler.__name__
-    wrapper.__doc__ = handler.__doc__
-    return wrapper
-
-
-def _run_json(services: Services, run: Run) -> dict[str, Any]:
+def _run_json(services: Service, run: Run) -> dict[str, Any]:
     base = f"{services.public_url}/api/runs/{run.id}"
     return {
         **run.to_json(),
@@ -79,22 +68,26 @@ def _whole_number(raw: str) -> int | None:
     return int(raw)
 
 
-def _get_run(services: Services, run_id: str) -> Run:
-    run = services.store.get_run(run_id)
+def _get_run(service: Service, run_id: str) -> Run:
+    run = service.get_run(run_id)
     if run is None:
         raise HTTPProblem(404, f"no run with id {run_id!r}")
     return run
 
 
-@handles_problems
 async def health(request: Request) -> Response:
     """Public liveness; where the database lives only for a caller with the API key."""
-    services = _services(request)
-    return JSONResponse(services.health(show_paths=_has_key(request, services)))
+    settings = _settings(request)
+    report = _service(request).health(show_paths=_has_key(request, settings))
+    report["auth"] = settings.require_auth
+    report["slack"] = {
+        "configured": settings.slack_configured,
+        "mode": "socket" if settings.slack_app_token else "http",
+    }
+    return JSONResponse(report)
 
 
-def _has_key(request: Request, services: Services) -> bool:
-    settings = services.settings
+def _has_key(request: Request, settings: Settings) -> bool:
     if not (settings.require_auth and settings.api_key):
         return False
     try:
@@ -104,63 +97,24 @@ def _has_key(request: Request, services: Services) -> bool:
     return True
 
 
-@handles_problems
 async def create_run(request: Request) -> Response:
     """Start a run; stream its events, or answer 202 with the run when JSON is asked for."""
-    services = _authenticate(request)
-    settings = services.settings
+    service = _authenticate(request)
+    settings = _settings(request)
     body = validate(CodeRequest, await read_json(request, settings.max_body_bytes))
-    try:
-        services.check_prompt(body.prompt)
-    except ValueError as exc:
-        raise HTTPProblem(
-            422,
-            f"invalid request: prompt: {exc}",
-            errors=[{"field": "prompt", "message": str(exc)}],
-        ) from None
-    try:
-        ref = services.parse_repo(body.repo_url)
-    except RepoRefError as exc:
-        raise HTTPProblem(
-            422,
-            f"invalid request: repo_url: {exc}",
-            errors=[{"field": "repo_url", "message": str(exc)}],
-        ) from None
-    host_usable, host_message = services.hosts[ref.host].check()
-    if not host_usable:
-        raise HTTPProblem(503, f"{ref.name} cannot be used: {host_message}")
-    if not settings.model_configured:
-        raise HTTPProblem(
-            503, "no model is configured: set ANTHROPIC_API_KEY (or ANTHROPIC_BASE_URL) and restart"
-        )
-    usable, message = services.sandboxes.check()
-    if not usable:
-        raise HTTPProblem(503, f"the {services.sandboxes.name} sandbox cannot be used: {message}")
-    _limit_rate(request)  # only requests that would start a run count
-    try:
-        run = services.runner.submit(
-            RunRequest(
-                repo_url=body.repo_url,
-                repo=ref,
-                prompt=body.prompt,
-                base_branch=body.base_branch,
-                co_author=body.co_author,
-                source="api",
-            )
-        )
-    except NotAccepting as exc:
-        raise HTTPProblem(503, str(exc), headers={"Retry-After": "5"}) from None
-    except StoreFull as exc:
-        raise HTTPProblem(503, str(exc), headers={"Retry-After": "60"}) from None
-    except StoreError:
-        raise HTTPProblem(
-            503, "backspace cannot record new runs right now (its store is full or failing)"
-        ) from None
+    run = service.admit(
+        body.repo_url,
+        body.prompt,
+        base_branch=body.base_branch,
+        co_author=body.co_author,
+        source="api",
+        gate=lambda: _limit_rate(request),  # only requests that would start a run count
+    )
     if _wants_json(request):
         return JSONResponse(
-            _run_json(services, run), status_code=202, headers={"Location": f"/api/runs/{run.id}"}
+            _run_json(service, run), status_code=202, headers={"Location": f"/api/runs/{run.id}"}
         )
-    return event_stream(services.hub, run.id, 0, ping_after=settings.sse_ping)
+    return event_stream(service.hub, run.id, 0, ping_after=settings.sse_ping)
 
 
 def _limit_rate(request: Request) -> None:
@@ -185,87 +139,79 @@ def _wants_json(request: Request) -> bool:
     return "application/json" in accept and "text/event-stream" not in accept
 
 
-@handles_problems
 async def list_runs(request: Request) -> Response:
-    services = _authenticate(request)
+    service = _authenticate(request)
     limit = _whole_number(request.query_params.get("limit", "50"))
     if limit is None or not 1 <= limit <= MAX_LIST:
         raise HTTPProblem(422, f"invalid request: limit: a whole number from 1 to {MAX_LIST}")
-    runs = services.store.list_runs(limit, before=request.query_params.get("before"))
-    return JSONResponse({"runs": [_run_json(services, run) for run in runs]})
+    runs = service.list_runs(limit, before=request.query_params.get("before"))
+    return JSONResponse({"runs": [_run_json(service, run) for run in runs]})
 
 
-@handles_problems
 async def get_run(request: Request) -> Response:
-    services = _authenticate(request)
-    return JSONResponse(_run_json(services, _get_run(services, request.path_params["run_id"])))
+    service = _authenticate(request)
+    return JSONResponse(_run_json(service, _get_run(service, request.path_params["run_id"])))
 
 
-@handles_problems
 async def run_events(request: Request) -> Response:
     """Stream a run's events after `Last-Event-ID` (or `?after=N`): the past, then live ones."""
-    services = _authenticate(request)
-    run = _get_run(services, request.path_params["run_id"])
+    service = _authenticate(request)
+    run = _get_run(service, request.path_params["run_id"])
     raw = request.headers.get("last-event-id") or request.query_params.get("after") or "0"
     after = _whole_number(raw.strip())
     if after is None:
         raise HTTPProblem(
             422, "invalid request: Last-Event-ID / after: a whole number (the last seq seen)"
         )
-    if RunStatus(run.status).finished and not services.store.events_after(run.id, after, limit=1):
+    if RunStatus(run.status).finished and not service.store.events_after(run.id, after, limit=1):
         # The run ended and its `complete` was seen: a stream would wait forever for nothing.
         # 204 also tells an EventSource to stop reconnecting.
         return Response(status_code=204)
-    return event_stream(services.hub, run.id, after, ping_after=services.settings.sse_ping)
+    return event_stream(service.hub, run.id, after, ping_after=_settings(request).sse_ping)
 
 
-@handles_problems
 async def cancel_run(request: Request) -> Response:
-    services = _authenticate(request)
-    run = _get_run(services, request.path_params["run_id"])
-    if not await services.runner.cancel(run.id):
+    service = _authenticate(request)
+    run = _get_run(service, request.path_params["run_id"])
+    if not await service.cancel(run.id):
         raise HTTPProblem(409, f"the run already ended with status {run.status}; nothing to cancel")
     return JSONResponse({"id": run.id, "status": "cancelling"}, status_code=202)
 
 
-def _pull_request(request: Request) -> tuple[Services, Any]:
-    services = _authenticate(request)
+def _pull_request(request: Request) -> Any:
+    service = _authenticate(request)
     raw = request.path_params["pr_id"]
     pr_id = _whole_number(raw)
-    record = services.store.get_pull_request(pr_id) if pr_id is not None else None
+    record = service.store.get_pull_request(pr_id) if pr_id is not None else None
     if record is None:
         raise HTTPProblem(404, f"no pull request with id {raw!r}")
-    return services, record
+    return record
 
 
-@handles_problems
 async def pull_request_json(request: Request) -> Response:
-    _, record = _pull_request(request)
+    record = _pull_request(request)
     return JSONResponse(record.__dict__)
 
 
-@handles_problems
 async def pull_request_html(request: Request) -> Response:
-    _, record = _pull_request(request)
+    record = _pull_request(request)
     return HTMLResponse(pull_request_page(record), headers=SECURITY_HEADERS)
 
 
 async def openapi(request: Request) -> Response:
-    return JSONResponse(document(_services(request).public_url))
+    return JSONResponse(document(_service(request).public_url))
 
 
 async def slack_events(request: Request) -> Response:
     """Slack's commands, button clicks and events (HTTP mode); Bolt checks the signature."""
     slack = request.app.state.slack
     if slack is None:
-        return problem_response(
-            HTTPProblem(
-                404, "Slack is not configured: set SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET"
-            )
+        raise HTTPProblem(
+            404, "Slack is not configured: set SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET"
         )
     response: Response = await slack.endpoint(request)
     if response.status_code >= 400:  # a JSON error, like every other one of this API
-        return problem_response(HTTPProblem(response.status_code, _refusal(response)))
+        raise HTTPProblem(response.status_code, _refusal(response))
     return response
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from backspace.orchestrator.service import Reason, Refusal
 from backspace.orchestrator.store import Run
 
 CANCEL_ACTION = "backspace_cancel"
@@ -150,3 +151,28 @@ def status_text(runs: list[Run], public_url: str) -> str:
         pr = f" · <{run.pr_url}|pull request>" if run.pr_url else ""
         lines.append(f"{icon} {link} `{escape(run.repo_url)}` {clip(escape(run.prompt), 80)}{pr}")
     return "\n".join(lines)
+
+
+def refusal_text(refusal: Refusal, command: str, *, in_thread: bool = False) -> str:
+    """Slack's words for a refusal of the orchestrator's door (shown only to the asker, or in
+    the mention's thread)."""
+    message = refusal.message
+    match refusal.reason:
+        case Reason.PROMPT:
+            return f"Your request {escape(message)}."
+        case Reason.REPOSITORY:
+            return f"{escape(message)}\nTry `{command} help`."
+        case Reason.GIT_HOST:
+            return f"I cannot use `{escape(refusal.subject or '')}` right now: {escape(message)}"
+        case Reason.MODEL:
+            return (
+                "backspace has no model configured yet: an operator has to set ANTHROPIC_API_KEY."
+            )
+        case Reason.SANDBOX:
+            return f"backspace cannot start sandboxes right now: {escape(message)}"
+        case Reason.SHUTTING_DOWN:
+            if in_thread:
+                return f"backspace is restarting ({message})."
+            return f"backspace is restarting ({message}); try again in a minute."
+        case Reason.STORE_FULL | Reason.STORE_FAILING:
+            return f"backspace cannot take runs now: {message}"

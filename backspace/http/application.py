@@ -1,0 +1,68 @@
+"""The Starlette application: the routes, the middleware, the error handlers, the life span."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+
+from backspace import __version__
+from backspace.config import Settings
+from backspace.http.crosssite import CrossSiteCheck
+from backspace.http.errors import exception_handlers
+from backspace.http.hosts import HostCheck, allowed_hosts
+from backspace.http.ratelimit import RateLimiter
+from backspace.http.routes import routes
+from backspace.orchestrator.service import Service
+from backspace.runtime import tune_garbage_collector, watch_children_with_pidfds
+
+log = logging.getLogger(__name__)
+
+
+class SlackEndpoint(Protocol):
+    """The Slack front end as this app serves it: /slack/events, and its own life span."""
+
+    async def endpoint(self, request: Request) -> Response: ...
+    async def start(self) -> None: ...
+    async def aclose(self) -> None: ...
+
+
+def web_app(settings: Settings, service: Service, slack: SlackEndpoint | None) -> Starlette:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await service.startup()
+        if slack is not None:
+            await slack.start()
+        watch_children_with_pidfds()
+        tune_garbage_collector()
+        log.info("backspace %s ready at %s", __version__, service.public_url)
+        service.preload_model_sdk()  # after the freeze above: it freezes what it imports too
+        try:
+            yield
+        finally:
+            await service.aclose()
+            if slack is not None:
+                await slack.aclose()
+
+    app = Starlette(
+        debug=False,
+        routes=routes(),
+        lifespan=lifespan,
+        middleware=[
+            # Outermost first: the Host is checked before the Origin is compared with it.
+            Middleware(HostCheck, allowed=allowed_hosts(settings, service.public_url)),
+            Middleware(CrossSiteCheck, public_url=service.public_url),
+        ],
+        exception_handlers=exception_handlers(service.redactor),
+    )
+    app.state.settings = settings
+    app.state.service = service
+    app.state.rate_limiter = RateLimiter(settings.runs_per_minute, settings.runs_burst)
+    app.state.slack = slack
+    return app

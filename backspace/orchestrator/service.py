@@ -1,0 +1,362 @@
+"""The one door of the orchestrator: what every front end (HTTP, Slack, the CLI) calls.
+
+A front end turns what it was sent into `Service.admit(...)`, which checks the request (the
+prompt, the repository and ALLOWED_REPOS, the git host, the model, the sandbox), records the run
+and queues it, or raises one `Refusal`. The front end renders a refusal its own way (a JSON
+problem, an ephemeral Slack reply, a CLI message and exit code); the orchestrator knows nothing
+of HTTP statuses or Slack. Then the front end follows the run with `subscribe` and may `cancel`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from backspace import __version__
+from backspace.orchestrator.events import Event
+from backspace.orchestrator.githosts.base import GitHost, RepoRef, RepoRefError
+from backspace.orchestrator.githosts.references import RepoAllowlist
+from backspace.orchestrator.hub import EventHub
+from backspace.orchestrator.redact import Redactor
+from backspace.orchestrator.run import RunRequest
+from backspace.orchestrator.runner import NotAccepting, Runner
+from backspace.orchestrator.sandboxes.base import SandboxProvider
+from backspace.orchestrator.store import Run, Store, StoreError, StoreFull
+
+log = logging.getLogger(__name__)
+
+PROMPT_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+class Kind(StrEnum):
+    """What kind of no: the caller's input is wrong, or the server cannot take runs now."""
+
+    INVALID = "invalid"
+    UNAVAILABLE = "unavailable"
+
+
+class Reason(StrEnum):
+    """Why a run was refused; each front end words each reason its own way."""
+
+    PROMPT = "prompt"  # too long, or control characters (field "prompt")
+    REPOSITORY = (
+        "repository"  # not a repository this server knows, or not allowed (field "repo_url")
+    )
+    GIT_HOST = "git_host"  # the repository's host cannot be used (GitHub without a token)
+    MODEL = "model"  # no model configured
+    SANDBOX = "sandbox"  # the sandbox backend cannot start sandboxes
+    SHUTTING_DOWN = "shutting_down"  # the runner takes no new runs
+    STORE_FULL = "store_full"  # the database's disk is below its headroom
+    STORE_FAILING = "store_failing"  # the run could not be recorded
+
+    @property
+    def kind(self) -> Kind:
+        return Kind.INVALID if self in (Reason.PROMPT, Reason.REPOSITORY) else Kind.UNAVAILABLE
+
+
+class Refusal(Exception):
+    """A run was not started. Nothing was recorded or queued.
+
+    `message` says why in plain words (the host's or the sandbox's own message, the prompt's
+    fault); `field` names the input it concerns, `subject` the thing that cannot be used (a
+    repository's name, a sandbox backend); `retry_after` is seconds worth waiting, when known.
+    """
+
+    def __init__(
+        self,
+        reason: Reason,
+        message: str,
+        *,
+        field: str | None = None,
+        subject: str | None = None,
+        retry_after: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.field = field
+        self.subject = subject
+        self.retry_after = retry_after
+
+    @property
+    def kind(self) -> Kind:
+        return self.reason.kind
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """The settings the door and the health report need (the rest stay with the parts)."""
+
+    allowed_repos: list[str]
+    max_prompt_chars: int
+    model_configured: bool
+    model: str
+    model_base_url: str
+    local_repos: Path | None = None
+    janitor_interval: float = 300.0
+
+
+@dataclass
+class Service:
+    config: ServiceConfig
+    store: Store
+    hub: EventHub
+    runner: Runner
+    sandboxes: SandboxProvider
+    hosts: dict[str, GitHost]
+    redactor: Redactor
+    public_url: str
+    close_model: Callable[[], Awaitable[None]]
+    _tasks: list[asyncio.Task[Any]] = field(default_factory=list, init=False, repr=False)
+
+    # --- the door --------------------------------------------------------------------------------
+    def admit(
+        self,
+        repo_url: str,
+        prompt: str,
+        *,
+        base_branch: str | None = None,
+        co_author: str | None = None,
+        source: str = "api",
+        requester: str | None = None,
+        meta: dict[str, Any] | None = None,
+        gate: Callable[[], None] | None = None,
+    ) -> Run:
+        """Check the request, then record and queue the run; a `Refusal` says why not.
+
+        `gate` is a front end's own last check (the API's rate limit): it is called once every
+        check here has passed, right before the run is recorded, so only a request that would
+        start a run counts against it. What it raises passes through.
+        """
+        self.check_prompt(prompt)
+        try:
+            ref = self.parse_repo(repo_url)
+        except RepoRefError as exc:
+            raise Refusal(Reason.REPOSITORY, str(exc), field="repo_url") from None
+        usable, message = self.hosts[ref.host].check()
+        if not usable:
+            raise Refusal(Reason.GIT_HOST, message, subject=ref.name)
+        if not self.config.model_configured:
+            raise Refusal(
+                Reason.MODEL,
+                "no model is configured: set ANTHROPIC_API_KEY (or ANTHROPIC_BASE_URL)",
+            )
+        usable, message = self.sandboxes.check()
+        if not usable:
+            raise Refusal(Reason.SANDBOX, message, subject=self.sandboxes.name)
+        if gate is not None:
+            gate()
+        request = RunRequest(
+            repo_url=repo_url,
+            repo=ref,
+            prompt=prompt,
+            base_branch=base_branch,
+            co_author=co_author,
+            source=source,
+            requester=requester,
+            meta=dict(meta or {}),
+        )
+        try:
+            return self.runner.submit(request)
+        except NotAccepting as exc:
+            raise Refusal(Reason.SHUTTING_DOWN, str(exc), retry_after=5) from None
+        except StoreFull as exc:
+            raise Refusal(Reason.STORE_FULL, str(exc), retry_after=60) from None
+        except StoreError as exc:
+            raise Refusal(Reason.STORE_FAILING, str(exc)) from None
+
+    def parse_repo(self, reference: str) -> RepoRef:
+        """A reference becomes a RepoRef of a host this server knows and ALLOWED_REPOS allows,
+        or a RepoRefError that says why not (Slack's command parser asks this too)."""
+        value = reference.strip()
+        if not value:
+            raise RepoRefError("repo_url is empty: give a repository")
+        if value.startswith("-"):
+            raise RepoRefError("a repository reference cannot start with '-'")
+        for host in self.hosts.values():
+            ref = host.parse(value)
+            if ref is not None:
+                RepoAllowlist(self.config.allowed_repos).check(ref.name)
+                return ref
+        raise RepoRefError(
+            "not a repository this server knows: use owner/repo or a GitHub URL, or an "
+            "absolute path or local:<name> below BACKSPACE_LOCAL_REPOS"
+        )
+
+    def check_prompt(self, prompt: str) -> None:
+        """A `Refusal` (field "prompt") for a prompt too long or with control characters.
+
+        Control characters (NUL, terminal escapes) are refused: they end up in a branch, a commit
+        message and a terminal, and no person types them. Tabs and newlines are fine.
+        """
+        limit = self.config.max_prompt_chars
+        if len(prompt) > limit:
+            raise Refusal(
+                Reason.PROMPT,
+                f"is {len(prompt)} characters long, more than the limit of {limit} characters "
+                "(BACKSPACE_MAX_PROMPT_CHARS): shorten it",
+                field="prompt",
+            )
+        if PROMPT_CONTROL.search(prompt):
+            raise Refusal(
+                Reason.PROMPT,
+                "contains control characters (such as NUL or a terminal escape): remove them; "
+                "tabs and newlines are fine",
+                field="prompt",
+            )
+
+    # --- runs ------------------------------------------------------------------------------------
+    def get_run(self, run_id: str) -> Run | None:
+        return self.store.get_run(run_id)
+
+    def list_runs(self, limit: int = 50, before: str | None = None) -> list[Run]:
+        return self.store.list_runs(limit, before=before)
+
+    def subscribe(self, run_id: str, after: int = 0) -> AsyncIterator[Event]:
+        """The run's events with seq > after: the past from the store, then live ones."""
+        return self.hub.subscribe(run_id, after)
+
+    async def cancel(self, run_id: str) -> bool:
+        """Cancel a queued or running run; False when it is not live (unknown or finished)."""
+        return await self.runner.cancel(run_id)
+
+    def run_url(self, run_id: str) -> str:
+        return f"{self.public_url}/api/runs/{run_id}"
+
+    # --- life cycle ------------------------------------------------------------------------------
+    async def startup(self) -> None:
+        """Recover what a previous process left, and sweep orphaned sandboxes from now on."""
+        usable, message = self.sandboxes.check()
+        if not usable:
+            log.error("the %s sandbox cannot be used: %s", self.sandboxes.name, message)
+        await self.runner.start()
+        self._tasks.append(asyncio.create_task(self._janitor(), name="sandbox-janitor"))
+
+    def preload_model_sdk(self) -> None:
+        """Import the model SDK ahead of the first run, in a worker thread (it takes about a
+        second) so that the loop keeps serving; then keep the GC from walking it."""
+        if self.config.model_configured:
+            work = asyncio.to_thread(_import_model_sdk)
+            self._tasks.append(asyncio.create_task(work, name="preload-model-sdk"))
+
+    async def aclose(self) -> None:
+        """Stop the runner (grace period, then cancel), close the clients and the store."""
+        for task in self._tasks:
+            if task.get_name() == "sandbox-janitor":
+                task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+        self._tasks.clear()
+        await self.runner.shutdown()
+        await self.close_model()
+        close = getattr(self.sandboxes, "aclose", None)
+        if close is not None:
+            await close()
+        self.store.close()
+
+    async def _janitor(self) -> None:
+        """Every few minutes, delete sandboxes no live run owns (a crash never leaks them)."""
+        while True:
+            await asyncio.sleep(self.config.janitor_interval)
+            try:
+                removed = await self.sandboxes.cleanup_orphans(self.runner.live_run_ids())
+                if removed:
+                    log.info("the janitor deleted %d sandboxes no live run owns", removed)
+            except Exception:
+                log.exception("the sandbox janitor failed")
+
+    # --- health ----------------------------------------------------------------------------------
+    def health(self, *, show_paths: bool = False) -> dict[str, Any]:
+        """What is configured and usable; file paths only when `show_paths`: they tell a
+        stranger where the database and the repositories are."""
+        hide = _hide_paths(self._paths()) if not show_paths else str
+        config = self.config
+        sandbox_ok, sandbox_message = self.sandboxes.check()
+        store_ok = self.store.ping()
+        room, store_message = self.store.headroom()
+        store_ok = store_ok and room
+        hosts = {}
+        for name, host in self.hosts.items():
+            usable, message = host.check()
+            hosts[name] = {"usable": usable, "message": hide(message)}
+        ready = sandbox_ok and store_ok and config.model_configured
+        return {
+            "status": "ok" if ready else "degraded",
+            "version": __version__,
+            "accepting_runs": self.runner.accepting,
+            "model": {
+                "configured": config.model_configured,
+                "name": config.model,
+                "base_url": _without_userinfo(config.model_base_url),
+                "message": "ready"
+                if config.model_configured
+                else "not configured: set ANTHROPIC_API_KEY (or ANTHROPIC_BASE_URL)",
+            },
+            "sandbox": {
+                "backend": self.sandboxes.name,
+                "usable": sandbox_ok,
+                "message": hide(sandbox_message),
+                **_sandbox_limits(self.sandboxes),
+            },
+            "git_hosts": hosts,
+            "store": {
+                "ok": store_ok,
+                **({"path": str(self.store.path)} if show_paths else {}),
+                "message": hide(store_message),
+            },
+            "runs": {
+                "active": self.runner.active_count(),
+                "queued": self.runner.queued_count(),
+                "max_concurrent": self.runner.limits.max_concurrent,
+            },
+        }
+
+    def _paths(self) -> list[str]:
+        """The server's own files and directories, as they may appear in a message."""
+        paths: list[Path | None] = [
+            self.store.path,
+            self.config.local_repos,
+            getattr(self.sandboxes, "root", None),
+        ]
+        names = {str(p) for p in paths if p} | {str(p.resolve()) for p in paths if p}
+        return sorted((n for n in names if len(n) > 1), key=len, reverse=True)  # never "/"
+
+
+def _hide_paths(paths: list[str]) -> Callable[[str], str]:
+    def hide(message: str) -> str:
+        for path in paths:
+            message = message.replace(path, "(a path; ask with the API key)")
+        return message
+
+    return hide
+
+
+def _sandbox_limits(provider: SandboxProvider) -> dict[str, Any]:
+    """The limits a local sandbox enforces and the ones degraded here (a remote one has none)."""
+    report = getattr(provider, "limits_report", None)
+    return {"limits": report()} if report is not None else {}
+
+
+def _without_userinfo(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.username or parts.password:
+        host = parts.hostname or ""
+        netloc = f"{host}:{parts.port}" if parts.port else host
+        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    return url
+
+
+def _import_model_sdk() -> None:
+    import gc
+
+    import anthropic  # noqa: F401
+
+    gc.freeze()

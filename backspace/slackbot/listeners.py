@@ -1,0 +1,252 @@
+"""What backspace does with each Slack request: the listeners registered on Bolt's AsyncApp.
+
+Every listener acks first (Slack wants an answer within 3 s) and does its network work after,
+in the front end's tasks. The allowlists of teams, channels and users refuse politely; a run
+starts through the orchestrator's door (`Service.admit`), whose refusals are worded here for
+Slack and shown only to the asker.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from slack_bolt.async_app import AsyncApp
+from slack_bolt.response import BoltResponse
+from slack_sdk.web.async_client import AsyncWebClient
+
+from backspace.config import Settings
+from backspace.orchestrator.githosts.base import RepoRefError
+from backspace.orchestrator.service import Refusal, Service
+from backspace.orchestrator.store import Run
+from backspace.slackbot import commands
+from backspace.slackbot.allowlist import Allowlist
+from backspace.slackbot.messages import (
+    CANCEL_ACTION,
+    RunView,
+    escape,
+    help_text,
+    refusal_text,
+    status_text,
+)
+from backspace.slackbot.reporter import ChannelPacer, SlackReporter
+from backspace.slackbot.retries import SeenEvents
+from backspace.slackbot.tasks import Tasks, safe
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Where:
+    """Who asked, and where."""
+
+    team: str
+    channel: str
+    user: str
+
+
+class Listeners:
+    def __init__(
+        self,
+        service: Service,
+        settings: Settings,
+        client: AsyncWebClient,
+        tasks: Tasks,
+    ) -> None:
+        self.service = service
+        self.settings = settings
+        self.client = client
+        self.tasks = tasks
+        self.command = settings.slack_command
+        self.allowlist = Allowlist.from_settings(settings)
+        self.pacer = ChannelPacer(settings.slack_post_interval)
+        self.seen = SeenEvents()
+
+    def register(self, app: AsyncApp) -> None:
+        app.middleware(self._allowlist)
+        app.command(self.command)(self._command)
+        app.command(re.compile(r".*"))(self._unknown_command)  # after ours: only the others
+        app.event("app_mention")(self._on_mention)
+        app.action(CANCEL_ACTION)(self._on_cancel)
+        app.event("message")(self._ignore)
+
+    # --- listeners -------------------------------------------------------------------------------
+    async def _allowlist(
+        self, context: Any, body: dict[str, Any], next: Callable[[], Awaitable[Any]]
+    ) -> Any:
+        refusal = self.allowlist.refusal(context.team_id, context.channel_id, context.user_id)
+        if refusal is None:
+            return await next()
+        log.info("refused a Slack request: %s", refusal)
+        if body.get("type") == "event_callback":
+            event = body.get("event") or {}
+            if event.get("channel") and event.get("user"):
+                self.tasks.spawn(self._ephemeral(event["channel"], event["user"], refusal))
+            return BoltResponse(status=200, body="")
+        return BoltResponse(status=200, body={"response_type": "ephemeral", "text": refusal})
+
+    async def _unknown_command(self, ack: Any, body: dict[str, Any]) -> None:
+        await ack(
+            response_type="ephemeral",
+            text=f"backspace answers {self.command} only (SLACK_COMMAND), not "
+            f"`{escape(str(body.get('command', ''))[:40])}`: ask an admin to check the Slack app.",
+        )
+
+    async def _command(self, ack: Any, body: dict[str, Any], respond: Any) -> None:
+        team, channel, user = (
+            _text(body.get("team_id")),
+            _text(body.get("channel_id")),
+            _text(body.get("user_id")),
+        )
+        if not channel or not user:
+            await ack(
+                response_type="ephemeral",
+                text="This command came without a channel or a user, so backspace cannot run it.",
+            )
+            return
+        reply = self._handle(_text(body.get("text")), Where(team, channel, user))
+        if isinstance(reply, Refusal):
+            reply = refusal_text(reply, self.command)
+        if isinstance(reply, str):  # it may quote what was sent: never a secret we know
+            await ack(response_type="ephemeral", text=self.service.redactor.text(reply))
+            return
+        view = reply
+        await ack(
+            response_type="ephemeral",
+            text=f"Started run {view.run_id[:8]} on `{escape(view.repo)}`; progress will appear in this channel.",
+        )
+        self.tasks.spawn(self._report(view, channel, None, respond))
+
+    async def _on_mention(
+        self, body: dict[str, Any], event: dict[str, Any], client: AsyncWebClient
+    ) -> None:
+        self.tasks.spawn(self._mention(body, event, client))  # Bolt has already acked the event
+
+    async def _on_cancel(self, ack: Any, body: dict[str, Any], respond: Any) -> None:
+        await ack()
+        self.tasks.spawn(self._cancel(body, respond))
+
+    async def _mention(
+        self, body: dict[str, Any], event: dict[str, Any], client: AsyncWebClient
+    ) -> None:
+        if self.seen.duplicate(str(body.get("event_id", ""))):
+            return
+        team = _text(body.get("team_id"))
+        channel, user, ts = (
+            _text(event.get("channel")),
+            _text(event.get("user")),
+            _text(event.get("ts")),
+        )
+        thread = _text(event.get("thread_ts")) or ts
+        if not channel or not user:
+            log.info("ignored a mention without a channel or a user")
+            return
+        reply = self._handle(_text(event.get("text")), Where(team, channel, user))
+        if isinstance(reply, Refusal):
+            reply = refusal_text(reply, self.command, in_thread=True)
+        if isinstance(reply, str):
+            text = self.service.redactor.text(reply)
+            await safe(client.chat_postMessage(channel=channel, thread_ts=thread, text=text))
+            return
+        await safe(client.reactions_add(channel=channel, timestamp=ts, name="eyes"))
+        self.tasks.spawn(self._report(reply, channel, thread, None))
+
+    async def _cancel(self, body: dict[str, Any], respond: Any) -> None:
+        actions = body.get("actions") or [{}]
+        run_id = _text(actions[0].get("value"))
+        who = body.get("user")
+        user = _text(who.get("id")) if isinstance(who, dict) else ""
+        run = self.service.get_run(run_id)
+        if run is None:
+            await respond(
+                response_type="ephemeral", replace_original=False, text="I do not know that run."
+            )
+            return
+        owner = run.meta.get("slack_user")
+        if user != owner and user not in self.allowlist.admins:
+            await respond(
+                response_type="ephemeral",
+                replace_original=False,
+                text=f"Only <@{owner}>, who started this run, or an admin can cancel it.",
+            )
+            return
+        cancelled = await self.service.cancel(run_id)
+        text = "Cancelling the run…" if cancelled else f"The run already ended ({run.status})."
+        await respond(response_type="ephemeral", replace_original=False, text=text)
+
+    async def _ignore(self) -> None:
+        """Plain channel messages are not for us (mentions arrive as app_mention)."""
+
+    # --- a request, answered ---------------------------------------------------------------------
+    def _handle(self, text: str, where: Where) -> str | Refusal | RunView:
+        """A reply for the person, a refusal, or the run started. No network: this runs before
+        the ack."""
+        service, store, command = self.service, self.service.store, self.command
+        team, channel, user = where.team, where.channel, where.user
+        parsed = commands.parse(text, service.parse_repo, store.channel_repo(team, channel))
+        match parsed:
+            case commands.Help():
+                return help_text(command)
+            case commands.Status():
+                return status_text(
+                    store.runs_with_meta("slack_channel", channel), service.public_url
+                )
+            case commands.Invalid(reason):
+                return f"{escape(reason)}\nTry `{command} help`."
+            case commands.SetRepo(reference):
+                try:
+                    ref = service.parse_repo(reference)
+                except RepoRefError as exc:
+                    return f"{escape(str(exc))}\nTry `{command} help`."
+                store.set_channel_repo(
+                    team, channel, ref.name if ref.host == "github" else reference, user
+                )
+                return f"This channel's default repository is now `{escape(ref.name)}`. Try `{command} <what to change>`."
+            case commands.StartRun(repo, repo_text, prompt):
+                try:
+                    run = service.admit(
+                        repo_text,
+                        prompt,
+                        source="slack",
+                        requester=f"<@{user}> in Slack",
+                        meta={"slack_team": team, "slack_channel": channel, "slack_user": user},
+                    )
+                except Refusal as refusal:
+                    return refusal
+                return self._view(run, user, repo.name, prompt)
+
+    def _view(self, run: Run, user: str, repo: str, prompt: str) -> RunView:
+        return RunView(
+            run_id=run.id,
+            run_url=self.service.run_url(run.id),
+            user=user,
+            repo=repo,
+            prompt=self.service.redactor.text(prompt),
+        )
+
+    async def _report(self, view: RunView, channel: str, thread: str | None, respond: Any) -> None:
+        reporter = SlackReporter(
+            self.client, self.pacer, view, channel=channel, thread_ts=thread,
+            status_interval=self.settings.slack_status_interval,
+        )  # fmt: skip
+        error = await reporter.open()
+        if error in ("not_in_channel", "channel_not_found") and respond is not None:
+            await safe(
+                respond(
+                    response_type="ephemeral",
+                    text=f"I am not in this channel, so I cannot post progress here: invite me with "
+                    f"`/invite @backspace`. The run goes on: {view.run_url}",
+                )
+            )
+        await reporter.follow(self.service.subscribe(view.run_id))
+
+    async def _ephemeral(self, channel: str, user: str, text: str) -> None:
+        await safe(self.client.chat_postEphemeral(channel=channel, user=user, text=text))
+
+
+def _text(value: Any) -> str:
+    """A field Slack sends as a string; anything else (missing, an object) is empty."""
+    return value if isinstance(value, str) else ""
