@@ -23,6 +23,7 @@ BackspaceError              internal_error: backspace failed unexpectedly
 ├── StoreError              store_unavailable: the run cannot be recorded (retryable)
 │   └── StoreFull           the disk is nearly full: new runs are refused
 ├── NotAccepting            the server is shutting down and takes no new runs
+├── Refusal                 a run was not started; each front end words its `reason`
 ├── SettingsError           a setting is missing or invalid (at startup, never in a run)
 └── EditorError             a mistake in an edit: goes back to the model, never ends a run
 
@@ -38,6 +39,7 @@ agent/model.py, store.py, ...).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from enum import StrEnum
 from typing import ClassVar
 
 from backspace.orchestrator.events import Stage
@@ -249,3 +251,58 @@ class SettingsError(BackspaceError):
 
 class EditorError(BackspaceError):
     """A mistake in the tool call; its message goes back to the model as an error result."""
+
+
+# --- admission -----------------------------------------------------------------------------------
+class Kind(StrEnum):
+    """What kind of no: the caller's input is wrong, or the server cannot take runs now."""
+
+    INVALID = "invalid"
+    UNAVAILABLE = "unavailable"
+
+
+class Reason(StrEnum):
+    """Why a run was refused; each front end words each reason its own way."""
+
+    PROMPT = "prompt"  # too long, or control characters (field "prompt")
+    REPOSITORY = (
+        "repository"  # not a repository this server knows, or not allowed (field "repo_url")
+    )
+    GIT_HOST = "git_host"  # the repository's host cannot be used (GitHub without a token)
+    MODEL = "model"  # no model configured
+    SANDBOX = "sandbox"  # the sandbox backend cannot start sandboxes
+    SHUTTING_DOWN = "shutting_down"  # the runner takes no new runs
+    STORE_FULL = "store_full"  # the database's disk is below its headroom
+    STORE_FAILING = "store_failing"  # the run could not be recorded
+
+    @property
+    def kind(self) -> Kind:
+        return Kind.INVALID if self in (Reason.PROMPT, Reason.REPOSITORY) else Kind.UNAVAILABLE
+
+
+class Refusal(BackspaceError):
+    """A run was not started. Nothing was recorded or queued.
+
+    `message` says why in plain words (the host's or the sandbox's own message, the prompt's
+    fault); `field` names the input it concerns, `subject` the thing that cannot be used (a
+    repository's name, a sandbox backend); `retry_after` is seconds worth waiting, when known.
+    """
+
+    def __init__(
+        self,
+        reason: Reason,
+        message: str,
+        *,
+        field: str | None = None,
+        subject: str | None = None,
+        retry_after: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.field = field
+        self.subject = subject
+        self.retry_after = retry_after
+
+    @property
+    def kind(self) -> Kind:
+        return self.reason.kind

@@ -15,12 +15,14 @@ import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from backspace import __version__
+from backspace.orchestrator.errors import Kind as Kind
+from backspace.orchestrator.errors import Reason as Reason
+from backspace.orchestrator.errors import Refusal as Refusal
 from backspace.orchestrator.events import Event
 from backspace.orchestrator.githosts.base import GitHost, RepoRef, RepoRefError
 from backspace.orchestrator.githosts.references import RepoAllowlist
@@ -34,61 +36,6 @@ from backspace.orchestrator.store import Run, Store, StoreError, StoreFull
 log = logging.getLogger(__name__)
 
 PROMPT_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-
-
-class Kind(StrEnum):
-    """What kind of no: the caller's input is wrong, or the server cannot take runs now."""
-
-    INVALID = "invalid"
-    UNAVAILABLE = "unavailable"
-
-
-class Reason(StrEnum):
-    """Why a run was refused; each front end words each reason its own way."""
-
-    PROMPT = "prompt"  # too long, or control characters (field "prompt")
-    REPOSITORY = (
-        "repository"  # not a repository this server knows, or not allowed (field "repo_url")
-    )
-    GIT_HOST = "git_host"  # the repository's host cannot be used (GitHub without a token)
-    MODEL = "model"  # no model configured
-    SANDBOX = "sandbox"  # the sandbox backend cannot start sandboxes
-    SHUTTING_DOWN = "shutting_down"  # the runner takes no new runs
-    STORE_FULL = "store_full"  # the database's disk is below its headroom
-    STORE_FAILING = "store_failing"  # the run could not be recorded
-
-    @property
-    def kind(self) -> Kind:
-        return Kind.INVALID if self in (Reason.PROMPT, Reason.REPOSITORY) else Kind.UNAVAILABLE
-
-
-class Refusal(Exception):
-    """A run was not started. Nothing was recorded or queued.
-
-    `message` says why in plain words (the host's or the sandbox's own message, the prompt's
-    fault); `field` names the input it concerns, `subject` the thing that cannot be used (a
-    repository's name, a sandbox backend); `retry_after` is seconds worth waiting, when known.
-    """
-
-    def __init__(
-        self,
-        reason: Reason,
-        message: str,
-        *,
-        field: str | None = None,
-        subject: str | None = None,
-        retry_after: int | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-        self.field = field
-        self.subject = subject
-        self.retry_after = retry_after
-
-    @property
-    def kind(self) -> Kind:
-        return self.reason.kind
 
 
 @dataclass(frozen=True)
