@@ -79,10 +79,10 @@ class Pipeline:
 
     async def run(self, ctx: RunContext) -> Outcome:
         host = self.hosts[ctx.request.repo.host]
+        ctx.progress(Stage.SANDBOX, "Creating the sandbox")
         # Fails at once when no model is configured. On a worker thread: the first call imports
         # the model SDK (about a second), which must not stop the event loop.
         model = await asyncio.to_thread(self.model_factory)
-        ctx.progress(Stage.SANDBOX, "Creating the sandbox")
         sandbox = await self.sandboxes.create(ctx.run_id)
         # The scratch directory holds bundles of the whole repository: made and removed on a
         # worker thread, so a big one never stops the event loop.
