@@ -50,10 +50,10 @@ from tests.fakes.anthropic import (
 from tests.fakes.daytona import FakeDaytona
 from tests.fakes.github import FakeGitHub
 from tests.fakes.slack import FakeSlack, SlackSigner, send
+from tests.helpers import assert_clean
 from tests.scenarios import EDIT_SIGNUP, finish
 from tests.server import Server, start_server
 from tests.sse import collect, events_of, of_type
-from tests.test_api_e2e import assert_clean
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
