@@ -39,6 +39,16 @@ def workdir(prefix: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"backspace-{prefix}-"))
 
 
+def stop_and_remove(server: Server, root: Path) -> None:
+    """Stop a module's server; remove its directory `root` and its (thawed) sandbox root."""
+    server.stop()
+    sandbox_root = default_root(server.db_path)
+    if sandbox_root.exists():  # a test may have made it immutable, to inject a fault
+        subprocess.run(["chattr", "-i", str(sandbox_root)], check=False, capture_output=True)
+        shutil.rmtree(sandbox_root, ignore_errors=True)
+    shutil.rmtree(root, ignore_errors=True)
+
+
 @contextmanager
 def shared_server(prefix: str, env: dict[str, str]) -> Iterator[Server]:
     """One real server for a module's tests of one settings group; its directory and sandbox
@@ -48,12 +58,7 @@ def shared_server(prefix: str, env: dict[str, str]) -> Iterator[Server]:
     try:
         yield server
     finally:
-        server.stop()
-        sandbox_root = default_root(server.db_path)
-        if sandbox_root.exists():  # a test may have made it immutable, to inject a fault
-            subprocess.run(["chattr", "-i", str(sandbox_root)], check=False, capture_output=True)
-            shutil.rmtree(sandbox_root, ignore_errors=True)
-        shutil.rmtree(root, ignore_errors=True)
+        stop_and_remove(server, root)
 
 
 # --- shared cases -------------------------------------------------------------------------------
