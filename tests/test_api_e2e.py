@@ -72,7 +72,15 @@ class Shared:
     repos: Path
 
 
-SHARED_TOKEN = "ghp_POLICYSECRET00000000000000000000000"
+# The shared server's secrets: the secrets test checks none leaks from any run on it, the
+# publishing-policy test that a pasted GITHUB_TOKEN is caught.
+SECRETS = {
+    "ANTHROPIC_API_KEY": "sk-ant-api03-SECRETANTHROPIC0001",
+    "GITHUB_TOKEN": "ghp_SECRETGITHUB0000000000000000000002",
+    "SLACK_BOT_TOKEN": "xoxb-SECRETSLACK-0003",
+    "SLACK_SIGNING_SECRET": "SECRETSIGNING0004",
+    "DAYTONA_API_KEY": "SECRETDAYTONA0005",  # with BACKSPACE_SANDBOX=local
+}
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +93,8 @@ def shared() -> Iterator[Shared]:
             BACKSPACE_SSE_PING="0.3",  # for the ping test; other tests skip comment frames
             BACKSPACE_MODEL_RETRIES="2",
             MAX_CONCURRENT_RUNS="4",
-            GITHUB_TOKEN=SHARED_TOKEN,  # for the publishing-policy test: redacted everywhere
+            BACKSPACE_SANDBOX="local",
+            **SECRETS,
         )
         with shared_server("api-e2e", env) as server:
             yield Shared(server, model, repos)
@@ -382,26 +391,20 @@ async def test_five_runs_at_once_each_stream_has_only_its_own_events(shared: Sha
     assert_clean(server)
 
 
-async def test_secrets_never_reach_the_sandbox_an_event_or_a_log_line(
-    repos: Path, fake_model: FakeAnthropic, server_factory: ServerFactory
-) -> None:
-    make_repo(repos, "widgets")
-    secrets = {
-        "ANTHROPIC_API_KEY": "sk-ant-api03-SECRETANTHROPIC0001",
-        "GITHUB_TOKEN": "ghp_SECRETGITHUB0000000000000000000002",
-        "SLACK_BOT_TOKEN": "xoxb-SECRETSLACK-0003",
-        "SLACK_SIGNING_SECRET": "SECRETSIGNING0004",
-        "DAYTONA_API_KEY": "SECRETDAYTONA0005",  # with BACKSPACE_SANDBOX=local below
-    }
+async def test_secrets_never_reach_the_sandbox_an_event_or_a_log_line(shared: Shared) -> None:
+    make_repo(shared.repos, "secrets")
+    secrets, fake_model = SECRETS, shared.model  # the shared server's
     probe = "env; cat /proc/*/environ 2>/dev/null | tr '\\0' '\\n'; grep -rsl SECRET /workspace /tmp /home /etc 2>/dev/null; echo probe-done"
     fake_model.scenarios["secrets-e2e"] = [
         Reply([ToolCall("bash", {"command": probe})]),
         Reply([EDIT]),
         finish(),
     ]
-    server = server_factory({**base_env(repos, fake_model, BACKSPACE_SANDBOX="local"), **secrets})
+    server = shared.server
     # The prompt itself carries a token a user pasted: it must be redacted from the events.
-    events = await run_to_end(server, f"secrets-e2e: use token {secrets['GITHUB_TOKEN']} please")
+    events = await run_to_end(
+        server, f"secrets-e2e: use token {secrets['GITHUB_TOKEN']} please", repo="local:secrets"
+    )
     assert events[-1]["status"] == "succeeded", by_type(events, "error")
     output = by_type(events, "Tool: Bash")[0]["output"]
     assert "probe-done" in output and "PATH=" in output
@@ -424,10 +427,8 @@ async def test_secrets_never_reach_the_sandbox_an_event_or_a_log_line(
             value.lower().replace("_", "-")[:12] not in by_type(events, "pr_created")[0]["branch"]
         )
     # The key was really in use: the fake model saw it, from the host.
-    assert (
-        fake_model.requests[0]["headers"]["authorization"]
-        == f"Bearer {secrets['ANTHROPIC_API_KEY']}"
-    )
+    (first, *_) = [r for r in fake_model.requests if r.get("scenario") == "secrets-e2e"]
+    assert first["headers"]["authorization"] == f"Bearer {secrets['ANTHROPIC_API_KEY']}"
 
 
 BAD_REQUESTS: list[tuple[str, Any, int, str]] = [
@@ -659,7 +660,7 @@ async def test_graceful_shutdown_ends_running_runs_and_deletes_their_sandboxes(
 
 async def test_a_change_that_breaks_publishing_policy_is_not_pushed(shared: Shared) -> None:
     origin = make_repo(shared.repos, "policy")
-    token = SHARED_TOKEN  # the server's GITHUB_TOKEN
+    token = SECRETS["GITHUB_TOKEN"]  # the server's
     fake_model = shared.model
 
     def create(path: str, text: str) -> list[Any]:
