@@ -11,8 +11,9 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,33 @@ def shared_server(prefix: str, env: dict[str, str]) -> Iterator[Server]:
         yield server
     finally:
         stop_and_remove(server, root)
+
+
+@dataclass
+class Shared:
+    """A module's server for the tests that need no fresh process, its fake model and the
+    directory of its local repositories: each test makes its own repository there, uses its own
+    scenario keys, and looks only at its own runs."""
+
+    server: Server
+    model: FakeAnthropic
+    repos: Path
+
+
+@contextmanager
+def shared_rig(
+    prefix: str, env: Callable[[Path, FakeAnthropic], dict[str, str]]
+) -> Iterator[Shared]:
+    """A `Shared` whose server has the settings `env(repos, model)`."""
+    repos = workdir(f"{prefix}-repos")
+    try:
+        with (
+            FakeAnthropic(scenarios={}) as model,
+            shared_server(prefix, env(repos, model)) as server,
+        ):
+            yield Shared(server, model, repos)
+    finally:
+        shutil.rmtree(repos, ignore_errors=True)
 
 
 # --- shared cases -------------------------------------------------------------------------------

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +18,12 @@ import pytest
 from tests.conftest import ServerFactory, git, make_repo
 from tests.fakes.anthropic import Fail, FakeAnthropic, Reply, Text, ToolCall
 from tests.helpers import (
+    Shared,
     assert_clean,
     base_env,
-    shared_server,
+    shared_rig,
     wait_for_process,
     wait_status,
-    workdir,
 )
 from tests.scenarios import EDIT_SIGNUP, finish
 from tests.server import Server
@@ -62,16 +60,6 @@ async def run_to_end(
 by_type = of_type
 
 
-@dataclass
-class Shared:
-    """The module's server for the tests that need no fresh process: each test makes its own
-    repository below `repos` and its own model scenario, and looks only at its own runs."""
-
-    server: Server
-    model: FakeAnthropic
-    repos: Path
-
-
 # The shared server's secrets: the secrets test checks none leaks from any run on it, the
 # publishing-policy test that a pasted GITHUB_TOKEN is caught.
 SECRETS = {
@@ -85,9 +73,9 @@ SECRETS = {
 
 @pytest.fixture(scope="module")
 def shared() -> Iterator[Shared]:
-    repos = workdir("api-e2e-repos")
-    with FakeAnthropic(scenarios={}) as model:
-        env = base_env(
+    with shared_rig(
+        "api-e2e",
+        lambda repos, model: base_env(
             repos,
             model,
             BACKSPACE_SSE_PING="0.3",  # for the ping test; other tests skip comment frames
@@ -95,10 +83,9 @@ def shared() -> Iterator[Shared]:
             MAX_CONCURRENT_RUNS="4",
             BACKSPACE_SANDBOX="local",
             **SECRETS,
-        )
-        with shared_server("api-e2e", env) as server:
-            yield Shared(server, model, repos)
-    shutil.rmtree(repos, ignore_errors=True)
+        ),
+    ) as rig:
+        yield rig
 
 
 async def test_a_whole_run_streams_every_step_and_pushes_exactly_the_change(

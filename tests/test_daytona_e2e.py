@@ -4,11 +4,9 @@ fake Daytona (API and toolbox, running the commands for real in a directory per 
 from __future__ import annotations
 
 import asyncio
-import shutil
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +16,7 @@ import pytest
 from tests.conftest import ServerFactory, git, make_repo
 from tests.fakes.anthropic import FakeAnthropic, Reply, ToolCall
 from tests.fakes.daytona import FakeDaytona, FakeSandbox
-from tests.helpers import processes_running, shared_server, wait_for_process, workdir
+from tests.helpers import Shared, processes_running, shared_rig, wait_for_process
 from tests.scenarios import EDIT_SIGNUP, finish
 from tests.server import Server
 from tests.sse import collect, events_of, frames, of_type, post_run
@@ -35,26 +33,23 @@ def daytona() -> Iterator[FakeDaytona]:
         yield fake
 
 
-@dataclass
-class Shared:
-    """The module's server, fake model and fake Daytona for the tests with the default settings:
-    each test has its own repository and looks only at its own runs' sandboxes."""
-
-    server: Server
-    model: FakeAnthropic
-    daytona: FakeDaytona
-    repos: Path
+@pytest.fixture(scope="module")
+def shared_daytona() -> Iterator[FakeDaytona]:
+    """The shared server's fake Daytona: each test looks only at its own runs' sandboxes."""
+    with FakeDaytona(api_key=KEY) as fake:
+        yield fake
 
 
 @pytest.fixture(scope="module")
-def shared() -> Iterator[Shared]:
-    repos = workdir("daytona-e2e-repos")
-    with FakeAnthropic(scenarios={}) as model, FakeDaytona(api_key=KEY) as daytona:
-        # A GitHub token the sandbox must never see (the whole-run test looks for it).
-        env = env_for(repos, model, daytona, GITHUB_TOKEN="ghp_NOTFORSANDBOX000000000000000000000")
-        with shared_server("daytona-e2e", env) as server:
-            yield Shared(server, model, daytona, repos)
-    shutil.rmtree(repos, ignore_errors=True)
+def shared(shared_daytona: FakeDaytona) -> Iterator[Shared]:
+    """One server for the tests with the default settings; a GitHub token the sandbox must
+    never see (the whole-run test looks for it)."""
+    token = "ghp_NOTFORSANDBOX000000000000000000000"
+    with shared_rig(
+        "daytona-e2e",
+        lambda repos, model: env_for(repos, model, shared_daytona, GITHUB_TOKEN=token),
+    ) as rig:
+        yield rig
 
 
 def sandboxes_of(daytona: FakeDaytona, *run_ids: str) -> list[FakeSandbox]:
@@ -111,9 +106,11 @@ async def events(server: Server, run_id: str) -> list[dict[str, Any]]:
     return events_of(got)
 
 
-async def test_a_whole_run_on_daytona_opens_a_pr_and_deletes_the_sandbox(shared: Shared) -> None:
+async def test_a_whole_run_on_daytona_opens_a_pr_and_deletes_the_sandbox(
+    shared: Shared, shared_daytona: FakeDaytona
+) -> None:
     origin = make_repo(shared.repos, "whole")
-    daytona = shared.daytona
+    daytona = shared_daytona
     shared.model.scenarios["dt-run"] = [
         bash("cat app.py; env | sort"),
         Reply([EDIT_SIGNUP]),
@@ -180,11 +177,13 @@ async def test_timeouts_and_exit_do_not_break_later_commands(
     assert daytona.live() == []
 
 
-async def test_create_is_retried_and_a_failure_for_good_leaves_nothing(shared: Shared) -> None:
+async def test_create_is_retried_and_a_failure_for_good_leaves_nothing(
+    shared: Shared, shared_daytona: FakeDaytona
+) -> None:
     make_repo(shared.repos, "retry")
     shared.model.scenarios["dt-retry"] = [Reply([EDIT_SIGNUP]), finish()]
     shared.model.scenarios["dt-never"] = [Reply([EDIT_SIGNUP]), finish()]
-    server, daytona = shared.server, shared.daytona
+    server, daytona = shared.server, shared_daytona
     daytona.fail_create(503, times=1)
     retried = await post_run(server.url, {"repo_url": "local:retry", "prompt": "dt-retry"})
     assert retried[-1]["status"] == "succeeded", of_type(retried, "error")
@@ -235,12 +234,12 @@ async def test_the_janitor_deletes_sandboxes_no_live_run_owns(
 
 
 async def test_cancel_during_a_long_command_kills_it_and_deletes_the_sandbox(
-    shared: Shared,
+    shared: Shared, shared_daytona: FakeDaytona
 ) -> None:
     make_repo(shared.repos, "cancel")
     marker = unique_sleep(131)
     shared.model.scenarios["dt-cancel"] = [bash(f"{marker}; echo never"), finish()]
-    server, daytona = shared.server, shared.daytona
+    server, daytona = shared.server, shared_daytona
     run = await start(server, "dt-cancel", "local:cancel")
     await wait_for_process(marker)
     async with httpx.AsyncClient(timeout=30) as client:
@@ -252,9 +251,9 @@ async def test_cancel_during_a_long_command_kills_it_and_deletes_the_sandbox(
 
 
 async def test_daytona_failures_name_their_cause(
-    shared: Shared, server_factory: ServerFactory
+    shared: Shared, shared_daytona: FakeDaytona, server_factory: ServerFactory
 ) -> None:
-    repos, fake_model, daytona = shared.repos, shared.model, shared.daytona
+    repos, fake_model, daytona = shared.repos, shared.model, shared_daytona
     make_repo(repos, "failing")
     marker = unique_sleep(132)
     fake_model.scenarios["dt-badkey"] = [Reply([EDIT_SIGNUP]), finish()]

@@ -14,7 +14,6 @@ import hashlib
 import hmac
 import json
 import re
-import shutil
 import subprocess
 import time
 import uuid
@@ -31,7 +30,7 @@ from tests.conftest import ServerFactory, git, make_repo
 from tests.fakes.anthropic import FakeAnthropic, Reply, Text, ToolCall
 from tests.fakes.github import FakeGitHub
 from tests.fakes.slack import FakeSlack, SlackSigner, send
-from tests.helpers import REFUSED, shared_server, workdir
+from tests.helpers import REFUSED, Shared, shared_rig
 from tests.scenarios import EDIT_SIGNUP, finish
 from tests.server import Server, start_server
 from tests.sse import collect, events_of, of_type, post_run
@@ -363,25 +362,11 @@ async def test_a_repository_reference_attack_gets_422_and_runs_nothing(
 
 
 # --- 3. shell metacharacters through the whole flow ------------------------------------------
-@dataclass
-class Shared:
-    """One server with the default settings for the runs of sections 3 to 5: each test makes its
-    own repository below `repos` and its own model scenario."""
-
-    server: Server
-    model: FakeAnthropic
-    repos: Path
-
-
 @pytest.fixture(scope="module")
 def shared() -> Iterator[Shared]:
-    repos = workdir("hostile-repos")
-    with (
-        FakeAnthropic(scenarios={}) as model,
-        shared_server("hostile", base_env(repos, model)) as server,
-    ):
-        yield Shared(server, model, repos)
-    shutil.rmtree(repos, ignore_errors=True)
+    """One server with the default settings for the runs of sections 3 to 5."""
+    with shared_rig("hostile", base_env) as rig:
+        yield rig
 
 
 async def test_shell_metacharacters_in_a_prompt_reach_the_model_as_text_and_never_a_shell(

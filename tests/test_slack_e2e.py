@@ -6,10 +6,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +18,7 @@ import yaml
 from tests.conftest import ServerFactory, git, make_repo
 from tests.fakes.anthropic import FakeAnthropic, Reply, Text, ToolCall
 from tests.fakes.slack import FakeSlack, SlackSigner, send
-from tests.helpers import shared_server, workdir
+from tests.helpers import Shared, shared_rig
 from tests.scenarios import EDIT_SIGNUP, finish
 from tests.server import ROOT, Server
 
@@ -49,24 +47,14 @@ def slack(module_slack: FakeSlack) -> FakeSlack:
     return module_slack
 
 
-@dataclass
-class Shared:
-    """One server for the tests that need no fresh process: each has its own repository (and
-    looks only at its runs), the fake Slack is reset between tests."""
-
-    server: Server
-    model: FakeAnthropic
-    repos: Path
-
-
 @pytest.fixture(scope="module")
 def shared(module_slack: FakeSlack) -> Iterator[Shared]:
-    repos = workdir("slack-e2e-repos")
-    with FakeAnthropic(scenarios={}) as model:
-        env = env_for(repos, model, module_slack, SLACK_ADMIN_USERS="U0ADMIN")
-        with shared_server("slack-e2e", env) as server:
-            yield Shared(server, model, repos)
-    shutil.rmtree(repos, ignore_errors=True)
+    """One server for the tests that need no fresh process (the fake Slack is reset per test)."""
+    with shared_rig(
+        "slack-e2e",
+        lambda repos, model: env_for(repos, model, module_slack, SLACK_ADMIN_USERS="U0ADMIN"),
+    ) as rig:
+        yield rig
 
 
 @pytest.fixture
