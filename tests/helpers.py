@@ -7,6 +7,7 @@ module's tests twice through such an import).
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import subprocess
 import tempfile
@@ -145,9 +146,9 @@ async def wait_status(server: Server, run_id: str, *, timeout: float = 30) -> di
 
 # --- /proc ---------------------------------------------------------------------------------------
 def _processes() -> Iterator[tuple[int, bytes, set[bytes]]]:
-    """(pid, command line, environment) of every process this user may read."""
+    """(pid, command line, environment) of every other process this user may read."""
     for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
+        if proc.name.isdigit() and int(proc.name) != os.getpid():
             try:
                 cmdline = (proc / "cmdline").read_bytes()
             except OSError:
