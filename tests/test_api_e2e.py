@@ -7,15 +7,24 @@ import asyncio
 import os
 import signal
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from backspace.orchestrator.sandboxes.local import default_root
 from tests.conftest import ServerFactory, git, make_repo
 from tests.fakes.anthropic import Fail, FakeAnthropic, Reply, Text, ToolCall
+from tests.helpers import (
+    Shared,
+    assert_clean,
+    base_env,
+    shared_rig,
+    wait_for_process,
+    wait_status,
+)
 from tests.scenarios import EDIT_SIGNUP, finish
 from tests.server import Server
 from tests.sse import collect, events_of, frames, of_type, post_run
@@ -34,17 +43,12 @@ def edit_scenario() -> list[Any]:
     ]
 
 
-def slow_scenario(seconds: int = 60) -> list[Any]:
-    return [Reply([ToolCall("bash", {"command": f"sleep {seconds}; echo slept"})]), finish()]
-
-
-def base_env(repos: Path, fake: FakeAnthropic, **extra: str) -> dict[str, str]:
-    return {
-        "ANTHROPIC_API_KEY": "sk-ant-api03-test-key-0123456789",
-        "ANTHROPIC_BASE_URL": fake.url,
-        "BACKSPACE_LOCAL_REPOS": str(repos),
-        **extra,
-    }
+def slow_scenario(seconds: int = 60) -> tuple[list[Any], str]:
+    """A run whose command sleeps, and a fragment of that command's line unique to this call
+    (another test, or another pytest session on the machine, may sleep as long)."""
+    marker = f"slept-{uuid.uuid4().hex[:12]}"
+    command = f"sleep {seconds}; echo {marker}"
+    return [Reply([ToolCall("bash", {"command": command})]), finish()], marker
 
 
 async def run_to_end(
@@ -56,45 +60,46 @@ async def run_to_end(
 by_type = of_type
 
 
-def assert_clean(server: Server) -> None:
-    """No sandbox directory and no process of any sandbox is left."""
-    root = default_root(server.db_path)
-    assert not root.exists() or list(root.iterdir()) == []
-    leftovers = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                cmdline = (proc / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if str(root).encode() in cmdline:
-                leftovers.append(cmdline)
-    assert leftovers == []
+# The shared server's secrets: the secrets test checks none leaks from any run on it, the
+# publishing-policy test that a pasted GITHUB_TOKEN is caught.
+SECRETS = {
+    "ANTHROPIC_API_KEY": "sk-ant-api03-SECRETANTHROPIC0001",
+    "GITHUB_TOKEN": "ghp_SECRETGITHUB0000000000000000000002",
+    "SLACK_BOT_TOKEN": "xoxb-SECRETSLACK-0003",
+    "SLACK_SIGNING_SECRET": "SECRETSIGNING0004",
+    "DAYTONA_API_KEY": "SECRETDAYTONA0005",  # with BACKSPACE_SANDBOX=local
+}
 
 
-async def wait_status(server: Server, run_id: str, *, timeout: float = 30) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    async with httpx.AsyncClient() as client:
-        while time.monotonic() < deadline:
-            run: dict[str, Any] = (await client.get(f"{server.url}/api/runs/{run_id}")).json()
-            if run["status"] not in ("queued", "running"):
-                return run
-            await asyncio.sleep(0.05)
-    raise AssertionError(f"run {run_id} did not finish")
+@pytest.fixture(scope="module")
+def shared() -> Iterator[Shared]:
+    with shared_rig(
+        "api-e2e",
+        lambda repos, model: base_env(
+            repos,
+            model,
+            BACKSPACE_SSE_PING="0.3",  # for the ping test; other tests skip comment frames
+            BACKSPACE_MODEL_RETRIES="2",
+            MAX_CONCURRENT_RUNS="4",
+            BACKSPACE_SANDBOX="local",
+            **SECRETS,
+        ),
+    ) as rig:
+        yield rig
 
 
 async def test_a_whole_run_streams_every_step_and_pushes_exactly_the_change(
-    repos: Path, fake_model: FakeAnthropic, server_factory: ServerFactory
+    shared: Shared,
 ) -> None:
-    origin = make_repo(repos, "widgets")
+    origin = make_repo(shared.repos, "whole")
     base_sha = git(origin, "rev-parse", "HEAD").strip()
-    fake_model.scenarios["validation-e2e"] = edit_scenario()
-    server = server_factory(base_env(repos, fake_model))
+    shared.model.scenarios["validation-e2e"] = edit_scenario()
+    server = shared.server
 
     async with httpx.AsyncClient(timeout=60) as client:
         response, frames = await collect(
             client, "POST", f"{server.url}/api/code",
-            json={"repo_url": "local:widgets", "prompt": "validation-e2e: add input validation to signup"},
+            json={"repo_url": "local:whole", "prompt": "validation-e2e: add input validation to signup"},
         )  # fmt: skip
     assert response.headers["content-type"].startswith("text/event-stream")
     assert response.headers["cache-control"] == "no-cache"
@@ -109,7 +114,7 @@ async def test_a_whole_run_streams_every_step_and_pushes_exactly_the_change(
     assert all(e["run_id"] == run_id == e["request_id"] for e in events)
 
     assert events[0]["type"] == "start"
-    assert events[0]["repo_url"] == "local:widgets" and events[0]["run_url"].endswith(run_id)
+    assert events[0]["repo_url"] == "local:whole" and events[0]["run_url"].endswith(run_id)
     stages = [e["stage"] for e in by_type(events, "progress")]
     firsts = list(dict.fromkeys(stages))
     assert firsts == ["sandbox", "cloning", "agent", "validating", "pushing", "pr"]
@@ -159,21 +164,19 @@ async def test_a_whole_run_streams_every_step_and_pushes_exactly_the_change(
     assert_clean(server)
 
 
-async def test_resume_after_last_event_id_gives_exactly_the_rest(
-    repos: Path, fake_model: FakeAnthropic, server_factory: ServerFactory
-) -> None:
-    make_repo(repos, "widgets")
+async def test_resume_after_last_event_id_gives_exactly_the_rest(shared: Shared) -> None:
+    make_repo(shared.repos, "resume")
     steps = edit_scenario()
     steps[1] = Reply([EDIT], delay=0.4)  # keep the run live while the client reconnects
     steps[2] = Reply(steps[2].blocks, delay=0.4)
-    fake_model.scenarios["resume-e2e"] = steps
-    server = server_factory(base_env(repos, fake_model))
+    shared.model.scenarios["resume-e2e"] = steps
+    server = shared.server
     async with httpx.AsyncClient(timeout=60) as client:
         _, first = await collect(
             client,
             "POST",
             f"{server.url}/api/code",
-            json={"repo_url": "local:widgets", "prompt": "resume-e2e"},
+            json={"repo_url": "local:resume", "prompt": "resume-e2e"},
             stop_after=5,
         )
         head = events_of(first)
@@ -189,56 +192,50 @@ async def test_resume_after_last_event_id_gives_exactly_the_rest(
     assert [e["seq"] for e in events_of(again)] == list(range(3, tail[-1]["seq"] + 1))
 
 
-async def test_a_client_that_disconnects_does_not_cancel_its_run(
-    repos: Path, fake_model: FakeAnthropic, server_factory: ServerFactory
-) -> None:
-    make_repo(repos, "widgets")
+async def test_a_client_that_disconnects_does_not_cancel_its_run(shared: Shared) -> None:
+    make_repo(shared.repos, "disconnect")
     steps = edit_scenario()
     steps[1] = Reply([EDIT], delay=0.5)
-    fake_model.scenarios["disconnect-e2e"] = steps
-    server = server_factory(base_env(repos, fake_model))
+    shared.model.scenarios["disconnect-e2e"] = steps
+    server = shared.server
     async with httpx.AsyncClient(timeout=60) as client:
         _, frames = await collect(
             client,
             "POST",
             f"{server.url}/api/code",
-            json={"repo_url": "local:widgets", "prompt": "disconnect-e2e"},
+            json={"repo_url": "local:disconnect", "prompt": "disconnect-e2e"},
             stop_after=2,
         )
     run = await wait_status(server, events_of(frames)[0]["run_id"])
     assert run["status"] == "succeeded" and run["pr_url"]
 
 
-async def test_a_silent_stream_gets_ping_comments(
-    repos: Path, fake_model: FakeAnthropic, server_factory: ServerFactory
-) -> None:
-    make_repo(repos, "widgets")
+async def test_a_silent_stream_gets_ping_comments(shared: Shared) -> None:
+    make_repo(shared.repos, "ping")
     steps = edit_scenario()
     steps[1] = Reply([EDIT], delay=1.2)  # the model thinks for a while: the stream is silent
-    fake_model.scenarios["ping-e2e"] = steps
-    server = server_factory(base_env(repos, fake_model, BACKSPACE_SSE_PING="0.3"))
+    shared.model.scenarios["ping-e2e"] = steps
+    server = shared.server  # BACKSPACE_SSE_PING=0.3
     async with httpx.AsyncClient(timeout=60) as client:
         _, frames = await collect(
             client,
             "POST",
             f"{server.url}/api/code",
-            json={"repo_url": "local:widgets", "prompt": "ping-e2e"},
+            json={"repo_url": "local:ping", "prompt": "ping-e2e"},
         )
     pings = [f for f in frames if not f.data]
     assert len(pings) >= 2 and all(f.comments == ["ping"] and f.id is None for f in pings)
     assert events_of(frames)[-1]["status"] == "succeeded"
 
 
-async def test_a_slow_commands_output_streams_before_it_ends(
-    repos: Path, fake_model: FakeAnthropic, server_factory: ServerFactory
-) -> None:
-    make_repo(repos, "widgets")
+async def test_a_slow_commands_output_streams_before_it_ends(shared: Shared) -> None:
+    make_repo(shared.repos, "live")
     slow = "for i in 1 2 3; do echo tick-$i; sleep 0.6; done"
-    fake_model.scenarios["live-e2e"] = [Reply([ToolCall("bash", {"command": slow})]), finish()]
-    server = server_factory(base_env(repos, fake_model))
+    shared.model.scenarios["live-e2e"] = [Reply([ToolCall("bash", {"command": slow})]), finish()]
+    server = shared.server
     seen: dict[str, float] = {}
     async with httpx.AsyncClient(timeout=60) as client:
-        body = {"repo_url": "local:widgets", "prompt": "live-e2e"}
+        body = {"repo_url": "local:live", "prompt": "live-e2e"}
         async with client.stream("POST", f"{server.url}/api/code", json=body) as response:
             async for frame in frames(response):
                 if not frame.data:
@@ -252,16 +249,14 @@ async def test_a_slow_commands_output_streams_before_it_ends(
     assert seen["done"] - seen["tick-1"] > 0.9, "the first line arrived while the command ran"
 
 
-async def test_json_clients_get_202_with_the_run(
-    repos: Path, fake_model: FakeAnthropic, server_factory: ServerFactory
-) -> None:
-    make_repo(repos, "widgets")
-    fake_model.scenarios["json-e2e"] = edit_scenario()
-    server = server_factory(base_env(repos, fake_model))
+async def test_json_clients_get_202_with_the_run(shared: Shared) -> None:
+    make_repo(shared.repos, "json")
+    shared.model.scenarios["json-e2e"] = edit_scenario()
+    server = shared.server
     async with httpx.AsyncClient(timeout=30) as client:
         response = await client.post(
             f"{server.url}/api/code",
-            json={"repoUrl": "local:widgets", "prompt": "json-e2e"},
+            json={"repoUrl": "local:json", "prompt": "json-e2e"},
             headers={"Accept": "application/json"},
         )
         assert response.status_code == 202
@@ -273,24 +268,23 @@ async def test_json_clients_get_202_with_the_run(
         final = await wait_status(server, run["id"])
         listed = (await client.get(f"{server.url}/api/runs")).json()["runs"]
     assert final["status"] == "succeeded"
-    assert [r["id"] for r in listed] == [run["id"]]
+    # The server is shared: of the runs listed, this test's repository has exactly its one.
+    assert [r["id"] for r in listed if r["repo_url"] == "local:json"] == [run["id"]]
 
 
-async def test_cancel_mid_command_kills_it_and_ends_cancelled(
-    repos: Path, fake_model: FakeAnthropic, server_factory: ServerFactory
-) -> None:
-    make_repo(repos, "widgets")
-    fake_model.scenarios["cancel-e2e"] = slow_scenario(120)
-    server = server_factory(base_env(repos, fake_model))
+async def test_cancel_mid_command_kills_it_and_ends_cancelled(shared: Shared) -> None:
+    make_repo(shared.repos, "cancel")
+    shared.model.scenarios["cancel-e2e"], marker = slow_scenario(120)
+    server = shared.server
     async with httpx.AsyncClient(timeout=30) as client:
         run = (
             await client.post(
                 f"{server.url}/api/code",
-                json={"repo_url": "local:widgets", "prompt": "cancel-e2e"},
+                json={"repo_url": "local:cancel", "prompt": "cancel-e2e"},
                 headers={"Accept": "application/json"},
             )
         ).json()
-        await _wait_for_process("sleep 120")
+        await wait_for_process(marker)
         started = time.monotonic()
         response = await client.post(f"{server.url}/api/runs/{run['id']}/cancel")
         assert response.status_code == 202
@@ -304,25 +298,11 @@ async def test_cancel_mid_command_kills_it_and_ends_cancelled(
     assert_clean(server)
 
 
-async def _wait_for_process(fragment: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for proc in Path("/proc").iterdir():
-            if proc.name.isdigit():
-                try:
-                    if fragment.encode() in (proc / "cmdline").read_bytes():
-                        return
-                except OSError:
-                    continue
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"no process running {fragment!r}")
-
-
 async def test_the_wall_clock_limit_ends_the_run_timed_out(
     repos: Path, fake_model: FakeAnthropic, server_factory: ServerFactory
 ) -> None:
     make_repo(repos, "widgets")
-    fake_model.scenarios["timeout-e2e"] = slow_scenario(121)
+    fake_model.scenarios["timeout-e2e"], _ = slow_scenario(121)
     server = server_factory(base_env(repos, fake_model, MAX_SANDBOX_DURATION="3"))
     started = time.monotonic()
     events = await run_to_end(server, "timeout-e2e")
@@ -335,13 +315,12 @@ async def test_the_wall_clock_limit_ends_the_run_timed_out(
     assert_clean(server)
 
 
-async def test_a_model_that_keeps_failing_fails_the_run_after_retries(
-    repos: Path, fake_model: FakeAnthropic, server_factory: ServerFactory
-) -> None:
-    make_repo(repos, "widgets")
+async def test_a_model_that_keeps_failing_fails_the_run_after_retries(shared: Shared) -> None:
+    make_repo(shared.repos, "overloaded")
+    fake_model = shared.model
     fake_model.scenarios["overloaded-e2e"] = [[Fail(529, times=99)]]
-    server = server_factory(base_env(repos, fake_model, BACKSPACE_MODEL_RETRIES="2"))
-    events = await run_to_end(server, "overloaded-e2e")
+    server = shared.server  # BACKSPACE_MODEL_RETRIES=2
+    events = await run_to_end(server, "overloaded-e2e", repo="local:overloaded")
     errors = by_type(events, "error")
     assert (
         len(errors) == 1
@@ -354,27 +333,22 @@ async def test_a_model_that_keeps_failing_fails_the_run_after_retries(
     assert_clean(server)
 
 
-async def test_an_agent_that_changes_nothing_ends_no_changes(
-    repos: Path, fake_model: FakeAnthropic, server_factory: ServerFactory
-) -> None:
-    origin = make_repo(repos, "widgets")
-    fake_model.scenarios["nothing-e2e"] = [
+async def test_an_agent_that_changes_nothing_ends_no_changes(shared: Shared) -> None:
+    origin = make_repo(shared.repos, "nothing")
+    shared.model.scenarios["nothing-e2e"] = [
         Reply([ToolCall("bash", {"command": "cat app.py"})]),
         finish(),
     ]
-    server = server_factory(base_env(repos, fake_model))
-    events = await run_to_end(server, "nothing-e2e")
+    events = await run_to_end(shared.server, "nothing-e2e", repo="local:nothing")
     assert events[-1]["status"] == "no_changes" and "no changes" in events[-1]["message"]
     assert by_type(events, "error") == [] and by_type(events, "pr_created") == []
     assert git(origin, "branch", "--list").split() == ["*", "main"]
 
 
-async def test_five_runs_at_once_each_stream_has_only_its_own_events(
-    repos: Path, fake_model: FakeAnthropic, server_factory: ServerFactory
-) -> None:
-    origin = make_repo(repos, "widgets", {f"f{i}.txt": f"{i}\n" for i in range(5)})
+async def test_five_runs_at_once_each_stream_has_only_its_own_events(shared: Shared) -> None:
+    origin = make_repo(shared.repos, "parallel", {f"f{i}.txt": f"{i}\n" for i in range(5)})
     for i in range(5):
-        fake_model.scenarios[f"parallel-{i}-e2e"] = [
+        shared.model.scenarios[f"parallel-{i}-e2e"] = [
             Reply(
                 [
                     ToolCall(
@@ -386,8 +360,10 @@ async def test_five_runs_at_once_each_stream_has_only_its_own_events(
             ),
             finish(f"Change f{i}"),
         ]
-    server = server_factory(base_env(repos, fake_model, MAX_CONCURRENT_RUNS="4"))
-    results = await asyncio.gather(*(run_to_end(server, f"parallel-{i}-e2e") for i in range(5)))
+    server = shared.server  # MAX_CONCURRENT_RUNS=4
+    results = await asyncio.gather(
+        *(run_to_end(server, f"parallel-{i}-e2e", repo="local:parallel") for i in range(5))
+    )
     branches = []
     for i, events in enumerate(results):
         assert len({e["run_id"] for e in events}) == 1
@@ -402,26 +378,20 @@ async def test_five_runs_at_once_each_stream_has_only_its_own_events(
     assert_clean(server)
 
 
-async def test_secrets_never_reach_the_sandbox_an_event_or_a_log_line(
-    repos: Path, fake_model: FakeAnthropic, server_factory: ServerFactory
-) -> None:
-    make_repo(repos, "widgets")
-    secrets = {
-        "ANTHROPIC_API_KEY": "sk-ant-api03-SECRETANTHROPIC0001",
-        "GITHUB_TOKEN": "ghp_SECRETGITHUB0000000000000000000002",
-        "SLACK_BOT_TOKEN": "xoxb-SECRETSLACK-0003",
-        "SLACK_SIGNING_SECRET": "SECRETSIGNING0004",
-        "DAYTONA_API_KEY": "SECRETDAYTONA0005",  # with BACKSPACE_SANDBOX=local below
-    }
+async def test_secrets_never_reach_the_sandbox_an_event_or_a_log_line(shared: Shared) -> None:
+    make_repo(shared.repos, "secrets")
+    secrets, fake_model = SECRETS, shared.model  # the shared server's
     probe = "env; cat /proc/*/environ 2>/dev/null | tr '\\0' '\\n'; grep -rsl SECRET /workspace /tmp /home /etc 2>/dev/null; echo probe-done"
     fake_model.scenarios["secrets-e2e"] = [
         Reply([ToolCall("bash", {"command": probe})]),
         Reply([EDIT]),
         finish(),
     ]
-    server = server_factory({**base_env(repos, fake_model, BACKSPACE_SANDBOX="local"), **secrets})
+    server = shared.server
     # The prompt itself carries a token a user pasted: it must be redacted from the events.
-    events = await run_to_end(server, f"secrets-e2e: use token {secrets['GITHUB_TOKEN']} please")
+    events = await run_to_end(
+        server, f"secrets-e2e: use token {secrets['GITHUB_TOKEN']} please", repo="local:secrets"
+    )
     assert events[-1]["status"] == "succeeded", by_type(events, "error")
     output = by_type(events, "Tool: Bash")[0]["output"]
     assert "probe-done" in output and "PATH=" in output
@@ -444,10 +414,8 @@ async def test_secrets_never_reach_the_sandbox_an_event_or_a_log_line(
             value.lower().replace("_", "-")[:12] not in by_type(events, "pr_created")[0]["branch"]
         )
     # The key was really in use: the fake model saw it, from the host.
-    assert (
-        fake_model.requests[0]["headers"]["authorization"]
-        == f"Bearer {secrets['ANTHROPIC_API_KEY']}"
-    )
+    (first, *_) = [r for r in fake_model.requests if r.get("scenario") == "secrets-e2e"]
+    assert first["headers"]["authorization"] == f"Bearer {secrets['ANTHROPIC_API_KEY']}"
 
 
 BAD_REQUESTS: list[tuple[str, Any, int, str]] = [
@@ -622,7 +590,7 @@ async def test_a_restart_marks_interrupted_runs_failed_and_cleans_their_sandboxe
     repos: Path, fake_model: FakeAnthropic, server_factory: ServerFactory
 ) -> None:
     make_repo(repos, "widgets")
-    fake_model.scenarios["crash-e2e"] = slow_scenario(122)
+    fake_model.scenarios["crash-e2e"], marker = slow_scenario(122)
     env = base_env(repos, fake_model)
     server = server_factory(env, name="crash")
     async with httpx.AsyncClient(timeout=30) as client:
@@ -633,7 +601,7 @@ async def test_a_restart_marks_interrupted_runs_failed_and_cleans_their_sandboxe
                 headers={"Accept": "application/json"},
             )
         ).json()
-        await _wait_for_process("sleep 122")
+        await wait_for_process(marker)
         os.killpg(server.process.pid, signal.SIGKILL)
         server.process.wait()
         await asyncio.sleep(0.5)
@@ -652,7 +620,7 @@ async def test_graceful_shutdown_ends_running_runs_and_deletes_their_sandboxes(
     repos: Path, fake_model: FakeAnthropic, server_factory: ServerFactory
 ) -> None:
     make_repo(repos, "widgets")
-    fake_model.scenarios["shutdown-e2e"] = slow_scenario(123)
+    fake_model.scenarios["shutdown-e2e"], marker = slow_scenario(123)
     env = base_env(repos, fake_model, BACKSPACE_SHUTDOWN_GRACE="1")
     server = server_factory(env, name="shutdown")
     async with httpx.AsyncClient(timeout=30) as client:
@@ -663,7 +631,7 @@ async def test_graceful_shutdown_ends_running_runs_and_deletes_their_sandboxes(
                 headers={"Accept": "application/json"},
             )
         ).json()
-        await _wait_for_process("sleep 123")
+        await wait_for_process(marker)
     started = time.monotonic()
     # uvicorn shuts down gracefully, then re-raises the signal so the exit status reflects it.
     assert server.stop(signal.SIGTERM) in (0, -signal.SIGTERM)
@@ -677,11 +645,10 @@ async def test_graceful_shutdown_ends_running_runs_and_deletes_their_sandboxes(
     assert "shut down" in final["error"]["message"]
 
 
-async def test_a_change_that_breaks_publishing_policy_is_not_pushed(
-    repos: Path, fake_model: FakeAnthropic, server_factory: ServerFactory
-) -> None:
-    origin = make_repo(repos, "widgets")
-    token = "ghp_POLICYSECRET00000000000000000000000"
+async def test_a_change_that_breaks_publishing_policy_is_not_pushed(shared: Shared) -> None:
+    origin = make_repo(shared.repos, "policy")
+    token = SECRETS["GITHUB_TOKEN"]  # the server's
+    fake_model = shared.model
 
     def create(path: str, text: str) -> list[Any]:
         call = {"command": "create", "path": path, "file_text": text}
@@ -692,10 +659,11 @@ async def test_a_change_that_breaks_publishing_policy_is_not_pushed(
     )
     fake_model.scenarios["pasted-token-e2e"] = create("config.py", f"TOKEN = '{token}'\n")
     fake_model.scenarios["shaped-token-e2e"] = create("keys.py", "KEY = 'AKIAABCDEFGHIJKLMNOP'\n")
-    server = server_factory(base_env(repos, fake_model, GITHUB_TOKEN=token))
-    junk = await run_to_end(server, "junk-e2e")
-    pasted = await run_to_end(server, f"pasted-token-e2e: put {token} in config.py")
-    shaped = await run_to_end(server, "shaped-token-e2e")
+    server = shared.server
+    repo = "local:policy"
+    junk = await run_to_end(server, "junk-e2e", repo=repo)
+    pasted = await run_to_end(server, f"pasted-token-e2e: put {token} in config.py", repo=repo)
+    shaped = await run_to_end(server, "shaped-token-e2e", repo=repo)
     assert by_type(junk, "error")[0]["code"] == "junk_files"
     assert "node_modules/left-pad/index.js" in by_type(junk, "error")[0]["message"]
     for events in (pasted, shaped):

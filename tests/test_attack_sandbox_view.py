@@ -28,6 +28,7 @@ from backspace.orchestrator.sandboxes.base import SandboxLost
 from backspace.orchestrator.sandboxes.local import LocalSandbox, LocalSandboxProvider
 from tests.conftest import make_repo
 from tests.fakes.anthropic import FakeAnthropic, Reply, Text
+from tests.helpers import processes_running
 from tests.scenarios import EDIT_SIGNUP, finish
 from tests.server import ROOT, free_port
 from tests.sse import post_run
@@ -323,30 +324,18 @@ async def test_the_sweep_still_kills_a_sandbox_s_processes(
     task = asyncio.create_task(orphan.exec(f"sleep 99.{mark}", timeout=60))
     try:
         for _ in range(250):
-            if _processes_with(f"99.{mark}"):
+            if processes_running(f"99.{mark}"):
                 break
             await asyncio.sleep(0.02)
-        assert _processes_with(f"99.{mark}")
+        assert processes_running(f"99.{mark}")
         assert await provider.cleanup_orphans(set()) == 1
         with contextlib.suppress(SandboxLost):  # the command died and its directory went
             result = await asyncio.wait_for(task, 10)
             assert result.exit_code != 0
-        assert _processes_with(f"99.{mark}") == []
+        assert processes_running(f"99.{mark}") == []
     finally:
         task.cancel()
         await orphan.close()
-
-
-def _processes_with(needle: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if needle.encode() in (entry / "cmdline").read_bytes():
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
 
 
 async def test_unsandboxed_mode_leaves_no_bundle_behind(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -154,14 +155,19 @@ def commands(
     start("long", ["run", "local:widgets", "x" * 20_001], BACKSPACE_MAX_PROMPT_CHARS="20000")
     start("doctor-ok", ["doctor"])
     start("doctor-no-model", ["doctor"], model=False)
+    # A port bound but never listening refuses connections, and no other process (another
+    # worker's server, say) can take it while the doctor runs: a port found free could be.
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
     start(
         "doctor-closed-port",
         ["doctor"],
         model=False,
         ANTHROPIC_API_KEY="sk-ant-api03-cli-test-key",
-        ANTHROPIC_BASE_URL=f"http://127.0.0.1:{free_port()}",
+        ANTHROPIC_BASE_URL=f"http://127.0.0.1:{closed.getsockname()[1]}",
     )
     yield started
+    closed.close()
     for command in started.values():
         if command.process.poll() is None:
             command.process.kill()

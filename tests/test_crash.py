@@ -10,52 +10,24 @@ import os
 import signal
 import sqlite3
 import time
+import uuid
 from pathlib import Path
 
 import httpx
 import pytest
 
-from backspace.orchestrator.sandboxes.local import MARK_VARIABLE, default_root, sandbox_mark
+from backspace.orchestrator.sandboxes.local import default_root
 from tests.conftest import ServerFactory, git, make_repo
 from tests.fakes.anthropic import FakeAnthropic, Reply, Text, ToolCall
+from tests.helpers import assert_clean, base_env, processes_running, sandbox_processes
 from tests.scenarios import EDIT_SIGNUP, finish
 from tests.sse import Frame, collect, events_of, frames, post_run
-from tests.test_api_e2e import assert_clean, base_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
-HANG = "echo before-the-crash; sleep 124; echo after-the-crash"
-
-
-def sandbox_processes(root: Path) -> list[int]:
-    """Processes of the sandboxes below `root`: bubblewrap, marked in its environment (its
-    command line no longer names the directory), or a command line naming the root."""
-    marks = [
-        f"{MARK_VARIABLE}={sandbox_mark(base)}".encode() for base in root.iterdir() if base.is_dir()
-    ]
-    found = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                cmdline = (proc / "cmdline").read_bytes()
-                environ = (proc / "environ").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if str(root).encode() in cmdline or any(mark in environ for mark in marks):
-                found.append(int(proc.name))
-    return found
-
-
-def processes_running(fragment: str) -> list[int]:
-    found = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if fragment.encode() in (proc / "cmdline").read_bytes():
-                    found.append(int(proc.name))
-            except OSError:
-                continue
-    return found
+# The command's line is unique to this session: another pytest session may run this same test.
+CRASH_MARK = f"after-the-crash-{uuid.uuid4().hex[:12]}"
+HANG = f"echo before-the-crash; sleep 124; echo {CRASH_MARK}"
 
 
 async def raw_events(client: httpx.AsyncClient, url: str) -> bytes:
@@ -108,7 +80,7 @@ async def test_sigkill_mid_run_then_restart_keeps_history_fails_the_run_and_resu
                 if frame.data and "before-the-crash" in frame.json.get("output", ""):
                     break
             deadline = time.monotonic() + 20
-            while not processes_running("sleep 124"):
+            while not processes_running(CRASH_MARK):
                 assert time.monotonic() < deadline, "the command never started"
                 await asyncio.sleep(0.05)
             sandbox_dir = root / run_id
@@ -135,7 +107,7 @@ async def test_sigkill_mid_run_then_restart_keeps_history_fails_the_run_and_resu
     assert sandbox_dir.is_dir(), "the crash left the sandbox on disk"
     killed_at = time.monotonic()
     deadline = killed_at + 10
-    while sandbox_processes(root) or processes_running("sleep 124"):
+    while sandbox_processes(root) or processes_running(CRASH_MARK):
         assert time.monotonic() < deadline, "sandbox processes outlived the server"
         await asyncio.sleep(0.05)
     gone_after = time.monotonic() - killed_at

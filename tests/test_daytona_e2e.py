@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,8 @@ import pytest
 
 from tests.conftest import ServerFactory, git, make_repo
 from tests.fakes.anthropic import FakeAnthropic, Reply, ToolCall
-from tests.fakes.daytona import FakeDaytona
+from tests.fakes.daytona import FakeDaytona, FakeSandbox
+from tests.helpers import Shared, processes_running, shared_rig, wait_for_process
 from tests.scenarios import EDIT_SIGNUP, finish
 from tests.server import Server
 from tests.sse import collect, events_of, frames, of_type, post_run
@@ -31,6 +33,38 @@ def daytona() -> Iterator[FakeDaytona]:
         yield fake
 
 
+@pytest.fixture(scope="module")
+def shared_daytona() -> Iterator[FakeDaytona]:
+    """The shared server's fake Daytona: each test looks only at its own runs' sandboxes."""
+    with FakeDaytona(api_key=KEY) as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def shared(shared_daytona: FakeDaytona) -> Iterator[Shared]:
+    """One server for the tests with the default settings; a GitHub token the sandbox must
+    never see (the whole-run test looks for it)."""
+    token = "ghp_NOTFORSANDBOX000000000000000000000"
+    with shared_rig(
+        "daytona-e2e",
+        lambda repos, model: env_for(repos, model, shared_daytona, GITHUB_TOKEN=token),
+    ) as rig:
+        yield rig
+
+
+def sandboxes_of(daytona: FakeDaytona, *run_ids: str) -> list[FakeSandbox]:
+    return [s for s in daytona.sandboxes.values() if s.labels.get("backspace.run") in run_ids]
+
+
+def live_of(daytona: FakeDaytona, *run_ids: str) -> list[str]:
+    """The live sandboxes of these runs (the fake is shared by the module's tests)."""
+    return [
+        sid
+        for sid in daytona.live()
+        if daytona.sandboxes[sid].labels.get("backspace.run") in run_ids
+    ]
+
+
 def env_for(repos: Path, model: FakeAnthropic, dt: FakeDaytona, **extra: str) -> dict[str, str]:
     return {
         "ANTHROPIC_API_KEY": "sk-ant-api03-daytona-e2e-000111",
@@ -43,15 +77,22 @@ def env_for(repos: Path, model: FakeAnthropic, dt: FakeDaytona, **extra: str) ->
     }
 
 
+def unique_sleep(seconds: int) -> str:
+    """A `sleep` whose command line is this call's own (the fake runs the script from its
+    stdin, so only the sleep itself shows in /proc; another test or pytest session may sleep
+    as long)."""
+    return f"sleep {seconds}.{uuid.uuid4().int % 10**9:09d}"
+
+
 def bash(command: str) -> Reply:
     return Reply([ToolCall("bash", {"command": command})])
 
 
-async def start(server: Server, prompt: str) -> dict[str, Any]:
+async def start(server: Server, prompt: str, repo: str = "local:widgets") -> dict[str, Any]:
     async with httpx.AsyncClient(timeout=30) as client:
         response = await client.post(
             f"{server.url}/api/code",
-            json={"repo_url": "local:widgets", "prompt": prompt},
+            json={"repo_url": repo, "prompt": prompt},
             headers={"Accept": "application/json"},
         )
     assert response.status_code == 202, response.text
@@ -66,23 +107,22 @@ async def events(server: Server, run_id: str) -> list[dict[str, Any]]:
 
 
 async def test_a_whole_run_on_daytona_opens_a_pr_and_deletes_the_sandbox(
-    repos: Path, fake_model: FakeAnthropic, daytona: FakeDaytona, server_factory: ServerFactory
+    shared: Shared, shared_daytona: FakeDaytona
 ) -> None:
-    origin = make_repo(repos, "widgets")
-    fake_model.scenarios["dt-run"] = [
+    origin = make_repo(shared.repos, "whole")
+    daytona = shared_daytona
+    shared.model.scenarios["dt-run"] = [
         bash("cat app.py; env | sort"),
         Reply([EDIT_SIGNUP]),
         finish(),
     ]
-    server = server_factory(
-        env_for(repos, fake_model, daytona, GITHUB_TOKEN="ghp_NOTFORSANDBOX000000000000000000000")
-    )
-    got = await post_run(server.url, {"repo_url": "local:widgets", "prompt": "dt-run"})
+    server = shared.server
+    got = await post_run(server.url, {"repo_url": "local:whole", "prompt": "dt-run"})
     assert got[-1]["status"] == "succeeded", of_type(got, "error")
     branch = of_type(got, "pr_created")[0]["branch"]
     assert git(origin, "diff", "--name-only", "main", branch).split() == ["app.py"]
-    (record,) = daytona.sandboxes.values()
-    assert record.deleted and daytona.live() == []
+    (record,) = sandboxes_of(daytona, got[0]["run_id"])
+    assert record.deleted and live_of(daytona, got[0]["run_id"]) == []
     assert record.labels["backspace.run"] == got[0]["run_id"]
     assert record.labels["backspace.instance"] == INSTANCE
     assert record.env == {}
@@ -95,16 +135,14 @@ async def test_a_whole_run_on_daytona_opens_a_pr_and_deletes_the_sandbox(
         assert secret not in output and secret not in repr(params) and secret not in server.logs()
 
 
-async def test_a_slow_commands_output_reaches_the_stream_before_it_ends(
-    repos: Path, fake_model: FakeAnthropic, daytona: FakeDaytona, server_factory: ServerFactory
-) -> None:
-    make_repo(repos, "widgets")
+async def test_a_slow_commands_output_reaches_the_stream_before_it_ends(shared: Shared) -> None:
+    make_repo(shared.repos, "live")
     slow = "for i in 1 2 3; do echo tick-$i; sleep 0.6; done"
-    fake_model.scenarios["dt-live"] = [bash(slow), finish()]
-    server = server_factory(env_for(repos, fake_model, daytona))
+    shared.model.scenarios["dt-live"] = [bash(slow), finish()]
+    server = shared.server
     seen: dict[str, float] = {}
     async with httpx.AsyncClient(timeout=60) as client:
-        body = {"repo_url": "local:widgets", "prompt": "dt-live"}
+        body = {"repo_url": "local:live", "prompt": "dt-live"}
         async with client.stream("POST", f"{server.url}/api/code", json=body) as response:
             async for frame in frames(response):
                 event = frame.json if frame.data else {}
@@ -140,22 +178,24 @@ async def test_timeouts_and_exit_do_not_break_later_commands(
 
 
 async def test_create_is_retried_and_a_failure_for_good_leaves_nothing(
-    repos: Path, fake_model: FakeAnthropic, daytona: FakeDaytona, server_factory: ServerFactory
+    shared: Shared, shared_daytona: FakeDaytona
 ) -> None:
-    make_repo(repos, "widgets")
-    fake_model.scenarios["dt-retry"] = [Reply([EDIT_SIGNUP]), finish()]
-    fake_model.scenarios["dt-never"] = [Reply([EDIT_SIGNUP]), finish()]
-    server = server_factory(env_for(repos, fake_model, daytona))
+    make_repo(shared.repos, "retry")
+    shared.model.scenarios["dt-retry"] = [Reply([EDIT_SIGNUP]), finish()]
+    shared.model.scenarios["dt-never"] = [Reply([EDIT_SIGNUP]), finish()]
+    server, daytona = shared.server, shared_daytona
     daytona.fail_create(503, times=1)
-    retried = await post_run(server.url, {"repo_url": "local:widgets", "prompt": "dt-retry"})
+    retried = await post_run(server.url, {"repo_url": "local:retry", "prompt": "dt-retry"})
     assert retried[-1]["status"] == "succeeded", of_type(retried, "error")
-    daytona.fail_create(500, times=10, message="no runners available")
-    never = await post_run(server.url, {"repo_url": "local:widgets", "prompt": "dt-never"})
+    # Exactly the attempts the server makes (the message says 3): the fake is shared, and a
+    # failure left over would fail the next test's create.
+    daytona.fail_create(500, times=3, message="no runners available")
+    never = await post_run(server.url, {"repo_url": "local:retry", "prompt": "dt-never"})
     (error,) = of_type(never, "error")
     assert error["code"] == "sandbox_unreachable" and error["stage"] == "sandbox"
     assert "3 attempts" in error["message"] and error["retryable"] is True
     assert never[-1]["status"] == "failed"
-    assert daytona.live() == []
+    assert live_of(daytona, retried[0]["run_id"], never[0]["run_id"]) == []
 
 
 async def test_a_half_created_sandbox_is_deleted(
@@ -194,46 +234,49 @@ async def test_the_janitor_deletes_sandboxes_no_live_run_owns(
 
 
 async def test_cancel_during_a_long_command_kills_it_and_deletes_the_sandbox(
-    repos: Path, fake_model: FakeAnthropic, daytona: FakeDaytona, server_factory: ServerFactory
+    shared: Shared, shared_daytona: FakeDaytona
 ) -> None:
-    make_repo(repos, "widgets")
-    fake_model.scenarios["dt-cancel"] = [bash("sleep 131; echo never"), finish()]
-    server = server_factory(env_for(repos, fake_model, daytona))
-    run = await start(server, "dt-cancel")
-    await _wait_for_process("sleep 131")
+    make_repo(shared.repos, "cancel")
+    marker = unique_sleep(131)
+    shared.model.scenarios["dt-cancel"] = [bash(f"{marker}; echo never"), finish()]
+    server, daytona = shared.server, shared_daytona
+    run = await start(server, "dt-cancel", "local:cancel")
+    await wait_for_process(marker)
     async with httpx.AsyncClient(timeout=30) as client:
         assert (await client.post(f"{server.url}/api/runs/{run['id']}/cancel")).status_code == 202
     got = await events(server, run["id"])
     assert got[-1]["status"] == "cancelled" and of_type(got, "error") == []
-    assert daytona.live() == []
-    assert not _running("sleep 131")
+    assert live_of(daytona, run["id"]) == []
+    assert not processes_running(marker)
 
 
 async def test_daytona_failures_name_their_cause(
-    repos: Path, fake_model: FakeAnthropic, daytona: FakeDaytona, server_factory: ServerFactory
+    shared: Shared, shared_daytona: FakeDaytona, server_factory: ServerFactory
 ) -> None:
-    make_repo(repos, "widgets")
+    repos, fake_model, daytona = shared.repos, shared.model, shared_daytona
+    make_repo(repos, "failing")
+    marker = unique_sleep(132)
     fake_model.scenarios["dt-badkey"] = [Reply([EDIT_SIGNUP]), finish()]
-    fake_model.scenarios["dt-lost"] = [bash("sleep 132"), finish()]
+    fake_model.scenarios["dt-lost"] = [bash(marker), finish()]
     fake_model.scenarios["dt-down"] = [bash("echo hi"), finish()]
     wrong = server_factory(
         env_for(repos, fake_model, daytona, DAYTONA_API_KEY="dtn_wrong0000000"), name="wrong"
     )
-    bad_key = await post_run(wrong.url, {"repo_url": "local:widgets", "prompt": "dt-badkey"})
-    server = server_factory(env_for(repos, fake_model, daytona))
-    run = await start(server, "dt-lost")
-    await _wait_for_process("sleep 132")
-    (lost_id,) = daytona.live()
+    bad_key = await post_run(wrong.url, {"repo_url": "local:failing", "prompt": "dt-badkey"})
+    server = shared.server
+    run = await start(server, "dt-lost", "local:failing")
+    await wait_for_process(marker)
+    (lost_id,) = live_of(daytona, run["id"])
     daytona.vanish(lost_id)
     lost = await events(server, run["id"])
-    run = await start(server, "dt-down")
-    while not daytona.live():
+    run = await start(server, "dt-down", "local:failing")
+    while not live_of(daytona, run["id"]):
         await asyncio.sleep(0.02)
     daytona.toolbox_down = True
     down = await events(server, run["id"])
     daytona.toolbox_down = False
     daytona.fail_create(403, times=1, message="Total CPU quota exceeded")
-    quota = await post_run(server.url, {"repo_url": "local:widgets", "prompt": "dt-badkey"})
+    quota = await post_run(server.url, {"repo_url": "local:failing", "prompt": "dt-badkey"})
     for got, code in (
         (bad_key, "sandbox_unavailable"),
         (lost, "sandbox_lost"),
@@ -247,10 +290,8 @@ async def test_daytona_failures_name_their_cause(
     assert KEY not in repr(bad_key) + wrong.logs()
 
 
-async def test_health_and_doctor_say_whether_daytona_answers(
-    repos: Path, fake_model: FakeAnthropic, daytona: FakeDaytona, server_factory: ServerFactory
-) -> None:
-    server = server_factory(env_for(repos, fake_model, daytona))
+async def test_health_and_doctor_say_whether_daytona_answers(shared: Shared) -> None:
+    server = shared.server
     async with httpx.AsyncClient(timeout=10) as client:
         health = (await client.get(f"{server.url}/health")).json()
     assert health["sandbox"]["backend"] == "daytona" and health["sandbox"]["usable"] is True
@@ -267,24 +308,6 @@ def _python() -> list[str]:
     import sys
 
     return [sys.executable]
-
-
-def _running(fragment: str) -> bool:
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if fragment.encode() in (proc / "cmdline").read_bytes():
-                    return True
-            except OSError:
-                continue
-    return False
-
-
-async def _wait_for_process(fragment: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not _running(fragment):
-        assert time.monotonic() < deadline, f"no process running {fragment!r}"
-        await asyncio.sleep(0.05)
 
 
 async def test_file_calls_on_a_vanished_sandbox_say_it_is_gone(daytona: FakeDaytona) -> None:

@@ -40,6 +40,7 @@ from daytona import (
 from daytona._async.sandbox import AsyncSandbox
 
 from tests.fakes.daytona import STDERR_PREFIX, STDOUT_PREFIX, FakeDaytona
+from tests.helpers import processes_running
 
 KEY = "dtn_test"
 
@@ -66,21 +67,6 @@ async def client(dt: FakeDaytona) -> AsyncIterator[AsyncDaytona]:
 @pytest.fixture
 async def sandbox(client: AsyncDaytona) -> AsyncSandbox:
     return await client.create(CreateSandboxFromSnapshotParams(env_vars={"SANDBOX_VAR": "inside"}))
-
-
-def procs_with(marker: str) -> list[int]:
-    """Pids whose command line mentions ``marker`` (commands really run on this host)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if marker.encode() in cmdline:
-            found.append(int(entry.name))
-    return found
 
 
 async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -266,7 +252,7 @@ async def test_exec_timeout_kills_the_process(dt: FakeDaytona, sandbox: AsyncSan
     # 408 + code PROCESS_EXECUTION_TIMEOUT (source DAYTONA_DAEMON) maps to the precise subclass.
     assert isinstance(caught.value, DaytonaProcessExecutionTimeoutError)
     assert caught.value.status_code == 408
-    await eventually(lambda: procs_with(marker) == [])
+    await eventually(lambda: processes_running(marker) == [])
 
 
 # -- sessions -------------------------------------------------------------------------------
@@ -352,10 +338,10 @@ async def test_delete_session_kills_its_processes(sandbox: AsyncSandbox) -> None
     response = await sandbox.process.execute_session_command(
         "s", SessionExecuteRequest(command=command, run_async=True)
     )
-    await eventually(lambda: bool(procs_with(marker)))
+    await eventually(lambda: bool(processes_running(marker)))
     started = time.monotonic()
     await sandbox.process.delete_session("s")
-    assert procs_with(marker) == []
+    assert processes_running(marker) == []
     assert time.monotonic() - started < 1.5
     with pytest.raises(DaytonaNotFoundError):
         await sandbox.process.get_session("s")
@@ -436,7 +422,7 @@ async def test_vanish_mid_stream(dt: FakeDaytona, client: AsyncDaytona) -> None:
             command=f"while :; do echo tick; sleep 0.1; done & {command}", run_async=True
         ),
     )
-    await eventually(lambda: bool(procs_with(marker)))
+    await eventually(lambda: bool(processes_running(marker)))
     ticks: list[str] = []
 
     async def on_stdout(text: str) -> None:
@@ -448,7 +434,7 @@ async def test_vanish_mid_stream(dt: FakeDaytona, client: AsyncDaytona) -> None:
     with pytest.raises(DaytonaError) as caught:
         await sandbox.process.get_session_command_logs_async("s", cmd.cmd_id, on_stdout, print)
     assert type(caught.value) is DaytonaError and "1006" in str(caught.value)
-    assert procs_with(marker) == []
+    assert processes_running(marker) == []
     with pytest.raises(DaytonaNotFoundError):
         await sandbox.process.get_session_command("s", cmd.cmd_id)
     with pytest.raises(DaytonaNotFoundError):
@@ -471,8 +457,8 @@ async def test_stop_kills_everything(monkeypatch: pytest.MonkeyPatch) -> None:
                 "s", SessionExecuteRequest(command=command, run_async=True)
             )
             await sb.process.exec(f"{command} >/dev/null 2>&1 &")  # outlives its exec call
-            await eventually(lambda: len(procs_with(marker)) == 2)
+            await eventually(lambda: len(processes_running(marker)) == 2)
             root = fake.sandboxes[sb.id].root
-    assert procs_with(marker) == []
+    assert processes_running(marker) == []
     assert not root.exists()
     assert not root.parent.exists()

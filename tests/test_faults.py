@@ -23,8 +23,8 @@ import asyncio
 import itertools
 import shutil
 import subprocess
-import tempfile
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +34,7 @@ import httpx
 import pytest
 
 from backspace.orchestrator.sandboxes.local import default_root
+from tests import helpers
 from tests.conftest import make_repo
 from tests.fakes.anthropic import (
     CutStream,
@@ -50,10 +51,10 @@ from tests.fakes.anthropic import (
 from tests.fakes.daytona import FakeDaytona
 from tests.fakes.github import FakeGitHub
 from tests.fakes.slack import FakeSlack, SlackSigner, send
+from tests.helpers import assert_clean, processes_running, stop_and_remove
 from tests.scenarios import EDIT_SIGNUP, finish
 from tests.server import Server, start_server
 from tests.sse import collect, events_of, of_type
-from tests.test_api_e2e import assert_clean
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -65,6 +66,9 @@ SLACK_SECRET = "FAULTSSLACKSIGNINGSECRET0123456789"
 SECRETS = (ANTHROPIC_KEY, GITHUB_TOKEN, DAYTONA_KEY, SLACK_TOKEN, SLACK_SECRET)
 FILES = {"app.py": "def signup(name):\n    return name\n", "README.md": "# Widgets\n"}
 
+# A number of this session's own: the `sleep` lengths below carry it, so that /proc shows this
+# session's commands only (another pytest session on the machine may run this same matrix).
+SESSION = f"{uuid.uuid4().int % 10**9:09d}"
 HEALTHY = "fx-healthy-run"
 HEALTHY_SLOW = "fx-healthy-slow-run"
 FRESH = "fx-fresh-run"
@@ -147,14 +151,7 @@ async def get_run(server: Server, run_id: str) -> dict[str, Any]:
 
 
 def running(fragment: str) -> bool:
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if fragment.encode() in (proc / "cmdline").read_bytes():
-                    return True
-            except OSError:
-                continue
-    return False
+    return bool(processes_running(fragment))
 
 
 async def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
@@ -392,19 +389,8 @@ UNLIMITED = {"BACKSPACE_RUNS_PER_MINUTE": "6000", "BACKSPACE_RUNS_BURST": "1000"
 
 
 def workdir(group: str) -> Path:
-    """A group's directory: its own, not under pytest's basetemp, which a concurrent pytest
-    session on this shared machine may prune while this module's long-lived server uses it."""
-    return Path(tempfile.mkdtemp(prefix=f"backspace-faults-{group}-"))
-
-
-def stop(server: Server, root: Path) -> None:
-    """Stop the group's server; remove its directory and its (empty, thawed) sandbox root."""
-    server.stop()
-    sandbox_root = default_root(server.db_path)
-    if sandbox_root.exists():
-        subprocess.run(["chattr", "-i", str(sandbox_root)], check=False, capture_output=True)
-        shutil.rmtree(sandbox_root, ignore_errors=True)
-    shutil.rmtree(root, ignore_errors=True)
+    """A group's directory (see tests/helpers.py: not under pytest's basetemp)."""
+    return helpers.workdir(f"faults-{group}")
 
 
 def local_env(repos: Path, model: FakeAnthropic, **extra: str) -> dict[str, str]:
@@ -429,7 +415,7 @@ def model_rig(model: FakeAnthropic) -> Iterator[Rig]:
     try:
         yield Rig(server, model, "local:widgets", repos=root / "repos")
     finally:
-        stop(server, root)
+        stop_and_remove(server, root)
 
 
 @pytest.mark.parametrize("fault", MODEL_FAULTS, ids=[f.id for f in MODEL_FAULTS])
@@ -555,18 +541,18 @@ SANDBOX_FAULTS = [
         "command-hangs-past-its-timeout",
         Expect("succeeded"),
         key="fx-sandbox-hang",
-        steps=[bash("sleep 61; echo never"), Reply([EDIT_SIGNUP]), finish()],
+        steps=[bash(f"sleep 61.{SESSION}; echo never"), Reply([EDIT_SIGNUP]), finish()],
         check=timed_out_and_went_on,
-        marker="sleep 61",
+        marker=f"sleep 61.{SESSION}",
     ),
     Fault(
         "vanishes-while-a-command-runs",
         Expect("failed", "sandbox_lost", "agent", True, ("sandbox", "gone")),
         key="fx-sandbox-vanish-command",
-        steps=[bash("sleep 1.5; echo slept"), Reply([EDIT_SIGNUP]), finish()],
-        during=vanish_during("sleep", "1.5"),
+        steps=[bash(f"sleep 1.5{SESSION}; echo slept"), Reply([EDIT_SIGNUP]), finish()],
+        during=vanish_during("sleep", f"1.5{SESSION}"),
         check=no_further_turn(2),
-        marker="sleep 1.5",
+        marker=f"sleep 1.5{SESSION}",
     ),
     Fault(
         "vanishes-between-turns",
@@ -602,7 +588,7 @@ def sandbox_rig(model: FakeAnthropic) -> Iterator[Rig]:
     try:
         yield Rig(server, model, "local:widgets", repos=root / "repos")
     finally:
-        stop(server, root)
+        stop_and_remove(server, root)
 
 
 @pytest.mark.parametrize("fault", SANDBOX_FAULTS, ids=[f.id for f in SANDBOX_FAULTS])
@@ -694,9 +680,9 @@ DAYTONA_FAULTS = [
         "sandbox-deleted-mid-command",
         Expect("failed", "sandbox_lost", "agent", True, ("gone",)),
         key="fx-daytona-vanish",
-        steps=[bash("sleep 134; echo never"), Reply([EDIT_SIGNUP]), finish()],
-        during=daytona_vanish_during("sleep 134"),
-        marker="sleep 134",
+        steps=[bash(f"sleep 134.{SESSION}; echo never"), Reply([EDIT_SIGNUP]), finish()],
+        during=daytona_vanish_during(f"sleep 134.{SESSION}"),
+        marker=f"sleep 134.{SESSION}",
     ),
 ]
 
@@ -717,7 +703,7 @@ def daytona_rig(model: FakeAnthropic) -> Iterator[Rig]:
         try:
             yield Rig(server, model, "local:widgets", repos=root / "repos", daytona=daytona)
         finally:
-            stop(server, root)
+            stop_and_remove(server, root)
 
 
 @pytest.mark.parametrize("fault", DAYTONA_FAULTS, ids=[f.id for f in DAYTONA_FAULTS])
@@ -869,7 +855,7 @@ def github_rig(model: FakeAnthropic) -> Iterator[Rig]:
         try:
             yield Rig(server, model, "acme/healthy", github=github)
         finally:
-            stop(server, root)
+            stop_and_remove(server, root)
 
 
 @pytest.mark.parametrize("fault", GITHUB_FAULTS, ids=[f.id for f in GITHUB_FAULTS])
@@ -975,7 +961,7 @@ def slack_rig(model: FakeAnthropic) -> Iterator[Rig]:
                 slack=slack, signer=SlackSigner(SLACK_SECRET),
             )  # fmt: skip
         finally:
-            stop(server, root)
+            stop_and_remove(server, root)
 
 
 @pytest.mark.parametrize("fault", SLACK_FAULTS, ids=[f.id for f in SLACK_FAULTS])

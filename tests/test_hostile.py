@@ -30,10 +30,10 @@ from tests.conftest import ServerFactory, git, make_repo
 from tests.fakes.anthropic import FakeAnthropic, Reply, Text, ToolCall
 from tests.fakes.github import FakeGitHub
 from tests.fakes.slack import FakeSlack, SlackSigner, send
+from tests.helpers import REFUSED, Shared, shared_rig
 from tests.scenarios import EDIT_SIGNUP, finish
 from tests.server import Server, start_server
 from tests.sse import collect, events_of, of_type, post_run
-from tests.test_references import REFUSED
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -183,8 +183,8 @@ def quiet(api: Api) -> Iterator[Api]:
     assert_no_server_error(api.server)
 
 
-def _prompt(prompt: Any) -> dict[str, Any]:
-    return {"repo_url": "local:widgets", "prompt": prompt}
+def _prompt(prompt: Any, repo: str = "local:widgets") -> dict[str, Any]:
+    return {"repo_url": repo, "prompt": prompt}
 
 
 async def _chunked(data: bytes) -> AsyncIterator[bytes]:
@@ -362,10 +362,18 @@ async def test_a_repository_reference_attack_gets_422_and_runs_nothing(
 
 
 # --- 3. shell metacharacters through the whole flow ------------------------------------------
+@pytest.fixture(scope="module")
+def shared() -> Iterator[Shared]:
+    """One server with the default settings for the runs of sections 3 to 5."""
+    with shared_rig("hostile", base_env) as rig:
+        yield rig
+
+
 async def test_shell_metacharacters_in_a_prompt_reach_the_model_as_text_and_never_a_shell(
-    repos: Path, fake_model: FakeAnthropic, server_factory: ServerFactory
+    shared: Shared,
 ) -> None:
-    origin = make_repo(repos, "widgets")
+    origin = make_repo(shared.repos, "meta")
+    fake_model = shared.model
     prompt = (
         f"meta-hostile: fix $(touch /tmp/{PWNED}-1) ; touch /tmp/{PWNED}-2 && "
         f"`touch /tmp/{PWNED}-3` | tee /tmp/{PWNED}-4 > /tmp/{PWNED}-5\n"
@@ -378,8 +386,8 @@ async def test_shell_metacharacters_in_a_prompt_reach_the_model_as_text_and_neve
         Reply([EDIT_SIGNUP]),
         finish(title, f"`touch /tmp/{PWNED}-7` <img src=x onerror=alert(1)> $(id)"),
     ]
-    server = server_factory(base_env(repos, fake_model))
-    events = await post_run(server.url, {"repo_url": "local:widgets", "prompt": prompt})
+    server = shared.server
+    events = await post_run(server.url, {"repo_url": "local:meta", "prompt": prompt})
     assert events[-1]["status"] == "succeeded", events[-2:]
 
     # Text all the way: the start event and the model's first message carry it verbatim.
@@ -411,18 +419,19 @@ async def test_shell_metacharacters_in_a_prompt_reach_the_model_as_text_and_neve
 
 
 async def test_control_characters_from_the_model_never_break_the_commit(
-    repos: Path, fake_model: FakeAnthropic, server_factory: ServerFactory
+    shared: Shared,
 ) -> None:
     """The model's title is untrusted text too: NUL, escapes and newlines are dropped from it."""
-    origin = make_repo(repos, "widgets")
+    origin = make_repo(shared.repos, "control")
+    fake_model = shared.model
     fake_model.scenarios["ctl-title-hostile"] = [
         Reply([EDIT_SIGNUP]),
         finish("Fix\x00 the\x1b[31m signup\r form\x07", "Body\x00 with a NUL."),
     ]
     fake_model.scenarios["ctl-none-hostile"] = [Reply([EDIT_SIGNUP]), Reply([Text("Done.")])]
-    server = server_factory(base_env(repos, fake_model))
-    titled = await post_run(server.url, _prompt("ctl-title-hostile: fix it"))
-    untitled = await post_run(server.url, _prompt("ctl-none-hostile:\tfix\tit"))
+    server = shared.server
+    titled = await post_run(server.url, _prompt("ctl-title-hostile: fix it", "local:control"))
+    untitled = await post_run(server.url, _prompt("ctl-none-hostile:\tfix\tit", "local:control"))
     for events in (titled, untitled):
         assert events[-1]["status"] == "succeeded", events[-2:]
         branch = of_type(events, "pr_created")[0]["branch"]
@@ -453,12 +462,10 @@ def host_secret(tmp_path: Path) -> Iterator[Path]:
 
 
 async def test_editor_traversal_and_symlinks_never_reach_a_host_file(
-    repos: Path,
-    fake_model: FakeAnthropic,
-    server_factory: ServerFactory,
-    host_secret: Path,
+    shared: Shared, host_secret: Path
 ) -> None:
-    origin = make_repo(repos, "widgets")
+    origin = make_repo(shared.repos, "editor")
+    fake_model = shared.model
     passwd = Path("/etc/passwd")
     before = {host_secret: _sha(host_secret), passwd: _sha(passwd)}
     up = "../" * 12 + str(host_secret).lstrip("/")
@@ -484,8 +491,8 @@ async def test_editor_traversal_and_symlinks_never_reach_a_host_file(
         Reply([EDIT_SIGNUP]),
         finish(),
     ]
-    server = server_factory(base_env(repos, fake_model))
-    events = await post_run(server.url, _prompt("editor-hostile: look around"))
+    server = shared.server
+    events = await post_run(server.url, _prompt("editor-hostile: look around", "local:editor"))
     assert events[-1]["status"] == "succeeded", events[-2:]
 
     edits = [e for e in events if e["type"] in ("Tool: Read", "Tool: Edit", "Tool: Write")]
@@ -510,9 +517,10 @@ async def test_editor_traversal_and_symlinks_never_reach_a_host_file(
 
 
 async def test_a_change_with_a_symlink_out_of_the_repository_is_not_published(
-    repos: Path, fake_model: FakeAnthropic, server_factory: ServerFactory, host_secret: Path
+    shared: Shared, host_secret: Path
 ) -> None:
-    origin = make_repo(repos, "widgets")
+    origin = make_repo(shared.repos, "symlinks")
+    fake_model = shared.model
     targets = {
         "passwd-link": "/etc/passwd",
         "host-link": str(host_secret),
@@ -527,8 +535,8 @@ async def test_a_change_with_a_symlink_out_of_the_repository_is_not_published(
         Reply([EDIT_SIGNUP]),
         finish(),
     ]
-    server = server_factory(base_env(repos, fake_model))
-    events = await post_run(server.url, _prompt("symlink-out-hostile: add links"))
+    server = shared.server
+    events = await post_run(server.url, _prompt("symlink-out-hostile: add links", "local:symlinks"))
     error = of_type(events, "error")[0]
     assert error["code"] == "symlink_outside_repository" and error["stage"] == "validating"
     for name in targets:

@@ -21,10 +21,10 @@ import pytest
 
 from tests.conftest import ServerFactory, git, make_repo
 from tests.fakes.anthropic import FakeAnthropic, Reply, Step, Text, ToolCall
+from tests.helpers import assert_clean, base_env
 from tests.scenarios import EDIT_SIGNUP, finish
 from tests.server import Server
 from tests.sse import Frame, collect, events_of, frames
-from tests.test_api_e2e import assert_clean, base_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.serial, pytest.mark.timeout(150)]
 

@@ -31,6 +31,7 @@ from backspace.orchestrator.sandboxes.local import (
     LocalSandboxProvider,
     sandbox_environment,
 )
+from tests.helpers import processes_running
 
 # Variables bash itself adds to the environment of `bash -c env`.
 BASH_OWN_VARIABLES = {"PWD", "SHLVL", "_", "OLDPWD"}
@@ -77,25 +78,10 @@ def marker() -> str:
     return str(uuid.uuid4().int % 10**9).rjust(9, "1")
 
 
-def host_processes_with(needle: str) -> list[int]:
-    """Host PIDs whose command line contains `needle` (zombies have an empty cmdline)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if needle.encode() in cmdline:
-            found.append(int(entry.name))
-    return found
-
-
 async def wait_for_host_process(needle: str, deadline: float = 5.0) -> list[int]:
     end = time.monotonic() + deadline
     while time.monotonic() < end:
-        pids = host_processes_with(needle)
+        pids = processes_running(needle)
         if pids:
             return pids
         await asyncio.sleep(0.02)
@@ -396,7 +382,7 @@ async def test_timeout_kills_the_whole_tree(sandbox: LocalSandbox) -> None:
     task = asyncio.create_task(sandbox.exec(command, timeout=1.5))
     # While it runs the processes are visible from the host (so the scan below can see them).
     assert await wait_for_host_process(f"301.{mark}"), "background sleep not found on the host"
-    assert host_processes_with(f"302.{mark}")
+    assert processes_running(f"302.{mark}")
     result = await task
     elapsed = time.monotonic() - started
 
@@ -406,8 +392,8 @@ async def test_timeout_kills_the_whole_tree(sandbox: LocalSandbox) -> None:
     assert "timed out after 1.5 s" in result.output
     assert 1.4 <= elapsed < 4.0, elapsed
     assert 1400 <= result.duration_ms < 4000
-    assert host_processes_with(mark) == []
-    assert host_processes_with(str(sandbox.base)) == []
+    assert processes_running(mark) == []
+    assert processes_running(str(sandbox.base)) == []
 
 
 async def test_long_output_is_cut_in_the_middle(sandbox: LocalSandbox) -> None:
@@ -479,7 +465,7 @@ async def test_close_kills_a_running_command(provider: LocalSandboxProvider) -> 
         result = await asyncio.wait_for(task, 5)
         assert time.monotonic() - started < 3
         assert result.exit_code != 0
-        assert host_processes_with(mark) == []
+        assert processes_running(mark) == []
         assert not sandbox.base.exists()
     finally:
         task.cancel()

@@ -53,9 +53,9 @@ from backspace.http.openapi import MAX_SEQ
 from tests.conftest import ServerFactory, make_repo
 from tests.fakes.anthropic import FakeAnthropic, Reply
 from tests.fakes.slack import FakeSlack, SlackSigner
+from tests.helpers import base_env
 from tests.scenarios import EDIT_SIGNUP, finish
 from tests.server import Server
-from tests.test_api_e2e import base_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 

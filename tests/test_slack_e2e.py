@@ -18,6 +18,7 @@ import yaml
 from tests.conftest import ServerFactory, git, make_repo
 from tests.fakes.anthropic import FakeAnthropic, Reply, Text, ToolCall
 from tests.fakes.slack import FakeSlack, SlackSigner, send
+from tests.helpers import Shared, shared_rig
 from tests.scenarios import EDIT_SIGNUP, finish
 from tests.server import ROOT, Server
 
@@ -29,10 +30,31 @@ CHANNEL = "C0CHANNEL"
 FORM = "application/x-www-form-urlencoded"
 
 
-@pytest.fixture
-def slack() -> Iterator[FakeSlack]:
+@pytest.fixture(scope="module")
+def module_slack() -> Iterator[FakeSlack]:
     with FakeSlack(token=BOT_TOKEN, team_id="T0001", bot_user_id="U0BOT") as fake:
         yield fake
+
+
+@pytest.fixture
+def slack(module_slack: FakeSlack) -> FakeSlack:
+    """The module's fake Slack, as if new: what an earlier test recorded or broke is forgotten
+    (each test waits for its runs' last Slack call before it ends)."""
+    module_slack.reset()
+    module_slack.down = False
+    module_slack.not_in_channel.clear()
+    module_slack.missing_channels.clear()
+    return module_slack
+
+
+@pytest.fixture(scope="module")
+def shared(module_slack: FakeSlack) -> Iterator[Shared]:
+    """One server for the tests that need no fresh process (the fake Slack is reset per test)."""
+    with shared_rig(
+        "slack-e2e",
+        lambda repos, model: env_for(repos, model, module_slack, SLACK_ADMIN_USERS="U0ADMIN"),
+    ) as rig:
+        yield rig
 
 
 @pytest.fixture
@@ -73,14 +95,16 @@ async def slash(
         )
 
 
-async def wait_runs(server: Server, count: int, timeout: float = 60) -> list[dict[str, Any]]:
+async def wait_runs(
+    server: Server, count: int, repo: str, timeout: float = 60
+) -> list[dict[str, Any]]:
+    """The runs on `repo` (the server is shared: each test has its own), once they ended."""
     deadline = time.monotonic() + timeout
-    async with httpx.AsyncClient() as client:
-        while time.monotonic() < deadline:
-            runs: list[dict[str, Any]] = (await client.get(f"{server.url}/api/runs")).json()["runs"]
-            if len(runs) >= count and all(r["status"] not in ("queued", "running") for r in runs):
-                return runs
-            await asyncio.sleep(0.1)
+    while time.monotonic() < deadline:
+        runs = await _runs(server, repo)
+        if len(runs) >= count and all(r["status"] not in ("queued", "running") for r in runs):
+            return runs
+        await asyncio.sleep(0.1)
     raise AssertionError("the runs did not finish")
 
 
@@ -96,30 +120,28 @@ def final_replies(slack: FakeSlack, channel: str = CHANNEL) -> list[dict[str, An
         c
         for c in slack.calls_to("chat.postMessage")
         if c["args"].get("reply_broadcast") in (True, "true", "1")
+        and c["args"].get("channel") == channel
     ]
 
 
 async def test_a_slash_command_runs_to_a_pull_request_with_threaded_progress(
-    repos: Path,
-    fake_model: FakeAnthropic,
-    slack: FakeSlack,
-    signer: SlackSigner,
-    server_factory: ServerFactory,
+    shared: Shared, slack: FakeSlack, signer: SlackSigner
 ) -> None:
-    origin = make_repo(repos, "widgets")
+    origin = make_repo(shared.repos, "slash")
+    fake_model = shared.model
     fake_model.scenarios["slack-e2e"] = [
         Reply([Text("Looking at the signup code."), ToolCall("bash", {"command": "cat app.py"})]),
         Reply([EDIT_SIGNUP]),
         finish(),
     ]
-    server = server_factory(env_for(repos, fake_model, slack))
+    server = shared.server
     started = time.monotonic()
-    response = await slash(server, signer, slack, "local:widgets slack-e2e: validate names")
+    response = await slash(server, signer, slack, "local:slash slack-e2e: validate names")
     assert time.monotonic() - started < 1.0, "acknowledged within a second"
     assert response.status_code == 200
     ack = response.json()
     assert ack["response_type"] == "ephemeral" and "Started run" in ack["text"]
-    (run,) = await wait_runs(server, 1)
+    (run,) = await wait_runs(server, 1, "local:slash")
     assert run["status"] == "succeeded" and run["source"] == "slack"
     await wait_for(lambda: len(final_replies(slack)) == 1)
 
@@ -146,52 +168,53 @@ async def test_a_slash_command_runs_to_a_pull_request_with_threaded_progress(
 
 
 async def test_help_channel_default_and_status(
-    repos: Path,
-    fake_model: FakeAnthropic,
-    slack: FakeSlack,
-    signer: SlackSigner,
-    server_factory: ServerFactory,
+    shared: Shared, slack: FakeSlack, signer: SlackSigner
 ) -> None:
-    make_repo(repos, "widgets")
+    make_repo(shared.repos, "default-widgets")
+    fake_model = shared.model
     fake_model.scenarios["slack-default-e2e"] = [Reply([EDIT_SIGNUP]), finish()]
-    server = server_factory(env_for(repos, fake_model, slack))
-    help_reply = (await slash(server, signer, slack, "help")).json()["text"]
+    server = shared.server
+    here = "C0HELP"  # a channel of its own: the server is shared, its default and status too
+    help_reply = (await slash(server, signer, slack, "help", channel=here)).json()["text"]
     assert "/backspace repo" in help_reply and "status" in help_reply
-    no_default = (await slash(server, signer, slack, "slack-default-e2e add a check")).json()[
-        "text"
-    ]
+    no_default = (
+        await slash(server, signer, slack, "slack-default-e2e add a check", channel=here)
+    ).json()["text"]
     assert "not a repository I can use" in no_default
-    set_repo = (await slash(server, signer, slack, "repo local:widgets")).json()["text"]
-    assert "default repository is now `widgets`" in set_repo
+    set_repo = (
+        await slash(server, signer, slack, "repo local:default-widgets", channel=here)
+    ).json()["text"]
+    assert "default repository is now `default-widgets`" in set_repo
     # The word "payload" in a command once made Bolt read it as a button click.
     started = (
-        await slash(server, signer, slack, "slack-default-e2e add a check of the payload")
+        await slash(
+            server, signer, slack, "slack-default-e2e add a check of the payload", channel=here
+        )
     ).json()["text"]
     assert "Started run" in started and "widgets" in started
-    (run,) = await wait_runs(server, 1)
+    (run,) = await wait_runs(server, 1, "local:default-widgets")
     assert (
         run["status"] == "succeeded"
         and run["prompt"] == "slack-default-e2e add a check of the payload"
     )
-    status = (await slash(server, signer, slack, "status")).json()["text"]
+    status = (await slash(server, signer, slack, "status", channel=here)).json()["text"]
     assert run["id"][:8] in status and "pull request" in status
     elsewhere = (await slash(server, signer, slack, "status", channel="C0OTHER")).json()["text"]
     assert "No runs in this channel yet" in elsewhere
+    # Its run's last Slack call, before the next test (on the same fake) begins.
+    await wait_for(lambda: len(final_replies(slack, here)) == 1)
 
 
 async def test_a_mention_starts_a_run_in_its_thread_with_a_reaction(
-    repos: Path,
-    fake_model: FakeAnthropic,
-    slack: FakeSlack,
-    signer: SlackSigner,
-    server_factory: ServerFactory,
+    shared: Shared, slack: FakeSlack, signer: SlackSigner
 ) -> None:
-    make_repo(repos, "widgets")
+    make_repo(shared.repos, "mention")
+    fake_model = shared.model
     fake_model.scenarios["slack-mention-e2e"] = [Reply([EDIT_SIGNUP]), finish()]
-    server = server_factory(env_for(repos, fake_model, slack))
+    server = shared.server
     event = {
         "type": "app_mention", "user": "U1", "channel": CHANNEL, "ts": "1700000000.000100",
-        "text": "<@U0BOT> local:widgets slack-mention-e2e please validate",
+        "text": "<@U0BOT> local:mention slack-mention-e2e please validate",
     }  # fmt: skip
     body = signer.event_body(event, event_id="Ev-mention-1")
     async with httpx.AsyncClient(timeout=10) as client:
@@ -207,7 +230,7 @@ async def test_a_mention_starts_a_run_in_its_thread_with_a_reaction(
             retry_num=1,
         )
     assert first.status_code == retry.status_code == 200
-    (run,) = await wait_runs(server, 1)
+    (run,) = await wait_runs(server, 1, "local:mention")
     assert run["status"] == "succeeded"
     await wait_for(lambda: len(final_replies(slack)) == 1)
     assert slack.reactions[0]["name"] == "eyes" and slack.reactions[0]["timestamp"] == event["ts"]
@@ -216,32 +239,30 @@ async def test_a_mention_starts_a_run_in_its_thread_with_a_reaction(
         "everything in the mention's thread"
     )
     await asyncio.sleep(0.5)
-    assert len(await _runs(server)) == 1, "the retried event started no second run"
+    assert len(await _runs(server, "local:mention")) == 1, "the retried event started no second run"
 
 
-async def _runs(server: Server) -> list[dict[str, Any]]:
+async def _runs(server: Server, repo: str | None) -> list[dict[str, Any]]:
+    """The runs on `repo`, or all of them (on a server of one test's own)."""
     async with httpx.AsyncClient() as client:
         runs: list[dict[str, Any]] = (await client.get(f"{server.url}/api/runs")).json()["runs"]
-        return runs
+        return [run for run in runs if repo is None or run["repo_url"] == repo]
 
 
 async def test_only_the_requester_or_an_admin_can_cancel(
-    repos: Path,
-    fake_model: FakeAnthropic,
-    slack: FakeSlack,
-    signer: SlackSigner,
-    server_factory: ServerFactory,
+    shared: Shared, slack: FakeSlack, signer: SlackSigner
 ) -> None:
-    make_repo(repos, "widgets")
+    make_repo(shared.repos, "cancel")
+    fake_model = shared.model
     fake_model.scenarios["slack-cancel-e2e"] = [
         Reply([ToolCall("bash", {"command": "sleep 141"})]),
         finish(),
     ]
-    server = server_factory(env_for(repos, fake_model, slack, SLACK_ADMIN_USERS="U0ADMIN"))
-    await slash(server, signer, slack, "local:widgets slack-cancel-e2e", user="U1")
+    server = shared.server
+    await slash(server, signer, slack, "local:cancel slack-cancel-e2e", user="U1")
     await wait_for(lambda: len(slack.calls_to("chat.postMessage")) >= 1)
     status = slack.calls_to("chat.postMessage")[0]
-    (run,) = await _runs(server)
+    (run,) = await _runs(server, "local:cancel")
 
     async def click(user: str) -> httpx.Response:
         body = signer.block_action_body(
@@ -254,9 +275,9 @@ async def test_only_the_requester_or_an_admin_can_cancel(
     assert (await click("U2")).status_code == 200
     await wait_for(lambda: any("Only <@U1>" in str(e.get("text")) for e in slack.ephemerals))
     await asyncio.sleep(0.3)
-    assert (await _runs(server))[0]["status"] == "running"
+    assert (await _runs(server, "local:cancel"))[0]["status"] == "running"
     assert (await click("U1")).status_code == 200
-    (done,) = await wait_runs(server, 1)
+    (done,) = await wait_runs(server, 1, "local:cancel")
     assert done["status"] == "cancelled"
     await wait_for(lambda: len(final_replies(slack)) == 1)
     assert "Cancelled" in final_replies(slack)[0]["args"]["text"]
@@ -295,24 +316,21 @@ async def test_bad_signatures_and_refusals_start_nothing(
     make_repo(repos, "gadgets")
     refused_repo = (await slash(server, signer, slack, "local:gadgets x")).json()
     assert "ALLOWED_REPOS" in refused_repo["text"]
-    assert await _runs(server) == []
+    assert await _runs(server, None) == []
     assert SECRET not in server.logs()
 
 
 async def test_slack_rate_limits_and_outages_never_hurt_the_run(
-    repos: Path,
-    fake_model: FakeAnthropic,
-    slack: FakeSlack,
-    signer: SlackSigner,
-    server_factory: ServerFactory,
+    shared: Shared, slack: FakeSlack, signer: SlackSigner
 ) -> None:
-    origin = make_repo(repos, "widgets")
+    origin = make_repo(shared.repos, "outage")
+    fake_model = shared.model
     fake_model.scenarios["slack-429-e2e"] = [Reply([EDIT_SIGNUP]), finish()]
     fake_model.scenarios["slack-down-e2e"] = [Reply([EDIT_SIGNUP]), finish()]
-    server = server_factory(env_for(repos, fake_model, slack))
+    server = shared.server
     slack.fail("chat.postMessage", "ratelimited", times=1, retry_after=1)
-    await slash(server, signer, slack, "local:widgets slack-429-e2e")
-    await wait_runs(server, 1)
+    await slash(server, signer, slack, "local:outage slack-429-e2e")
+    await wait_runs(server, 1, "local:outage")
     await wait_for(lambda: len(final_replies(slack)) == 1)
     statuses = [c for c in slack.calls_to("chat.postMessage") if c["args"].get("blocks")]
     assert [c["status"] for c in statuses] == [429, 200], "posted once, after the wait"
@@ -320,8 +338,8 @@ async def test_slack_rate_limits_and_outages_never_hurt_the_run(
     assert len([m for m in slack.messages(CHANNEL) if m.get("blocks")]) == 1
 
     slack.down = True
-    await slash(server, signer, slack, "local:widgets slack-down-e2e")
-    runs = await wait_runs(server, 2)
+    await slash(server, signer, slack, "local:outage slack-down-e2e")
+    runs = await wait_runs(server, 2, "local:outage")
     down = next(r for r in runs if r["prompt"] == "slack-down-e2e")
     assert down["status"] == "succeeded" and down["branch"] in git(origin, "branch", "--list")
 
@@ -353,22 +371,19 @@ def test_the_manifests_name_every_command_scope_and_url_the_code_relies_on() -> 
 
 
 async def test_not_in_channel_gets_an_ephemeral_invite_me_and_the_run_goes_on(
-    repos: Path,
-    fake_model: FakeAnthropic,
-    slack: FakeSlack,
-    signer: SlackSigner,
-    server_factory: ServerFactory,
+    shared: Shared, slack: FakeSlack, signer: SlackSigner
 ) -> None:
-    make_repo(repos, "widgets")
+    make_repo(shared.repos, "invite")
+    fake_model = shared.model
     fake_model.scenarios["slack-invite-e2e"] = [Reply([EDIT_SIGNUP]), finish()]
-    server = server_factory(env_for(repos, fake_model, slack))
+    server = shared.server
     slack.not_in_channel.add("C0PRIVATE")
     ack = (
-        await slash(server, signer, slack, "local:widgets slack-invite-e2e", channel="C0PRIVATE")
+        await slash(server, signer, slack, "local:invite slack-invite-e2e", channel="C0PRIVATE")
     ).json()
     assert "Started run" in ack["text"]
     await wait_for(
         lambda: any("/invite @backspace" in str(e.get("text")) for e in slack.ephemerals)
     )
-    (run,) = await wait_runs(server, 1)
+    (run,) = await wait_runs(server, 1, "local:invite")
     assert run["status"] == "succeeded"

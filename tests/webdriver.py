@@ -1,12 +1,13 @@
 """A very small W3C WebDriver client (plain JSON over HTTP) for Debian's chromium and chromedriver.
 
-No selenium and no downloaded browser: `/usr/bin/chromedriver` is started on a free port and
+No selenium and no downloaded browser: `/usr/bin/chromedriver` is started on a port of its choosing and
 driven with httpx; it starts `/usr/bin/chromium` headless with a fresh profile.
 """
 
 from __future__ import annotations
 
 import base64
+import re
 import shutil
 import subprocess
 import tempfile
@@ -16,8 +17,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
-
-from tests.server import free_port
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -48,24 +47,30 @@ class WebDriverError(Exception):
 class Browser:
     def __init__(self, width: int = 1200, height: int = 900) -> None:
         self.profile = tempfile.mkdtemp(prefix="backspace-chromium-")
-        port = free_port()
-        self.driver = subprocess.Popen(
-            [CHROMEDRIVER, f"--port={port}"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        self.http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
+        # Port 0: chromedriver binds a free port itself and says which. A port found free here
+        # could be taken by another worker's chromedriver first, and this client drive that one.
+        said = Path(self.profile) / "chromedriver.out"
+        with said.open("wb") as out:
+            self.driver = subprocess.Popen(
+                [CHROMEDRIVER, "--port=0"],
+                stdout=out,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        self.http = httpx.Client(timeout=60)
         deadline = time.monotonic() + 20
         while True:
-            try:
-                if self.http.get("/status").json()["value"]["ready"]:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
+            port = re.search(rb"started successfully on port (\d+)", said.read_bytes())
+            if port:
+                self.http.base_url = httpx.URL(f"http://127.0.0.1:{int(port[1])}")
+                try:
+                    if self.http.get("/status").json()["value"]["ready"]:
+                        break
+                except httpx.HTTPError:
+                    pass
+            if time.monotonic() > deadline or self.driver.poll() is not None:
                 self.close()
-                raise RuntimeError("chromedriver did not start")
+                raise RuntimeError(f"chromedriver did not start: {said.read_text()[-2000:]}")
             time.sleep(0.05)
         capabilities = {
             "browserName": "chrome",

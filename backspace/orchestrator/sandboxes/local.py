@@ -56,6 +56,7 @@ SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 UNPRIVILEGED_UID = 65534  # "nobody": used when the server itself runs as root
 INNER_UID = 1000
 MARK_VARIABLE = "BACKSPACE_SANDBOX_MARK"  # in bubblewrap's own environment: see sandbox_mark
+ROOT_MARK_VARIABLE = "BACKSPACE_SANDBOX_ROOT_MARK"  # the same for the provider's root
 FILE_MISSING = 44
 FILE_IS_DIR = 45
 KILL_WAIT = 5.0
@@ -102,6 +103,12 @@ def sandbox_mark(base: Path) -> str:
     the mark is a digest of the directory, not the directory itself nor the run id.
     """
     return hashlib.sha256(str(base).encode()).hexdigest()[:24]
+
+
+def root_mark(root: Path) -> str:
+    """Names the processes of every sandbox below a root, also once their directories are gone
+    (a sandbox's own mark cannot be recomputed then): a digest too, for the same reason."""
+    return sandbox_mark(root)
 
 
 def default_root(db_path: Path) -> Path:
@@ -491,6 +498,7 @@ class LocalSandbox:
             env["TMPDIR"] = self.tmpdir
             host_cwd = inner_cwd
         env[MARK_VARIABLE] = sandbox_mark(self.base)
+        env[ROOT_MARK_VARIABLE] = root_mark(self.provider.root)
         try:
             with self.provider._command(self.base, script, cwd=inner_cwd, args=args) as (
                 argv,
