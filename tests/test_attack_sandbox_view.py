@@ -25,7 +25,7 @@ import pytest
 
 from backspace.config import SettingsError, load_settings
 from backspace.orchestrator.sandboxes.base import SandboxLost
-from backspace.orchestrator.sandboxes.local import LocalSandbox, LocalSandboxProvider
+from backspace.orchestrator.sandboxes.local import SANDBOX_PATH, LocalSandbox, LocalSandboxProvider
 from tests.conftest import make_repo
 from tests.fakes.anthropic import FakeAnthropic, Reply, Text
 from tests.helpers import processes_running
@@ -311,6 +311,11 @@ async def test_pid_1_shows_no_host_path_nor_run_id(sandbox: LocalSandbox) -> Non
     for leaked in (str(sandbox.base), str(sandbox.provider.root), run_id, tempfile.gettempdir()):
         assert leaked not in result.output, (leaked, result.output)
     assert result.output.startswith("bwrap\n"), result.output
+    # Nor the server's own working directory or PATH (bubblewrap inherits its environment).
+    environ = dict(line.split("=", 1) for line in result.output.splitlines()[1:] if "=" in line)
+    assert environ.get("PWD", "/") == "/", environ
+    assert environ.get("PATH") == SANDBOX_PATH, environ
+    assert os.getcwd() not in result.output, result.output
 
 
 async def test_the_sweep_still_kills_a_sandbox_s_processes(

@@ -491,10 +491,13 @@ class LocalSandbox:
             raise SandboxError("the sandbox is closed")
         self._check_present()
         inner_cwd = self._inner_path(cwd or self.workdir)
-        env = {"PATH": os.environ.get("PATH", SANDBOX_PATH)}
-        host_cwd = None
+        # bubblewrap (PID 1 inside, whose environment the sandbox can read) starts in / with a
+        # fixed PATH: nothing of the server's own working directory or environment.
+        env = {"PATH": SANDBOX_PATH}
+        host_cwd = "/"
         if not self.isolated:
-            env = sandbox_environment(str(self.base / "home"), env["PATH"])
+            path = os.environ.get("PATH", SANDBOX_PATH)
+            env = sandbox_environment(str(self.base / "home"), path)
             env["TMPDIR"] = self.tmpdir
             host_cwd = inner_cwd
         env[MARK_VARIABLE] = sandbox_mark(self.base)
