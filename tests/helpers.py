@@ -10,6 +10,7 @@ import asyncio
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -22,7 +23,7 @@ import httpx
 
 from backspace.orchestrator.sandboxes.local import ROOT_MARK_VARIABLE, default_root, root_mark
 from tests.fakes.anthropic import FakeAnthropic
-from tests.server import Server, start_server
+from tests.server import ROOT, Server, start_server
 
 
 def base_env(repos: Path, fake: FakeAnthropic, **extra: str) -> dict[str, str]:
@@ -192,3 +193,57 @@ def assert_clean(server: Server) -> None:
     root = default_root(server.db_path)
     assert not root.exists() or list(root.iterdir()) == []
     assert sandbox_processes(root) == []
+
+
+# --- the CLI, as a person runs it ------------------------------------------------------------------
+def cli_env(workdir: Path, **settings: str) -> dict[str, str]:
+    """The whole environment of one command: nothing of the test process's own."""
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(workdir),
+        "PYTHONPATH": str(ROOT),
+        "BACKSPACE_DB": str(workdir / "backspace.db"),
+        **settings,
+    }
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+
+class Command:
+    """One `python -m backspace ...` started now, in `workdir` (so no stray .env is read)."""
+
+    def __init__(self, workdir: Path, args: list[str], env: dict[str, str]) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir = workdir
+        self.started = time.monotonic()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "backspace", *args],
+            cwd=workdir,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self._result: Result | None = None
+
+    def result(self, timeout: float = 45) -> Result:
+        if self._result is None:
+            try:
+                out, err = self.process.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                out, err = self.process.communicate()
+                raise AssertionError(f"still running after {timeout} s:\n{out}\n{err}") from None
+            seconds = time.monotonic() - self.started
+            self._result = Result(self.process.returncode, out, err, seconds)
+        return self._result
+
+
+def backspace(workdir: Path, *args: str, env: dict[str, str]) -> Result:
+    return Command(workdir, list(args), env).result(timeout=20)

@@ -29,7 +29,7 @@ from backspace.orchestrator.sandboxes.local import LocalLimits, LocalSandbox, Lo
 from backspace.orchestrator.store import Run, Store, StoreFull
 from tests.conftest import ServerFactory, make_repo
 from tests.fakes.anthropic import FakeAnthropic
-from tests.test_cli import backspace, cli_env
+from tests.helpers import backspace, cli_env
 
 MB = 1024 * 1024
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="cgroups and tmpfs mounts need root")

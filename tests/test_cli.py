@@ -7,15 +7,10 @@ awaited by the test that checks each one, so the file stays fast on a small mach
 
 from __future__ import annotations
 
-import os
 import re
 import socket
 import sqlite3
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +19,9 @@ import pytest
 from backspace import __version__
 from tests.conftest import git, make_repo
 from tests.fakes.anthropic import Fail, FakeAnthropic, Reply, Text, ToolCall
+from tests.helpers import Command, backspace, cli_env
 from tests.scenarios import EDIT_SIGNUP
-from tests.server import ROOT, free_port
+from tests.server import free_port
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -50,59 +46,6 @@ SCENARIOS: dict[str, list[Any]] = {
     "cli-overloaded": [[Fail(529, times=99)]],
     "cli-nothing": [Reply([ToolCall("bash", {"command": "cat app.py"})]), FINISH],
 }
-
-
-def cli_env(workdir: Path, **settings: str) -> dict[str, str]:
-    """The whole environment of one command: nothing of the test process's own."""
-    return {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(workdir),
-        "PYTHONPATH": str(ROOT),
-        "BACKSPACE_DB": str(workdir / "backspace.db"),
-        **settings,
-    }
-
-
-@dataclass
-class Result:
-    returncode: int
-    stdout: str
-    stderr: str
-    seconds: float
-
-
-class Command:
-    """One `python -m backspace ...` started now, in `workdir` (so no stray .env is read)."""
-
-    def __init__(self, workdir: Path, args: list[str], env: dict[str, str]) -> None:
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.workdir = workdir
-        self.started = time.monotonic()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "backspace", *args],
-            cwd=workdir,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self._result: Result | None = None
-
-    def result(self, timeout: float = 45) -> Result:
-        if self._result is None:
-            try:
-                out, err = self.process.communicate(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                out, err = self.process.communicate()
-                raise AssertionError(f"still running after {timeout} s:\n{out}\n{err}") from None
-            seconds = time.monotonic() - self.started
-            self._result = Result(self.process.returncode, out, err, seconds)
-        return self._result
-
-
-def backspace(workdir: Path, *args: str, env: dict[str, str]) -> Result:
-    return Command(workdir, list(args), env).result(timeout=20)
 
 
 def runs_in(db: Path) -> list[tuple[str, str]]:
