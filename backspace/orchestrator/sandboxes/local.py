@@ -600,10 +600,12 @@ class LocalSandbox:
         if self._closed:
             return
         self._closed = True
+        if self.cgroup is not None:
+            # Everything of the run first: a process inside the sandbox that outlives bubblewrap
+            # for a moment still holds the command's output pipe, which the reap waits for.
+            await asyncio.to_thread(self.cgroup.kill_all)
         for proc in list(self._procs):
             await self._reap(proc)
-        if self.cgroup is not None:
-            await asyncio.to_thread(self.cgroup.kill_all)
         await asyncio.to_thread(_remove_run_dir, self.base)
         if self.cgroup is not None:
             await asyncio.to_thread(self.cgroup.remove)
