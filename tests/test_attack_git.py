@@ -92,6 +92,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
 
 
 # --- 1. repository content never runs code on the host ---------------------------------------
+@pytest.mark.e2e  # it starts the real server or the CLI
 @pytest.mark.parametrize(
     "reference",
     ["local:widgets/vendor/lib.git", "local:widgets/.git", "local:widgets/vendor"],
@@ -114,6 +115,7 @@ async def test_a_path_inside_another_repository_is_refused_and_its_hooks_never_r
     assert "repo_url" in detail and "top level" in detail, detail
 
 
+@pytest.mark.e2e  # it starts the real server or the CLI
 async def test_publishing_into_a_local_repository_runs_none_of_its_hooks(rig: Rig) -> None:
     rig.model.scenarios["origin-hooks"] = [Reply([EDIT_SIGNUP]), finish()]
     events = await post_run(
@@ -250,6 +252,7 @@ async def test_a_change_over_the_total_limit_is_refused_with_its_size(tmp_path: 
 
 
 # --- 9. what was tested is what is published -------------------------------------------------
+@pytest.mark.e2e  # it starts the real server or the CLI
 async def test_an_agent_set_clean_filter_or_index_flag_never_changes_what_is_published(
     rig: Rig,
 ) -> None:

@@ -237,6 +237,7 @@ def test_without_cgroups_the_degraded_limits_are_reported(tmp_path: Path, root: 
         services.store.close()
 
 
+@pytest.mark.e2e  # it starts the real server or the CLI
 def test_health_shows_the_limits_in_force(server_factory: ServerFactory) -> None:
     server = server_factory(
         {"BACKSPACE_SANDBOX": "local", "BACKSPACE_SANDBOX_DISK_MB": "100"}, name="limits"
@@ -247,6 +248,7 @@ def test_health_shows_the_limits_in_force(server_factory: ServerFactory) -> None
     assert limits["disk_mb"] == 100 and limits["memory_mb"] == 4096
 
 
+@pytest.mark.e2e  # it starts the real server or the CLI
 def test_doctor_shows_the_limits_in_force(tmp_path: Path) -> None:
     env = cli_env(tmp_path, BACKSPACE_SANDBOX="local", BACKSPACE_SANDBOX_CPUS="1.5", COLUMNS="300")
     result = backspace(tmp_path, "doctor", env=env)
@@ -267,6 +269,7 @@ def small_disk() -> Iterator[Path]:
         shutil.rmtree(where, ignore_errors=True)
 
 
+@pytest.mark.e2e  # it starts the real server or the CLI
 def test_a_nearly_full_database_disk_refuses_new_runs_clearly(
     server_factory: ServerFactory, small_disk: Path, repos: Path, fake_model: FakeAnthropic
 ) -> None:

@@ -271,6 +271,7 @@ def server(
     started.stop()
 
 
+@pytest.mark.e2e  # it starts the real server or the CLI
 async def test_a_composite_action_or_a_jenkinsfile_change_is_never_pushed(
     server: Server, model: FakeAnthropic, repos: Path
 ) -> None:
@@ -291,6 +292,7 @@ async def test_a_composite_action_or_a_jenkinsfile_change_is_never_pushed(
     assert git(repos / "widgets", "branch", "--list").split() == ["*", "main"]
 
 
+@pytest.mark.e2e  # it starts the real server or the CLI
 async def test_operators_can_protect_more_and_allow_github(
     model: FakeAnthropic,
     github: FakeGitHub,
@@ -328,6 +330,7 @@ def _hostile_finish() -> Reply:
     )
 
 
+@pytest.mark.e2e  # it starts the real server or the CLI
 async def test_the_pull_request_on_github_carries_nothing_that_acts(
     server: Server, model: FakeAnthropic, github: FakeGitHub
 ) -> None:
@@ -355,6 +358,7 @@ def git_log(bare: Path, branch: str) -> str:
     return git(bare, "--git-dir", str(bare), "log", "-1", "--format=%B", branch)
 
 
+@pytest.mark.e2e  # it starts the real server or the CLI
 async def test_the_local_pull_request_carries_nothing_that_acts(
     server: Server, model: FakeAnthropic
 ) -> None:

@@ -146,6 +146,7 @@ def backspace(
         ("serve", "dotenv", ".env lies inside /etc/hosts"),
     ],
 )
+@pytest.mark.e2e  # it starts the real server or the CLI
 def test_the_server_refuses_to_start_inside_the_view(
     tmp_path: Path, command: str, case: str, words: str
 ) -> None:
@@ -343,6 +344,7 @@ async def test_the_sweep_still_kills_a_sandbox_s_processes(
         await orphan.close()
 
 
+@pytest.mark.e2e  # it starts the real server or the CLI
 async def test_unsandboxed_mode_leaves_no_bundle_behind(tmp_path: Path) -> None:
     """BACKSPACE_ALLOW_UNSANDBOXED=true without bubblewrap: a whole run, then nothing in /tmp."""
     tools = tmp_path / "bin"

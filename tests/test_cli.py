@@ -23,7 +23,7 @@ from tests.helpers import Command, backspace, cli_env
 from tests.scenarios import EDIT_SIGNUP
 from tests.server import free_port
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
 
 EDIT = EDIT_SIGNUP
 FINISH = Reply(
