@@ -217,24 +217,17 @@ async def _index_bundle(git_dir: Path, bundle: Path) -> str:
     tips = [line.split()[0] for line in header if line and line[0] not in "#-@"]
     if not tips or not re.fullmatch(r"[0-9a-f]{40,64}", tips[0]):
         raise PolicyError("bad_bundle", "the sandbox's bundle named no commit")
-    pack = bundle.with_suffix(".pack")
-    with bundle.open("rb") as source, pack.open("wb") as target:
-        source.seek(offset)
-        while chunk := source.read(1 << 20):
-            target.write(chunk)
     strict = ",".join(f"{msg.lower()}=error" for msg in FSCK_ERRORS)
     try:
         await git(
             "index-pack", f"--strict={strict}", "--fix-thin", "--stdin",
-            git_dir=git_dir, stdin_path=pack,
+            git_dir=git_dir, stdin_path=bundle, stdin_offset=offset,
         )  # fmt: skip
         await git("cat-file", "-e", f"{tips[0]}^{{commit}}", git_dir=git_dir)
     except GitError as exc:
         raise PolicyError(
             "bad_bundle", f"the sandbox's change could not be imported: {exc.stderr.strip()[:300]}"
         ) from exc
-    finally:
-        pack.unlink(missing_ok=True)
     return tips[0]
 
 

@@ -21,6 +21,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 from backspace.orchestrator.errors import GitError as GitError
 from backspace.orchestrator.redact import Redactor
@@ -36,25 +37,25 @@ FSCK_ERRORS = (
 )  # fmt: skip
 
 
-async def git(
-    *args: str,
-    cwd: Path | None = None,
-    git_dir: Path | None = None,
-    env: Mapping[str, str] | None = None,
-    stdin: bytes | None = None,
-    stdin_path: Path | None = None,
-    allow_file: bool = False,
-    allow_http: bool = False,
-    redactor: Redactor | None = None,
-    timeout: float = 300.0,
-    check: bool = True,
-) -> str:
+class GitOptions(TypedDict, total=False):
+    """What `git` takes besides its arguments: the keywords of `git_capped` but the cap."""
+
+    cwd: Path | None
+    git_dir: Path | None
+    env: Mapping[str, str] | None
+    stdin: bytes | None
+    stdin_path: Path | None
+    stdin_offset: int
+    allow_file: bool
+    allow_http: bool
+    redactor: Redactor | None
+    timeout: float
+    check: bool
+
+
+async def git(*args: str, **options: Unpack[GitOptions]) -> str:
     """Run git and return its stdout; raise GitError (redacted) on failure."""
-    out, _ = await git_capped(
-        *args, cwd=cwd, git_dir=git_dir, env=env, stdin=stdin, stdin_path=stdin_path,
-        allow_file=allow_file, allow_http=allow_http, redactor=redactor, timeout=timeout,
-        check=check, limit=None,
-    )  # fmt: skip
+    out, _ = await git_capped(*args, limit=None, **options)
     return out
 
 
@@ -66,6 +67,7 @@ async def git_capped(
     env: Mapping[str, str] | None = None,
     stdin: bytes | None = None,
     stdin_path: Path | None = None,
+    stdin_offset: int = 0,
     allow_file: bool = False,
     allow_http: bool = False,
     redactor: Redactor | None = None,
@@ -75,6 +77,7 @@ async def git_capped(
     """Like `git`, reading at most `limit` bytes of stdout: (output, whether it was cut).
 
     When the output reaches the limit, git is killed and its exit status is not checked.
+    `stdin_path` is streamed to git from `stdin_offset` on (a bundle's pack, past its header).
     """
     _EMPTY_HOME.mkdir(mode=0o700, exist_ok=True)
     config = [
@@ -107,7 +110,7 @@ async def git_capped(
     }
     returncode, out, err, cut = await _run(
         ["git", *config, *args], cwd=cwd, env=full_env, stdin=stdin, stdin_path=stdin_path,
-        timeout=timeout, limit=limit,
+        stdin_offset=stdin_offset, timeout=timeout, limit=limit,
     )  # fmt: skip
     if check and returncode != 0 and not cut:
         stderr = err.decode(errors="replace")
@@ -137,6 +140,7 @@ async def _run(
     env: dict[str, str],
     stdin: bytes | None,
     stdin_path: Path | None,
+    stdin_offset: int,
     timeout: float,
     limit: int | None,
 ) -> tuple[int, bytes, bytes, bool]:
@@ -149,6 +153,8 @@ async def _run(
     def run() -> tuple[int, bytes, bytes, bool]:
         with contextlib.ExitStack() as stack:
             source = stack.enter_context(stdin_path.open("rb")) if stdin_path else None
+            if source is not None:
+                source.seek(stdin_offset)  # git inherits the descriptor at this position
             with lock:
                 if cancelled:
                     raise _Cancelled
