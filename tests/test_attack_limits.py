@@ -15,7 +15,7 @@ import shutil
 import subprocess
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -62,13 +62,7 @@ def provider(root: Path) -> Iterator[LocalSandboxProvider]:
     asyncio.run(provider.aclose())
 
 
-@pytest.fixture
-async def sandbox(provider: LocalSandboxProvider) -> AsyncIterator[LocalSandbox]:
-    sandbox = await provider.create(f"t-{uuid.uuid4().hex[:10]}")
-    try:
-        yield sandbox
-    finally:
-        await sandbox.close()
+# `sandbox` (tests/conftest.py) makes each test's sandbox from this module's provider.
 
 
 def mount_points() -> list[str]:
