@@ -26,6 +26,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from backspace.orchestrator.egress.gate import Gate, Phase
+from backspace.orchestrator.egress.hosts import HostList
+from backspace.orchestrator.environment.layer import Layer, LayerStore
 from backspace.orchestrator.sandboxes.base import (
     ExecResult,
     OutputCallback,
@@ -147,6 +150,9 @@ class FakeRemoteSandbox:
             raise SandboxError(f"{path} is larger than the {max_bytes}-byte limit")
         shutil.copyfile(source, local)
 
+    async def open_network(self, phase: Phase, hosts: HostList) -> None:
+        """The benchmark's sandboxes never reach out: nothing to open."""
+
     async def close(self) -> None:
         if self._closed:
             return
@@ -164,6 +170,7 @@ class FakeRemoteSandbox:
 
 class FakeRemoteSandboxProvider:
     name = "fake-remote"
+    layers: LayerStore | None = None
 
     def __init__(
         self, root: Path | None = None, latency: float = DEFAULT_LATENCY, workers: int = 64
@@ -187,7 +194,9 @@ class FakeRemoteSandboxProvider:
             "GIT_TERMINAL_PROMPT": "0",
         }
 
-    async def create(self, run_id: str) -> FakeRemoteSandbox:
+    async def create(
+        self, run_id: str, *, layer: Layer | None = None, gate: Gate | None = None
+    ) -> FakeRemoteSandbox:
         await asyncio.sleep(self.latency)
         self.calls += 1
         base = self.root / run_id

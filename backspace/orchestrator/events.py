@@ -24,6 +24,8 @@ class EventType(StrEnum):
     TOOL_EDIT = "Tool: Edit"
     TOOL_WRITE = "Tool: Write"
     USAGE = "usage"
+    NETWORK_BLOCKED = "network_blocked"  # a sandbox command tried to reach a host it may not
+    VERIFICATION = "verification"  # the receipt of backspace's own run of the verify commands
     PR_CREATED = "pr_created"
     ERROR = "error"
     COMPLETE = "complete"
@@ -49,8 +51,10 @@ class Stage(StrEnum):
     QUEUED = "queued"
     SANDBOX = "sandbox"
     CLONING = "cloning"
+    SETUP = "setup"
     AGENT = "agent"
     VALIDATING = "validating"
+    VERIFYING = "verifying"
     PUSHING = "pushing"
     PR = "pr"
     COMPLETE = "complete"
@@ -64,8 +68,10 @@ _PERCENT = {
     Stage.QUEUED: 0,
     Stage.SANDBOX: 10,
     Stage.CLONING: 20,
+    Stage.SETUP: 25,
     Stage.AGENT: 30,
     Stage.VALIDATING: 85,
+    Stage.VERIFYING: 87,
     Stage.PUSHING: 90,
     Stage.PR: 95,
     Stage.COMPLETE: 100,

@@ -10,11 +10,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from backspace.orchestrator.errors import SandboxError as SandboxError
 from backspace.orchestrator.errors import SandboxLost as SandboxLost
 from backspace.orchestrator.errors import SandboxUnavailable as SandboxUnavailable
+
+if TYPE_CHECKING:
+    from backspace.orchestrator.egress.gate import Gate, Phase
+    from backspace.orchestrator.egress.hosts import HostList
+    from backspace.orchestrator.environment.layer import Layer, LayerStore
 
 OutputCallback = Callable[[str], None]
 
@@ -62,6 +67,11 @@ class Sandbox(Protocol):
         """Copy a sandbox file to the host; SandboxError past `max_bytes`."""
         ...
 
+    async def open_network(self, phase: Phase, hosts: HostList) -> None:
+        """From now on, commands may reach `hosts` (none when empty) and nothing else; what
+        they try beyond it is refused and reported to the sandbox's gate."""
+        ...
+
     async def close(self) -> None:
         """Delete the sandbox and everything in it. Safe to call twice."""
         ...
@@ -69,12 +79,18 @@ class Sandbox(Protocol):
 
 class SandboxProvider(Protocol):
     name: str
+    layers: LayerStore | None  # where set-up environments are kept; None: they are not
 
     def check(self) -> tuple[bool, str]:
         """(usable, a sentence for /health and `backspace doctor`)."""
         ...
 
-    async def create(self, run_id: str) -> Sandbox: ...
+    async def create(
+        self, run_id: str, *, layer: Layer | None = None, gate: Gate | None = None
+    ) -> Sandbox:
+        """A new sandbox, started from `layer` when given. Its network is closed until
+        `open_network`; `gate` decides and records its attempts to reach outside."""
+        ...
 
     async def cleanup_orphans(self, live_run_ids: set[str]) -> int:
         """Delete sandboxes of runs that are not live (after a crash); return how many."""

@@ -34,6 +34,9 @@ from daytona import (
     SessionExecuteRequest,
 )
 
+from backspace.orchestrator.egress.gate import Gate, Phase
+from backspace.orchestrator.egress.hosts import HostList
+from backspace.orchestrator.environment.layer import Layer, LayerStore
 from backspace.orchestrator.errors import (
     SandboxError,
     SandboxLost,
@@ -74,6 +77,7 @@ class DaytonaOptions:
 
 class DaytonaSandboxProvider:
     name = "daytona"
+    layers: LayerStore | None = None
 
     def __init__(self, options: DaytonaOptions) -> None:
         self.options = options
@@ -120,7 +124,9 @@ class DaytonaSandboxProvider:
             self._client = None
 
     # --- life cycle ------------------------------------------------------------------------------
-    async def create(self, run_id: str) -> DaytonaSandbox:
+    async def create(
+        self, run_id: str, *, layer: Layer | None = None, gate: Gate | None = None
+    ) -> DaytonaSandbox:
         labels = {RUN_LABEL: run_id, INSTANCE_LABEL: self.options.instance}
         params = CreateSandboxFromSnapshotParams(
             snapshot=self.options.snapshot,
@@ -367,6 +373,9 @@ class DaytonaSandbox:
         return self._error(exc, f"could not read {path}")
 
     # --- close ----------------------------------------------------------------------------------
+    async def open_network(self, phase: Phase, hosts: HostList) -> None:
+        raise NotImplementedError("the Daytona sandbox's network settings are not built yet")
+
     async def close(self) -> None:
         if self._closed:
             return

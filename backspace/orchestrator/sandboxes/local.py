@@ -38,6 +38,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from backspace.orchestrator.egress.gate import Gate, Phase
+from backspace.orchestrator.egress.hosts import HostList
+from backspace.orchestrator.environment.layer import Layer, LayerStore
 from backspace.orchestrator.errors import (
     SandboxError,
     SandboxLost,
@@ -119,6 +122,7 @@ def default_root(db_path: Path) -> Path:
 
 class LocalSandboxProvider:
     name = "local"
+    layers: LayerStore | None = None
 
     def __init__(
         self,
@@ -243,7 +247,9 @@ class LocalSandboxProvider:
             shutil.rmtree(probe, ignore_errors=True)
 
     # --- life cycle -----------------------------------------------------------------------------
-    async def create(self, run_id: str) -> LocalSandbox:
+    async def create(
+        self, run_id: str, *, layer: Layer | None = None, gate: Gate | None = None
+    ) -> LocalSandbox:
         usable, message = self.check()
         if not usable:
             raise SandboxUnavailable(message)
@@ -594,6 +600,10 @@ class LocalSandbox:
         _raise_for_file_op(code, path, err, "read")
         if size > max_bytes:
             raise SandboxError(f"{path} is larger than the {max_bytes}-byte limit")
+
+    # --- network --------------------------------------------------------------------------------
+    async def open_network(self, phase: Phase, hosts: HostList) -> None:
+        raise NotImplementedError("the local sandbox's network door is not built yet")
 
     # --- close ----------------------------------------------------------------------------------
     async def close(self) -> None:
