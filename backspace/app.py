@@ -16,6 +16,8 @@ from starlette.applications import Starlette
 from backspace.config import Settings, SettingsError
 from backspace.http.application import web_app
 from backspace.orchestrator.agent import AgentLimits, AnthropicModel, Model
+from backspace.orchestrator.egress.hosts import HostList
+from backspace.orchestrator.environment.policy import EnvironmentPolicy
 from backspace.orchestrator.githosts.base import GitHost
 from backspace.orchestrator.githosts.github import GitHubHost
 from backspace.orchestrator.githosts.local import LocalGitHost
@@ -160,7 +162,13 @@ def build_service(settings: Settings) -> Service:
                 max_output_chars=settings.max_output_chars,
             ),
             tool_mode=settings.tool_mode,
-            test_command=settings.test_command,
+            environment=EnvironmentPolicy(
+                egress_allow=HostList.from_setting(settings.egress_allow),
+                agent_network=settings.agent_network == "allowlist",
+                setup_timeout=settings.setup_timeout,
+                verify_timeout=settings.verify_timeout,
+                test_command=settings.test_command,
+            ),
             max_bundle_bytes=settings.max_bundle_mb * 1024 * 1024,
             policy=Policy(
                 max_files=settings.max_diff_files,

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from backspace.orchestrator.egress.hosts import HostList, HostListError
 from backspace.orchestrator.errors import SettingsError as SettingsError
 from backspace.orchestrator.protected_paths import DEFAULT_PROTECTED, parse_patterns
 
@@ -23,6 +24,14 @@ HOST_PATTERN = re.compile(
     r"\*|(\*\.)?[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*(:\d+)?|\[[0-9A-Fa-f:.]+\](:\d+)?"
 )
 """A BACKSPACE_ALLOWED_HOSTS entry: *, a name or address (optionally *.name), an optional port."""
+
+
+DEFAULT_EGRESS_ALLOW = (
+    "pypi.org,files.pythonhosted.org,registry.npmjs.org,registry.yarnpkg.com,"
+    "proxy.golang.org,sum.golang.org,index.crates.io,static.crates.io,crates.io,"
+    "rubygems.org,repo.maven.apache.org,repo1.maven.org"
+)
+"""BACKSPACE_EGRESS_ALLOW's default: the common package registries, and nothing else."""
 
 
 class Settings(BaseSettings):
@@ -98,6 +107,12 @@ class Settings(BaseSettings):
     max_output_chars: int = Field(16000, alias="BACKSPACE_MAX_OUTPUT_CHARS", ge=1000)
     test_command: str | None = Field(None, alias="BACKSPACE_TEST_COMMAND")
 
+    # --- repository environments (issue 14) ----------------------------------------------------
+    egress_allow: str = Field(DEFAULT_EGRESS_ALLOW, alias="BACKSPACE_EGRESS_ALLOW")
+    agent_network: Literal["off", "allowlist"] = Field("off", alias="BACKSPACE_AGENT_NETWORK")
+    setup_timeout: float = Field(600.0, alias="BACKSPACE_SETUP_TIMEOUT", gt=0)
+    verify_timeout: float = Field(600.0, alias="BACKSPACE_VERIFY_TIMEOUT", gt=0)
+
     # --- git hosts and publishing --------------------------------------------------------------
     local_repos: Path | None = Field(None, alias="BACKSPACE_LOCAL_REPOS")
     max_diff_files: int = Field(200, alias="BACKSPACE_MAX_DIFF_FILES", ge=1)
@@ -131,6 +146,15 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "json", "text"] = Field("auto", alias="BACKSPACE_LOG_FORMAT")
     host: str = Field("127.0.0.1", alias="HOST", min_length=1)
     port: int = Field(8000, alias="PORT", ge=0, le=65535)
+
+    @field_validator("egress_allow")
+    @classmethod
+    def _egress_hosts(cls, value: str) -> str:
+        try:
+            HostList.from_setting(value)
+        except HostListError as exc:
+            raise ValueError(f"{exc}; list host names or *.wildcards, comma-separated") from None
+        return value
 
     @field_validator("protected_paths")
     @classmethod

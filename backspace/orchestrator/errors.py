@@ -73,12 +73,15 @@ class RunFailure(BackspaceError):
 
     codes = frozenset(
         {
+            "bad_repo_file",
             "clone_failed",
             "cost_limit",
             "interrupted",
             "model_not_configured",
             "model_refusal",
             "secret_in_diff",
+            "setup_failed",
+            "setup_timed_out",
             "timeout",
             "tree_changed",
             "turn_limit",

@@ -9,6 +9,7 @@ shielded `finally`, whatever happens, cancellation included.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import shlex
 import shutil
@@ -19,9 +20,19 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from backspace.orchestrator.agent import Agent, AgentLimits, AgentResult, Model, prompts
+from backspace.orchestrator.egress.gate import BlockedAttempt, Gate, Phase
+from backspace.orchestrator.environment.policy import EnvironmentPolicy
+from backspace.orchestrator.environment.receipt import blocked_section, hint
+from backspace.orchestrator.environment.setup import EnvironmentPlan, Prepared, Setup
+from backspace.orchestrator.environment.verification import Verification
 from backspace.orchestrator.errors import PolicyError, RunFailure
 from backspace.orchestrator.events import EventType, RunStatus, Stage
-from backspace.orchestrator.githosts.base import GitHost, PullRequestDraft, ResolvedRepo
+from backspace.orchestrator.githosts.base import (
+    BaseBundle,
+    GitHost,
+    PullRequestDraft,
+    ResolvedRepo,
+)
 from backspace.orchestrator.publish import (
     Change,
     Identity,
@@ -29,7 +40,6 @@ from backspace.orchestrator.publish import (
     commit_in_sandbox,
     find_secrets,
     import_change,
-    tree_in_sandbox,
 )
 from backspace.orchestrator.pull_request import (
     branch_name,
@@ -55,7 +65,7 @@ class PipelineSettings:
     identity: Identity
     limits: AgentLimits
     tool_mode: str = "builtin"
-    test_command: str | None = None
+    environment: EnvironmentPolicy = field(default_factory=EnvironmentPolicy)
     max_bundle_bytes: int = 50 * 1024 * 1024
     policy: Policy = field(default_factory=Policy)
     draft: bool = True
@@ -76,6 +86,8 @@ class Pipeline:
         self.model_factory = model_factory
         self.settings = settings
         self.redactor = redactor
+        self.setup = Setup(sandboxes, settings.environment)
+        self.verification = Verification(sandboxes, self.setup)
 
     async def run(self, ctx: RunContext) -> Outcome:
         host = self.hosts[ctx.request.repo.host]
@@ -83,22 +95,35 @@ class Pipeline:
         # Fails at once when no model is configured. On a worker thread: the first call imports
         # the model SDK (about a second), which must not stop the event loop.
         model = await asyncio.to_thread(self.model_factory)
-        sandbox = await self.sandboxes.create(ctx.run_id)
         # The scratch directory holds bundles of the whole repository: made and removed on a
         # worker thread, so a big one never stops the event loop.
-        scratch: Path | None = None
+        scratch = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="backspace-run-"))
         try:
-            scratch = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="backspace-run-"))
-            return await self._stages(ctx, host, model, sandbox, scratch)
+            async with contextlib.AsyncExitStack() as sandboxes:
+                return await self._stages(ctx, host, model, scratch, sandboxes)
         finally:
-            await asyncio.shield(_remove_both(sandbox, scratch))
+            await asyncio.shield(asyncio.to_thread(shutil.rmtree, scratch, True))
 
     async def _stages(
-        self, ctx: RunContext, host: GitHost, model: Model, sandbox: Sandbox, scratch: Path
+        self,
+        ctx: RunContext,
+        host: GitHost,
+        model: Model,
+        scratch: Path,
+        sandboxes: contextlib.AsyncExitStack,
     ) -> Outcome:
         request = ctx.request
-        ctx.progress(Stage.CLONING, f"Getting {request.repo.name} into the sandbox")
         repo = await host.resolve(request.repo, request.base_branch)
+        # The repository's .backspace.toml and its cache key are read on the host, from the base
+        # commit, so that the sandbox starts from its cached environment at once.
+        git_dir = await host.prepare(repo, scratch)
+        plan = await self.setup.plan(ctx, git_dir, repo)
+        blocked = BlockedReporter(ctx)
+        gate = Gate(blocked)
+        sandbox = await self.sandboxes.create(ctx.run_id, layer=plan.layer, gate=gate)
+        sandboxes.push_async_callback(_close, sandbox)
+
+        ctx.progress(Stage.CLONING, f"Getting {request.repo.name} into the sandbox")
         ctx.emit(
             EventType.PROGRESS,
             {
@@ -107,12 +132,13 @@ class Pipeline:
                 "percentage": Stage.CLONING.percentage,
             },
         )
-        start = await self._clone(
-            host, repo, sandbox, scratch, bundle_path(sandbox, ctx.run_id, "base")
-        )
+        base = await host.bundle_base(repo, scratch)
+        start = await self._clone(base, repo, sandbox, bundle_path(sandbox, ctx.run_id, "base"))
+        prepared = await self.setup.prepare(ctx, sandbox, plan, start)
 
         ctx.progress(Stage.AGENT, "The agent is working")
-        result = await self._agent(ctx, model, sandbox, repo)
+        await sandbox.open_network(Phase.AGENT, plan.network.agent)
+        result = await self._agent(ctx, model, sandbox, repo, plan, prepared)
 
         ctx.progress(Stage.VALIDATING, "Checking the change")
         # What people see (title, branch, body) never carries a secret, even one in the prompt.
@@ -130,10 +156,10 @@ class Pipeline:
         own_host = urlsplit(repo.web_url).hostname if repo.web_url else None
         title = self.redactor.text(title_for(shown.title, shown_prompt, own_host))
         message = commit_message(title, ctx.run_id, request.co_author)
-        # The change is taken (committed, brought to the host) before the test command runs,
-        # and the test command runs on exactly that tree: what was tested is what is published.
         out_bundle = bundle_path(sandbox, ctx.run_id, "out")
-        change = await self._take_change(sandbox, host, repo, start, scratch, message, out_bundle)
+        change = await self._take_change(
+            sandbox, git_dir, start, repo, scratch, message, out_bundle, prepared
+        )
         if change is None:
             if result.outcome in ("turn_limit", "cost_limit"):
                 raise RunFailure(
@@ -147,11 +173,27 @@ class Pipeline:
                 "secret_in_diff",
                 "The change was not published: it contains " + "; ".join(sorted(set(leaked))) + ".",
             )
-        tests = await self._run_tests(ctx, sandbox, change.tree, out_bundle)
+        # The agent's sandbox is done with: verification runs in another, on the published tree.
+        await sandboxes.aclose()
+        receipt = None
+        if plan.verify:
+            receipt = await self.verification.run(
+                ctx,
+                plan=plan,
+                prepared=prepared,
+                base=base,
+                change_bundle=scratch / "out.bundle",
+                tree=change.tree,
+                gate=Gate(blocked),
+            )
+            ctx.emit(
+                EventType.VERIFICATION,
+                receipt.to_event(draft=self.settings.draft or not receipt.passed),
+            )
 
         branch = branch_name(shown_prompt, ctx.run_id)
         ctx.progress(Stage.PUSHING, f"Pushing branch {branch}")
-        await host.push(repo, scratch / "host.git", change.head_sha, branch)
+        await host.push(repo, git_dir, change.head_sha, branch)
 
         ctx.progress(Stage.PR, "Opening the pull request")
         draft = PullRequestDraft(
@@ -163,7 +205,10 @@ class Pipeline:
                     requester=request.requester,
                     result=shown,
                     change=change,
-                    tests=tests,
+                    tests=receipt.markdown(cost_usd=result.usage.cost_usd, keep_host=own_host)
+                    if receipt
+                    else None,
+                    environment=environment_section(plan, prepared, blocked.attempts, own_host),
                     run_url=ctx.run_url,
                     run_id=ctx.run_id,
                     keep_host=own_host,
@@ -175,7 +220,9 @@ class Pipeline:
             additions=change.additions,
             deletions=change.deletions,
             diff=change.diff,
-            draft=self.settings.draft or result.outcome != "finished",
+            draft=self.settings.draft
+            or result.outcome != "finished"
+            or (receipt is not None and not receipt.passed),
         )
         pr = await host.open_pull_request(repo, draft)
         ctx.emit(
@@ -190,19 +237,26 @@ class Pipeline:
                 "draft": pr.draft,
             },
         )
-        return Outcome(RunStatus.SUCCEEDED, f"Opened {pr.url}", pr_url=pr.url)
+        verdict = ""
+        if receipt is not None and not receipt.passed:
+            verdict = " as a draft: verification failed"
+        return Outcome(RunStatus.SUCCEEDED, f"Opened {pr.url}{verdict}", pr_url=pr.url)
 
     async def _clone(
-        self, host: GitHost, repo: ResolvedRepo, sandbox: Sandbox, scratch: Path, remote: str
+        self, bundle: BaseBundle, repo: ResolvedRepo, sandbox: Sandbox, remote: str
     ) -> str:
-        """Check the base out in the sandbox from a bundle; return the commit it starts at."""
-        bundle = await host.bundle_base(repo, scratch)
+        """Check the base out in the sandbox from a bundle; return the commit it starts at.
+
+        A sandbox made from a cached environment already has a repository (of the commit setup
+        ran on): the base is fetched into it and checked out over it; the environment's
+        untracked files stay."""
         await sandbox.upload(bundle.path, remote)
         q = shlex.quote
         result = await sandbox.exec(
             f"git init --quiet -b {q(repo.base_branch)} . "
-            f"&& git fetch --quiet --no-tags --update-head-ok {q(remote)} {q(bundle.ref)}:refs/heads/{q(repo.base_branch)} "
-            f"&& git reset --quiet --hard && rm -f {q(remote)} "
+            f"&& git fetch --quiet --no-tags {q(remote)} {q(bundle.ref)} "
+            f"&& git -c core.hooksPath=/dev/null checkout --quiet --force -B {q(repo.base_branch)} FETCH_HEAD "
+            f"&& rm -f {q(remote)} "
             f'&& test "$(git rev-parse HEAD)" = {q(bundle.sha)}',
             timeout=600,
             max_output=4000,
@@ -216,10 +270,28 @@ class Pipeline:
         return bundle.sha
 
     async def _agent(
-        self, ctx: RunContext, model: Model, sandbox: Sandbox, repo: ResolvedRepo
+        self,
+        ctx: RunContext,
+        model: Model,
+        sandbox: Sandbox,
+        repo: ResolvedRepo,
+        plan: EnvironmentPlan,
+        prepared: Prepared,
     ) -> AgentResult:
         limits = AgentLimits(**{**self.settings.limits.__dict__, "deadline": ctx.deadline})
-        agent = Agent(model, sandbox, ctx.emit, limits, tool_mode=self.settings.tool_mode)  # type: ignore[arg-type]
+        agent = Agent(
+            model,
+            sandbox,
+            ctx.emit,
+            limits,
+            tool_mode=self.settings.tool_mode,  # type: ignore[arg-type]
+            environment=prompts.environment_note(
+                setup=prepared.ran,
+                cached=prepared.layer is not None and prepared.description.startswith("cached"),
+                agent_hosts=list(plan.network.agent),
+                verify=list(plan.verify),
+            ),
+        )
         context, tree = await _repository_context(sandbox)
         first = prompts.first_message(
             # A secret pasted into the request never reaches the model, and so the sandbox.
@@ -243,63 +315,25 @@ class Pipeline:
             )
         return result
 
-    async def _run_tests(
-        self, ctx: RunContext, sandbox: Sandbox, tree: str, bundle: str
-    ) -> str | None:
-        """Run the test command on the work tree, which must be the published tree `tree`."""
-        command = self.settings.test_command
-        if not command:
-            return None
-        if await tree_in_sandbox(sandbox, bundle) != tree:
-            raise RunFailure(
-                "tree_changed",
-                "the work tree changed after the change was taken, so the test command would "
-                "not run on what is published; nothing was published",
-            )
-        ctx.emit(
-            EventType.PROGRESS,
-            {
-                "stage": str(Stage.VALIDATING),
-                "message": f"Running {command}",
-                "percentage": Stage.VALIDATING.percentage,
-            },
-        )
-        result = await sandbox.exec(
-            command,
-            timeout=self.settings.limits.command_timeout * 5,
-            max_output=self.settings.limits.max_output_chars,
-        )
-        ctx.emit(
-            EventType.TOOL_BASH,
-            {
-                "command": command,
-                "output": result.output[-8000:],
-                "exit_code": result.exit_code,
-                "duration_ms": result.duration_ms,
-            },
-        )
-        verdict = "passed" if result.exit_code == 0 else f"failed (exit {result.exit_code})"
-        if await tree_in_sandbox(sandbox, bundle) != tree:
-            verdict += "; it changed the work tree, and what it changed is not published"
-        return f"`{command}` {verdict}"
-
     async def _take_change(
         self,
         sandbox: Sandbox,
-        host: GitHost,
-        repo: ResolvedRepo,
+        git_dir: Path,
         start: str,
+        repo: ResolvedRepo,
         scratch: Path,
         message: str,
         remote: str,
+        prepared: Prepared,
     ) -> Change | None:
         identity = self.settings.identity
-        tree = await commit_in_sandbox(sandbox, start, identity, message, remote)
+        tree = await commit_in_sandbox(
+            sandbox, start, identity, message, remote, exclude=prepared.environment_paths
+        )
         if tree is None:
             return None
         bundle = scratch / "out.bundle"
         await sandbox.download(remote, bundle, max_bytes=self.settings.max_bundle_bytes)
-        git_dir = await host.prepare(repo, scratch)
         change = await import_change(
             git_dir,
             bundle,
@@ -339,9 +373,55 @@ async def _repository_context(sandbox: Sandbox) -> tuple[dict[str, str], str]:
     return context, tree
 
 
-async def _remove_both(sandbox: Sandbox, scratch: Path | None) -> None:
-    try:
-        await sandbox.close()
-    finally:
-        if scratch is not None:
-            await asyncio.to_thread(shutil.rmtree, scratch, True)
+async def _close(sandbox: Sandbox) -> None:
+    await asyncio.shield(sandbox.close())
+
+
+class BlockedReporter:
+    """Turns a run's refused network attempts into `network_blocked` events (the first
+    MAX_BLOCKED_EVENTS of them: a loop retrying a closed door must not flood the run)."""
+
+    def __init__(self, ctx: RunContext) -> None:
+        self.ctx = ctx
+        self.attempts: list[BlockedAttempt] = []
+
+    def __call__(self, attempt: BlockedAttempt) -> None:
+        self.attempts.append(attempt)
+        if len(self.attempts) > MAX_BLOCKED_EVENTS:
+            return
+        self.ctx.emit(
+            EventType.NETWORK_BLOCKED,
+            {
+                "host": attempt.host,
+                "port": attempt.port,
+                "phase": str(attempt.phase),
+                "command": attempt.command,
+                "reason": attempt.reason,
+                "hint": hint(attempt),
+            },
+        )
+
+
+MAX_BLOCKED_EVENTS = 50
+
+
+def environment_section(
+    plan: EnvironmentPlan,
+    prepared: Prepared,
+    blocked: list[BlockedAttempt],
+    keep_host: str | None,
+) -> str | None:
+    """The PR body's note on the environment: the starter file, or what setup did, and the
+    network attempts refused during setup and the agent's work."""
+    if plan.starter is not None and not blocked:
+        return plan.starter
+    lines = []
+    if plan.starter is not None:
+        lines.append(plan.starter)
+    elif plan.repo.setup is not None:
+        lines += ["## Environment", "", f"Set up from `.backspace.toml`: {prepared.description}."]
+    lines += [*plan.network.notices()]
+    shown = [b for b in blocked if b.phase is not Phase.VERIFY]
+    if shown:
+        lines += ["", blocked_section(shown, keep_host)]
+    return "\n".join(lines) if lines else None

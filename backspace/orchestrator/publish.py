@@ -82,13 +82,22 @@ g() {{
 
 
 async def commit_in_sandbox(
-    sandbox: Sandbox, start: str, identity: Identity, message: str, bundle: str
+    sandbox: Sandbox,
+    start: str,
+    identity: Identity,
+    message: str,
+    bundle: str,
+    *,
+    exclude: tuple[str, ...] = (),
 ) -> str | None:
     """Commit the work tree with backspace's own git directory; bundle `start..` it to `bundle`.
 
-    The tree id of the commit, or None when the work tree is the start commit's tree.
+    `exclude` are the environment's paths (what setup wrote): they stay as in `start`, whatever
+    the work tree or its .gitignore says. The tree id of the commit, or None when the work tree
+    is the start commit's tree.
     """
     q = shlex.quote
+    pathspecs = " ".join(q(f":(top,literal,exclude){path}") for path in exclude)
     git_dir = owned_git_dir(bundle)
     no_conversion = "* -text -eol -crlf -filter -ident -working-tree-encoding -export-subst"
     script = f"""
@@ -101,7 +110,7 @@ printf '%s\n' "$PWD/.git/objects" > {q(git_dir)}/objects/info/alternates
 printf '%s\n' {q(no_conversion)} > {q(git_dir)}/info/attributes
 {_owned_git(git_dir)}
 g read-tree {q(start)}
-g add --all
+g add --all -- . {pathspecs}
 tree=$(g write-tree)
 if [ "$tree" = "$(g rev-parse {q(start + "^{tree}")})" ]; then
   echo BACKSPACE_NO_CHANGES; exit 0

@@ -87,10 +87,14 @@ def render_body(
     change: Change,
     tests: str | None,
     run_url: str,
+    environment: str | None = None,
     run_id: str,
     keep_host: str | None = None,
 ) -> str:
-    """The body; `keep_host` is the one host the untrusted parts may link to (as text)."""
+    """The body; `keep_host` is the one host the untrusted parts may link to (as text).
+
+    `tests` is the verification receipt's section and `environment` the note on setup and
+    refused network attempts, both already made inert by environment/receipt.py."""
     parts: list[str] = []
     summary = sanitise((result.body or "").strip(), keep_host)
     parts.append(summary or "_The agent did not write a summary._")
@@ -111,9 +115,16 @@ def render_body(
     agent_tests = " ".join(sanitise(result.tests or "", keep_host).split())
     test_lines = [f"- Agent: {agent_tests}" if agent_tests else "- Agent: did not report tests"]
     test_lines.append(
-        f"- backspace: {tests}" if tests else "- backspace: no test command is configured"
+        "- backspace: verified the published tree itself, see Verification below"
+        if tests
+        else "- backspace: nothing to verify with: add `[verify] run` to `.backspace.toml` "
+        "(or set BACKSPACE_TEST_COMMAND on the server)"
     )
     parts.append("## Tests\n\n" + "\n".join(test_lines))
+    if tests:
+        parts.append(tests)
+    if environment:
+        parts.append(environment)
     usage = result.usage
     parts.append(
         f"---\nOpened by [backspace run {run_id[:8]}]({run_url}) · {result.turns} model turns · "

@@ -58,6 +58,7 @@ class Agent:
         emit: Emit,
         limits: AgentLimits,
         tool_mode: Literal["builtin", "schema"] = "builtin",
+        environment: str = "",
     ) -> None:
         self.model = model
         self.emit = emit
@@ -74,6 +75,7 @@ class Agent:
                     workdir=sandbox.workdir,
                     command_timeout=limits.command_timeout,
                     max_output=limits.max_output_chars,
+                    environment=environment,
                 ),
                 "cache_control": {"type": "ephemeral"},
             }

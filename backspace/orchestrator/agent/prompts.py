@@ -11,8 +11,8 @@ note them in the pull request body.
 
 Environment
 - The repository is checked out at {workdir} at the head of its base branch.
-- The `bash` tool runs each command in a fresh bash process in a sandbox without network \
-access. The working directory persists between calls; exported variables do not. Commands \
+- The `bash` tool runs each command in a fresh bash process in a sandbox. The working \
+directory persists between calls; exported variables do not. Commands \
 are killed after {command_timeout:g} seconds; their output is cut to about \
 {max_output} characters (head and tail kept), so narrow it with grep, head or tail.
 - Never run interactive programs (editors, pagers, `git rebase -i`, REPLs); use \
@@ -38,10 +38,50 @@ README_LIMIT = 3000
 TREE_LIMIT = 4000
 
 
-def system_prompt(*, workdir: str, command_timeout: float, max_output: int) -> str:
-    return SYSTEM_PROMPT.format(
+def system_prompt(
+    *, workdir: str, command_timeout: float, max_output: int, environment: str = ""
+) -> str:
+    prompt = SYSTEM_PROMPT.format(
         workdir=workdir, command_timeout=command_timeout, max_output=max_output
     )
+    return prompt + "\n\n" + (environment or environment_note())
+
+
+def environment_note(
+    *,
+    setup: str | None = None,
+    cached: bool = False,
+    agent_hosts: list[str] | None = None,
+    verify: list[str] | None = None,
+) -> str:
+    """What the agent must know about its sandbox's environment, so that it neither loops on
+    `pip install` against a closed network nor guesses how its work will be checked."""
+    lines = ["Your environment"]
+    if setup:
+        how = "restored from a cache, then " if cached else ""
+        lines.append(
+            f"- The repository's setup already ran ({how}`{setup}`): its dependencies are "
+            "installed. What setup wrote is never part of your change."
+        )
+    else:
+        lines.append("- No setup ran: only what the sandbox's base system provides is installed.")
+    if agent_hosts:
+        lines.append(
+            "- Network: only these hosts, through the HTTP(S) proxy already set in the "
+            f"environment: {', '.join(agent_hosts)}. Anything else is refused and reported."
+        )
+    else:
+        lines.append(
+            "- Network: none. Installing packages or fetching anything will fail; do not retry. "
+            "If something is missing, say so in the pull request body."
+        )
+    if verify:
+        lines.append(
+            "- After you finish, backspace runs these commands itself on your change, in a fresh "
+            "copy of the environment: " + "; ".join(f"`{v}`" for v in verify) + ". Run them "
+            "yourself before finishing."
+        )
+    return "\n".join(lines)
 
 
 def first_message(

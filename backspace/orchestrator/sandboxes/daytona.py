@@ -374,7 +374,8 @@ class DaytonaSandbox:
 
     # --- close ----------------------------------------------------------------------------------
     async def open_network(self, phase: Phase, hosts: HostList) -> None:
-        raise NotImplementedError("the Daytona sandbox's network settings are not built yet")
+        if hosts:  # closed is how every sandbox starts: nothing to do for an empty list
+            raise NotImplementedError("the Daytona sandbox's network settings are not built yet")
 
     async def close(self) -> None:
         if self._closed:
