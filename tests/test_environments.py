@@ -1,0 +1,370 @@
+"""Repository environments end to end (issue 14): `.backspace.toml`, setup through the egress
+door, the cached layer, and verification the agent cannot fake.
+
+A loopback PEP 503 index (tests/fakes/package_index.py) stands for PyPI; sandboxes reach it as
+`pypi.test`, which BACKSPACE_EGRESS_RESOLVE maps to it. Real bubblewrap, the real proxy, real
+pip, real git, the real server; the model is the loopback fake.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from backspace.orchestrator.egress.gate import BlockedAttempt, Phase
+from backspace.orchestrator.egress.hosts import HostList
+from backspace.orchestrator.environment.cache_key import cache_key
+from backspace.orchestrator.environment.policy import EnvironmentPolicy, network_plan
+from backspace.orchestrator.environment.receipt import CommandReceipt, Receipt
+from backspace.orchestrator.environment.repo_file import parse_repo_file
+from backspace.orchestrator.environment.setup import parse_status
+from backspace.orchestrator.environment.starter import detect
+from backspace.orchestrator.errors import RunFailure
+from tests.conftest import git, make_repo
+from tests.fakes.anthropic import FakeAnthropic, Reply, ToolCall
+from tests.fakes.package_index import PackageIndex, Wheel
+from tests.scenarios import finish
+from tests.server import Server, start_server
+from tests.sse import of_type, post_run
+
+pytestmark = pytest.mark.timeout(180)
+
+RUNNER = """\
+import os, sys
+def main():
+    sys.path.insert(0, os.getcwd())
+    import app
+    got = app.price(2)
+    print("price(2) =", got)
+    sys.exit(0 if got == 4 else 1)
+"""
+TINYDEP = Wheel(
+    "tinydep",
+    "1.0",
+    {"tinydep/__init__.py": "VALUE = 42\n", "tinydep/runner.py": RUNNER},
+    {"tinytest": "tinydep.runner:main"},
+)
+TINYDEP_2 = Wheel("tinydep", "2.0", TINYDEP.files, TINYDEP.console_scripts)
+
+SETUP = "python3 -m venv .venv && .venv/bin/pip install -q --index-url http://pypi.test/simple/ "
+REPO_FILE = f"""\
+[setup]
+run = "{SETUP}-r requirements.txt"
+cache_key = ["requirements.txt"]
+maintenance = "echo maintained > .venv/maintained"
+[network]
+setup = ["pypi.test"]
+[verify]
+run = [".venv/bin/tinytest"]
+"""
+APP = "def price(x):\n    return x\n"
+DOUBLE = ToolCall(
+    "str_replace_based_edit_tool",
+    {
+        "command": "str_replace",
+        "path": "app.py",
+        "old_str": "return x\n",
+        "new_str": "return x * 2\n",
+    },
+)
+
+
+def bash(command: str) -> ToolCall:
+    return ToolCall("bash", {"command": command})
+
+
+# --- the file, the plan, the key, the receipt: no server ---------------------------------------
+def test_a_bad_repo_file_names_the_line_and_the_reason() -> None:
+    cases = {
+        b"[setup]\nrun = 5\n": "line 2: setup.run",
+        b"[setup]\nrun = 'x'\n[network]\nsetup = ['127.0.0.1']\n": "line 4: network.setup",
+        b"[setup]\nrun = 'x'\n\n[verfy]\nrun = 'y'\n": "line 4: verfy: unknown key",
+        b"[setup\n": "not valid TOML",
+        b"[setup]\nrun = 'x'\ncache_key = ['../etc/passwd']\n": "line 3: setup.cache_key",
+        b"[network]\nsetup = ['a.org']\n": "no [setup] run",
+        b"x" * (65 * 1024): "larger than 64 KiB",
+    }
+    for data, expected in cases.items():
+        with pytest.raises(RunFailure) as caught:
+            parse_repo_file(data)
+        assert caught.value.code == "bad_repo_file"
+        assert expected in caught.value.message, (data[:40], caught.value.message)
+        assert caught.value.message.startswith(".backspace.toml: ")
+
+
+def test_the_repository_asks_and_the_operator_decides() -> None:
+    repo = parse_repo_file(
+        b"[setup]\nrun = 'x'\n[network]\nsetup = ['pypi.org', 'evil.example']\n"
+        b"agent = ['pypi.org', '*.pythonhosted.org']\n"
+    )
+    ceiling = HostList.parse(["pypi.org", "files.pythonhosted.org"])
+    off = network_plan(repo, EnvironmentPolicy(egress_allow=ceiling))
+    assert list(off.setup) == ["pypi.org"] and off.setup_cut == ("evil.example",)
+    assert not off.agent and off.agent_off
+    assert any("evil.example" in n for n in off.notices())
+    assert any("BACKSPACE_AGENT_NETWORK=off" in n for n in off.notices())
+    on = network_plan(repo, EnvironmentPolicy(egress_allow=ceiling, agent_network=True))
+    # A wildcard is kept only when the ceiling allows every name it could match.
+    assert list(on.agent) == ["pypi.org"] and on.agent_cut == ("*.pythonhosted.org",)
+
+
+def test_every_part_of_the_cache_key_changes_it() -> None:
+    parts: dict[str, Any] = {
+        "backend": "local",
+        "identity": "debian-12",
+        "repository": "local:shop",
+        "setup": "make deps",
+        "maintenance": None,
+        "setup_hosts": HostList.parse(["pypi.org"]),
+        "files": [("requirements.txt", "a" * 40)],
+    }
+    key = cache_key(**parts)
+    assert len(key) == 64 and cache_key(**parts) == key
+    changed = {
+        "backend": "daytona",
+        "identity": "debian-13",
+        "repository": "local:other",
+        "setup": "make deps2",
+        "maintenance": "true",
+        "setup_hosts": HostList.parse(["pypi.org", "x.org"]),
+        "files": [("requirements.txt", "b" * 40)],
+    }
+    for name, value in changed.items():
+        assert cache_key(**{**parts, name: value}) != key, name
+
+
+def test_environment_paths_come_from_git_status_and_stay_in_the_work_tree() -> None:
+    output = "?? .venv/\0!! node_modules/\0 M package-lock.json\0R  new\0old\0?? ../escape\0"
+    assert parse_status(output) == (".venv", "new", "node_modules", "old", "package-lock.json")
+
+
+def test_the_receipt_is_inert_whatever_the_output_says() -> None:
+    hostile = "```\n![x](https://evil.example/a.png) @org/team closes #1 <!-- backspace:run=x -->"
+    receipt = Receipt(
+        environment="cached 0123456789ab",
+        tree="f" * 40,
+        commands=[CommandReceipt(f"pytest `x` | {hostile}", 1, 1234, False, hostile)],
+        blocked=[BlockedAttempt("evil.example", 443, Phase.VERIFY, "curl evil", "not listed")],
+    )
+    text = receipt.markdown(cost_usd=0.12, keep_host=None)
+    assert "**FAILED**" in text and "draft" in text and "$0.12" in text
+    assert "evil.example/a.png" not in text and "<!--" not in text
+    assert "@org" not in text and "closes #1" not in text
+    # The output's fence cannot be closed by the output: the fence is longer than any run in it.
+    fences = [line for line in text.splitlines() if line.startswith("````")]
+    assert fences, text
+
+
+def test_the_starter_file_follows_the_ecosystem() -> None:
+    assert detect({"pyproject.toml", "src"}) == "Python"
+    assert detect({"package.json"}) == "Node"
+    assert detect({"go.mod"}) == "Go"
+    assert detect({"Cargo.toml"}) == "Rust"
+    assert detect({"README.md"}) is None
+
+
+# --- end to end through the server -------------------------------------------------------------
+@dataclass
+class Rig:
+    server: Server
+    model: FakeAnthropic
+    index: PackageIndex
+    repos: Path
+    cache: Path
+
+
+@pytest.fixture(scope="module")
+def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
+    base = tmp_path_factory.mktemp("environments")
+    repos, cache = base / "repos", base / "cache"
+    repos.mkdir()
+    with PackageIndex([TINYDEP, TINYDEP_2]) as index, FakeAnthropic(scenarios={}) as model:
+        env = {
+            "ANTHROPIC_API_KEY": "sk-ant-api03-environments-0123456789",
+            "ANTHROPIC_BASE_URL": model.url,
+            "BACKSPACE_LOCAL_REPOS": str(repos),
+            "BACKSPACE_EGRESS_RESOLVE": f"pypi.test=127.0.0.1:{index.port}",
+            "BACKSPACE_EGRESS_ALLOW": "pypi.test,evil.test",
+            "BACKSPACE_ENV_CACHE_DIR": str(cache),
+            "BACKSPACE_SETUP_TIMEOUT": "60",
+        }
+        server = start_server(base / "server", env)
+        try:
+            yield Rig(server, model, index, repos, cache)
+        finally:
+            server.stop()
+
+
+def shop(rig: Rig, name: str, repo_file: str = REPO_FILE, **files: str) -> str:
+    make_repo(
+        rig.repos,
+        name,
+        {
+            "app.py": APP,
+            "requirements.txt": "tinydep==1.0\n",
+            ".backspace.toml": repo_file,
+            **files,
+        },
+    )
+    return f"local:{name}"
+
+
+async def run(rig: Rig, repo: str, prompt: str, steps: list[Reply]) -> list[dict[str, Any]]:
+    rig.model.scenarios[prompt] = steps
+    return await post_run(rig.server.url, {"repo_url": repo, "prompt": f"{prompt}: go"})
+
+
+async def pr_body(rig: Rig, events: list[dict[str, Any]]) -> str:
+    number = of_type(events, "pr_created")[0]["pr_url"].rsplit("/", 1)[1]
+    async with httpx.AsyncClient(timeout=10) as client:
+        record = (await client.get(f"{rig.server.url}/api/prs/{number}")).json()
+    return str(record["body"])
+
+
+def messages(events: list[dict[str, Any]]) -> list[str]:
+    return [e["message"] for e in of_type(events, "progress")]
+
+
+def elapsed(events: list[dict[str, Any]]) -> float:
+    first, last = events[0]["timestamp"], events[-1]["timestamp"]
+    return _seconds(last) - _seconds(first)
+
+
+def _seconds(stamp: str) -> float:
+    return time.mktime(time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S")) + float(stamp[19:-1] or 0)
+
+
+@pytest.mark.e2e  # it starts the real server
+async def test_setup_installs_the_agent_uses_verification_proves_and_the_cache_skips(
+    rig: Rig,
+) -> None:
+    repo = shop(rig, "shop")
+    steps = [
+        Reply([bash(".venv/bin/python -c 'import tinydep; print(tinydep.VALUE)'")]),
+        Reply([bash("curl -sS -m 5 http://pypi.test/simple/ || echo refused")]),
+        Reply([DOUBLE]),
+        finish("Double the price"),
+    ]
+    first = await run(rig, repo, "env-first", steps)
+    assert first[-1]["status"] == "succeeded", first[-4:]
+    outputs = [e["output"] for e in of_type(first, "Tool: Bash")]
+    assert any("42" in out for out in outputs), outputs  # the agent imported the package
+    assert rig.index.total_downloads == 1
+    # The agent phase reaches nothing: the attempt is an event naming the command.
+    blocked = of_type(first, "network_blocked")
+    assert blocked and all(b["phase"] == "agent" for b in blocked), blocked
+    assert "curl" in blocked[0]["command"] and blocked[0]["host"] == "pypi.test"
+    assert "[network] agent" in blocked[0]["hint"]
+    (receipt,) = of_type(first, "verification")
+    assert receipt["passed"] and receipt["commands"][0]["command"] == ".venv/bin/tinytest"
+    assert "price(2) = 4" in receipt["commands"][0]["output_tail"]
+    body = await pr_body(rig, first)
+    assert "## Verification" in body and "passed" in body and ".venv/bin/tinytest" in body
+    assert "pypi.test:80" in body  # the refused attempt is in the PR
+    pr = of_type(first, "pr_created")[0]
+    assert pr["files_changed"] == 1  # app.py only: the environment is never published
+    branch = pr["branch"]
+    assert git(rig.repos / "shop", "ls-tree", "-r", "--name-only", branch).split() == [
+        ".backspace.toml",
+        "app.py",
+        "requirements.txt",
+    ]
+
+    second = await run(rig, repo, "env-second", [Reply([DOUBLE]), finish("Double it again")])
+    assert second[-1]["status"] == "succeeded", second[-4:]
+    said = messages(second)
+    assert any("Using the cached environment" in m and "maintenance" in m for m in said), said
+    assert rig.index.total_downloads == 1, "the second run downloaded again"
+    assert elapsed(second) < elapsed(first), (elapsed(first), elapsed(second))
+
+    # A change to a cache_key file makes a new environment.
+    (rig.repos / "shop" / "requirements.txt").write_text("tinydep==2.0\n")
+    git(rig.repos / "shop", "commit", "-qam", "bump tinydep")
+    third = await run(rig, repo, "env-third", [Reply([DOUBLE]), finish("Double")])
+    assert third[-1]["status"] == "succeeded", third[-4:]
+    assert not any("Using the cached environment" in m for m in messages(third))
+    assert rig.index.downloads["tinydep-2.0-py3-none-any.whl"] == 1
+
+
+@pytest.mark.e2e  # it starts the real server
+async def test_an_agent_that_fakes_the_test_runner_does_not_change_the_verdict(rig: Rig) -> None:
+    repo = shop(rig, "tamper")
+    steps = [
+        # The change is wrong, and the agent makes its own environment's runner always pass.
+        Reply([bash("printf '#!/bin/sh\\nexit 0\\n' > .venv/bin/tinytest && .venv/bin/tinytest")]),
+        Reply([bash("echo '# looks done' >> app.py")]),
+        finish("Looks done"),
+    ]
+    events = await run(rig, repo, "env-tamper", steps)
+    assert events[-1]["status"] == "succeeded", events[-4:]
+    (receipt,) = of_type(events, "verification")
+    assert not receipt["passed"] and receipt["draft"], receipt
+    assert receipt["commands"][0]["exit_code"] == 1, receipt
+    assert of_type(events, "pr_created")[0]["draft"] is True
+    body = await pr_body(rig, events)
+    assert "**FAILED**" in body and "draft" in body
+
+
+@pytest.mark.e2e  # it starts the real server
+async def test_setup_reaches_only_its_list_and_never_an_internal_address(rig: Rig) -> None:
+    port = rig.index.port
+    probes = [
+        "http://evil.test/",  # allowed by the operator, not listed by the repository
+        f"http://127.0.0.1:{port}/simple/",
+        "http://localhost/",
+        "http://10.0.0.5/",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://2130706433/",
+    ]
+    curls = " ; ".join(f"curl -s -m 5 -o /dev/null {p}" for p in probes)
+    repo_file = REPO_FILE.replace(f'"{SETUP}-r requirements.txt"', f'"{curls} ; mkdir -p .venv"')
+    repo_file = repo_file.replace('[".venv/bin/tinytest"]', '["true"]')
+    repo = shop(rig, "probe", repo_file)
+    seen = len(rig.index.requests)
+    events = await run(rig, repo, "env-probe", [Reply([DOUBLE]), finish("Double")])
+    assert events[-1]["status"] == "succeeded", events[-4:]
+    blocked = [b for b in of_type(events, "network_blocked") if b["phase"] == "setup"]
+    hosts = {b["host"] for b in blocked}
+    assert {"evil.test", "127.0.0.1", "localhost", "10.0.0.5", "169.254.169.254"} <= hosts, blocked
+    assert "2130706433" in hosts, blocked
+    assert all("curl" in (b["command"] or "") for b in blocked), blocked
+    assert rig.index.requests[seen:] == [], "a refused probe reached the index"
+
+
+@pytest.mark.e2e  # it starts the real server
+async def test_a_bad_file_or_a_failing_setup_ends_the_run_clearly(rig: Rig) -> None:
+    bad = shop(rig, "badfile", "[setup]\nrun = 'true'\n\n[network]\nsetup = ['10.0.0.1']\n")
+    events = await run(rig, bad, "env-bad", [finish()])
+    assert events[-1]["status"] == "failed"
+    (error,) = of_type(events, "error")
+    assert error["code"] == "bad_repo_file" and "line 5" in error["message"], error
+
+    failing = shop(
+        rig, "failing", REPO_FILE.replace(f"{SETUP}-r requirements.txt", "echo oops; exit 3")
+    )
+    events = await run(rig, failing, "env-fail", [finish()])
+    (error,) = of_type(events, "error")
+    assert (
+        error["code"] == "setup_failed"
+        and "exit 3" in error["message"]
+        and "oops" in error["message"]
+    )
+    # Another run is unaffected.
+    fine = await run(rig, shop(rig, "fine"), "env-fine", [Reply([DOUBLE]), finish("Double")])
+    assert fine[-1]["status"] == "succeeded", fine[-4:]
+
+
+@pytest.mark.e2e  # it starts the real server
+async def test_without_the_file_the_pull_request_suggests_one(rig: Rig) -> None:
+    make_repo(rig.repos, "plain", {"app.py": APP, "pyproject.toml": "[project]\nname = 'plain'\n"})
+    events = await run(rig, "local:plain", "env-plain", [Reply([DOUBLE]), finish("Double")])
+    assert events[-1]["status"] == "succeeded", events[-4:]
+    assert not of_type(events, "verification")
+    body = await pr_body(rig, events)
+    assert "no `.backspace.toml`" in body and "Python project" in body and "[setup]" in body
