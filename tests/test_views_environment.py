@@ -36,6 +36,7 @@ pytestmark = pytest.mark.timeout(60)
 TOKEN = "xoxb-views-token"
 CHANNEL = "C0VIEWS"
 RUN_ID = "0123456789abcdef0123456789abcdef"
+FLOOD_ID = "f" * 32
 IN_CI = os.environ.get("CI") == "true"
 
 # Hostile text, as a repository's configuration or a sandboxed command could make it.
@@ -309,6 +310,15 @@ def stored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, B
         )  # fmt: skip
         for type_, data in story(passed=passed, blocked_hosts=3):
             store.append_event(run_id, type_, data)
+    flood = story(passed=True, blocked_hosts=70)  # a command retrying a refused host forever
+    store.create_run(
+        Run(
+            id=FLOOD_ID, status=RunStatus.SUCCEEDED, stage=Stage.COMPLETE,
+            repo_url="local:widgets", prompt="flood", created_at=now_iso(),
+        )
+    )  # fmt: skip
+    for type_, data in flood:
+        store.append_event(FLOOD_ID, type_, data)
     store.close()
     server = start_server(root / "server", {"BACKSPACE_LOCAL_REPOS": str(root / "repos")})
     browser = Browser()
@@ -379,3 +389,17 @@ def test_the_page_shows_a_passed_receipt(
     assert "draft" not in b.text("#verification")
     assert b.text("#pr").startswith("Pull request: ")
     assert b.js("return document.querySelector('#verification').hidden") is False
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(not available() and not IN_CI, reason="needs chromium and chromium-driver")
+def test_the_page_lists_at_most_fifty_blocked_attempts_then_counts(
+    stored: tuple[Server, Browser],
+) -> None:
+    server, b = stored
+    open_run(server, b, FLOOD_ID)
+    items = b.js("return [...document.querySelectorAll('#blocked li')].map((li) => li.textContent)")
+    assert len(items) == 51 and items[-1].startswith("and 21 more"), items[-1]
+    assert (
+        b.js("return document.querySelectorAll('#log li[data-type=network_blocked]').length") == 71
+    )
