@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import TypeAdapter
 
 from backspace import __version__
+from backspace.orchestrator.events import EventType
 from backspace.orchestrator.store import Run
 
 ERROR = {"$ref": "#/components/schemas/Error"}
@@ -90,6 +91,88 @@ SECURED: list[dict[str, list[str]]] = [{"bearer": []}, {"apiKey": []}]
 RUN_LINKS = ("url", "events_url", "cancel_url")
 """What the API adds to a run's fields (`routes._run_json`): where it, its events and its
 cancellation are."""
+
+
+EVENT_FIELDS = {
+    "run_id": {"type": "string"},
+    "request_id": {"type": "string"},
+    "seq": {"type": "integer", "minimum": 1},
+    "timestamp": {"type": "string"},
+}
+EVENT_REQUIRED = ["type", "run_id", "request_id", "seq", "timestamp"]
+PHASE = {"type": "string", "enum": ["setup", "agent", "verify"]}
+PORT = {"type": "integer", "minimum": 1, "maximum": 65535}
+COMMAND = {"type": "string", "nullable": True, "description": "the command that tried, if known"}
+BLOCKED_ATTEMPT: dict[str, Any] = {
+    "type": "object",
+    "required": ["host", "port", "phase", "command"],
+    "properties": {"host": {"type": "string"}, "port": PORT, "phase": PHASE, "command": COMMAND},
+}
+TYPED_EVENTS: dict[str, dict[str, Any]] = {
+    EventType.NETWORK_BLOCKED: {
+        "description": "the egress proxy refused a sandbox's connection",
+        "required": ["host", "port", "phase", "command", "reason", "hint"],
+        "properties": {
+            **BLOCKED_ATTEMPT["properties"],
+            "reason": {"type": "string"},
+            "hint": {"type": "string", "description": "what to add to .backspace.toml"},
+        },
+    },
+    EventType.VERIFICATION: {
+        "description": "the receipt of backspace's own run of the [verify] commands",
+        "required": ["passed", "draft", "environment", "tree", "commands", "blocked"],
+        "properties": {
+            "passed": {"type": "boolean"},
+            "draft": {"type": "boolean", "description": "the pull request opens as a draft"},
+            "environment": {"type": "string", "description": "`cached <key>` or `fresh`"},
+            "tree": {"type": "string", "description": "the git tree verified (the published one)"},
+            "commands": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["command", "exit_code", "duration_ms", "timed_out", "output_tail"],
+                    "properties": {
+                        "command": {"type": "string"},
+                        "exit_code": {"type": "integer"},
+                        "duration_ms": {"type": "integer", "minimum": 0},
+                        "timed_out": {"type": "boolean"},
+                        "output_tail": {"type": "string"},
+                    },
+                },
+            },
+            "blocked": {"type": "array", "items": BLOCKED_ATTEMPT},
+        },
+    },
+}
+"""Event types whose fields are described; any other event carries its type's fields freely."""
+
+
+def event_schema() -> dict[str, Any]:
+    """The `Event` component: one of the described types, or any other type the server has."""
+    others = sorted(str(t) for t in EventType if t not in TYPED_EVENTS)
+    variants = [
+        {
+            "type": "object",
+            "required": EVENT_REQUIRED,
+            "properties": {"type": {"type": "string", "enum": others}, **EVENT_FIELDS},
+            "additionalProperties": True,
+        }
+    ]
+    for name, fields in TYPED_EVENTS.items():
+        variants.append(
+            {
+                "type": "object",
+                "description": fields["description"],
+                "required": [*EVENT_REQUIRED, *fields["required"]],
+                "properties": {
+                    "type": {"type": "string", "enum": [str(name)]},
+                    **EVENT_FIELDS,
+                    **fields["properties"],
+                },
+                "additionalProperties": True,
+            }
+        )
+    return {"oneOf": variants}
 
 
 def run_schema() -> dict[str, Any]:
@@ -380,18 +463,7 @@ def document(server_url: str) -> dict[str, Any]:
                     },
                 },
                 "Run": run_schema(),
-                "Event": {
-                    "type": "object",
-                    "required": ["type", "run_id", "request_id", "seq", "timestamp"],
-                    "properties": {
-                        "type": {"type": "string"},
-                        "run_id": {"type": "string"},
-                        "request_id": {"type": "string"},
-                        "seq": {"type": "integer", "minimum": 1},
-                        "timestamp": {"type": "string"},
-                    },
-                    "additionalProperties": True,
-                },
+                "Event": event_schema(),
             },
         },
     }

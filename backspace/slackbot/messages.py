@@ -30,6 +30,11 @@ NEXT_STEP = {
     "cost_limit": "Try a smaller request, or ask an operator to raise BACKSPACE_MAX_COST_USD.",
     "interrupted": "The server restarted; run the command again.",
 }
+STAGE_LABEL = {"setup": "Environment setup", "verifying": "Verifying the change"}
+"""Stages whose messages are details (a setup command, a verify command): named before them."""
+RECEIPT_COMMANDS = 8
+RECEIPT_TAIL_LINES = 8
+RECEIPT_TAIL_CHARS = 600
 
 
 def escape(text: str) -> str:
@@ -39,6 +44,66 @@ def escape(text: str) -> str:
 
 def clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def code(text: object, limit: int) -> str:
+    """Untrusted text as one inline code span: escaped, its first line, no backtick to end it."""
+    lines = str(text).splitlines() or [""]
+    first = lines[0] + (" …" if len(lines) > 1 else "")
+    return f"`{escape(clip(first.replace('`', 'ˋ'), limit))}`"
+
+
+def seconds(duration_ms: object) -> str:
+    try:
+        return f"{int(str(duration_ms)) / 1000:.1f} s"
+    except ValueError:
+        return "? s"
+
+
+def blocked_line(data: dict[str, Any]) -> str:
+    """One refused network attempt, with what to change so that it is allowed."""
+    where = code(f"{data.get('host', '')}:{data.get('port', '')}", 120)
+    command = f" by {code(data['command'], 80)}" if data.get("command") else ""
+    reason = escape(clip(str(data.get("reason") or ""), 200))
+    hint = escape(clip(str(data.get("hint") or ""), 240))
+    phase = escape(clip(str(data.get("phase", "?")), 20))
+    return (
+        f":no_entry: Blocked in the {phase} phase: {where}{command}"
+        f"{' (' + reason + ')' if reason else ''}. {hint}"
+    ).strip()
+
+
+def receipt_text(data: dict[str, Any]) -> str:
+    """backspace's own run of the verify commands, short: the verdict, then each command."""
+    passed = data.get("passed") is True
+    environment = escape(clip(str(data.get("environment") or "?"), 80))
+    tree = code(str(data.get("tree") or "?")[:12], 20)
+    head = (
+        f":white_check_mark: Verification passed ({environment} environment, tree {tree})."
+        if passed
+        else f":x: Verification FAILED ({environment} environment, tree {tree})."
+    )
+    if not passed and data.get("draft"):
+        head += " The pull request is opened as a draft because verification failed."
+    lines = [head]
+    commands = [c for c in data.get("commands") or [] if isinstance(c, dict)]
+    for command in commands[:RECEIPT_COMMANDS]:
+        if command.get("timed_out"):
+            verdict = f"timed out after {seconds(command.get('duration_ms'))}"
+        else:
+            verdict = f"exit {command.get('exit_code')} · {seconds(command.get('duration_ms'))}"
+        lines.append(f"• {code(command.get('command', ''), 80)} {verdict}")
+    if len(commands) > RECEIPT_COMMANDS:
+        lines.append(f"• and {len(commands) - RECEIPT_COMMANDS} more")
+    blocked = data.get("blocked") or []
+    if blocked:
+        lines.append(f"• {len(blocked)} blocked network attempt(s) during verification")
+    failing = next((c for c in commands if c.get("timed_out") or c.get("exit_code") != 0), None)
+    if not passed and failing is not None and failing.get("output_tail"):
+        tail = "\n".join(str(failing["output_tail"]).splitlines()[-RECEIPT_TAIL_LINES:])
+        tail = escape(tail[-RECEIPT_TAIL_CHARS:]).replace("`", "ˋ")
+        lines.append(f"```{tail}```")
+    return "\n".join(lines)
 
 
 def bar(percentage: int) -> str:
@@ -65,6 +130,8 @@ class RunView:
     duration_ms: int = 0
     error_code: str | None = None
     error_message: str | None = None
+    draft: bool = False
+    verification_failed: bool = False
 
     @property
     def finished(self) -> bool:
@@ -73,6 +140,8 @@ class RunView:
     def summary(self) -> str:
         icon = STATUS_ICON.get(self.status, ":gear:")
         if self.status == "succeeded" and self.pr_url:
+            if self.draft:
+                return f":warning: Draft pull request ready: {self.pr_url}{self._why_draft()}"
             return f"{icon} Pull request ready: {self.pr_url}"
         if self.status == "no_changes":
             return f"{icon} Finished: the agent made no changes, so there is no pull request."
@@ -84,7 +153,12 @@ class RunView:
             why = escape(self.error_message or "unknown error")
             hint = NEXT_STEP.get(self.error_code or "", "")
             return f"{icon} Failed: {clip(why, 600)} {hint}".strip()
-        return f"{icon} {escape(self.message)}\n`{bar(self.percentage)}`"
+        label = STAGE_LABEL.get(self.stage)
+        doing = f"*{label}*: {escape(self.message)}" if label else escape(self.message)
+        return f"{icon} {doing}\n`{bar(self.percentage)}`"
+
+    def _why_draft(self) -> str:
+        return " (verification failed, so it opened as a draft)" if self.verification_failed else ""
 
     def status_blocks(self) -> list[dict[str, Any]]:
         head = (
@@ -125,6 +199,11 @@ class RunView:
             files = (
                 f"{self.files_changed} files changed, " if self.files_changed is not None else ""
             )
+            if self.draft:
+                return (
+                    f":warning: <@{self.user}> your draft pull request is ready: {self.pr_url}"
+                    f"{self._why_draft()} ({files}{facts})"
+                )
             return f":white_check_mark: <@{self.user}> your pull request is ready: {self.pr_url} ({files}{facts})"
         return f"{self.summary()} ({facts})"
 

@@ -20,12 +20,27 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from backspace.orchestrator.events import Event, EventType
-from backspace.slackbot.messages import RunView, clip, escape
+from backspace.slackbot.messages import (
+    STAGE_LABEL,
+    RunView,
+    blocked_line,
+    clip,
+    escape,
+    receipt_text,
+)
 
 log = logging.getLogger(__name__)
 
 THREAD_LINE_LIMIT = 300
 THREAD_LINES_PER_POST = 12
+BLOCKED_SHOWN = 3
+"""Refused network attempts posted one by one; past these, counted in one line at the end."""
+
+
+class Alone(str):
+    """A thread line posted as a message of its own (the verification receipt)."""
+
+    __slots__ = ()
 
 
 class ChannelPacer:
@@ -70,6 +85,7 @@ class SlackReporter:
         self._pending: list[str] = []
         self._commands: list[str] = []
         self._edits: list[str] = []
+        self._blocked = 0
         self._dirty = asyncio.Event()
         self._closing = False
 
@@ -87,6 +103,9 @@ class SlackReporter:
                 if event.is_terminal:
                     break
             self._fold_activity()
+            if self._blocked > BLOCKED_SHOWN:
+                more = self._blocked - BLOCKED_SHOWN
+                self._pending.append(f":no_entry: and {more} more blocked attempts")
             self._closing = True  # the flusher posts what is pending, then stops
             self._dirty.set()
             await flusher
@@ -104,7 +123,9 @@ class SlackReporter:
             case EventType.PROGRESS:
                 if data.get("stage") != view.stage and data.get("stage") != "queued":
                     self._fold_activity()
-                    self._pending.append(f"*{escape(str(data.get('message', '')))}*")
+                    message = escape(str(data.get("message", "")))
+                    label = STAGE_LABEL.get(str(data.get("stage")))
+                    self._pending.append(f"*{label}*: {message}" if label else f"*{message}*")
                 view.status = "running" if data.get("stage") != "queued" else "queued"
                 view.stage = str(data.get("stage", view.stage))
                 view.message = str(data.get("message", view.message))
@@ -126,9 +147,19 @@ class SlackReporter:
                     self._edits.append(path)
             case EventType.USAGE:
                 view.cost_usd = float(data.get("cost_usd", view.cost_usd))
+            case EventType.NETWORK_BLOCKED:
+                self._blocked += 1
+                if self._blocked <= BLOCKED_SHOWN:
+                    self._fold_activity()
+                    self._pending.append(blocked_line(data))
+            case EventType.VERIFICATION:
+                self._fold_activity()
+                view.verification_failed = data.get("passed") is not True
+                self._pending.append(Alone(receipt_text(data)))
             case EventType.PR_CREATED:
                 view.pr_url = data.get("pr_url")
                 view.files_changed = data.get("files_changed")
+                view.draft = data.get("draft") is True
             case EventType.ERROR:
                 view.error_code = data.get("code")
                 view.error_message = data.get("message")
@@ -196,8 +227,14 @@ class SlackReporter:
 
     async def _post_thread(self) -> None:
         while self._pending:
-            lines = self._pending[:THREAD_LINES_PER_POST]
-            del self._pending[:THREAD_LINES_PER_POST]
+            if isinstance(self._pending[0], Alone):
+                await self._post(self._pending.pop(0))
+                continue
+            lines: list[str] = []
+            while self._pending and len(lines) < THREAD_LINES_PER_POST:
+                if isinstance(self._pending[0], Alone):
+                    break
+                lines.append(self._pending.pop(0))
             await self._post("\n".join(lines))
 
     async def _post(self, text: str, *, broadcast: bool = False) -> None:

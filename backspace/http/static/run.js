@@ -7,10 +7,18 @@ const runId = decodeURIComponent(location.pathname.split("/").filter(Boolean).po
 const eventsUrl = "/api/runs/" + encodeURIComponent(runId) + "/events";
 const $ = (id) => document.getElementById(id);
 const FINISHED = ["succeeded", "no_changes", "failed", "cancelled", "timed_out"];
+// The stages of a run in order (Stage in backspace/orchestrator/events.py), for the timeline.
+const STAGES = [
+  ["sandbox", "Sandbox"], ["cloning", "Clone"], ["setup", "Setup"], ["agent", "Agent"],
+  ["validating", "Check"], ["verifying", "Verify"], ["pushing", "Push"], ["pr", "Pull request"],
+];
+const BLOCKED_SHOWN = 50; // a command retrying forever must not grow the page without end
 
 let lastSeq = 0;
 let finished = false;
 let source = null;
+let prDraft = false;
+let blockedCount = 0;
 
 function setStatus(status) {
   const badge = $("status");
@@ -30,7 +38,8 @@ function setStatus(status) {
 function showPullRequest(url) {
   const safe = safeUrl(url);
   if (!safe) return;
-  $("pr").replaceChildren("Pull request: ", el("a", { href: safe, id: "pr-link" }, safe));
+  $("pr").replaceChildren(prDraft ? "Draft pull request: " : "Pull request: ",
+    el("a", { href: safe, id: "pr-link" }, safe));
   $("pr").hidden = false;
 }
 
@@ -38,6 +47,80 @@ function showUsage(event) {
   $("tokens").textContent = Number(event.input_tokens || 0).toLocaleString() + " in · "
     + Number(event.output_tokens || 0).toLocaleString() + " out";
   $("cost").textContent = formatCost(event.cost_usd);
+}
+
+function drawStages() {
+  $("stages").replaceChildren(...STAGES.map(([stage, label]) =>
+    el("li", { "data-stage": stage }, el("span", { class: "stage-label" }, label),
+      el("span", { class: "stage-detail" }))));
+}
+
+// Stages before the current one are done (or skipped, when the run never entered them).
+function reachStage(stage, message) {
+  const index = STAGES.findIndex(([name]) => name === stage);
+  if (index < 0) return;
+  STAGES.forEach(([name], i) => {
+    const li = document.querySelector(`#stages li[data-stage="${name}"]`);
+    if (i < index) li.className = li.className === "" ? "skipped" : "done";
+    if (i < index) li.removeAttribute("aria-current");
+  });
+  const li = document.querySelector(`#stages li[data-stage="${stage}"]`);
+  li.className = "current";
+  li.setAttribute("aria-current", "step");
+  if (message) li.querySelector(".stage-detail").textContent = String(message);
+}
+
+function endStages(status) {
+  const li = document.querySelector("#stages li.current");
+  if (!li) return;
+  li.className = status === "succeeded" || status === "no_changes" ? "done" : "stopped";
+  li.removeAttribute("aria-current");
+}
+
+function where(event) {
+  return String(event.host) + ":" + String(event.port);
+}
+
+function showBlocked(event) {
+  $("network").hidden = false;
+  blockedCount += 1;
+  if (blockedCount > BLOCKED_SHOWN) {
+    const more = blockedCount - BLOCKED_SHOWN;
+    const line = document.querySelector("#blocked li.more")
+      || $("blocked").appendChild(el("li", { class: "more meta" }));
+    line.textContent = "and " + more + " more (all are in the events below)";
+    return;
+  }
+  $("blocked").append(el("li", {},
+    el("code", {}, where(event)), " in the " + event.phase + " phase",
+    event.command ? el("span", {}, " by ", el("code", {}, event.command)) : null,
+    event.reason ? el("span", { class: "meta" }, ": " + event.reason) : null,
+    el("div", { class: "hint" }, event.hint || "")));
+}
+
+function showReceipt(event) {
+  const passed = event.passed === true;
+  $("verification").hidden = false;
+  $("verification-result").textContent = passed ? "Verification passed" : "Verification FAILED";
+  $("verification-result").className = passed ? "verdict-ok" : "verdict-bad";
+  const blocked = Array.isArray(event.blocked) ? event.blocked.length : 0;
+  $("verification-facts").textContent = "In the " + event.environment + " environment, on tree "
+    + String(event.tree).slice(0, 12) + (blocked ? " · " + blocked + " blocked network attempt(s)" : "");
+  const draft = !passed && event.draft === true;
+  $("verification-draft").hidden = !draft;
+  $("verification-draft").textContent = draft
+    ? "The pull request opened as a draft because verification failed." : "";
+  const commands = Array.isArray(event.commands) ? event.commands : [];
+  $("receipt").tBodies[0].replaceChildren(...commands.map((c) => {
+    const bad = c.timed_out || c.exit_code !== 0;
+    const tail = c.output_tail ? el("details", { open: bad }, el("summary", {}, "last lines"), el("pre", {}, c.output_tail))
+      : el("span", { class: "meta" }, "(no output)");
+    return el("tr", {},
+      el("td", {}, el("code", {}, c.command)),
+      el("td", { class: "num" + (bad ? " exit-bad" : "") }, String(c.exit_code) + (c.timed_out ? " (timed out)" : "")),
+      el("td", { class: "num" }, formatDuration(c.duration_ms)),
+      el("td", {}, tail));
+  }));
 }
 
 function item(event, kind, ...children) {
@@ -76,6 +159,7 @@ function render(event) {
       $("bar").value = Number(event.percentage) || 0;
       $("bar").textContent = (Number(event.percentage) || 0) + "%";
       $("stage").textContent = event.stage + (event.message ? ": " + event.message : "");
+      reachStage(event.stage, event.message);
       return item(event, event.stage, el("span", { class: "ev-message" }, event.message || ""));
     case "AI Message":
       return item(event, "agent", el("span", { class: "ev-message" }, event.message));
@@ -112,7 +196,19 @@ function render(event) {
       showUsage(event);
       return item(event, "usage", el("span", { class: "meta" },
         `${Number(event.input_tokens || 0).toLocaleString()} tokens in, ${Number(event.output_tokens || 0).toLocaleString()} out, ${formatCost(event.cost_usd)}`));
+    case "network_blocked":
+      showBlocked(event);
+      return item(event, "blocked", el("span", { class: "ev-error" },
+        where(event) + " refused in the " + event.phase + " phase"
+        + (event.command ? " (" + event.command + ")" : "") + ": " + event.reason),
+        el("div", { class: "hint" }, event.hint || ""));
+    case "verification":
+      showReceipt(event);
+      return item(event, "verification", el("span", { class: event.passed === true ? "ev-message" : "ev-error" },
+        (event.passed === true ? "passed" : "FAILED") + ", " + (Array.isArray(event.commands) ? event.commands.length : 0)
+        + " command(s) in the " + event.environment + " environment"));
     case "pr_created": {
+      prDraft = event.draft === true;
       showPullRequest(event.pr_url);
       const safe = safeUrl(event.pr_url);
       return item(event, "pull request", safe ? el("a", { href: safe }, safe) : String(event.pr_url),
@@ -124,6 +220,7 @@ function render(event) {
         `${event.code}: ${event.message} (stage ${event.stage}${event.retryable ? ", can be retried" : ""})`));
     case "complete":
       setStatus(event.status);
+      endStages(event.status);
       if (event.status === "succeeded") $("bar").value = 100;
       $("stage").textContent = event.message || "";
       $("duration").textContent = formatDuration(event.duration_ms);
@@ -253,6 +350,7 @@ async function cancel() {
 }
 
 $("cancel").addEventListener("click", cancel);
+drawStages();
 loadRun().then((ok) => {
   if (!ok) return;
   if (apiKey()) followWithFetch();
