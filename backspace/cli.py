@@ -212,6 +212,20 @@ async def _follow(console: Console, events: Any) -> Event | None:
                         f"[dim]{verb} {escape(str(data.get('filepath', '')))}[/dim]",
                         highlight=False,
                     )
+                case EventType.NETWORK_BLOCKED:
+                    console.print(
+                        f"[yellow]blocked[/yellow] {escape(str(data.get('host')))}:{data.get('port')} "
+                        f"in {escape(str(data.get('phase')))}: {escape(str(data.get('hint', '')))}",
+                        highlight=False,
+                    )
+                case EventType.VERIFICATION:
+                    verdict = "[green]passed[/green]" if data.get("passed") else "[red]FAILED[/red]"
+                    console.print(f"[bold]verification[/bold] {verdict}", highlight=False)
+                    for step in data.get("commands", []):
+                        console.print(
+                            f"  {escape(str(step.get('command')))}: exit {step.get('exit_code')}",
+                            highlight=False,
+                        )
                 case EventType.USAGE:
                     cost = float(data.get("cost_usd", 0.0))
                 case EventType.PR_CREATED:
