@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator, Sequence
+from pathlib import Path
 
 import pytest
 from daytona import AsyncDaytona, DaytonaConfig
@@ -438,3 +439,20 @@ async def test_a_network_update_on_a_vanished_sandbox_says_it_is_gone(
         assert KEY not in str(lost.value)
     finally:
         await sandbox.close()
+
+
+# --- the setting ------------------------------------------------------------------------------
+def test_daytona_env_snapshots_reaches_the_provider_and_a_bad_value_is_named(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from backspace.app import sandbox_provider
+    from backspace.config import SettingsError, load_settings
+
+    monkeypatch.chdir(Path(__file__).parent)  # no .env here
+    made = sandbox_provider(load_settings(DAYTONA_API_KEY=KEY, DAYTONA_ENV_SNAPSHOTS="3"))
+    assert isinstance(made, DaytonaSandboxProvider)
+    assert store_of(made).max_snapshots == 3
+    off = sandbox_provider(load_settings(DAYTONA_API_KEY=KEY, DAYTONA_ENV_SNAPSHOTS="0"))
+    assert off.layers is None
+    with pytest.raises(SettingsError, match="DAYTONA_ENV_SNAPSHOTS"):
+        load_settings(DAYTONA_API_KEY=KEY, DAYTONA_ENV_SNAPSHOTS="-1")
