@@ -80,6 +80,7 @@ def sandbox_provider(settings: Settings) -> SandboxProvider:
                 auto_delete_minutes=60,
                 network_block_all=settings.daytona_network_block_all,
                 create_timeout=settings.daytona_create_timeout,
+                env_snapshots=settings.daytona_env_snapshots,
             )
         )
     return LocalSandboxProvider(

@@ -89,6 +89,7 @@ class Settings(BaseSettings):
     daytona_snapshot: str | None = Field(None, alias="DAYTONA_SNAPSHOT")
     daytona_network_block_all: bool = Field(True, alias="DAYTONA_NETWORK_BLOCK_ALL")
     daytona_create_timeout: float = Field(120.0, alias="DAYTONA_CREATE_TIMEOUT", gt=0)
+    daytona_env_snapshots: int = Field(10, alias="DAYTONA_ENV_SNAPSHOTS", ge=0, le=1000)
     instance: str | None = Field(
         None, alias="BACKSPACE_INSTANCE", pattern=r"^[A-Za-z0-9._-]{1,63}$"
     )

@@ -26,6 +26,16 @@ Usage::
         dt.toolbox_down = True     # every toolbox call answers 502
         dt.vanish(sid)             # 404 everywhere, processes killed, log streams dropped (1006)
         dt.add_orphan(labels={...})    # a sandbox left behind by a crashed process
+        dt.snapshots[name]         # FakeSnapshot: .id .name .dir (files at snapshot time) .deleted
+        dt.fail_snapshot(500)      # the next POST /api/sandbox/{id}/snapshot answers 500
+        dt.sandboxes[sid].network  # every network-settings update, in order (JSON bodies)
+
+Snapshots: ``POST /api/sandbox/{id}/snapshot`` copies the sandbox's directory as it is then
+(409 when the name is taken); a create whose ``snapshot`` names one starts with a copy of those
+files (404 for an unknown snapshot, as the real service answers); ``GET /api/snapshots``,
+``GET``/``DELETE /api/snapshots/{id or name}``. ``POST /api/sandbox/{id}/network-settings``
+records the body and answers the sandbox with the new settings; like the documented service it
+refuses (400) a CIDR list of more than 5 entries or an entry that is not an IPv4 CIDR.
 
 Every request is recorded in :attr:`FakeDaytona.requests` as
 ``{method, path, query, headers, body, status, response}`` (headers lower-case;
@@ -40,6 +50,7 @@ import asyncio
 import collections
 import contextlib
 import grp
+import ipaddress
 import json
 import os
 import pwd
@@ -64,13 +75,17 @@ from urllib.parse import quote
 
 from aiohttp import BodyPartReader, web
 from daytona_api_client_async.models.create_sandbox import CreateSandbox
+from daytona_api_client_async.models.create_sandbox_snapshot import CreateSandboxSnapshot
+from daytona_api_client_async.models.update_sandbox_network_settings import (
+    UpdateSandboxNetworkSettings,
+)
 from daytona_toolbox_api_client_async.models.create_session_request import CreateSessionRequest
 from daytona_toolbox_api_client_async.models.execute_request import ExecuteRequest
 from daytona_toolbox_api_client_async.models.files_download_request import FilesDownloadRequest
 from daytona_toolbox_api_client_async.models.session_execute_request import SessionExecuteRequest
 from pydantic import ValidationError
 
-__all__ = ["FakeCommand", "FakeDaytona", "FakeSandbox", "FakeSession"]
+__all__ = ["FakeCommand", "FakeDaytona", "FakeSandbox", "FakeSession", "FakeSnapshot"]
 
 T = TypeVar("T")
 
@@ -411,6 +426,7 @@ class FakeSandbox:
     sessions: dict[str, FakeSession] = field(default_factory=dict, repr=False)
     groups: set[int] = field(default_factory=set, repr=False)  # process groups of exec calls
     sockets: set[asyncio.Transport] = field(default_factory=set, repr=False)  # log streams
+    network: list[dict[str, Any]] = field(default_factory=list)  # network-settings updates
 
     @property
     def gone(self) -> bool:
@@ -438,6 +454,23 @@ class FakeSandbox:
         return env
 
 
+@dataclass(eq=False)
+class FakeSnapshot:
+    """A snapshot of a sandbox: ``dir`` holds a copy of its files at the time it was taken."""
+
+    id: str
+    name: str
+    dir: Path
+    source_sandbox_id: str
+    created_at: str
+    size_bytes: int = 0
+    last_used_at: str | None = None
+    deleted: bool = False
+
+
+_MAX_CIDRS = 5  # "networkAllowList accepts up to 5 CIDR network blocks" (Daytona's docs)
+
+
 _RECORD = web.RequestKey("record", dict[str, Any])
 _SANDBOX = web.RequestKey("sandbox", FakeSandbox)
 
@@ -463,6 +496,8 @@ class FakeDaytona:
         self.port = 0
         self._lock = threading.Lock()
         self._fail_queue: list[tuple[int, str]] = []
+        self._snapshot_fail_queue: list[tuple[int, str]] = []
+        self.snapshots: dict[str, FakeSnapshot] = {}  # by name, the deleted ones too
         self._hang_queue: list[float] = []
         self._sessions: list[FakeSession] = []  # every session ever started, for shutdown
         self._root: Path | None = None
@@ -571,6 +606,17 @@ class FakeDaytona:
         with self._lock:
             self._fail_queue.extend([(status, text)] * times)
 
+    def fail_snapshot(self, status: int = 500, times: int = 1) -> None:
+        """The next ``times`` snapshots of a sandbox answer ``status`` (nothing is kept)."""
+        with self._lock:
+            self._snapshot_fail_queue.extend(
+                [(status, f"fake snapshot failure ({status})")] * times
+            )
+
+    def live_snapshots(self) -> list[str]:
+        """Names of the snapshots not deleted."""
+        return [name for name, snap in list(self.snapshots.items()) if not snap.deleted]
+
     def hang_create(self, seconds: float, times: int = 1) -> None:
         """The next ``times`` creates create the sandbox but answer only after ``seconds``."""
         with self._lock:
@@ -609,6 +655,11 @@ class FakeDaytona:
         r.add_post(f"{api}/sandbox/{{ref}}/start", self._start)
         r.add_put(f"{api}/sandbox/{{ref}}/labels", self._replace_labels)
         r.add_get(f"{api}/sandbox/{{ref}}/toolbox-proxy-url", self._toolbox_proxy_url)
+        r.add_post(f"{api}/sandbox/{{ref}}/snapshot", self._snapshot_sandbox)
+        r.add_post(f"{api}/sandbox/{{ref}}/network-settings", self._network_settings)
+        r.add_get(f"{api}/snapshots", self._list_snapshots)
+        r.add_get(f"{api}/snapshots/{{ref}}", self._get_snapshot)
+        r.add_delete(f"{api}/snapshots/{{ref}}", self._delete_snapshot)
         r.add_get(f"{tb}/work-dir", self._dir)
         r.add_get(f"{tb}/user-home-dir", self._dir)
         r.add_get(f"{tb}/version", self._version)
@@ -755,6 +806,8 @@ class FakeDaytona:
             "labels": sandbox.labels,
             "public": bool(p.get("public", False)),
             "networkBlockAll": bool(p.get("networkBlockAll", False)),
+            "networkAllowList": p.get("networkAllowList"),
+            "domainAllowList": p.get("domainAllowList"),
             "kvm": bool(p.get("kvm", False)),
             "target": p.get("target") or self.target,
             "cpu": int(p.get("cpu") or 1),
@@ -800,7 +853,14 @@ class FakeDaytona:
         name = body.get("name")
         if name and any(s.name == name and not s.gone for s in self.sandboxes.values()):
             return self._error(request, 409, f"Sandbox with name {name} already exists")
+        source = self._find_snapshot(body.get("snapshot") or "")
+        if body.get("snapshot") and source is None:
+            return self._error(request, 404, f"Snapshot {body['snapshot']} not found")
         sandbox = self._new_sandbox(body, self.create_state)
+        if source is not None:
+            shutil.rmtree(sandbox.dir)
+            shutil.copytree(source.dir, sandbox.dir, symlinks=True)
+            source.last_used_at = _now()
         if hang:
             assert self._stopping is not None
             with contextlib.suppress(TimeoutError):
@@ -869,6 +929,134 @@ class FakeDaytona:
         body = await self._body(request) or {}
         sandbox.labels = dict(body.get("labels") or {})
         return self._json(request, {"labels": sandbox.labels})
+
+    # --- snapshots and network settings ---------------------------------------------------------
+    def _find_snapshot(self, ref: str) -> FakeSnapshot | None:
+        snap = self.snapshots.get(ref) or next(
+            (s for s in self.snapshots.values() if s.id == ref), None
+        )
+        return None if snap is None or snap.deleted else snap
+
+    def _snapshot_dto(self, snap: FakeSnapshot) -> dict[str, Any]:
+        return {
+            "id": snap.id,
+            "organizationId": self.organization_id,
+            "general": False,
+            "name": snap.name,
+            "imageName": f"fake-registry/{snap.name}",
+            "state": "removing" if snap.deleted else "active",
+            "size": round(snap.size_bytes / 1024**3, 6),
+            "entrypoint": ["sleep", "infinity"],
+            "cpu": 1,
+            "gpu": 0,
+            "mem": 1,
+            "disk": 3,
+            "errorReason": None,
+            "createdAt": snap.created_at,
+            "updatedAt": snap.created_at,
+            "lastUsedAt": snap.last_used_at,
+            "sourceSandboxId": snap.source_sandbox_id,
+        }
+
+    async def _snapshot_sandbox(self, request: web.Request) -> web.StreamResponse:
+        sandbox = self._find(request.match_info["ref"])
+        if sandbox is None:
+            return self._error(request, 404, f"Sandbox {request.match_info['ref']} not found")
+        try:
+            req = CreateSandboxSnapshot.from_dict(await self._body(request))
+        except (ValidationError, ValueError, TypeError) as exc:
+            return self._error(request, 400, f"invalid CreateSandboxSnapshot body: {exc}")
+        assert req is not None and self._root is not None
+        with self._lock:
+            failure = self._snapshot_fail_queue.pop(0) if self._snapshot_fail_queue else None
+        if failure is not None:
+            return self._error(request, failure[0], failure[1])
+        if self._find_snapshot(req.name) is not None:
+            return self._error(request, 409, f"Snapshot with name {req.name} already exists")
+        snap_id = str(uuid.uuid4())
+        target = self._root / "snapshots" / snap_id
+        shutil.copytree(sandbox.dir, target, symlinks=True)
+        size = sum(f.lstat().st_size for f in target.rglob("*") if not f.is_dir())
+        self.snapshots[req.name] = FakeSnapshot(
+            id=snap_id,
+            name=req.name,
+            dir=target,
+            source_sandbox_id=sandbox.id,
+            created_at=_now(),
+            size_bytes=size,
+        )
+        return self._json(request, self._dto(sandbox))
+
+    async def _list_snapshots(self, request: web.Request) -> web.StreamResponse:
+        query = request.query
+        try:
+            page = int(query.get("page") or 1)
+            limit = int(query.get("limit") or 100)
+        except ValueError as exc:
+            return self._error(request, 400, f"bad snapshot list query: {exc}")
+        matches = [
+            s
+            for s in self.snapshots.values()
+            if not s.deleted
+            and s.name.startswith(query.get("name", ""))
+            and s.source_sandbox_id.startswith(query.get("sourceSandboxId", ""))
+        ]
+        items = matches[(page - 1) * limit : page * limit]
+        return self._json(
+            request,
+            {
+                "items": [self._snapshot_dto(s) for s in items],
+                "total": len(matches),
+                "page": page,
+                "totalPages": max(1, -(-len(matches) // limit)),
+            },
+        )
+
+    async def _get_snapshot(self, request: web.Request) -> web.StreamResponse:
+        snap = self._find_snapshot(request.match_info["ref"])
+        if snap is None:
+            return self._error(request, 404, f"Snapshot {request.match_info['ref']} not found")
+        return self._json(request, self._snapshot_dto(snap))
+
+    async def _delete_snapshot(self, request: web.Request) -> web.StreamResponse:
+        snap = self._find_snapshot(request.match_info["ref"])
+        if snap is None:
+            return self._error(request, 404, f"Snapshot {request.match_info['ref']} not found")
+        snap.deleted = True
+        shutil.rmtree(snap.dir, ignore_errors=True)
+        request[_RECORD]["response"] = None
+        return web.Response(status=200)
+
+    async def _network_settings(self, request: web.Request) -> web.StreamResponse:
+        sandbox = self._find(request.match_info["ref"])
+        if sandbox is None:
+            return self._error(request, 404, f"Sandbox {request.match_info['ref']} not found")
+        body = await self._body(request) or {}
+        try:
+            UpdateSandboxNetworkSettings.from_dict(body)
+        except (ValidationError, ValueError, TypeError) as exc:
+            return self._error(request, 400, f"invalid UpdateSandboxNetworkSettings body: {exc}")
+        cidrs = [c for c in (body.get("networkAllowList") or "").split(",") if c]
+        if len(cidrs) > _MAX_CIDRS:
+            return self._error(request, 400, f"networkAllowList accepts at most {_MAX_CIDRS} CIDRs")
+        for cidr in cidrs:
+            try:
+                ipaddress.IPv4Network(cidr)
+            except ValueError:
+                return self._error(request, 400, f"{cidr!r} is not an IPv4 CIDR")
+        sandbox.network.append(dict(body))
+        params = sandbox.params
+        if "networkBlockAll" in body and body["networkBlockAll"] is not None:
+            params["networkBlockAll"] = body["networkBlockAll"]
+            if not body["networkBlockAll"]:
+                params["networkAllowList"] = None
+        if body.get("networkAllowList") is not None:
+            params["networkAllowList"] = body["networkAllowList"]
+            params["networkBlockAll"] = False
+        if body.get("domainAllowList") is not None:
+            params["domainAllowList"] = body["domainAllowList"]
+            params["networkBlockAll"] = False
+        return self._json(request, self._dto(sandbox))
 
     async def _toolbox_proxy_url(self, request: web.Request) -> web.StreamResponse:
         if self._find(request.match_info["ref"]) is None:

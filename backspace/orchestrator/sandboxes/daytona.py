@@ -10,6 +10,10 @@
   is made.
 - Files through the SDK's file calls; close always deletes, shielded from cancellation.
 - The janitor lists sandboxes with this instance's label and deletes those no live run owns.
+- Environments: set-up sandboxes are kept as snapshots (daytona_layers.py) and a sandbox is
+  created from one; each phase's network is set through `update_network_settings` as IPv4 /32s
+  (daytona_network.py). Daytona reports no refused connection, so no `network_blocked` event
+  comes from the sandbox itself: only the hosts refused before any connection is tried.
 """
 
 from __future__ import annotations
@@ -45,6 +49,13 @@ from backspace.orchestrator.errors import (
     SandboxUnreachable,
 )
 from backspace.orchestrator.sandboxes.base import ExecResult, OutputCallback, OutputCollector
+from backspace.orchestrator.sandboxes.daytona_layers import DaytonaLayerStore
+from backspace.orchestrator.sandboxes.daytona_network import (
+    NetworkPlan,
+    Resolver,
+    plan,
+    system_resolver,
+)
 
 log = logging.getLogger(__name__)
 
@@ -73,16 +84,29 @@ class DaytonaOptions:
     create_attempts: int = 3
     create_timeout: float = 120.0
     retry_delay: float = 1.0
+    resolver: Resolver | None = None  # host names to addresses (default: the host's resolver)
+    env_snapshots: int = 10  # environment snapshots kept (0: none)
+    snapshot_timeout: float = 600.0
 
 
 class DaytonaSandboxProvider:
     name = "daytona"
-    layers: LayerStore | None = None
 
     def __init__(self, options: DaytonaOptions) -> None:
         self.options = options
         self._client: AsyncDaytona | None = None
         self.last_error: str | None = None
+        self.layers: LayerStore | None = None
+        self._store: DaytonaLayerStore | None = None
+        if options.env_snapshots > 0:
+            self._store = DaytonaLayerStore(
+                lambda: self.client,
+                instance=options.instance,
+                snapshot=options.snapshot,
+                max_snapshots=options.env_snapshots,
+                timeout=options.snapshot_timeout,
+            )
+            self.layers = self._store
 
     def check(self) -> tuple[bool, str]:
         where = self.options.api_url
@@ -127,14 +151,27 @@ class DaytonaSandboxProvider:
     async def create(
         self, run_id: str, *, layer: Layer | None = None, gate: Gate | None = None
     ) -> DaytonaSandbox:
+        if layer is None:
+            return await self._create(run_id, None, gate)
+        if self._store is not None:
+            self._store.acquire(layer)
+        try:
+            return await self._create(run_id, layer, gate)
+        except BaseException:
+            if self._store is not None:
+                self._store.release(layer)
+            raise
+
+    async def _create(self, run_id: str, layer: Layer | None, gate: Gate | None) -> DaytonaSandbox:
         labels = {RUN_LABEL: run_id, INSTANCE_LABEL: self.options.instance}
         params = CreateSandboxFromSnapshotParams(
-            snapshot=self.options.snapshot,
+            snapshot=layer.location if layer is not None else self.options.snapshot,
             labels=labels,
             env_vars={},
             auto_stop_interval=self.options.auto_stop_minutes,
             auto_delete_interval=self.options.auto_delete_minutes,
-            network_block_all=self.options.network_block_all,
+            # With a gate the network opens phase by phase (open_network); closed until then.
+            network_block_all=self.options.network_block_all or gate is not None,
         )
         attempts = self.options.create_attempts
         for attempt in range(1, attempts + 1):
@@ -170,7 +207,7 @@ class DaytonaSandboxProvider:
                 self.last_error = _short(exc)
                 raise SandboxError(f"Daytona could not create a sandbox: {_short(exc)}") from exc
         self.last_error = None
-        sandbox = DaytonaSandbox(self, remote)
+        sandbox = DaytonaSandbox(self, remote, layer=layer, gate=gate)
         try:
             await sandbox.start()
         except BaseException:
@@ -212,9 +249,19 @@ class DaytonaSandboxProvider:
 
 
 class DaytonaSandbox:
-    def __init__(self, provider: DaytonaSandboxProvider, remote: AsyncSandbox) -> None:
+    def __init__(
+        self,
+        provider: DaytonaSandboxProvider,
+        remote: AsyncSandbox,
+        *,
+        layer: Layer | None = None,
+        gate: Gate | None = None,
+    ) -> None:
         self.provider = provider
         self.remote = remote
+        self.layer = layer
+        self.gate = gate
+        self.network: NetworkPlan | None = None  # what the last open_network allowed and dropped
         self.id = f"daytona-{remote.id}"
         self.workdir = "/home/daytona/workspace"
         self.tmpdir = "/tmp"  # noqa: S108 - the remote machine's, deleted with it
@@ -374,13 +421,35 @@ class DaytonaSandbox:
 
     # --- close ----------------------------------------------------------------------------------
     async def open_network(self, phase: Phase, hosts: HostList) -> None:
-        if hosts:  # closed is how every sandbox starts: nothing to do for an empty list
-            raise NotImplementedError("the Daytona sandbox's network settings are not built yet")
+        """Daytona's firewall gets the phase's hosts as /32s (none: block all). What cannot be
+        allowed is reported to the gate as refused, before any connection is tried."""
+        if self._closed:
+            raise SandboxError("the sandbox is closed")
+        if self.gate is not None:
+            self.gate.enter(phase, hosts)
+        network = await plan(hosts, self.provider.options.resolver or system_resolver)
+        for host, reason in network.dropped:
+            log.warning("%s phase: %s", phase, reason)
+            if self.gate is not None:
+                self.gate.refuse(host, 0, reason)
+        if network.cidrs:
+            await self._call_named(
+                "could not set the sandbox's network",
+                self.remote.update_network_settings(network_allow_list=",".join(network.cidrs)),
+            )
+        else:
+            await self._call_named(
+                "could not close the sandbox's network",
+                self.remote.update_network_settings(network_block_all=True),
+            )
+        self.network = network
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        if self.layer is not None and self.provider._store is not None:
+            self.provider._store.release(self.layer)
         try:
             await asyncio.shield(self.provider.client.delete(self.remote))
         except daytona.DaytonaNotFoundError:
@@ -393,6 +462,12 @@ class DaytonaSandbox:
             )
 
     # --- errors ---------------------------------------------------------------------------------
+    async def _call_named(self, what: str, call: Any) -> Any:
+        try:
+            return await call
+        except daytona.DaytonaError as exc:
+            raise self._error(exc, what) from exc
+
     async def _call(self, function: Any, *args: Any) -> Any:
         try:
             return await function(*args)
