@@ -456,3 +456,19 @@ def test_daytona_env_snapshots_reaches_the_provider_and_a_bad_value_is_named(
     assert off.layers is None
     with pytest.raises(SettingsError, match="DAYTONA_ENV_SNAPSHOTS"):
         load_settings(DAYTONA_API_KEY=KEY, DAYTONA_ENV_SNAPSHOTS="-1")
+
+
+# --- the janitor ---------------------------------------------------------------------------------
+async def test_the_janitor_spares_a_live_runs_verification_sandbox(
+    dt: FakeDaytona, provider: DaytonaSandboxProvider
+) -> None:
+    live = await provider.create("live-run")
+    verifying = await provider.create("live-run-verify")
+    dead = await provider.create("dead-run-verify")
+    try:
+        assert await provider.cleanup_orphans({"live-run"}) == 1
+        alive = {s.id for s in [live, verifying, dead] if s.remote.id in dt.live()}
+        assert alive == {live.id, verifying.id}
+    finally:
+        for sandbox in (live, verifying, dead):
+            await sandbox.close()

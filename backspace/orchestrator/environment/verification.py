@@ -21,9 +21,8 @@ from backspace.orchestrator.errors import BackspaceError, RunFailure
 from backspace.orchestrator.events import EventType, Stage
 from backspace.orchestrator.githosts.base import BaseBundle
 from backspace.orchestrator.run import RunContext
-from backspace.orchestrator.sandboxes.base import Sandbox, SandboxProvider
+from backspace.orchestrator.sandboxes.base import VERIFY_SUFFIX, Sandbox, SandboxProvider
 
-VERIFY_SUFFIX = "-verify"
 OUTPUT_CHARS = 16000
 
 

@@ -23,6 +23,15 @@ if TYPE_CHECKING:
 
 OutputCallback = Callable[[str], None]
 
+VERIFY_SUFFIX = "-verify"
+
+
+def run_of(sandbox_name: str) -> str:
+    """The run a sandbox belongs to. A run has its own sandbox, named by its id, and one for
+    verification, `<run id>-verify` (environment/verification.py): the orphan sweep must
+    spare both while the run is live."""
+    return sandbox_name.removesuffix(VERIFY_SUFFIX)
+
 
 @dataclass(frozen=True, slots=True)
 class ExecResult:

@@ -48,7 +48,12 @@ from backspace.orchestrator.errors import (
     SandboxUnavailable,
     SandboxUnreachable,
 )
-from backspace.orchestrator.sandboxes.base import ExecResult, OutputCallback, OutputCollector
+from backspace.orchestrator.sandboxes.base import (
+    ExecResult,
+    OutputCallback,
+    OutputCollector,
+    run_of,
+)
 from backspace.orchestrator.sandboxes.daytona_layers import DaytonaLayerStore
 from backspace.orchestrator.sandboxes.daytona_network import (
     NetworkPlan,
@@ -236,7 +241,7 @@ class DaytonaSandboxProvider:
             strays = [
                 s
                 async for s in self.client.list(query)
-                if (s.labels or {}).get(RUN_LABEL) not in live_run_ids
+                if run_of((s.labels or {}).get(RUN_LABEL, "")) not in live_run_ids
             ]
             for stray in strays:
                 with contextlib.suppress(daytona.DaytonaNotFoundError):
