@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -366,7 +368,9 @@ async def test_cleanup_orphans_unmounts_a_crashed_runs_overlays(
 
 
 # --- the cache is the host's -------------------------------------------------------------------
-def as_sandbox_user(*argv: str) -> subprocess.CompletedProcess[bytes]:
+def as_sandbox_user(
+    *argv: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[bytes]:
     """A command as the user sandboxes run as on the host, outside bubblewrap (stronger than
     inside: there, the cache is not even in the view)."""
     return subprocess.run(
@@ -380,6 +384,7 @@ def as_sandbox_user(*argv: str) -> subprocess.CompletedProcess[bytes]:
         ],
         capture_output=True,
         check=False,
+        env=env,
     )
 
 
@@ -422,3 +427,49 @@ async def test_keys_are_hex_names_only(store: LocalLayerStore, sandbox: LocalSan
             await store.save(sandbox, manifest(bad))
     identity = store.identity()
     assert identity == store.identity() and len(identity) <= 32
+
+
+# --- without root: copied, not overlaid ---------------------------------------------------------
+UNPRIVILEGED_SCRIPT = """
+import asyncio, json, sys
+from pathlib import Path
+from backspace.orchestrator.environment.layer import LayerManifest
+from backspace.orchestrator.environment.local_layers import LocalLayerStore
+from backspace.orchestrator.sandboxes.local import LocalSandboxProvider
+
+async def main(parent: Path) -> dict:
+    store = LocalLayerStore(parent / "cache", limit_mb=64)
+    provider = LocalSandboxProvider(parent / "root", layers=store)
+    usable, message = provider.check()
+    assert usable and provider.isolated, message
+    setup = await provider.create("setup")
+    await setup.exec("echo kept > f && echo home > ~/h")
+    layer = await store.save(setup, LayerManifest("ab12", "0" * 40, ()))
+    await setup.close()
+    sandbox = await provider.create("user", layer=layer)
+    seen = await sandbox.exec("cat f ~/h && echo changed > f && rm ~/h")
+    await sandbox.close()
+    return {
+        "seen": seen.output,
+        "layer": (Path(layer.location) / "workspace" / "f").read_text(),
+        "home_kept": (Path(layer.location) / "home" / "h").exists(),
+        "degraded": provider.limits_report()["degraded"].get("layers", ""),
+    }
+
+print(json.dumps(asyncio.run(main(Path(sys.argv[1])))))
+"""
+
+
+def test_without_root_a_layer_is_copied_in_and_said_so(parent: Path) -> None:
+    """A server not running as root cannot mount an overlay: the layer is copied in, still
+    never reached by the sandbox's writes, and /health says the start is a copy."""
+    work = parent / f"unprivileged-{uuid.uuid4().hex[:6]}"
+    work.mkdir()
+    os.chown(work, UNPRIVILEGED_UID, UNPRIVILEGED_UID)
+    env = {"HOME": str(work), "PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path.cwd())}
+    done = as_sandbox_user(sys.executable, "-c", UNPRIVILEGED_SCRIPT, str(work), env=env)
+    assert done.returncode == 0, done.stderr.decode()
+    result = json.loads(done.stdout)
+    assert result["seen"].split() == ["kept", "home"]
+    assert result["layer"] == "kept\n" and result["home_kept"] is True
+    assert "copied, not overlaid" in result["degraded"]
