@@ -145,7 +145,7 @@ async def test_a_sandbox_from_a_layer_sees_what_setup_left(
         out = await run(
             sandbox,
             "cat .venv/lib/dep.py app.py ~/.cache/pip/w && readlink link.py && id -u "
-            "&& echo new > app.py && touch ~/.cache/more && cat app.py",
+            "&& echo new > app.py && touch ~/.cache/more ~/top new.py && cat app.py",
         )
         assert out.split() == ["installed", "base", "wheel", "app.py", "1000", "new"]
     finally:

@@ -200,6 +200,11 @@ class LocalLayerStore:
                 "created": time.time(),
             }
             (temp / MANIFEST).write_text(json.dumps(record, indent=2) + "\n")
+            if size > self.limit_bytes:  # larger on this disk than it was in the sandbox
+                raise self._too_big(size)
+        except LayerStoreFull:
+            _remove(temp)
+            raise
         except OSError as exc:
             _remove(temp)
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -221,8 +226,9 @@ class LocalLayerStore:
             layer = self._layer(manifest.key)
             if layer is None:
                 raise SandboxError(f"the set-up layer {manifest.key} vanished while saving it")
-            if not self._evict(0, keep=manifest.key):
-                _remove(target)
+            if not self._evict(0, keep=manifest.key):  # layers in use took the room meanwhile
+                if not self._leases.get(manifest.key):
+                    self._drop(target)
                 raise self._too_big(layer.size_bytes, in_use=True)
             return layer
 
@@ -236,14 +242,19 @@ class LocalLayerStore:
                 break
             if layer.key == keep or layer.key in self._leases:
                 continue
-            away = self.directory / f".evict-{secrets.token_hex(8)}"
-            try:
-                Path(layer.location).rename(away)
-            except OSError:
-                continue
-            _remove(away)
-            total -= layer.size_bytes
+            if self._drop(Path(layer.location)):
+                total -= layer.size_bytes
         return total <= self.limit_bytes
+
+    def _drop(self, path: Path) -> bool:
+        """Rename a layer away, then delete it: a reader finds it whole or not at all."""
+        away = self.directory / f".evict-{secrets.token_hex(8)}"
+        try:
+            path.rename(away)
+        except OSError:
+            return False
+        _remove(away)
+        return True
 
     def _too_big(self, size: int, *, in_use: bool = False) -> LayerStoreFull:
         reason = (
