@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from backspace.app import check_outside_sandbox_view
+from backspace.config import SettingsError, load_settings
 from backspace.orchestrator.environment.layer import Layer, LayerManifest, LayerStoreFull
 from backspace.orchestrator.environment.local_layers import LocalLayerStore
 from backspace.orchestrator.sandboxes.local import (
@@ -473,3 +475,15 @@ def test_without_root_a_layer_is_copied_in_and_said_so(parent: Path) -> None:
     assert result["seen"].split() == ["kept", "home"]
     assert result["layer"] == "kept\n" and result["home_kept"] is True
     assert "copied, not overlaid" in result["degraded"]
+
+
+def test_a_cache_inside_the_sandboxs_view_is_refused_at_start(tmp_path: Path) -> None:
+    """A cache under /usr would put every layer where every sandboxed command can read it."""
+    settings = load_settings(
+        BACKSPACE_DB=str(tmp_path / "backspace.db"),
+        BACKSPACE_SANDBOX="local",
+        BACKSPACE_ENV_CACHE_DIR="/usr/lib/backspace-attack-cache",
+    )
+    with pytest.raises(SettingsError, match="BACKSPACE_ENV_CACHE_DIR /usr/lib/backspace-attack"):
+        check_outside_sandbox_view(settings)
+    assert not Path("/usr/lib/backspace-attack-cache").exists()
