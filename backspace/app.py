@@ -17,6 +17,7 @@ from backspace.config import Settings, SettingsError
 from backspace.http.application import web_app
 from backspace.orchestrator.agent import AgentLimits, AnthropicModel, Model
 from backspace.orchestrator.egress.hosts import HostList
+from backspace.orchestrator.environment.local_layers import LocalLayerStore
 from backspace.orchestrator.environment.policy import EnvironmentPolicy
 from backspace.orchestrator.githosts.base import GitHost
 from backspace.orchestrator.githosts.github import GitHubHost
@@ -30,7 +31,12 @@ from backspace.orchestrator.run import RunFailure
 from backspace.orchestrator.runner import Runner, RunnerLimits
 from backspace.orchestrator.sandboxes.base import SandboxProvider
 from backspace.orchestrator.sandboxes.bwrap import exposed
-from backspace.orchestrator.sandboxes.local import LocalLimits, LocalSandboxProvider, default_root
+from backspace.orchestrator.sandboxes.local import (
+    LocalLimits,
+    LocalSandboxProvider,
+    default_env_cache,
+    default_root,
+)
 from backspace.orchestrator.service import Service, ServiceConfig
 from backspace.orchestrator.store import Store
 
@@ -52,11 +58,13 @@ def check_outside_sandbox_view(settings: Settings) -> None:
     if isinstance(env_file, str) and (cwd / env_file).exists():
         paths[env_file] = cwd / env_file
     paths["BACKSPACE_SANDBOX_ROOT"] = settings.sandbox_root or default_root(settings.db)
+    paths["BACKSPACE_ENV_CACHE_DIR"] = settings.env_cache_dir or default_env_cache(settings.db)
     found = exposed(paths)
     if found:
         raise SettingsError(
             "; ".join(found) + ": every sandboxed command can read there. Move them (the "
-            "working directory, .env, BACKSPACE_DB and BACKSPACE_SANDBOX_ROOT) outside /usr and "
+            "working directory, .env, BACKSPACE_DB, BACKSPACE_SANDBOX_ROOT and "
+            "BACKSPACE_ENV_CACHE_DIR) outside /usr and "
             "the /etc files the sandbox sees (backspace/orchestrator/sandboxes/bwrap.py lists them)"
         )
 
@@ -93,6 +101,9 @@ def sandbox_provider(settings: Settings) -> SandboxProvider:
             cpus=settings.sandbox_cpus,
         ),
         allow_unsandboxed=settings.allow_unsandboxed,
+        layers=LocalLayerStore(
+            settings.env_cache_dir or default_env_cache(settings.db), settings.env_cache_mb
+        ),
     )
 
 

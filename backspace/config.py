@@ -104,6 +104,8 @@ class Settings(BaseSettings):
     sandbox_max_file_mb: int = Field(512, alias="BACKSPACE_SANDBOX_MAX_FILE_MB", ge=1)
     sandbox_disk_mb: int = Field(2048, alias="BACKSPACE_SANDBOX_DISK_MB", ge=16)
     sandbox_cpus: float | None = Field(None, alias="BACKSPACE_SANDBOX_CPUS", gt=0)
+    env_cache_dir: Path | None = Field(None, alias="BACKSPACE_ENV_CACHE_DIR")
+    env_cache_mb: int = Field(10240, alias="BACKSPACE_ENV_CACHE_MB", ge=1)
     command_timeout: float = Field(120.0, alias="BACKSPACE_COMMAND_TIMEOUT", gt=0)
     max_output_chars: int = Field(16000, alias="BACKSPACE_MAX_OUTPUT_CHARS", ge=1000)
     test_command: str | None = Field(None, alias="BACKSPACE_TEST_COMMAND")

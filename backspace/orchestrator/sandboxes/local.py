@@ -12,6 +12,12 @@ Each command runs as `prlimit ... [setpriv ...] bwrap ... bash -c COMMAND`:
   and a size-limited tmpfs holding its workspace, /tmp and home, so a full sandbox fills its
   own memory-charged tmpfs, never the disk the database is on; /dev/shm is a small tmpfs.
 
+A sandbox started from a set-up layer (environment/local_layers.py) gets, as root, an overlayfs
+on its workspace and home: the layer's directories below, read-only, and the writes above on
+the run's tmpfs, so starting costs no copy and nothing the sandbox does reaches the layer. The
+overlay's directories are given to mount(8) as /proc/self/fd/N, so its options, which the
+sandbox can read in /proc/self/mountinfo, name no host path. Not as root, the layer is copied in.
+
 When the server runs as root, bubblewrap is started as an unprivileged user (`setpriv`), so that
 root-owned host files inside the read-only view (such as /etc/shadow) stay unreadable.
 
@@ -27,6 +33,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import re
 import resource
 import shutil
 import signal
@@ -41,6 +48,7 @@ from typing import Any, BinaryIO
 from backspace.orchestrator.egress.gate import Gate, Phase
 from backspace.orchestrator.egress.hosts import HostList
 from backspace.orchestrator.environment.layer import Layer, LayerStore
+from backspace.orchestrator.environment.local_layers import LAYER_DIRS, LocalLayerStore
 from backspace.orchestrator.errors import (
     SandboxError,
     SandboxLost,
@@ -120,6 +128,12 @@ def default_root(db_path: Path) -> Path:
     return Path(tempfile.gettempdir()) / f"backspace-sandboxes-{key}"
 
 
+def default_env_cache(db_path: Path) -> Path:
+    """The set-up layer cache per server database, next to the default sandbox root."""
+    key = hashlib.sha256(str(db_path.resolve()).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"backspace-env-cache-{key}"
+
+
 class LocalSandboxProvider:
     name = "local"
     layers: LayerStore | None = None
@@ -131,8 +145,11 @@ class LocalSandboxProvider:
         *,
         allow_unsandboxed: bool = False,
         cgroup_root: Path = CGROUP_ROOT,
+        layers: LocalLayerStore | None = None,
     ) -> None:
         self.root = root
+        self.layers = self._store = layers
+        self._leases: dict[Path, tuple[LocalLayerStore, str]] = {}  # run dir -> its layer
         self.limits = limits
         self.cgroup_root = cgroup_root
         self.cgroups: Cgroups | None = None
@@ -169,6 +186,12 @@ class LocalSandboxProvider:
                 "per file (RLIMIT_FSIZE): a sandbox can fill that disk; run the server as root "
                 "so each run gets a size-limited tmpfs"
             )
+            if self.layers is not None:
+                degraded["layers"] = (
+                    "copied, not overlaid: a sandbox started from a set-up layer gets a copy "
+                    "of it (time and disk grow with its size); run the server as root so "
+                    "layers are mounted with overlayfs instead"
+                )
         if self.isolated and self._shm_bytes() is None:
             degraded["shm"] = (
                 "bubblewrap is older than 0.5 and cannot size /dev/shm: it is bounded only by "
@@ -266,7 +289,50 @@ class LocalSandboxProvider:
         except OSError as exc:
             await asyncio.to_thread(_remove_run_dir, base)
             raise SandboxError(f"could not create the sandbox's cgroup: {exc}") from exc
+        if layer is not None:
+            try:
+                await asyncio.to_thread(self._start_from, base, layer)
+            except (OSError, SandboxError) as exc:
+                await asyncio.to_thread(self._remove, base)
+                if cgroup is not None:
+                    await asyncio.to_thread(cgroup.remove)
+                if isinstance(exc, SandboxError):
+                    raise
+                raise SandboxError(
+                    f"could not start the sandbox from the set-up layer {layer.key}: {exc}"
+                ) from exc
         return LocalSandbox(self, run_id, base, cgroup)
+
+    def _start_from(self, base: Path, layer: Layer) -> None:
+        """Lease the layer, then mount it under the run's workspace and home (copy it in when
+        this server cannot mount)."""
+        store = self._store
+        if store is not None:
+            store.lease(layer.key)
+            self._leases[base] = (store, layer.key)
+        source = Path(layer.location)
+        if not all((source / name).is_dir() for name in LAYER_DIRS):
+            raise SandboxError(
+                f"the set-up layer {layer.key} is gone (evicted from the environment cache "
+                "meanwhile?): start the run again",
+                retryable=True,
+            )
+        if self._tmpfs_disk():
+            scratch = base / ".layer"
+            scratch.mkdir(mode=0o700)
+            for name in LAYER_DIRS:
+                _mount_overlay(source / name, base / name, scratch, name)
+        else:
+            for name in LAYER_DIRS:
+                _copy_into(source / name, base / name)
+
+    def _remove(self, base: Path) -> None:
+        """Delete a run directory, its mounts first; then its layer may be evicted again."""
+        _remove_run_dir(base)
+        lease = self._leases.pop(base, None)
+        if lease is not None:
+            store, key = lease
+            store.release(key)
 
     def _make_root(self) -> None:
         """The root, traversable (not listable) by the sandbox user; made again if deleted."""
@@ -306,7 +372,7 @@ class LocalSandboxProvider:
         if orphans:
             await asyncio.to_thread(_kill_processes_of, orphans)
         for entry in orphans:
-            await asyncio.to_thread(_remove_run_dir, entry)
+            await asyncio.to_thread(self._remove, entry)
         return len(orphans)
 
     async def aclose(self) -> None:
@@ -617,7 +683,7 @@ class LocalSandbox:
             await asyncio.to_thread(self.cgroup.kill_all)
         for proc in list(self._procs):
             await self._reap(proc)
-        await asyncio.to_thread(_remove_run_dir, self.base)
+        await asyncio.to_thread(self.provider._remove, self.base)
         if self.cgroup is not None:
             await asyncio.to_thread(self.cgroup.remove)
 
@@ -668,12 +734,81 @@ def _bwrap_version() -> tuple[int, ...]:
 
 
 def _remove_run_dir(base: Path) -> None:
-    """Unmount the run's tmpfs (if it has one: its memory is freed), then delete what is left."""
-    if os.path.ismount(base):
-        done = subprocess.run(["umount", str(base)], capture_output=True, check=False)
+    """Unmount everything mounted at or below the run directory, deepest first (a layer's
+    overlays, then the run's tmpfs, whose memory is freed), then delete what is left."""
+    for mount_point in mounts_below(base):
+        done = subprocess.run(["umount", mount_point], capture_output=True, check=False)
         if done.returncode != 0:  # still busy: detach it; it goes with its last user
-            subprocess.run(["umount", "-l", str(base)], capture_output=True, check=False)
+            subprocess.run(["umount", "-l", mount_point], capture_output=True, check=False)
     shutil.rmtree(base, ignore_errors=True)
+
+
+def mounts_below(base: Path) -> list[str]:
+    """The mount points at or below `base` in this process's mount namespace, deepest first."""
+    top = os.path.abspath(base)
+    found = []
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return [top] if os.path.ismount(top) else []
+    for line in lines:
+        fields = line.split(" ")
+        if len(fields) < 5:
+            continue
+        point = _unescape(fields[4])
+        if point == top or point.startswith(top + "/"):
+            found.append(point)
+    # A point mounted twice is listed twice: each umount takes the topmost mount off.
+    return sorted(found, key=lambda point: point.count("/"), reverse=True)
+
+
+def _unescape(field: str) -> str:
+    """mountinfo writes space, tab, newline and backslash as octal escapes (\\040 ...)."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def _mount_overlay(lower: Path, target: Path, scratch: Path, name: str) -> None:
+    """Mount `lower` read-only under `target`, its writes kept in `scratch` (the run's tmpfs).
+
+    The upper directory takes the lower one's owner and mode, so the sandbox user writes there
+    as in the layer. The directories reach mount(8) as descriptors: the options show no path.
+    """
+    upper, work = scratch / f"{name}-upper", scratch / f"{name}-work"
+    info = lower.stat()
+    upper.mkdir(mode=0o700)
+    work.mkdir(mode=0o700)
+    os.chown(upper, info.st_uid, info.st_gid)
+    os.chmod(upper, info.st_mode & 0o7777)
+    fds = [os.open(path, os.O_PATH | os.O_DIRECTORY) for path in (lower, upper, work)]
+    try:
+        lowerdir, upperdir, workdir = (f"/proc/self/fd/{fd}" for fd in fds)
+        options = f"lowerdir={lowerdir},upperdir={upperdir},workdir={workdir},nosuid,nodev"
+        done = subprocess.run(
+            ["mount", "-t", "overlay", "-o", options, "backspace-layer", str(target)],
+            capture_output=True,
+            timeout=20,
+            check=False,
+            pass_fds=fds,
+        )
+    finally:
+        for fd in fds:
+            os.close(fd)
+    if done.returncode != 0:
+        err = done.stderr.decode(errors="replace").strip()[:300]
+        raise OSError(f"mount overlay on {name}: {err or done.returncode}")
+
+
+def _copy_into(source: Path, target: Path) -> None:
+    """A layer copied in (no overlay without root): its contents into the run's directory."""
+    done = subprocess.run(
+        ["cp", "-a", "--", f"{source}/.", str(target)],
+        capture_output=True,
+        timeout=600,
+        check=False,
+    )
+    if done.returncode != 0:
+        err = done.stderr.decode(errors="replace").strip()[:300]
+        raise OSError(f"copying the layer's {source.name} in: {err}")
 
 
 def _raise_for_file_op(code: int, path: str, err: str, verb: str) -> None:
