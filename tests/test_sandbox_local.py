@@ -474,18 +474,21 @@ async def test_close_kills_a_running_command(provider: LocalSandboxProvider) -> 
 
 async def test_cleanup_orphans_keeps_live_runs(provider: LocalSandboxProvider) -> None:
     live = await provider.create("live")
-    dead = [await provider.create(name) for name in ("dead-1", "dead-2")]
+    verifying = await provider.create("live-verify")  # the live run's verification sandbox
+    dead = [await provider.create(name) for name in ("dead-1", "dead-2", "dead-3-verify")]
     try:
         await live.write_file("keep.txt", b"keep")
-        assert await provider.cleanup_orphans({"live"}) == 2
-        assert live.base.exists()
+        assert await provider.cleanup_orphans({"live"}) == 3
+        assert live.base.exists() and verifying.base.exists()
         assert await live.read_file("keep.txt") == b"keep"
+        assert (await verifying.exec("true")).exit_code == 0
         for sandbox in dead:
             assert not sandbox.base.exists()
-        assert sorted(p.name for p in provider.root.iterdir()) == ["live"]
+        assert sorted(p.name for p in provider.root.iterdir()) == ["live", "live-verify"]
         assert await provider.cleanup_orphans({"live"}) == 0
     finally:
         await live.close()
+        await verifying.close()
         for sandbox in dead:
             await sandbox.close()
 

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from backspace.orchestrator.sandboxes.base import run_of
+
 log = logging.getLogger(__name__)
 
 CONTROLLERS = ("memory", "pids", "cpu")
@@ -270,7 +272,7 @@ class Cgroups:
         for parent in set(self.parents.values()):
             with contextlib.suppress(OSError):
                 names.update(e.name for e in parent.iterdir() if e.is_dir())
-        orphans = names - live_run_ids
+        orphans = {name for name in names if run_of(name) not in live_run_ids}
         for name in orphans:
             RunCgroup(tuple({p / name: None for p in self.parents.values()})).remove()
         return len(orphans)

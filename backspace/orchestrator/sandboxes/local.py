@@ -55,7 +55,12 @@ from backspace.orchestrator.errors import (
     SandboxUnavailable,
     SeccompUnavailable,
 )
-from backspace.orchestrator.sandboxes.base import ExecResult, OutputCallback, OutputCollector
+from backspace.orchestrator.sandboxes.base import (
+    ExecResult,
+    OutputCallback,
+    OutputCollector,
+    run_of,
+)
 from backspace.orchestrator.sandboxes.bwrap import bwrap_argv
 from backspace.orchestrator.sandboxes.cgroup import CgroupLimits, Cgroups, RunCgroup
 
@@ -367,7 +372,9 @@ class LocalSandboxProvider:
     async def cleanup_orphans(self, live_run_ids: set[str]) -> int:
         if not self.root.is_dir():
             return 0
-        orphans = [e for e in self.root.iterdir() if e.name not in live_run_ids and e.is_dir()]
+        orphans = [
+            e for e in self.root.iterdir() if run_of(e.name) not in live_run_ids and e.is_dir()
+        ]
         await asyncio.to_thread(self._cgroups().sweep, live_run_ids)
         if orphans:
             await asyncio.to_thread(_kill_processes_of, orphans)
