@@ -16,6 +16,7 @@ from starlette.applications import Starlette
 from backspace.config import Settings, SettingsError
 from backspace.http.application import web_app
 from backspace.orchestrator.agent import AgentLimits, AnthropicModel, Model
+from backspace.orchestrator.egress.proxy import EgressProxy
 from backspace.orchestrator.githosts.base import GitHost
 from backspace.orchestrator.githosts.github import GitHubHost
 from backspace.orchestrator.githosts.local import LocalGitHost
@@ -90,6 +91,7 @@ def sandbox_provider(settings: Settings) -> SandboxProvider:
             cpus=settings.sandbox_cpus,
         ),
         allow_unsandboxed=settings.allow_unsandboxed,
+        egress=EgressProxy(settings.egress_addresses),  # its thread starts with the first door
     )
 
 

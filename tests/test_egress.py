@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from backspace.app import build_service
+from backspace.config import SettingsError, load_settings
 from backspace.orchestrator.egress.gate import BlockedAttempt, Gate, Phase
 from backspace.orchestrator.egress.hosts import AddressMap, HostList
 from backspace.orchestrator.egress.proxy import EgressProxy
@@ -250,3 +252,35 @@ async def _settle() -> None:
 
     for _ in range(3):
         await asyncio.sleep(0)
+
+
+# --- the setting ------------------------------------------------------------------------------
+def test_egress_resolve_is_parsed_and_wired_into_the_local_provider(tmp_path: Path) -> None:
+    settings = load_settings(
+        BACKSPACE_DB=str(tmp_path / "b.db"),
+        BACKSPACE_SANDBOX="local",
+        BACKSPACE_EGRESS_RESOLVE="pypi.internal=10.0.0.5:8080, Mirror.Test.=[fd00::1]:3141",
+    )
+    assert settings.egress_addresses.targets == {
+        "pypi.internal": ("10.0.0.5", 8080),
+        "mirror.test": ("fd00::1", 3141),
+    }
+    service = build_service(settings)
+    try:
+        sandboxes = service.sandboxes
+        assert isinstance(sandboxes, LocalSandboxProvider)
+        assert sandboxes.egress is not None
+        assert sandboxes.egress.addresses == settings.egress_addresses
+        assert not sandboxes.egress.running  # started by the first gated sandbox
+    finally:
+        service.store.close()
+
+
+@pytest.mark.parametrize("value", ["pypi.internal", "pypi.internal=10.0.0.5", "10.0.0.5=a:1"])
+def test_a_bad_egress_resolve_stops_start_up_naming_the_variable(
+    tmp_path: Path, value: str
+) -> None:
+    with pytest.raises(
+        SettingsError, match=r"BACKSPACE_EGRESS_RESOLVE: .*(name=host:port|address)"
+    ):
+        load_settings(BACKSPACE_DB=str(tmp_path / "b.db"), BACKSPACE_EGRESS_RESOLVE=value)
