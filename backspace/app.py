@@ -17,6 +17,7 @@ from backspace.config import Settings, SettingsError
 from backspace.http.application import web_app
 from backspace.orchestrator.agent import AgentLimits, AnthropicModel, Model
 from backspace.orchestrator.egress.hosts import HostList
+from backspace.orchestrator.egress.proxy import EgressProxy
 from backspace.orchestrator.environment.local_layers import LocalLayerStore
 from backspace.orchestrator.environment.policy import EnvironmentPolicy
 from backspace.orchestrator.githosts.base import GitHost
@@ -104,6 +105,7 @@ def sandbox_provider(settings: Settings) -> SandboxProvider:
         layers=LocalLayerStore(
             settings.env_cache_dir or default_env_cache(settings.db), settings.env_cache_mb
         ),
+        egress=EgressProxy(settings.egress_addresses),  # its thread starts with the first door
     )
 
 

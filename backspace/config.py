@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from backspace.orchestrator.egress.hosts import HostList, HostListError
+from backspace.orchestrator.egress.hosts import AddressMap, HostList, HostListError
 from backspace.orchestrator.errors import SettingsError as SettingsError
 from backspace.orchestrator.protected_paths import DEFAULT_PROTECTED, parse_patterns
 
@@ -109,6 +109,7 @@ class Settings(BaseSettings):
     command_timeout: float = Field(120.0, alias="BACKSPACE_COMMAND_TIMEOUT", gt=0)
     max_output_chars: int = Field(16000, alias="BACKSPACE_MAX_OUTPUT_CHARS", ge=1000)
     test_command: str | None = Field(None, alias="BACKSPACE_TEST_COMMAND")
+    egress_resolve: str = Field("", alias="BACKSPACE_EGRESS_RESOLVE")
 
     # --- repository environments (issue 14) ----------------------------------------------------
     egress_allow: str = Field(DEFAULT_EGRESS_ALLOW, alias="BACKSPACE_EGRESS_ALLOW")
@@ -163,6 +164,12 @@ class Settings(BaseSettings):
     @classmethod
     def _globs(cls, value: str) -> str:
         parse_patterns(value)
+        return value
+
+    @field_validator("egress_resolve")
+    @classmethod
+    def _egress_resolve(cls, value: str) -> str:
+        AddressMap.parse(value)  # HostListError (a ValueError) says which item and why
         return value
 
     @field_validator("allowed_hosts")
@@ -236,6 +243,11 @@ class Settings(BaseSettings):
             if pattern:
                 patterns.append(pattern)
         return patterns
+
+    @property
+    def egress_addresses(self) -> AddressMap:
+        """BACKSPACE_EGRESS_RESOLVE: names the sandbox's door connects to fixed addresses."""
+        return AddressMap.parse(self.egress_resolve)
 
     @property
     def protected_path_patterns(self) -> tuple[str, ...]:

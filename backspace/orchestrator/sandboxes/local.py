@@ -1,7 +1,10 @@
 """The embedded sandbox: a work directory per run, every command under bubblewrap.
 
 Each command runs as `prlimit ... [setpriv ...] bwrap ... bash -c COMMAND`:
-- no network (`--unshare-all` gives a fresh network namespace with only a down loopback),
+- no network (`--unshare-all` gives a fresh network namespace with only its own loopback);
+  a sandbox created with a gate gets one door out: the egress proxy's Unix socket for this run,
+  bound in at /run/backspace/egress.sock and relayed by socat to 127.0.0.1:3128, where the
+  HTTP(S)_PROXY variables point (see egress/proxy.py),
 - its own PID namespace (the whole tree dies with the command), a private /tmp and home,
 - `/usr` and a short list of `/etc` files read-only and nothing else of the host: not the
   server's files, its `.env`, its database or its environment (`--clearenv` plus a short
@@ -47,6 +50,7 @@ from typing import Any, BinaryIO
 
 from backspace.orchestrator.egress.gate import Gate, Phase
 from backspace.orchestrator.egress.hosts import HostList
+from backspace.orchestrator.egress.proxy import Door, EgressProxy
 from backspace.orchestrator.environment.layer import Layer, LayerStore
 from backspace.orchestrator.environment.local_layers import LAYER_DIRS, LocalLayerStore
 from backspace.orchestrator.errors import (
@@ -77,6 +81,23 @@ FILE_MISSING = 44
 FILE_IS_DIR = 45
 KILL_WAIT = 5.0
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+DOOR = "/run/backspace/egress.sock"  # the run's egress socket, inside the sandbox
+PROXY_PORT = 3128
+PROXY_URL = f"http://127.0.0.1:{PROXY_PORT}"
+# A gated sandbox's commands start here: socat relays loopback:3128 to the door (the sandbox's
+# own network namespace has nothing else), and the command starts once it listens, seen in
+# /proc/net/tcp (connecting to test it would be a request of its own). $1 is socat, $2 the command.
+NETWORK_PRELUDE = f"""\
+"$1" TCP-LISTEN:{PROXY_PORT},bind=127.0.0.1,fork,reuseaddr UNIX-CONNECT:{DOOR} \
+  </dev/null >/dev/null 2>&1 &
+for _ in {{1..500}}; do
+  while read -r _ local _ state _; do
+    [ "$local $state" = "0100007F:{PROXY_PORT:04X} 0A" ] && break 3
+  done </proc/net/tcp
+  sleep 0.01
+done
+exec bash -c "$2" bash
+"""
 
 
 @dataclass(frozen=True)
@@ -109,6 +130,13 @@ def sandbox_environment(home: str, path: str = SANDBOX_PATH) -> dict[str, str]:
         "TQDM_DISABLE": "1",
         "PYTHONDONTWRITEBYTECODE": "1",
     }
+
+
+def proxy_environment() -> dict[str, str]:
+    """What tells pip, npm, curl, git, cargo and go to go through the door."""
+    env = {name: PROXY_URL for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")}
+    env["NO_PROXY"] = env["no_proxy"] = "localhost,127.0.0.1"
+    return env
 
 
 def sandbox_mark(base: Path) -> str:
@@ -151,10 +179,14 @@ class LocalSandboxProvider:
         allow_unsandboxed: bool = False,
         cgroup_root: Path = CGROUP_ROOT,
         layers: LocalLayerStore | None = None,
+        egress: EgressProxy | None = None,
+        socat: str = "socat",
     ) -> None:
         self.root = root
         self.layers = self._store = layers
         self._leases: dict[Path, tuple[LocalLayerStore, str]] = {}  # run dir -> its layer
+        self.egress = egress  # None: sandboxes get no network at all, gate or not
+        self.socat = shutil.which(socat, path=SANDBOX_PATH)  # a path inside the sandbox too
         self.limits = limits
         self.cgroup_root = cgroup_root
         self.cgroups: Cgroups | None = None
@@ -202,6 +234,9 @@ class LocalSandboxProvider:
                 "bubblewrap is older than 0.5 and cannot size /dev/shm: it is bounded only by "
                 "the run's memory cgroup; install bubblewrap 0.5 or later"
             )
+        network = self._network_problem()
+        if network is not None:
+            degraded["network"] = network
         limits = self.limits
         return {
             "cgroup": cgroups.mode,
@@ -213,6 +248,20 @@ class LocalSandboxProvider:
             "file_mb": limits.max_file_mb,
             "degraded": degraded,
         }
+
+    def _network_problem(self) -> str | None:
+        if not self.isolated:
+            return (
+                "unsandboxed: commands reach the network directly, so the [network] allowlists "
+                "of .backspace.toml are not enforced"
+            )
+        if self.socat is None:
+            return (
+                "`socat` is not installed: sandboxes cannot reach their network door, so no "
+                "[network] host can be reached; install the Debian package socat "
+                "(apt-get install socat)"
+            )
+        return None
 
     def _tmpfs_disk(self) -> bool:
         return self._as_root and self.isolated
@@ -306,7 +355,19 @@ class LocalSandboxProvider:
                 raise SandboxError(
                     f"could not start the sandbox from the set-up layer {layer.key}: {exc}"
                 ) from exc
-        return LocalSandbox(self, run_id, base, cgroup)
+        door = None
+        if gate is not None and self.egress is not None and self.isolated:
+            owner = UNPRIVILEGED_UID if self._as_root else None
+            try:  # in the run's directory: outside the workspace, gone with the run
+                door = await asyncio.to_thread(
+                    self.egress.open, base / "egress.sock", gate, owner_uid=owner
+                )
+            except OSError as exc:
+                if cgroup is not None:
+                    await asyncio.to_thread(cgroup.remove)
+                await asyncio.to_thread(self._remove, base)
+                raise SandboxError(f"could not open the sandbox's network door: {exc}") from exc
+        return LocalSandbox(self, run_id, base, cgroup, gate=gate, door=door)
 
     def _start_from(self, base: Path, layer: Layer) -> None:
         """Lease the layer, then mount it under the run's workspace and home (copy it in when
@@ -383,21 +444,33 @@ class LocalSandboxProvider:
         return len(orphans)
 
     async def aclose(self) -> None:
-        """At shutdown: the (empty) parent cgroups go too."""
+        """At shutdown: the egress proxy stops and the (empty) parent cgroups go too."""
+        if self.egress is not None:
+            await asyncio.to_thread(self.egress.stop)
         if self.cgroups is not None:
             await asyncio.to_thread(self.cgroups.close)
 
     # --- the command line -----------------------------------------------------------------------
     @contextlib.contextmanager
     def _command(
-        self, base: Path, script: str, *, cwd: str, args: tuple[str, ...] = ()
+        self,
+        base: Path,
+        script: str,
+        *,
+        cwd: str,
+        args: tuple[str, ...] = (),
+        door: Path | None = None,
     ) -> Iterator[tuple[list[str], tuple[int, ...]]]:
-        """The argv and the descriptors it needs (closed after the block: start it inside)."""
+        """The argv and the descriptors it needs (closed after the block: start it inside).
+        With a `door` (the run's egress socket), it is bound in and the proxy variables set."""
         if not self.isolated:
             yield self._argv(base, script, cwd=cwd, args=args), ()
             return
         binds = {"/tmp": base / "tmp", HOME: base / "home", WORKDIR: base / "workspace"}  # noqa: S108 - the sandbox's private /tmp
         env = sandbox_environment(HOME)
+        if door is not None:
+            binds[DOOR] = door
+            env |= proxy_environment()
         with bwrap_argv(
             binds, cwd=cwd, env=env, uid=INNER_UID, home=HOME, shm_bytes=self._shm_bytes()
         ) as (bwrap, fds):
@@ -457,9 +530,14 @@ class LocalSandbox:
         run_id: str,
         base: Path,
         cgroup: RunCgroup | None = None,
+        *,
+        gate: Gate | None = None,
+        door: Door | None = None,
     ) -> None:
         self.provider = provider
         self.cgroup = cgroup
+        self.gate = gate
+        self.door = door
         self.id = f"local-{run_id}"
         self.base = base
         self.isolated = provider.isolated
@@ -483,7 +561,21 @@ class LocalSandbox:
         collector = OutputCollector(max_output)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         started = time.monotonic()
-        proc = await self._spawn(command, cwd=cwd, stdin=stdin is not None, merge=True)
+        script: str = command
+        args: tuple[str, ...] = ()
+        socat = self.provider.socat
+        if self.door is not None and socat is not None:
+            script, args = NETWORK_PRELUDE, (socat, command)
+        if self.gate is not None:
+            self.gate.running(command)
+        try:
+            proc = await self._spawn(
+                script, cwd=cwd, stdin=stdin is not None, merge=True, args=args, door=True
+            )
+        except BaseException:
+            if self.gate is not None:
+                self.gate.running(None)
+            raise
         timed_out = False
         try:
             async with asyncio.timeout(timeout):
@@ -499,6 +591,8 @@ class LocalSandbox:
             timed_out = True
         finally:
             await self._reap(proc)
+            if self.gate is not None:
+                self.gate.running(None)
         tail = decoder.decode(b"", final=True)
         if tail:
             collector.add(tail)
@@ -565,6 +659,7 @@ class LocalSandbox:
         stdout: BinaryIO | None = None,
         merge: bool = False,
         args: tuple[str, ...] = (),
+        door: bool = False,
     ) -> asyncio.subprocess.Process:
         if self._closed:
             raise SandboxError("the sandbox is closed")
@@ -582,10 +677,10 @@ class LocalSandbox:
         env[MARK_VARIABLE] = sandbox_mark(self.base)
         env[ROOT_MARK_VARIABLE] = root_mark(self.provider.root)
         try:
-            with self.provider._command(self.base, script, cwd=inner_cwd, args=args) as (
-                argv,
-                fds,
-            ):
+            door_path = self.door.path if door and self.door is not None else None
+            with self.provider._command(
+                self.base, script, cwd=inner_cwd, args=args, door=door_path
+            ) as (argv, fds):
                 if self.cgroup is not None:
                     argv = self.cgroup.enter_argv() + argv
                 proc = await asyncio.create_subprocess_exec(
@@ -676,8 +771,23 @@ class LocalSandbox:
 
     # --- network --------------------------------------------------------------------------------
     async def open_network(self, phase: Phase, hosts: HostList) -> None:
-        if hosts:  # closed is how every sandbox starts: nothing to do for an empty list
-            raise NotImplementedError("the local sandbox's network door is not built yet")
+        """From now on the door lets this sandbox's commands reach `hosts` (none when empty)."""
+        if self.gate is None:
+            if hosts:
+                raise SandboxUnavailable(
+                    "this sandbox was created without a network gate, so it has no network: "
+                    "create it with a gate to open its door"
+                )
+            return
+        if hosts and self.isolated:
+            problem = self.provider._network_problem()
+            if problem is not None:
+                raise SandboxUnavailable(f"the sandbox cannot reach {hosts}: {problem}")
+            if self.door is None:
+                raise SandboxUnavailable(
+                    f"the sandbox cannot reach {hosts}: this server runs no egress proxy"
+                )
+        self.gate.enter(phase, hosts)
 
     # --- close ----------------------------------------------------------------------------------
     async def close(self) -> None:
@@ -690,6 +800,8 @@ class LocalSandbox:
             await asyncio.to_thread(self.cgroup.kill_all)
         for proc in list(self._procs):
             await self._reap(proc)
+        if self.door is not None:
+            await asyncio.to_thread(self.door.close)
         await asyncio.to_thread(self.provider._remove, self.base)
         if self.cgroup is not None:
             await asyncio.to_thread(self.cgroup.remove)
