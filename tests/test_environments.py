@@ -26,9 +26,11 @@ from backspace.orchestrator.environment.repo_file import parse_repo_file
 from backspace.orchestrator.environment.setup import parse_status
 from backspace.orchestrator.environment.starter import detect
 from backspace.orchestrator.errors import RunFailure
+from backspace.orchestrator.sandboxes.local import default_root
 from tests.conftest import git, make_repo
 from tests.fakes.anthropic import FakeAnthropic, Reply, ToolCall
 from tests.fakes.package_index import PackageIndex, Wheel
+from tests.helpers import sandbox_processes
 from tests.scenarios import finish
 from tests.server import Server, start_server
 from tests.sse import of_type, post_run
@@ -374,3 +376,104 @@ async def test_without_the_file_the_pull_request_suggests_one(rig: Rig) -> None:
     assert not of_type(events, "verification")
     body = await pr_body(rig, events)
     assert "no `.backspace.toml`" in body and "Python project" in body and "[setup]" in body
+
+
+# --- limits: a second server with a short setup timeout, a tiny cache and agent network ---------
+@dataclass
+class TightRig:
+    server: Server
+    model: FakeAnthropic
+    index: PackageIndex
+    repos: Path
+    cache: Path
+
+
+@pytest.fixture(scope="module")
+def tight(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TightRig]:
+    base = tmp_path_factory.mktemp("environments-tight")
+    repos, cache = base / "repos", base / "cache"
+    repos.mkdir()
+    with PackageIndex([TINYDEP]) as index, FakeAnthropic(scenarios={}) as model:
+        env = {
+            "ANTHROPIC_API_KEY": "sk-ant-api03-environments-tight-0123456789",
+            "ANTHROPIC_BASE_URL": model.url,
+            "BACKSPACE_LOCAL_REPOS": str(repos),
+            "BACKSPACE_EGRESS_RESOLVE": f"pypi.test=127.0.0.1:{index.port}",
+            "BACKSPACE_EGRESS_ALLOW": "pypi.test",
+            "BACKSPACE_AGENT_NETWORK": "allowlist",
+            "BACKSPACE_ENV_CACHE_DIR": str(cache),
+            "BACKSPACE_ENV_CACHE_MB": "1",
+            "BACKSPACE_SETUP_TIMEOUT": "3",
+        }
+        server = start_server(base / "server", env)
+        try:
+            yield TightRig(server, model, index, repos, cache)
+        finally:
+            server.stop()
+
+
+def leftovers(server: Server) -> list[str]:
+    """Run directories, sandbox processes and mounts of this server's sandboxes still there."""
+    root = default_root(server.db_path)
+    left = [str(p) for p in root.iterdir()] if root.exists() else []
+    left += [f"process {pid}" for pid in sandbox_processes(root)]
+    mounts = Path("/proc/self/mountinfo").read_text().splitlines()
+    left += [line for line in mounts if str(root) in line]
+    return left
+
+
+@pytest.mark.e2e  # it starts the real server
+async def test_a_setup_that_hangs_is_stopped_and_leaves_nothing(tight: TightRig) -> None:
+    make_repo(
+        tight.repos,
+        "hangs",
+        {"app.py": APP, ".backspace.toml": "[setup]\nrun = 'sleep 60 & sleep 60'\n"},
+    )
+    rig = Rig(tight.server, tight.model, tight.index, tight.repos, tight.cache)
+    started = time.monotonic()
+    events = await run(rig, "local:hangs", "tight-hang", [finish()])
+    assert time.monotonic() - started < 30
+    (error,) = of_type(events, "error")
+    assert error["code"] == "setup_timed_out" and "BACKSPACE_SETUP_TIMEOUT" in error["message"]
+    assert leftovers(tight.server) == []
+
+
+@pytest.mark.e2e  # it starts the real server
+async def test_an_environment_too_big_for_the_cache_is_not_kept_and_the_run_goes_on(
+    tight: TightRig,
+) -> None:
+    repo_file = (
+        "[setup]\nrun = 'mkdir -p .venv/bin && head -c 3000000 /dev/zero > .venv/blob "
+        '&& printf "#!/bin/sh\\ngrep -q \\"x \\\\\\\\* 2\\" app.py\\n" > .venv/bin/check '
+        "&& chmod +x .venv/bin/check'\n[verify]\nrun = '.venv/bin/check'\n"
+    )
+    make_repo(tight.repos, "big", {"app.py": APP, ".backspace.toml": repo_file})
+    rig = Rig(tight.server, tight.model, tight.index, tight.repos, tight.cache)
+    events = await run(rig, "local:big", "tight-big", [Reply([DOUBLE]), finish("Double")])
+    assert_succeeded(events)
+    said = messages(events)
+    assert any("not cached" in m and "BACKSPACE_ENV_CACHE_MB" in m for m in said), said
+    (receipt,) = of_type(events, "verification")
+    assert receipt["environment"] == "set up afresh for verification"
+    assert receipt["passed"], receipt
+    assert not tight.cache.exists() or [p.name for p in tight.cache.iterdir()] == []
+    assert leftovers(tight.server) == []
+
+
+@pytest.mark.e2e  # it starts the real server
+async def test_with_agent_network_on_the_agent_reaches_its_list_only(tight: TightRig) -> None:
+    repo_file = "[setup]\nrun = 'true'\n[network]\nagent = ['pypi.test']\n[verify]\nrun = 'true'\n"
+    make_repo(tight.repos, "online", {"app.py": APP, ".backspace.toml": repo_file})
+    rig = Rig(tight.server, tight.model, tight.index, tight.repos, tight.cache)
+    steps = [
+        Reply([bash("curl -sS -m 5 http://pypi.test/simple/tinydep/")]),
+        Reply([bash("curl -sS -m 5 https://elsewhere.test/ || echo refused")]),
+        Reply([DOUBLE]),
+        finish("Double"),
+    ]
+    events = await run(rig, "local:online", "tight-online", steps)
+    assert_succeeded(events)
+    outputs = [e["output"] for e in of_type(events, "Tool: Bash")]
+    assert any("tinydep-1.0-py3-none-any.whl" in out for out in outputs), outputs
+    blocked = of_type(events, "network_blocked")
+    assert [(b["host"], b["phase"]) for b in blocked] == [("elsewhere.test", "agent")], blocked
