@@ -333,3 +333,50 @@ async def test_file_calls_on_a_vanished_sandbox_say_it_is_gone(daytona: FakeDayt
     finally:
         await sandbox.close()
         await provider.aclose()
+
+
+# --- repository environments on Daytona (issue 14) ----------------------------------------------
+CHECKER = (
+    '[setup]\nrun = \'mkdir -p .venv/bin && printf "#!/bin/sh\\ngrep -q ValueError app.py\\n" '
+    "> .venv/bin/check && chmod +x .venv/bin/check && echo set-up >> ~/setup-count'\n"
+    "maintenance = 'echo maintained > .venv/maintained'\n[verify]\nrun = '.venv/bin/check'\n"
+)
+
+
+async def test_setup_is_snapshotted_reused_and_verified_in_a_fresh_sandbox(
+    shared: Shared, shared_daytona: FakeDaytona
+) -> None:
+    make_repo(
+        shared.repos,
+        "dt-env",
+        {"app.py": "def signup(name):\n    return name\n", ".backspace.toml": CHECKER},
+    )
+    shared.model.scenarios["dt-env-1"] = [Reply([EDIT_SIGNUP]), finish()]
+    first = await post_run(shared.server.url, {"repo_url": "local:dt-env", "prompt": "dt-env-1"})
+    assert first[-1]["status"] == "succeeded", of_type(first, "error")
+    (receipt,) = of_type(first, "verification")
+    assert receipt["passed"] and receipt["environment"] == "set up afresh", receipt
+    assert any("Cached the environment" in e["message"] for e in of_type(first, "progress"))
+    run_id = first[0]["run_id"]
+    agent, verifier = (
+        sandboxes_of(shared_daytona, run_id),
+        sandboxes_of(shared_daytona, run_id + "-verify"),
+    )
+    assert len(agent) == 1 and len(verifier) == 1
+    # The agent's sandbox was closed to the network for the agent phase.
+    assert agent[0].network and agent[0].network[-1].get("networkBlockAll") is True
+    assert live_of(shared_daytona, run_id, run_id + "-verify") == []
+
+    # The second run starts from the snapshot: maintenance only; the agent fakes the checker,
+    # and verification (from the snapshot, not the agent's sandbox) still fails its wrong change.
+    shared.model.scenarios["dt-env-2"] = [
+        bash("printf '#!/bin/sh\\nexit 0\\n' > .venv/bin/check && echo '# done' >> app.py"),
+        finish(),
+    ]
+    second = await post_run(shared.server.url, {"repo_url": "local:dt-env", "prompt": "dt-env-2"})
+    assert second[-1]["status"] == "succeeded", of_type(second, "error")
+    said = [e["message"] for e in of_type(second, "progress")]
+    assert any("Using the cached environment" in m for m in said), said
+    (receipt,) = of_type(second, "verification")
+    assert not receipt["passed"] and receipt["environment"].startswith("cached"), receipt
+    assert of_type(second, "pr_created")[0]["draft"] is True
