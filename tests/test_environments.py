@@ -289,6 +289,10 @@ async def test_setup_installs_the_agent_uses_verification_proves_and_the_cache_s
     assert any("Using the cached environment" in m and "maintenance" in m for m in said), said
     assert rig.index.total_downloads == 1, "the second run downloaded again"
     assert elapsed(second) < elapsed(first), (elapsed(first), elapsed(second))
+    # The agent was told what setup ran, that it has no network, and how it will be verified.
+    system = rig.model.requests_for("env-second")[0]["system"][0]["text"]
+    assert "restored from a cache" in system and "Network: none" in system, system
+    assert "`.venv/bin/tinytest`" in system, system
 
     # A change to a cache_key file makes a new environment.
     (rig.repos / "shop" / "requirements.txt").write_text("tinydep==2.0\n")

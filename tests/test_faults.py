@@ -751,12 +751,12 @@ RESET_LATER = str(int(time.time()) + 3600)
 GITHUB_FAULTS = [
     github_fault(
         "lookup-502",
-        Expect("failed", "github_unavailable", "cloning", True, ("acme/lookup-502", "try again")),
+        Expect("failed", "github_unavailable", "sandbox", True, ("acme/lookup-502", "try again")),
         github_fails("GET", r"^/repos/acme/lookup-502$", 502),
     ),
     github_fault(
         "lookup-403-rate-limit",
-        Expect("failed", "github_rate_limited", "cloning", True, ("rate limit", "try again")),
+        Expect("failed", "github_rate_limited", "sandbox", True, ("rate limit", "try again")),
         github_fails(
             "GET",
             r"^/repos/acme/lookup-403-rate-limit$",
@@ -767,7 +767,7 @@ GITHUB_FAULTS = [
     ),
     github_fault(
         "lookup-403-secondary-rate-limit",
-        Expect("failed", "github_rate_limited", "cloning", True, ("rate limit", "try again")),
+        Expect("failed", "github_rate_limited", "sandbox", True, ("rate limit", "try again")),
         github_fails(
             "GET",
             r"^/repos/acme/lookup-403-secondary-rate-limit$",
@@ -778,7 +778,7 @@ GITHUB_FAULTS = [
     ),
     github_fault(
         "fetch-503",
-        Expect("failed", "github_unavailable", "cloning", True, ("fetch from acme/fetch-503",)),
+        Expect("failed", "github_unavailable", "sandbox", True, ("fetch from acme/fetch-503",)),
         github_fails("GET", r"^/acme/fetch-503\.git/info/refs$", 503),
     ),
     github_fault(

@@ -113,6 +113,9 @@ class Pipeline:
         sandboxes: contextlib.AsyncExitStack,
     ) -> Outcome:
         request = ctx.request
+        # The repository is looked up before the sandbox exists (its file picks the sandbox's
+        # environment), so a git host that fails here fails the `sandbox` stage.
+        ctx.progress(Stage.SANDBOX, f"Looking up {request.repo.name}")
         repo = await host.resolve(request.repo, request.base_branch)
         # The repository's .backspace.toml and its cache key are read on the host, from the base
         # commit, so that the sandbox starts from its cached environment at once.

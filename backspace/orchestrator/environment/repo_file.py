@@ -102,24 +102,24 @@ class RepoEnvironment:
     verify: tuple[str, ...] = ()
 
 
-def RepoFileError(message: str) -> RunFailure:
+def bad_repo_file(message: str) -> RunFailure:
     """A `.backspace.toml` that cannot be used; the message names the line and the fix."""
     return RunFailure("bad_repo_file", f"{FILE_NAME}: {message}")
 
 
 def parse_repo_file(data: bytes) -> RepoEnvironment:
-    """The file's content as a RepoEnvironment, or RepoFileError saying where and why."""
+    """The file's content as a RepoEnvironment, or RunFailure `bad_repo_file` saying where and why."""
     if len(data) > MAX_BYTES:
-        raise RepoFileError(f"the file is larger than {MAX_BYTES // 1024} KiB")
+        raise bad_repo_file(f"the file is larger than {MAX_BYTES // 1024} KiB")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
-        raise RepoFileError(f"line {line}: the file is not UTF-8") from None
+        raise bad_repo_file(f"line {line}: the file is not UTF-8") from None
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise RepoFileError(f"not valid TOML: {exc}") from None
+        raise bad_repo_file(f"not valid TOML: {exc}") from None
     try:
         parsed = _File.model_validate(raw)
     except ValidationError as exc:
@@ -127,11 +127,11 @@ def parse_repo_file(data: bytes) -> RepoEnvironment:
         location = tuple(str(part) for part in first["loc"])
         where = ".".join(location)
         line = line_of(text, location)
-        raise RepoFileError(f"line {line}: {where}: {_reason(first)}") from None
+        raise bad_repo_file(f"line {line}: {where}: {_reason(first)}") from None
     setup = parsed.setup
     if setup is None and (parsed.network.setup):
         line = line_of(text, ("network", "setup"))
-        raise RepoFileError(f"line {line}: network.setup is given but there is no [setup] run")
+        raise bad_repo_file(f"line {line}: network.setup is given but there is no [setup] run")
     return RepoEnvironment(
         present=True,
         setup=setup.run if setup else None,
