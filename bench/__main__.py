@@ -13,7 +13,7 @@ import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bench import concurrent, fanout, first_event, overhead, slack_ack, startup, store
+from bench import concurrent, fanout, first_event, layers, overhead, slack_ack, startup, store
 from bench.common import print_table
 
 
@@ -86,6 +86,15 @@ SUITE: dict[str, tuple[Bench, list[str], list[str], list[Target]]] = {
         [
             Target("backspace serve to a healthy /health (p50)", "serve_p50_s", 1.5, "s"),
             Target("python -c 'import backspace.app' (p50)", "import_p50_s", 1.2, "s"),
+        ],
+    ),
+    "layers": (
+        layers.main,
+        ["--starts", "10"],
+        ["--starts", "2", "--files", "200", "--layer-mb", "4", "--repo-mb", "0.5"],
+        [
+            Target("sandbox ready from a cached environment (p50)", "layer_p50_s", 1.0, "s"),
+            Target("cached start / (empty start + clone)", "ratio", 1.5, "x"),
         ],
     ),
 }
