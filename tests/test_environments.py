@@ -336,7 +336,10 @@ async def test_setup_reaches_only_its_list_and_never_an_internal_address(rig: Ri
     # Through the door even for loopback names (NO_PROXY sends those to the sandbox's own
     # loopback, where nothing of the host's listens).
     curls = " ; ".join(f"curl -s -m 5 -o /dev/null --noproxy '' {p}" for p in probes)
-    repo_file = REPO_FILE.replace(f'"{SETUP}-r requirements.txt"', f'"{curls} ; mkdir -p .venv"')
+    # Setup also writes down everything it can see of its environment (and PID 1's): the layer
+    # kept on the host must hold no credential of the server's.
+    dump = "mkdir -p .venv && { env; tr '\\\\0' '\\\\n' < /proc/1/environ; } > .venv/seen"
+    repo_file = REPO_FILE.replace(f'"{SETUP}-r requirements.txt"', f'"{curls} ; {dump}"')
     repo_file = repo_file.replace('[".venv/bin/tinytest"]', '["true"]')
     repo = shop(rig, "probe", repo_file)
     seen = len(rig.index.requests)
@@ -347,6 +350,10 @@ async def test_setup_reaches_only_its_list_and_never_an_internal_address(rig: Ri
     assert {"evil.test", "127.0.0.1", "localhost", "10.0.0.5", "169.254.169.254"} <= hosts, blocked
     assert all("curl" in (b["command"] or "") for b in blocked), blocked
     assert rig.index.requests[seen:] == [], "a refused probe reached the index"
+    (seen_file,) = rig.cache.glob("*/workspace/.venv/seen")
+    environment = seen_file.read_text()
+    assert "PATH=" in environment and "HTTPS_PROXY=" in environment, environment
+    assert "sk-ant" not in environment and "environments-0123456789" not in environment
 
 
 @pytest.mark.e2e  # it starts the real server
@@ -370,6 +377,7 @@ async def test_a_bad_file_or_a_failing_setup_ends_the_run_clearly(rig: Rig) -> N
     # Another run is unaffected.
     fine = await run(rig, shop(rig, "fine"), "env-fine", [Reply([DOUBLE]), finish("Double")])
     assert_succeeded(fine)
+    assert leftovers(rig.server) == []
 
 
 @pytest.mark.e2e  # it starts the real server
