@@ -289,8 +289,17 @@ def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
         return False
 
 
-class _Pipe(asyncio.Protocol):
-    """One side of a tunnel: what it reads goes to its peer, with flow control both ways."""
+READ_SIZE = 1024 * 1024
+_SHARED = bytearray(READ_SIZE)  # every pipe reads into it: the loop runs one callback at a time
+
+
+class _Pipe(asyncio.BufferedProtocol):
+    """One side of a tunnel: what it reads goes to its peer, with flow control both ways.
+
+    Reads land in one buffer shared by every pipe of the proxy's loop (a read is forwarded
+    before the next one starts), so an idle tunnel holds no read buffer of its own; what the
+    peer cannot take at once is copied into its transport's own buffer, and past the high-water
+    mark this side stops reading."""
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
@@ -302,14 +311,21 @@ class _Pipe(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return memoryview(_SHARED)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(memoryview(_SHARED)[:nbytes])
+
+    def data_received(self, data: memoryview) -> None:
         self.forward(data)
 
-    def forward(self, data: bytes) -> None:
+    def forward(self, data: memoryview | bytes) -> None:
         peer = self.peer
-        if peer is not None and peer.transport is not None and not peer.transport.is_closing():
-            peer.transport.write(data)
-            self.last = peer.last = asyncio.get_running_loop().time()
+        if peer is None or peer.transport is None or peer.transport.is_closing():
+            return
+        peer.transport.write(bytes(data))
+        self.last = peer.last = asyncio.get_running_loop().time()
 
     def pause_writing(self) -> None:  # my write buffer is full: stop reading my peer
         if self.peer is not None and self.peer.transport is not None:
@@ -376,7 +392,7 @@ class _Client(_Pipe):
         if not self.started:
             self.abort()
 
-    def data_received(self, data: bytes) -> None:
+    def data_received(self, data: memoryview | bytes) -> None:
         if self.started:
             self.forward(data)
             return

@@ -74,8 +74,9 @@ PROXY_URL = f"http://127.0.0.1:{PROXY_PORT}"
 # A gated sandbox's commands start here: socat relays loopback:3128 to the door (the sandbox's
 # own network namespace has nothing else), and the command starts once it listens, seen in
 # /proc/net/tcp (connecting to test it would be a request of its own). $1 is socat, $2 the command.
+# socat's default 8 KiB buffer makes a large download three times slower (bench/egress.py).
 NETWORK_PRELUDE = f"""\
-"$1" TCP-LISTEN:{PROXY_PORT},bind=127.0.0.1,fork,reuseaddr UNIX-CONNECT:{DOOR} \
+"$1" -b 262144 TCP-LISTEN:{PROXY_PORT},bind=127.0.0.1,fork,reuseaddr UNIX-CONNECT:{DOOR} \
   </dev/null >/dev/null 2>&1 &
 for _ in {{1..500}}; do
   while read -r _ local _ state _; do
