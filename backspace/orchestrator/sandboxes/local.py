@@ -80,7 +80,7 @@ NETWORK_PRELUDE = f"""\
   </dev/null >/dev/null 2>&1 &
 for _ in {{1..500}}; do
   while read -r _ local _ state _; do
-    [ "$local $state" = "0100007F:{PROXY_PORT:04X} 0A" ] && break 3
+    [ "$local $state" = "0100007F:{PROXY_PORT:04X} 0A" ] && break 2
   done </proc/net/tcp
   sleep 0.01
 done
