@@ -70,6 +70,7 @@ KILL_WAIT = 5.0
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 DOOR = "/run/backspace/egress.sock"  # the run's egress socket, inside the sandbox
 PROXY_PORT = 3128
+MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes, the last one a NUL
 PROXY_URL = f"http://127.0.0.1:{PROXY_PORT}"
 # A gated sandbox's commands start here: socat relays loopback:3128 to the door (the sandbox's
 # own network namespace has nothing else), and the command starts once it listens, seen in
@@ -327,7 +328,15 @@ class LocalSandboxProvider:
                 if cgroup is not None:
                     await asyncio.to_thread(cgroup.remove)
                 await asyncio.to_thread(_remove_run_dir, base)
-                raise SandboxError(f"could not open the sandbox's network door: {exc}") from exc
+                hint = ""
+                if len(os.fsencode(base / "egress.sock")) > MAX_SOCKET_PATH:
+                    hint = (
+                        f"; its path is longer than the {MAX_SOCKET_PATH} bytes a Unix socket "
+                        "allows: set BACKSPACE_SANDBOX_ROOT to a shorter directory"
+                    )
+                raise SandboxError(
+                    f"could not open the sandbox's network door: {exc}{hint}"
+                ) from exc
         return LocalSandbox(self, run_id, base, cgroup, gate=gate, door=door)
 
     def _make_root(self) -> None:
