@@ -129,13 +129,14 @@ async def test_the_agent_phase_without_hosts_reaches_nothing_and_each_attempt_is
         await sandbox.open_network(Phase.SETUP, PYPI)
         assert (await sandbox.exec(f"{CURL} http://pypi.test/")).exit_code == 0
         await sandbox.open_network(Phase.AGENT, HostList())
-        command = f"{CURL} http://pypi.test/simple/ ; {CURL} --proxytunnel http://pypi.test/"
+        command = f"{CURL} http://pypi.test/simple/ ; {CURL} https://pypi.test/"
         result = await sandbox.exec(command)
         assert "package index" not in result.output
         assert "403" in result.output or result.exit_code != 0
-        assert [(b.host, b.phase, b.command) for b in gate.blocked] == [
-            ("pypi.test", Phase.AGENT, command)
-        ] * 2
+        assert [(b.host, b.port, b.phase, b.command) for b in gate.blocked] == [
+            ("pypi.test", 80, Phase.AGENT, command),
+            ("pypi.test", 443, Phase.AGENT, command),
+        ]
         assert "no network access" in gate.blocked[0].reason
         await _settle()
         assert reported == gate.blocked  # reached the loop that made the gate

@@ -233,7 +233,7 @@ def test_addresses_and_names_of_inside_addresses_are_refused(
     for head in (f"CONNECT {target} HTTP/1.1\r\n\r\n", f"GET http://{target}/ HTTP/1.1\r\n\r\n"):
         answer = request(door[0], head)
         assert answer.startswith(b"HTTP/1.1 403 "), (head, answer)
-    assert len(door[1].blocked) == 2
+    assert len(door[1].blocked) == 1  # the same attempt twice is reported once
     for attempt in door[1].blocked:  # stopped as an address, not merely as an unlisted name
         assert "allowlist" not in attempt.reason
         assert any(word in attempt.reason for word in ("address", "this machine", "port"))
@@ -370,3 +370,25 @@ def test_parse_head_keeps_a_port_and_brackets() -> None:
     parsed = parse_head(b"GET http://a.test:8080 HTTP/1.0\r\n\r\n")
     assert not isinstance(parsed, type(None))
     assert parsed[:2] == ("a.test", 8080)  # type: ignore[index]
+
+
+def test_a_loop_of_refused_attempts_cannot_flood_the_run_with_reports(
+    proxy: EgressProxy, socket_dir: Path
+) -> None:
+    gate = Gate()
+    gate.enter(Phase.AGENT, HostList())
+    door = proxy.open(socket_dir / "flood.sock", gate)
+    try:
+        gate.running("while true; do curl http://pypi.test/; done")
+        for _ in range(300):  # the same attempt again and again: reported once
+            assert request(door, "GET http://pypi.test/ HTTP/1.1\r\n\r\n").startswith(
+                b"HTTP/1.1 403 "
+            )
+        assert len(gate.blocked) == 1
+        gate.running("for i in $(seq 1000); do curl http://n$i.example/; done")
+        for index in range(300):  # ever new names: reported up to the door's cap
+            answer = request(door, f"CONNECT n{index}.example:443 HTTP/1.1\r\n\r\n")
+            assert answer.startswith(b"HTTP/1.1 403 ")
+        assert len(gate.blocked) == proxy.max_reports_per_door
+    finally:
+        door.close()

@@ -126,6 +126,7 @@ class EgressProxy:
         idle_timeout: float = 300.0,
         max_head_bytes: int = 16384,
         max_tunnels_per_door: int = 256,
+        max_reports_per_door: int = 100,
     ) -> None:
         self.addresses = addresses
         self.resolver = resolver
@@ -135,6 +136,7 @@ class EgressProxy:
         self.idle_timeout = idle_timeout
         self.max_head_bytes = max_head_bytes
         self.max_tunnels_per_door = max_tunnels_per_door
+        self.max_reports_per_door = max_reports_per_door
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -196,12 +198,12 @@ class EgressProxy:
     async def admit(self, host: str, port: int, gate: Gate) -> tuple[str, int] | Refusal:
         """Where to connect for `host:port`, or why not (a refusal by policy, 403, is reported
         to the gate; a name that does not resolve is the internet's answer, not a block)."""
-        refusal = await self._decide(host, port, gate)
+        refusal = await self.decide(host, port, gate)
         if isinstance(refusal, Refusal) and refusal.status == 403:
             gate.refuse(host, port, refusal.reason)
         return refusal
 
-    async def _decide(self, host: str, port: int, gate: Gate) -> tuple[str, int] | Refusal:
+    async def decide(self, host: str, port: int, gate: Gate) -> tuple[str, int] | Refusal:
         problem = name_problem(host)
         if problem is not None:
             return Refusal(403, problem)
@@ -240,6 +242,7 @@ class Door:
         self.path = path
         self.gate = gate
         self.connections: set[_Client] = set()
+        self._reported: set[tuple[str, int, str, str | None]] = set()
         self._server: asyncio.AbstractServer | None = None
         self._closed = False
 
@@ -250,6 +253,17 @@ class Door:
         os.chmod(self.path, 0o600)
         if owner_uid is not None:
             os.chown(self.path, owner_uid, -1)
+
+    def report(self, host: str, port: int, refusal: Refusal) -> None:
+        """Tell the gate of a refusal by policy (403), once per host, port, phase and command,
+        and at most max_reports_per_door times: a command looping on refused names must not
+        flood its run with events. Every attempt is still refused."""
+        if refusal.status != 403 or len(self._reported) >= self.proxy.max_reports_per_door:
+            return
+        key = (host, port, str(self.gate.phase), self.gate.command)
+        if key not in self._reported:
+            self._reported.add(key)
+            self.gate.refuse(host, port, refusal.reason)
 
     @property
     def tunnels(self) -> int:
@@ -428,8 +442,9 @@ class _Client(_Pipe):
             self.answer(request)
             return
         host, port, upstream_head = request
-        target = await self.proxy.admit(host, port, self.door.gate)
+        target = await self.proxy.decide(host, port, self.door.gate)
         if isinstance(target, Refusal):
+            self.door.report(host, port, target)
             self.answer(target)
             return
         loop = asyncio.get_running_loop()
