@@ -4,7 +4,8 @@
 
 (a) One client downloads `--mb` MB from a loopback file server directly (TCP), then through the
 proxy's door (a Unix socket) as a CONNECT tunnel and as a plain absolute-form GET; best of
-`--rounds` each; target: through the proxy <= 1.2x the direct time. A last row goes the whole
+`--rounds` each; target: through the proxy <= 1.2x the direct time. The proxy moves a tunnel's
+bytes with splice(2); a row shows the same proxy with its Protocols pump instead. A last row goes the whole
 way a sandboxed command's bytes go: TCP to socat (as the sandbox runs it, see local.py), then
 the door. For reference, a relay that is as cheap as a relay gets (splice(2) through a pipe, no
 decision, one thread per direction) stands where the proxy stands: what it costs is the cost of
@@ -68,12 +69,14 @@ async def _serve_files(size: int) -> None:
 
 
 # --- the proxy (its own process) ----------------------------------------------------------------
-def _serve_proxy(port: int, path: Path) -> None:
+def _serve_proxy(port: int, path: Path, splice: bool) -> None:
     from backspace.orchestrator.egress.gate import Gate, Phase
     from backspace.orchestrator.egress.hosts import AddressMap, HostList
     from backspace.orchestrator.egress.proxy import EgressProxy
 
-    proxy = EgressProxy(AddressMap.parse(f"{NAME}=127.0.0.1:{port}"), max_tunnels_per_door=1024)
+    proxy = EgressProxy(
+        AddressMap.parse(f"{NAME}=127.0.0.1:{port}"), max_tunnels_per_door=1024, splice=splice
+    )
     gate = Gate()
     gate.enter(Phase.SETUP, HostList.parse([NAME]))
     door = proxy.open(path, gate)
@@ -195,7 +198,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--tunnels", type=int, default=200)
     parser.add_argument("--serve-files", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--serve-proxy", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--serve-proxy", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--serve-splice", nargs=2, help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.serve_files is not None:
@@ -205,7 +208,8 @@ def main() -> None:
         _serve_splice(int(options.serve_splice[0]), Path(options.serve_splice[1]))
         return
     if options.serve_proxy is not None:
-        _serve_proxy(int(options.serve_proxy[0]), Path(options.serve_proxy[1]))
+        port_text, path, splice = options.serve_proxy
+        _serve_proxy(int(port_text), Path(path), splice == "splice")
         return
 
     size = options.mb * 1024 * 1024
@@ -214,7 +218,7 @@ def main() -> None:
     port = int(files.stdout.readline())
     with tempfile.TemporaryDirectory(prefix="bench-egress-") as tmp:
         door = Path(tmp) / "door.sock"
-        proxy = _spawn("--serve-proxy", str(port), str(door))
+        proxy = _spawn("--serve-proxy", str(port), str(door), "splice")
         assert proxy.stdout is not None
         assert proxy.stdout.readline().strip() == "ready"
         try:
@@ -225,6 +229,10 @@ def main() -> None:
             listen = f"TCP-LISTEN:{relay_port},bind=127.0.0.1,fork,reuseaddr"
             relay = subprocess.Popen(["socat", "-b", "262144", listen, f"UNIX-CONNECT:{door}"])
             _wait_listening(relay_port)
+            plain_door = Path(tmp) / "protocols.sock"
+            protocols = _spawn("--serve-proxy", str(port), str(plain_door), "protocols")
+            assert protocols.stdout is not None
+            assert protocols.stdout.readline().strip() == "ready"
             spliced = Path(tmp) / "splice.sock"
             reference = _spawn("--serve-splice", str(port), str(spliced))
             assert reference.stdout is not None
@@ -233,6 +241,7 @@ def main() -> None:
                 "direct": [],
                 "CONNECT tunnel": [],
                 "plain HTTP": [],
+                "CONNECT tunnel, Protocols only (splice off)": [],
                 "CONNECT via socat, as in a sandbox": [],
                 "reference: CONNECT to a splice(2) relay": [],
             }
@@ -242,6 +251,9 @@ def main() -> None:
                 )
                 times["CONNECT tunnel"].append(_download(_unix(door), connect, download, size))
                 times["plain HTTP"].append(_download(_unix(door), b"", absolute, size))
+                times["CONNECT tunnel, Protocols only (splice off)"].append(
+                    _download(_unix(plain_door), connect, download, size)
+                )
                 via = socket.create_connection(("127.0.0.1", relay_port))
                 times["CONNECT via socat, as in a sandbox"].append(
                     _download(via, connect, download, size)
@@ -253,6 +265,9 @@ def main() -> None:
             relay.wait(timeout=10)
             reference.kill()
             reference.wait(timeout=10)
+            assert protocols.stdin is not None
+            protocols.stdin.close()
+            protocols.wait(timeout=20)
             best = {what: min(values) for what, values in times.items()}
             rows: list[tuple[str, ...]] = [
                 (
