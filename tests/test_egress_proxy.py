@@ -66,6 +66,14 @@ class Echo(socketserver.BaseRequestHandler):
             self.request.sendall(data)
 
 
+class Banner(socketserver.BaseRequestHandler):
+    """Speaks first, as SSH and SMTP servers do."""
+
+    def handle(self) -> None:
+        self.request.sendall(b"220 banner.test ready\r\n")
+        self.request.recv(100)
+
+
 class Servers(socketserver.ThreadingMixIn, socketserver.TCPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -91,10 +99,23 @@ def echo() -> Iterator[int]:
     server.server_close()
 
 
+@pytest.fixture(scope="module")
+def banner() -> Iterator[int]:
+    server = Servers(("127.0.0.1", 0), Banner)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
 @pytest.fixture(scope="module", params=[True, False], ids=["splice", "protocols"])
-def proxy(registry: int, echo: int, request: pytest.FixtureRequest) -> Iterator[EgressProxy]:
+def proxy(
+    registry: int, echo: int, banner: int, request: pytest.FixtureRequest
+) -> Iterator[EgressProxy]:
     """Each test runs with tunnels moved by splice(2) and by the Protocols (the fallback)."""
-    addresses = AddressMap.parse(f"pypi.test=127.0.0.1:{registry},echo.test=127.0.0.1:{echo}")
+    addresses = AddressMap.parse(
+        f"pypi.test=127.0.0.1:{registry},echo.test=127.0.0.1:{echo},banner.test=127.0.0.1:{banner}"
+    )
     proxy = EgressProxy(
         addresses,
         resolver=fake_resolver,
@@ -114,7 +135,9 @@ def socket_dir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-ALLOWED = HostList.parse(["pypi.test", "echo.test", *FAKE_DNS, "localhost", "foo.localhost"])
+ALLOWED = HostList.parse(
+    ["pypi.test", "echo.test", "banner.test", *FAKE_DNS, "localhost", "foo.localhost"]
+)
 
 
 @pytest.fixture
@@ -421,3 +444,11 @@ def test_a_large_transfer_arrives_whole_both_ways(door: tuple[Door, Gate]) -> No
         client.shutdown(socket.SHUT_WR)
         assert client.recv(10) == b""  # the half-close went through, and the tunnel ended
     assert bytes(received) == payload
+
+
+def test_what_a_server_says_first_arrives_after_the_200(door: tuple[Door, Gate]) -> None:
+    with connect(door[0]) as client:
+        client.sendall(b"CONNECT banner.test:443 HTTP/1.1\r\n\r\n")
+        time.sleep(0.3)  # the banner is sent while the proxy answers the CONNECT
+        assert read_head(client).startswith(b"HTTP/1.1 200 ")
+        assert client.recv(100) == b"220 banner.test ready\r\n"
