@@ -387,7 +387,7 @@ class _Upstream(_Pipe):
 
 
 SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
-F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ, named only from Python 3.10 on Linux
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)  # Linux's value where Python has no name
 PIPE_SIZE = 1024 * 1024
 SPLICE_ROUNDS = 8
 
@@ -396,7 +396,8 @@ class _Splice:
     """A tunnel moved kernel to kernel with splice(2), through a pipe per direction: no byte is
     copied into Python. It works on duplicates of the two transports' sockets, whose own
     reading is paused; a direction stops reading while its pipe holds bytes the other side
-    cannot take yet (flow control), so a tunnel holds at most two pipes' worth (64 KiB each)."""
+    cannot take yet (flow control), so a tunnel holds at most two pipes' worth (1 MiB each, in
+    the kernel, only while bytes are in flight)."""
 
     def __init__(self, client: _Client, upstream: _Upstream) -> None:
         assert client.transport is not None and upstream.transport is not None
@@ -411,15 +412,15 @@ class _Splice:
         try:
             self.ways.append(_Way(self, *self.sockets))
             self.ways.append(_Way(self, *reversed(self.sockets)))
-        except OSError:
-            self.close()
+        except OSError:  # out of descriptors, say: the caller falls back to the Protocols
+            self.close(abort=False)
             raise
 
     def start(self) -> None:
         for way in self.ways:
             way.want_read()
 
-    def close(self) -> None:
+    def close(self, *, abort: bool = True) -> None:
         if self.closed:
             return
         self.closed = True
@@ -427,7 +428,8 @@ class _Splice:
             way.close()
         for sock in self.sockets:
             sock.close()
-        self.client.abort_both()
+        if abort:
+            self.client.abort_both()
 
 
 class _Way:
@@ -615,8 +617,11 @@ class _Client(_Pipe):
             upstream.transport.get_write_buffer_size()
         )
         if self.proxy.splice and sent:  # else (rare) the Protocols pump it
-            with contextlib.suppress(OSError):
+            try:
                 self.splice = _Splice(self, upstream)
+            except OSError:
+                self.splice = None
+            else:
                 self.splice.start()
                 return
         self.transport.resume_reading()
