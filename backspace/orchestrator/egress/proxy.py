@@ -12,7 +12,7 @@ Hand-written on asyncio because no well-kept library fits: proxy.py is a large f
 plugins and its own process model, and mitmproxy intercepts TLS, which is exactly what the door
 must not do. The proxy runs on its own thread with its own event loop, so a large download never
 loads the server's loop. The request head is read by a Protocol; once a tunnel is open, its
-bytes move kernel to kernel with splice(2) through a pipe per direction (`_Splice`: about twice
+bytes move kernel to kernel with splice(2) through a pipe per direction (splice.py: about twice
 as fast as copying them through Python, see docs/benchmarks.md), or, where splice is missing, by
 the Protocols (`_Pipe`). Either way a side stops reading while the other cannot take more, so
 memory stays bounded whatever the transfer's size.
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import ipaddress
 import os
 import re
@@ -35,6 +34,7 @@ from urllib.parse import urlsplit
 
 from backspace.orchestrator.egress.gate import Gate
 from backspace.orchestrator.egress.hosts import NAME, AddressMap, normalise
+from backspace.orchestrator.egress.splice import AVAILABLE, SpliceTunnel
 
 Resolver = Callable[[str, int], Awaitable[Sequence[str]]]
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -131,7 +131,7 @@ class EgressProxy:
         max_head_bytes: int = 16384,
         max_tunnels_per_door: int = 256,
         max_reports_per_door: int = 100,
-        splice: bool = hasattr(os, "splice"),
+        splice: bool = AVAILABLE,
     ) -> None:
         self.addresses = addresses
         self.resolver = resolver
@@ -386,139 +386,6 @@ class _Upstream(_Pipe):
         transport.pause_reading()  # type: ignore[attr-defined]  # until the tunnel starts
 
 
-SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
-F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)  # Linux's value where Python has no name
-PIPE_SIZE = 1024 * 1024
-SPLICE_ROUNDS = 8
-
-
-class _Splice:
-    """A tunnel moved kernel to kernel with splice(2), through a pipe per direction: no byte is
-    copied into Python. It works on duplicates of the two transports' sockets, whose own
-    reading is paused; a direction stops reading while its pipe holds bytes the other side
-    cannot take yet (flow control), so a tunnel holds at most two pipes' worth (1 MiB each, in
-    the kernel, only while bytes are in flight)."""
-
-    def __init__(self, client: _Client, upstream: _Upstream) -> None:
-        assert client.transport is not None and upstream.transport is not None
-        self.client = client
-        self.loop = asyncio.get_running_loop()
-        self.sockets = [
-            socket.socket(fileno=os.dup(side.get_extra_info("socket").fileno()))
-            for side in (client.transport, upstream.transport)
-        ]
-        self.ways: list[_Way] = []
-        self.closed = False
-        try:
-            self.ways.append(_Way(self, *self.sockets))
-            self.ways.append(_Way(self, *reversed(self.sockets)))
-        except OSError:  # out of descriptors, say: the caller falls back to the Protocols
-            self.close(abort=False)
-            raise
-
-    def start(self) -> None:
-        for way in self.ways:
-            way.want_read()
-
-    def close(self, *, abort: bool = True) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        for way in self.ways:
-            way.close()
-        for sock in self.sockets:
-            sock.close()
-        if abort:
-            self.client.abort_both()
-
-
-class _Way:
-    """One direction of a spliced tunnel: `source` into the pipe, the pipe into `sink`."""
-
-    def __init__(self, tunnel: _Splice, source: socket.socket, sink: socket.socket) -> None:
-        self.tunnel = tunnel
-        self.loop = tunnel.loop
-        self.source, self.sink = source, sink
-        self.read_end, self.write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        with contextlib.suppress(OSError):  # past the user's pipe quota: the default 64 KiB
-            fcntl.fcntl(self.write_end, F_SETPIPE_SZ, PIPE_SIZE)
-        self.pending = 0  # bytes in the pipe, not yet in the sink
-        self.reading = self.writing = self.eof = False
-
-    def want_read(self) -> None:
-        if not self.reading and not self.tunnel.closed:
-            self.reading = True
-            self.loop.add_reader(self.source.fileno(), self._readable)
-
-    def _stop_reading(self) -> None:
-        if self.reading:
-            self.reading = False
-            self.loop.remove_reader(self.source.fileno())
-
-    def _readable(self) -> None:
-        for _ in range(SPLICE_ROUNDS):  # a few rounds per wake-up, then the other tunnels' turn
-            try:
-                moved = os.splice(
-                    self.source.fileno(), self.write_end, PIPE_SIZE, flags=SPLICE_FLAGS
-                )
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                self.tunnel.close()
-                return
-            if moved == 0:
-                self.eof = True
-                self._stop_reading()
-                self._finish()
-                return
-            self.pending += moved
-            self.tunnel.client.last = self.loop.time()
-            self._flush()
-            if self.pending or not self.reading:
-                return
-
-    def _flush(self) -> None:
-        while self.pending:
-            try:
-                moved = os.splice(
-                    self.read_end, self.sink.fileno(), self.pending, flags=SPLICE_FLAGS
-                )
-            except (BlockingIOError, InterruptedError):
-                self._stop_reading()
-                if not self.writing:
-                    self.writing = True
-                    self.loop.add_writer(self.sink.fileno(), self._flush)
-                return
-            except OSError:
-                self.tunnel.close()
-                return
-            self.pending -= moved
-        if self.writing:
-            self.writing = False
-            self.loop.remove_writer(self.sink.fileno())
-        if self.eof:
-            self._finish()
-        else:
-            self.want_read()
-
-    def _finish(self) -> None:
-        """The source has ended: once the pipe is empty, end the sink's direction too."""
-        if self.pending:
-            return
-        with contextlib.suppress(OSError):
-            self.sink.shutdown(socket.SHUT_WR)
-        if all(way.eof and not way.pending for way in self.tunnel.ways):
-            self.tunnel.close()
-
-    def close(self) -> None:
-        self._stop_reading()
-        if self.writing:
-            self.writing = False
-            self.loop.remove_writer(self.sink.fileno())
-        os.close(self.read_end)
-        os.close(self.write_end)
-
-
 class _Client(_Pipe):
     """A connection from the sandbox: first a request head, then (when admitted) a tunnel."""
 
@@ -530,7 +397,7 @@ class _Client(_Pipe):
         self.started = False
         self.timer: asyncio.TimerHandle | None = None
         self.over = False
-        self.splice: _Splice | None = None
+        self.splice: SpliceTunnel | None = None
         self.task: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -618,7 +485,9 @@ class _Client(_Pipe):
         )
         if self.proxy.splice and sent:  # else (rare) the Protocols pump it
             try:
-                self.splice = _Splice(self, upstream)
+                self.splice = SpliceTunnel(
+                    (self.transport, upstream.transport), touch=self._touch, ended=self.abort_both
+                )
             except OSError:
                 self.splice = None
             else:
@@ -626,6 +495,9 @@ class _Client(_Pipe):
                 return
         self.transport.resume_reading()
         upstream.transport.resume_reading()
+
+    def _touch(self) -> None:
+        self.last = asyncio.get_running_loop().time()
 
     def _idle(self) -> None:
         loop = asyncio.get_running_loop()
