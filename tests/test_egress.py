@@ -23,7 +23,7 @@ from backspace.config import SettingsError, load_settings
 from backspace.orchestrator.egress.gate import BlockedAttempt, Gate, Phase
 from backspace.orchestrator.egress.hosts import AddressMap, HostList
 from backspace.orchestrator.egress.proxy import EgressProxy
-from backspace.orchestrator.sandboxes.base import SandboxUnavailable
+from backspace.orchestrator.sandboxes.base import SandboxError, SandboxUnavailable
 from backspace.orchestrator.sandboxes.local import LocalSandbox, LocalSandboxProvider
 
 PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "NO_PROXY")
@@ -129,13 +129,14 @@ async def test_the_agent_phase_without_hosts_reaches_nothing_and_each_attempt_is
         await sandbox.open_network(Phase.SETUP, PYPI)
         assert (await sandbox.exec(f"{CURL} http://pypi.test/")).exit_code == 0
         await sandbox.open_network(Phase.AGENT, HostList())
-        command = f"{CURL} http://pypi.test/simple/ ; {CURL} --proxytunnel http://pypi.test/"
+        command = f"{CURL} http://pypi.test/simple/ ; {CURL} https://pypi.test/"
         result = await sandbox.exec(command)
         assert "package index" not in result.output
         assert "403" in result.output or result.exit_code != 0
-        assert [(b.host, b.phase, b.command) for b in gate.blocked] == [
-            ("pypi.test", Phase.AGENT, command)
-        ] * 2
+        assert [(b.host, b.port, b.phase, b.command) for b in gate.blocked] == [
+            ("pypi.test", 80, Phase.AGENT, command),
+            ("pypi.test", 443, Phase.AGENT, command),
+        ]
         assert "no network access" in gate.blocked[0].reason
         await _settle()
         assert reported == gate.blocked  # reached the loop that made the gate
@@ -284,3 +285,14 @@ def test_a_bad_egress_resolve_stops_start_up_naming_the_variable(
         SettingsError, match=r"BACKSPACE_EGRESS_RESOLVE: .*(name=host:port|address)"
     ):
         load_settings(BACKSPACE_DB=str(tmp_path / "b.db"), BACKSPACE_EGRESS_RESOLVE=value)
+
+
+async def test_a_sandbox_root_too_long_for_a_socket_is_a_clear_error(
+    parent: Path, egress: EgressProxy
+) -> None:
+    deep = parent / ("d" * 100)
+    deep.mkdir(mode=0o711)
+    provider = _provider(deep, egress=egress)
+    with pytest.raises(SandboxError, match=r"BACKSPACE_SANDBOX_ROOT.*shorter"):
+        await provider.create(f"e-{uuid.uuid4().hex[:10]}", gate=Gate())
+    assert list(provider.root.iterdir()) == []  # nothing left behind

@@ -54,6 +54,10 @@ class Gate:
             self._command = command
 
     @property
+    def command(self) -> str | None:
+        return self._command
+
+    @property
     def phase(self) -> Phase:
         return self._phase
 

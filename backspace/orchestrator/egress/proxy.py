@@ -11,8 +11,11 @@ to that vetted address itself (no second lookup, so DNS rebinding gains nothing)
 Hand-written on asyncio because no well-kept library fits: proxy.py is a large framework with
 plugins and its own process model, and mitmproxy intercepts TLS, which is exactly what the door
 must not do. The proxy runs on its own thread with its own event loop, so a large download never
-loads the server's loop; tunnels are pumped by Protocols with flow control (a side stops reading
-while its peer's write buffer is full), so memory stays bounded whatever the transfer's size.
+loads the server's loop. The request head is read by a Protocol; once a tunnel is open, its
+bytes move kernel to kernel with splice(2) through a pipe per direction (splice.py: about twice
+as fast as copying them through Python, see docs/benchmarks.md), or, where splice is missing, by
+the Protocols (`_Pipe`). Either way a side stops reading while the other cannot take more, so
+memory stays bounded whatever the transfer's size.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from urllib.parse import urlsplit
 
 from backspace.orchestrator.egress.gate import Gate
 from backspace.orchestrator.egress.hosts import NAME, AddressMap, normalise
+from backspace.orchestrator.egress.splice import AVAILABLE, SpliceTunnel
 
 Resolver = Callable[[str, int], Awaitable[Sequence[str]]]
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -126,6 +130,8 @@ class EgressProxy:
         idle_timeout: float = 300.0,
         max_head_bytes: int = 16384,
         max_tunnels_per_door: int = 256,
+        max_reports_per_door: int = 100,
+        splice: bool = AVAILABLE,
     ) -> None:
         self.addresses = addresses
         self.resolver = resolver
@@ -135,6 +141,8 @@ class EgressProxy:
         self.idle_timeout = idle_timeout
         self.max_head_bytes = max_head_bytes
         self.max_tunnels_per_door = max_tunnels_per_door
+        self.max_reports_per_door = max_reports_per_door
+        self.splice = splice  # tunnels moved in the kernel (Linux); else by the Protocols
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -196,12 +204,12 @@ class EgressProxy:
     async def admit(self, host: str, port: int, gate: Gate) -> tuple[str, int] | Refusal:
         """Where to connect for `host:port`, or why not (a refusal by policy, 403, is reported
         to the gate; a name that does not resolve is the internet's answer, not a block)."""
-        refusal = await self._decide(host, port, gate)
+        refusal = await self.decide(host, port, gate)
         if isinstance(refusal, Refusal) and refusal.status == 403:
             gate.refuse(host, port, refusal.reason)
         return refusal
 
-    async def _decide(self, host: str, port: int, gate: Gate) -> tuple[str, int] | Refusal:
+    async def decide(self, host: str, port: int, gate: Gate) -> tuple[str, int] | Refusal:
         problem = name_problem(host)
         if problem is not None:
             return Refusal(403, problem)
@@ -240,6 +248,7 @@ class Door:
         self.path = path
         self.gate = gate
         self.connections: set[_Client] = set()
+        self._reported: set[tuple[str, int, str, str | None]] = set()
         self._server: asyncio.AbstractServer | None = None
         self._closed = False
 
@@ -250,6 +259,17 @@ class Door:
         os.chmod(self.path, 0o600)
         if owner_uid is not None:
             os.chown(self.path, owner_uid, -1)
+
+    def report(self, host: str, port: int, refusal: Refusal) -> None:
+        """Tell the gate of a refusal by policy (403), once per host, port, phase and command,
+        and at most max_reports_per_door times: a command looping on refused names must not
+        flood its run with events. Every attempt is still refused."""
+        if refusal.status != 403 or len(self._reported) >= self.proxy.max_reports_per_door:
+            return
+        key = (host, port, str(self.gate.phase), self.gate.command)
+        if key not in self._reported:
+            self._reported.add(key)
+            self.gate.refuse(host, port, refusal.reason)
 
     @property
     def tunnels(self) -> int:
@@ -289,8 +309,17 @@ def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
         return False
 
 
-class _Pipe(asyncio.Protocol):
-    """One side of a tunnel: what it reads goes to its peer, with flow control both ways."""
+READ_SIZE = 1024 * 1024
+_SHARED = bytearray(READ_SIZE)  # every pipe reads into it: the loop runs one callback at a time
+
+
+class _Pipe(asyncio.BufferedProtocol):
+    """One side of a tunnel: what it reads goes to its peer, with flow control both ways.
+
+    Reads land in one buffer shared by every pipe of the proxy's loop (a read is forwarded
+    before the next one starts), so an idle tunnel holds no read buffer of its own; what the
+    peer cannot take at once is copied into its transport's own buffer, and past the high-water
+    mark this side stops reading."""
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
@@ -302,14 +331,21 @@ class _Pipe(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return memoryview(_SHARED)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(memoryview(_SHARED)[:nbytes])
+
+    def data_received(self, data: memoryview) -> None:
         self.forward(data)
 
-    def forward(self, data: bytes) -> None:
+    def forward(self, data: memoryview | bytes) -> None:
         peer = self.peer
-        if peer is not None and peer.transport is not None and not peer.transport.is_closing():
-            peer.transport.write(data)
-            self.last = peer.last = asyncio.get_running_loop().time()
+        if peer is None or peer.transport is None or peer.transport.is_closing():
+            return
+        peer.transport.write(bytes(data))
+        self.last = peer.last = asyncio.get_running_loop().time()
 
     def pause_writing(self) -> None:  # my write buffer is full: stop reading my peer
         if self.peer is not None and self.peer.transport is not None:
@@ -345,7 +381,9 @@ class _Pipe(asyncio.Protocol):
 
 
 class _Upstream(_Pipe):
-    pass
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        transport.pause_reading()  # type: ignore[attr-defined]  # until the tunnel starts
 
 
 class _Client(_Pipe):
@@ -359,6 +397,7 @@ class _Client(_Pipe):
         self.started = False
         self.timer: asyncio.TimerHandle | None = None
         self.over = False
+        self.splice: SpliceTunnel | None = None
         self.task: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -376,7 +415,7 @@ class _Client(_Pipe):
         if not self.started:
             self.abort()
 
-    def data_received(self, data: bytes) -> None:
+    def data_received(self, data: memoryview | bytes) -> None:
         if self.started:
             self.forward(data)
             return
@@ -412,8 +451,9 @@ class _Client(_Pipe):
             self.answer(request)
             return
         host, port, upstream_head = request
-        target = await self.proxy.admit(host, port, self.door.gate)
+        target = await self.proxy.decide(host, port, self.door.gate)
         if isinstance(target, Refusal):
+            self.door.report(host, port, target)
             self.answer(target)
             return
         loop = asyncio.get_running_loop()
@@ -440,7 +480,24 @@ class _Client(_Pipe):
             upstream.transport.write(rest)
         self.last = upstream.last = loop.time()
         self.timer = loop.call_later(self.proxy.idle_timeout, self._idle)
+        sent = not self.transport.get_write_buffer_size() and not (
+            upstream.transport.get_write_buffer_size()
+        )
+        if self.proxy.splice and sent:  # else (rare) the Protocols pump it
+            try:
+                self.splice = SpliceTunnel(
+                    (self.transport, upstream.transport), touch=self._touch, ended=self.abort_both
+                )
+            except OSError:
+                self.splice = None
+            else:
+                self.splice.start()
+                return
         self.transport.resume_reading()
+        upstream.transport.resume_reading()
+
+    def _touch(self) -> None:
+        self.last = asyncio.get_running_loop().time()
 
     def _idle(self) -> None:
         loop = asyncio.get_running_loop()
@@ -469,10 +526,14 @@ class _Client(_Pipe):
     def abort(self) -> None:
         if self.task is not None and not self.task.done():
             self.task.cancel()
+        if self.splice is not None:
+            self.splice.close()
         self.abort_both()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.door.connections.discard(self)
+        if self.splice is not None:
+            self.splice.close()
         if self.timer is not None:
             self.timer.cancel()
         if self.task is not None and not self.task.done():

@@ -83,16 +83,18 @@ KILL_WAIT = 5.0
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 DOOR = "/run/backspace/egress.sock"  # the run's egress socket, inside the sandbox
 PROXY_PORT = 3128
+MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes, the last one a NUL
 PROXY_URL = f"http://127.0.0.1:{PROXY_PORT}"
 # A gated sandbox's commands start here: socat relays loopback:3128 to the door (the sandbox's
 # own network namespace has nothing else), and the command starts once it listens, seen in
 # /proc/net/tcp (connecting to test it would be a request of its own). $1 is socat, $2 the command.
+# socat's default 8 KiB buffer makes a large download three times slower (bench/egress.py).
 NETWORK_PRELUDE = f"""\
-"$1" TCP-LISTEN:{PROXY_PORT},bind=127.0.0.1,fork,reuseaddr UNIX-CONNECT:{DOOR} \
+"$1" -b 262144 TCP-LISTEN:{PROXY_PORT},bind=127.0.0.1,fork,reuseaddr UNIX-CONNECT:{DOOR} \
   </dev/null >/dev/null 2>&1 &
 for _ in {{1..500}}; do
   while read -r _ local _ state _; do
-    [ "$local $state" = "0100007F:{PROXY_PORT:04X} 0A" ] && break 3
+    [ "$local $state" = "0100007F:{PROXY_PORT:04X} 0A" ] && break 2
   done </proc/net/tcp
   sleep 0.01
 done
@@ -366,7 +368,15 @@ class LocalSandboxProvider:
                 if cgroup is not None:
                     await asyncio.to_thread(cgroup.remove)
                 await asyncio.to_thread(self._remove, base)
-                raise SandboxError(f"could not open the sandbox's network door: {exc}") from exc
+                hint = ""
+                if len(os.fsencode(base / "egress.sock")) > MAX_SOCKET_PATH:
+                    hint = (
+                        f"; its path is longer than the {MAX_SOCKET_PATH} bytes a Unix socket "
+                        "allows: set BACKSPACE_SANDBOX_ROOT to a shorter directory"
+                    )
+                raise SandboxError(
+                    f"could not open the sandbox's network door: {exc}{hint}"
+                ) from exc
         return LocalSandbox(self, run_id, base, cgroup, gate=gate, door=door)
 
     def _start_from(self, base: Path, layer: Layer) -> None:
