@@ -13,7 +13,17 @@ import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bench import concurrent, fanout, first_event, layers, overhead, slack_ack, startup, store
+from bench import (
+    concurrent,
+    egress,
+    fanout,
+    first_event,
+    layers,
+    overhead,
+    slack_ack,
+    startup,
+    store,
+)
 from bench.common import print_table
 
 
@@ -86,6 +96,16 @@ SUITE: dict[str, tuple[Bench, list[str], list[str], list[Target]]] = {
         [
             Target("backspace serve to a healthy /health (p50)", "serve_p50_s", 1.5, "s"),
             Target("python -c 'import backspace.app' (p50)", "import_p50_s", 1.2, "s"),
+        ],
+    ),
+    "egress": (
+        egress.main,
+        ["--rounds", "9"],
+        ["--mb", "5", "--rounds", "1", "--tunnels", "10"],
+        [
+            Target("100 MB through the door (CONNECT) / direct", "tunnel_ratio", 1.2, "x"),
+            Target("100 MB by curl: socat + door / direct", "curl_ratio", 1.2, "x"),
+            Target("200 open tunnels: proxy RSS above idle", "tunnels_mb", 20, "MB"),
         ],
     ),
     "layers": (

@@ -192,7 +192,14 @@ def _spawn(*args: str) -> subprocess.Popen[str]:
     )
 
 
-def main() -> None:
+def _curl(out: Path, url: str, *proxy: str) -> float:
+    """A download as a sandboxed command makes it: curl writing the file to disk."""
+    started = time.perf_counter()
+    subprocess.run(["curl", "-sS", "-o", str(out), *proxy, url], check=True)
+    return time.perf_counter() - started
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=5)
@@ -200,17 +207,17 @@ def main() -> None:
     parser.add_argument("--serve-files", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--serve-proxy", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--serve-splice", nargs=2, help=argparse.SUPPRESS)
-    options = parser.parse_args()
+    options = parser.parse_args(argv)
     if options.serve_files is not None:
         asyncio.run(_serve_files(options.serve_files))
-        return
+        return {}
     if options.serve_splice is not None:
         _serve_splice(int(options.serve_splice[0]), Path(options.serve_splice[1]))
-        return
+        return {}
     if options.serve_proxy is not None:
         port_text, path, splice = options.serve_proxy
         _serve_proxy(int(port_text), Path(path), splice == "splice")
-        return
+        return {}
 
     size = options.mb * 1024 * 1024
     files = _spawn("--serve-files", str(size))
@@ -261,6 +268,23 @@ def main() -> None:
                 times["reference: CONNECT to a splice(2) relay"].append(
                     _download(_unix(spliced), connect, download, size)
                 )
+            # The same download as a command in the sandbox makes it: curl writing to disk,
+            # directly, and through socat and the door (plain HTTP, and a CONNECT tunnel).
+            out = Path(tmp) / "download"
+            relayed = ("-x", f"http://127.0.0.1:{relay_port}")
+            curls: dict[str, list[float]] = {
+                "curl -o FILE, direct": [],
+                "curl -o FILE, socat + door, plain HTTP": [],
+                "curl -o FILE, socat + door, CONNECT tunnel": [],
+            }
+            for _ in range(options.rounds):
+                curls["curl -o FILE, direct"].append(_curl(out, f"http://127.0.0.1:{port}/big"))
+                curls["curl -o FILE, socat + door, plain HTTP"].append(
+                    _curl(out, f"http://{NAME}/big", *relayed)
+                )
+                curls["curl -o FILE, socat + door, CONNECT tunnel"].append(
+                    _curl(out, f"http://{NAME}/big", *relayed, "--proxytunnel")
+                )
             relay.terminate()
             relay.wait(timeout=10)
             reference.kill()
@@ -282,6 +306,22 @@ def main() -> None:
             print_table(
                 f"egress download ({options.mb} MB on loopback, best of {options.rounds})",
                 rows,
+                ("path", "seconds", "MB/s", "vs direct", "target"),
+            )
+            best_curl = {what: min(values) for what, values in curls.items()}
+            direct_curl = best_curl["curl -o FILE, direct"]
+            print_table(
+                f"egress download by curl to a file ({options.mb} MB, best of {options.rounds})",
+                [
+                    (
+                        what,
+                        f"{seconds:.3f}",
+                        f"{options.mb / seconds:.0f}",
+                        f"{seconds / direct_curl:.2f}x",
+                        "" if seconds == direct_curl else "<= 1.2x",
+                    )
+                    for what, seconds in best_curl.items()
+                ],
                 ("path", "seconds", "MB/s", "vs direct", "target"),
             )
 
@@ -315,6 +355,11 @@ def main() -> None:
                 ],
                 ("proxy RSS idle (MB)", "with the tunnels (MB)", "above idle (MB)", "target"),
             )
+            return {
+                "tunnel_ratio": best["CONNECT tunnel"] / best["direct"],
+                "curl_ratio": best_curl["curl -o FILE, socat + door, CONNECT tunnel"] / direct_curl,
+                "tunnels_mb": (busy - idle) / 1024,
+            }
         finally:
             for process in (proxy, files):
                 assert process.stdin is not None
