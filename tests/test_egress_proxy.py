@@ -24,9 +24,10 @@ from pathlib import Path
 
 import pytest
 
+from backspace.orchestrator.egress.addresses import refusal
 from backspace.orchestrator.egress.gate import Gate, Phase
 from backspace.orchestrator.egress.hosts import AddressMap, HostList
-from backspace.orchestrator.egress.proxy import Door, EgressProxy, address_problem, parse_head
+from backspace.orchestrator.egress.proxy import Door, EgressProxy, parse_head
 
 FAKE_DNS = {
     "internal.test": ["10.0.0.5"],
@@ -302,7 +303,7 @@ def test_a_name_is_resolved_once_and_its_vetted_address_is_the_one_connected() -
     ],
 )
 def test_address_vetting(address: str, bad: bool) -> None:
-    assert (address_problem(address) is not None) == bad
+    assert (refusal(address) is not None) == bad
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -181,26 +182,33 @@ class Rig:
     cache: Path
 
 
-@pytest.fixture(scope="module")
-def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
-    base = tmp_path_factory.mktemp("environments")
+@contextmanager
+def environment_rig(base: Path, wheels: list[Wheel], **settings: str) -> Iterator[Rig]:
+    """A real server whose sandboxes reach the loopback index as `pypi.test`."""
     repos, cache = base / "repos", base / "cache"
     repos.mkdir()
-    with PackageIndex([TINYDEP, TINYDEP_2]) as index, FakeAnthropic(scenarios={}) as model:
+    with PackageIndex(wheels) as index, FakeAnthropic(scenarios={}) as model:
         env = {
             "ANTHROPIC_API_KEY": "sk-ant-api03-environments-0123456789",
             "ANTHROPIC_BASE_URL": model.url,
             "BACKSPACE_LOCAL_REPOS": str(repos),
             "BACKSPACE_EGRESS_RESOLVE": f"pypi.test=127.0.0.1:{index.port}",
-            "BACKSPACE_EGRESS_ALLOW": "pypi.test,evil.test",
             "BACKSPACE_ENV_CACHE_DIR": str(cache),
-            "BACKSPACE_SETUP_TIMEOUT": "60",
+            **settings,
         }
         server = start_server(base / "server", env)
         try:
             yield Rig(server, model, index, repos, cache)
         finally:
             server.stop()
+
+
+@pytest.fixture(scope="module")
+def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
+    base = tmp_path_factory.mktemp("environments")
+    settings = {"BACKSPACE_EGRESS_ALLOW": "pypi.test,evil.test", "BACKSPACE_SETUP_TIMEOUT": "60"}
+    with environment_rig(base, [TINYDEP, TINYDEP_2], **settings) as made:
+        yield made
 
 
 def shop(rig: Rig, name: str, repo_file: str = REPO_FILE, **files: str) -> str:
@@ -391,37 +399,18 @@ async def test_without_the_file_the_pull_request_suggests_one(rig: Rig) -> None:
 
 
 # --- limits: a second server with a short setup timeout, a tiny cache and agent network ---------
-@dataclass
-class TightRig:
-    server: Server
-    model: FakeAnthropic
-    index: PackageIndex
-    repos: Path
-    cache: Path
-
-
 @pytest.fixture(scope="module")
-def tight(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TightRig]:
+def tight(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
+    """A second server: a short setup timeout, a 1 MB cache and agent network by allowlist."""
     base = tmp_path_factory.mktemp("environments-tight")
-    repos, cache = base / "repos", base / "cache"
-    repos.mkdir()
-    with PackageIndex([TINYDEP]) as index, FakeAnthropic(scenarios={}) as model:
-        env = {
-            "ANTHROPIC_API_KEY": "sk-ant-api03-environments-tight-0123456789",
-            "ANTHROPIC_BASE_URL": model.url,
-            "BACKSPACE_LOCAL_REPOS": str(repos),
-            "BACKSPACE_EGRESS_RESOLVE": f"pypi.test=127.0.0.1:{index.port}",
-            "BACKSPACE_EGRESS_ALLOW": "pypi.test",
-            "BACKSPACE_AGENT_NETWORK": "allowlist",
-            "BACKSPACE_ENV_CACHE_DIR": str(cache),
-            "BACKSPACE_ENV_CACHE_MB": "1",
-            "BACKSPACE_SETUP_TIMEOUT": "3",
-        }
-        server = start_server(base / "server", env)
-        try:
-            yield TightRig(server, model, index, repos, cache)
-        finally:
-            server.stop()
+    settings = {
+        "BACKSPACE_EGRESS_ALLOW": "pypi.test",
+        "BACKSPACE_AGENT_NETWORK": "allowlist",
+        "BACKSPACE_ENV_CACHE_MB": "1",
+        "BACKSPACE_SETUP_TIMEOUT": "3",
+    }
+    with environment_rig(base, [TINYDEP], **settings) as made:
+        yield made
 
 
 def leftovers(server: Server) -> list[str]:
@@ -435,15 +424,14 @@ def leftovers(server: Server) -> list[str]:
 
 
 @pytest.mark.e2e  # it starts the real server
-async def test_a_setup_that_hangs_is_stopped_and_leaves_nothing(tight: TightRig) -> None:
+async def test_a_setup_that_hangs_is_stopped_and_leaves_nothing(tight: Rig) -> None:
     make_repo(
         tight.repos,
         "hangs",
         {"app.py": APP, ".backspace.toml": "[setup]\nrun = 'sleep 60 & sleep 60'\n"},
     )
-    rig = Rig(tight.server, tight.model, tight.index, tight.repos, tight.cache)
     started = time.monotonic()
-    events = await run(rig, "local:hangs", "tight-hang", [finish()])
+    events = await run(tight, "local:hangs", "tight-hang", [finish()])
     assert time.monotonic() - started < 30
     (error,) = of_type(events, "error")
     assert error["code"] == "setup_timed_out" and "BACKSPACE_SETUP_TIMEOUT" in error["message"]
@@ -452,7 +440,7 @@ async def test_a_setup_that_hangs_is_stopped_and_leaves_nothing(tight: TightRig)
 
 @pytest.mark.e2e  # it starts the real server
 async def test_an_environment_too_big_for_the_cache_is_not_kept_and_the_run_goes_on(
-    tight: TightRig,
+    tight: Rig,
 ) -> None:
     repo_file = (
         "[setup]\nrun = 'mkdir -p .venv/bin && head -c 3000000 /dev/zero > .venv/blob "
@@ -460,8 +448,7 @@ async def test_an_environment_too_big_for_the_cache_is_not_kept_and_the_run_goes
         "&& chmod +x .venv/bin/check'\n[verify]\nrun = '.venv/bin/check'\n"
     )
     make_repo(tight.repos, "big", {"app.py": APP, ".backspace.toml": repo_file})
-    rig = Rig(tight.server, tight.model, tight.index, tight.repos, tight.cache)
-    events = await run(rig, "local:big", "tight-big", [Reply([DOUBLE]), finish("Double")])
+    events = await run(tight, "local:big", "tight-big", [Reply([DOUBLE]), finish("Double")])
     assert_succeeded(events)
     said = messages(events)
     assert any("not cached" in m and "BACKSPACE_ENV_CACHE_MB" in m for m in said), said
@@ -473,17 +460,16 @@ async def test_an_environment_too_big_for_the_cache_is_not_kept_and_the_run_goes
 
 
 @pytest.mark.e2e  # it starts the real server
-async def test_with_agent_network_on_the_agent_reaches_its_list_only(tight: TightRig) -> None:
+async def test_with_agent_network_on_the_agent_reaches_its_list_only(tight: Rig) -> None:
     repo_file = "[setup]\nrun = 'true'\n[network]\nagent = ['pypi.test']\n[verify]\nrun = 'true'\n"
     make_repo(tight.repos, "online", {"app.py": APP, ".backspace.toml": repo_file})
-    rig = Rig(tight.server, tight.model, tight.index, tight.repos, tight.cache)
     steps = [
         Reply([bash("curl -sS -m 5 http://pypi.test/simple/tinydep/")]),
         Reply([bash("curl -sS -m 5 https://elsewhere.test/ || echo refused")]),
         Reply([DOUBLE]),
         finish("Double"),
     ]
-    events = await run(rig, "local:online", "tight-online", steps)
+    events = await run(tight, "local:online", "tight-online", steps)
     assert_succeeded(events)
     outputs = [e["output"] for e in of_type(events, "Tool: Bash")]
     assert any("tinydep-1.0-py3-none-any.whl" in out for out in outputs), outputs

@@ -9,6 +9,7 @@ from typing import Any
 from backspace.orchestrator.errors import RunFailure as RunFailure
 from backspace.orchestrator.events import EventType, RunStatus, Stage
 from backspace.orchestrator.githosts.base import RepoRef
+from backspace.orchestrator.sandboxes.base import ExecResult
 
 
 @dataclass(frozen=True)
@@ -50,5 +51,17 @@ class RunContext:
                 "stage": str(stage),
                 "message": message,
                 "percentage": percentage if percentage is not None else stage.percentage,
+            },
+        )
+
+    def command_ran(self, command: str, result: ExecResult) -> None:
+        """A `Tool: Bash` event for a command backspace ran itself (setup, verification)."""
+        self.emit(
+            EventType.TOOL_BASH,
+            {
+                "command": command,
+                "output": result.output[-8000:],
+                "exit_code": result.exit_code,
+                "duration_ms": result.duration_ms,
             },
         )

@@ -12,19 +12,24 @@ from __future__ import annotations
 import ipaddress
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # an IPv4 address behind a NAT64 gateway
 
 
 def refusal(ip: str | Address) -> str | None:
     """None when `ip` is a public unicast address; otherwise why it may not be reached."""
     try:
-        address: Address = ipaddress.ip_address(ip) if isinstance(ip, str) else ip
+        address: Address = ipaddress.ip_address(ip.split("%", 1)[0]) if isinstance(ip, str) else ip
     except ValueError:
         return f"{ip!r} is not an IP address"
     if isinstance(address, ipaddress.IPv6Address):
         embedded = address.ipv4_mapped or address.sixtofour or _teredo_client(address)
+        if embedded is None and address in NAT64:
+            embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
         if embedded is not None:
             why = refusal(embedded)
             return f"{ip} embeds {why}" if why else None
+        if address.is_site_local:
+            return f"{address} is a site-local address"
     if address.is_loopback:
         return f"{address} is a loopback address"
     if address.is_link_local:

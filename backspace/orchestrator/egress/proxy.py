@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from backspace.orchestrator.egress.addresses import refusal
 from backspace.orchestrator.egress.gate import Gate
 from backspace.orchestrator.egress.hosts import NAME, AddressMap, normalise
 from backspace.orchestrator.egress.splice import AVAILABLE, SpliceTunnel
@@ -48,7 +49,6 @@ HOP_BY_HOP = {
     b"upgrade",
     b"host",
 }
-NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 REASONS = {
     400: "Bad Request",
     403: "Forbidden",
@@ -63,33 +63,6 @@ async def system_resolver(host: str, port: int) -> Sequence[str]:
     """Every address `host` has (getaddrinfo, in the loop's executor)."""
     infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     return [str(info[4][0]) for info in infos]
-
-
-def address_problem(text: str) -> str | None:
-    """Why this address may not be reached from a sandbox, or None when it is global."""
-    try:
-        ip: Address = ipaddress.ip_address(text.split("%", 1)[0])
-    except ValueError:
-        return f"{text} is not an address"
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        elif ip in NAT64:
-            ip = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
-        elif ip.is_site_local:
-            return f"{text} is a site-local address"
-    for kind, bad in (
-        ("an unspecified", ip.is_unspecified),
-        ("a loopback", ip.is_loopback),
-        ("a link-local", ip.is_link_local),
-        ("a multicast", ip.is_multicast),
-        ("a reserved", ip.is_reserved),
-        ("a private", ip.is_private),
-        ("a non-global (shared or special-purpose)", not ip.is_global),
-    ):
-        if bad:
-            return f"{text} is {kind} address"
-    return None
 
 
 def name_problem(host: str) -> str | None:
@@ -231,7 +204,7 @@ class EgressProxy:
         if not found:
             return Refusal(502, f"{host} has no address")
         for address in found:
-            bad = address_problem(address)
+            bad = refusal(address)
             if bad is not None:
                 return Refusal(403, f"{host} resolves to {bad}: the door reaches only the internet")
         return found[0], port

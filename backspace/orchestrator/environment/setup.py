@@ -36,7 +36,7 @@ from backspace.orchestrator.environment.repo_reader import (
 )
 from backspace.orchestrator.environment.starter import suggestion
 from backspace.orchestrator.errors import RunFailure
-from backspace.orchestrator.events import EventType, Stage
+from backspace.orchestrator.events import Stage
 from backspace.orchestrator.githosts.base import ResolvedRepo
 from backspace.orchestrator.run import RunContext
 from backspace.orchestrator.sandboxes.base import ExecResult, Sandbox, SandboxProvider
@@ -135,15 +135,7 @@ class Setup:
             )
         finally:
             await sandbox.open_network(Phase.SETUP, HostList())
-        ctx.emit(
-            EventType.TOOL_BASH,
-            {
-                "command": command,
-                "output": result.output[-8000:],
-                "exit_code": result.exit_code,
-                "duration_ms": result.duration_ms,
-            },
-        )
+        ctx.command_ran(command, result)
         seconds = result.duration_ms / 1000
         if result.timed_out:
             raise RunFailure(

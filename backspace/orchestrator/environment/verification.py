@@ -18,7 +18,7 @@ from backspace.orchestrator.egress.gate import Gate, Phase
 from backspace.orchestrator.environment.receipt import CommandReceipt, Receipt
 from backspace.orchestrator.environment.setup import EnvironmentPlan, Prepared, Setup
 from backspace.orchestrator.errors import BackspaceError, RunFailure
-from backspace.orchestrator.events import EventType, Stage
+from backspace.orchestrator.events import Stage
 from backspace.orchestrator.githosts.base import BaseBundle
 from backspace.orchestrator.run import RunContext
 from backspace.orchestrator.sandboxes.base import VERIFY_SUFFIX, Sandbox, SandboxProvider
@@ -113,15 +113,7 @@ class Verification:
             receipt.limits.append(f"`{command}` was stopped after {timeout:g} s")
         if result.truncated:
             receipt.limits.append(f"the output of `{command}` was cut to {OUTPUT_CHARS} characters")
-        ctx.emit(
-            EventType.TOOL_BASH,
-            {
-                "command": command,
-                "output": result.output[-8000:],
-                "exit_code": result.exit_code,
-                "duration_ms": result.duration_ms,
-            },
-        )
+        ctx.command_ran(command, result)
         return CommandReceipt(
             command, result.exit_code, result.duration_ms, result.timed_out, result.output[-1500:]
         )
