@@ -381,6 +381,21 @@ async def test_each_phase_sets_the_network_block_all_by_default(
         await sandbox.close()
 
 
+async def test_with_block_all_off_backspace_leaves_the_network_alone(dt: FakeDaytona) -> None:
+    provider = DaytonaSandboxProvider(options(dt, "net-open", network_block_all=False))
+    try:
+        sandbox = await provider.create("net-open", gate=Gate())
+        try:
+            await sandbox.open_network(Phase.SETUP, HostList.parse(["pypi.org"]))
+            await sandbox.open_network(Phase.AGENT, HostList())
+            fake = fake_of(dt, sandbox)
+            assert fake.params["networkBlockAll"] is False and fake.network == []
+        finally:
+            await sandbox.close()
+    finally:
+        await provider.aclose()
+
+
 async def test_a_name_resolving_to_a_private_address_is_refused_and_reported(
     dt: FakeDaytona, provider: DaytonaSandboxProvider
 ) -> None:

@@ -158,7 +158,7 @@ class LocalLayerStore:
             layer = self._layer(key)
             if layer is not None:
                 with contextlib.suppress(OSError):
-                    os.utime(Path(layer.location) / MANIFEST)
+                    _mark_used(Path(layer.location) / MANIFEST)
             return layer
 
     def _layers(self) -> list[tuple[float, Layer]]:
@@ -171,7 +171,7 @@ class LocalLayerStore:
             if layer is None:
                 continue
             with contextlib.suppress(OSError):
-                found.append(((entry / MANIFEST).stat().st_mtime, layer))
+                found.append(((entry / MANIFEST).stat().st_mtime_ns, layer))
         return sorted(found, key=lambda pair: pair[0])
 
     def _save(self, base: Path, manifest: LayerManifest) -> Layer:
@@ -200,6 +200,7 @@ class LocalLayerStore:
                 "created": time.time(),
             }
             (temp / MANIFEST).write_text(json.dumps(record, indent=2) + "\n")
+            _mark_used(temp / MANIFEST)
             if size > self.limit_bytes:  # larger on this disk than it was in the sandbox
                 raise self._too_big(size)
         except LayerStoreFull:
@@ -286,6 +287,14 @@ def _copy(source: Path, target: Path) -> None:
         if "Disk quota exceeded" in err:
             code = errno.EDQUOT
         raise OSError(code, f"cp -a failed: {err[-300:]}")
+
+
+def _mark_used(manifest: Path) -> None:
+    """Set the manifest's mtime to now, to the nanosecond: the kernel stamps a write with its
+    coarse clock (a few milliseconds), so two layers used in a row could tie and evict in
+    either order."""
+    now = time.time_ns()
+    os.utime(manifest, ns=(now, now))
 
 
 def _remove(path: Path) -> None:

@@ -176,7 +176,7 @@ class DaytonaSandboxProvider:
             auto_stop_interval=self.options.auto_stop_minutes,
             auto_delete_interval=self.options.auto_delete_minutes,
             # With a gate the network opens phase by phase (open_network); closed until then.
-            network_block_all=self.options.network_block_all or gate is not None,
+            network_block_all=self.options.network_block_all,
         )
         attempts = self.options.create_attempts
         for attempt in range(1, attempts + 1):
@@ -432,6 +432,8 @@ class DaytonaSandbox:
             raise SandboxError("the sandbox is closed")
         if self.gate is not None:
             self.gate.enter(phase, hosts)
+        if not self.provider.options.network_block_all:
+            return  # DAYTONA_NETWORK_BLOCK_ALL=false: the operator leaves the network open
         network = await plan(hosts, self.provider.options.resolver or system_resolver)
         for host, reason in network.dropped:
             log.warning("%s phase: %s", phase, reason)
