@@ -145,4 +145,5 @@ def main() -> None:
     print_table(title, rows, ("what", "measured", "target", ""))
 
 
-main()
+if __name__ == "__main__":  # importable: tests read SUITE
+    main()
