@@ -20,9 +20,10 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from backspace.orchestrator.agent import Agent, AgentLimits, AgentResult, Model, prompts
-from backspace.orchestrator.egress.gate import BlockedAttempt, Gate, Phase
+from backspace.orchestrator.egress.gate import Gate, Phase
+from backspace.orchestrator.environment.blocked import BlockedReporter
 from backspace.orchestrator.environment.policy import EnvironmentPolicy
-from backspace.orchestrator.environment.receipt import blocked_section, hint
+from backspace.orchestrator.environment.receipt import environment_section
 from backspace.orchestrator.environment.setup import EnvironmentPlan, Prepared, Setup
 from backspace.orchestrator.environment.verification import Verification
 from backspace.orchestrator.errors import PolicyError, RunFailure
@@ -378,53 +379,3 @@ async def _repository_context(sandbox: Sandbox) -> tuple[dict[str, str], str]:
 
 async def _close(sandbox: Sandbox) -> None:
     await asyncio.shield(sandbox.close())
-
-
-class BlockedReporter:
-    """Turns a run's refused network attempts into `network_blocked` events (the first
-    MAX_BLOCKED_EVENTS of them: a loop retrying a closed door must not flood the run)."""
-
-    def __init__(self, ctx: RunContext) -> None:
-        self.ctx = ctx
-        self.attempts: list[BlockedAttempt] = []
-
-    def __call__(self, attempt: BlockedAttempt) -> None:
-        self.attempts.append(attempt)
-        if len(self.attempts) > MAX_BLOCKED_EVENTS:
-            return
-        self.ctx.emit(
-            EventType.NETWORK_BLOCKED,
-            {
-                "host": attempt.host,
-                "port": attempt.port,
-                "phase": str(attempt.phase),
-                "command": attempt.command,
-                "reason": attempt.reason,
-                "hint": hint(attempt),
-            },
-        )
-
-
-MAX_BLOCKED_EVENTS = 50
-
-
-def environment_section(
-    plan: EnvironmentPlan,
-    prepared: Prepared,
-    blocked: list[BlockedAttempt],
-    keep_host: str | None,
-) -> str | None:
-    """The PR body's note on the environment: the starter file, or what setup did, and the
-    network attempts refused during setup and the agent's work."""
-    if plan.starter is not None and not blocked:
-        return plan.starter
-    lines = []
-    if plan.starter is not None:
-        lines.append(plan.starter)
-    elif plan.repo.setup is not None:
-        lines += ["## Environment", "", f"Set up from `.backspace.toml`: {prepared.description}."]
-    lines += [*plan.network.notices()]
-    shown = [b for b in blocked if b.phase is not Phase.VERIFY]
-    if shown:
-        lines += ["", blocked_section(shown, keep_host)]
-    return "\n".join(lines) if lines else None

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from backspace.orchestrator.egress.gate import BlockedAttempt
+from backspace.orchestrator.egress.gate import BlockedAttempt, Phase
 from backspace.orchestrator.sanitiser import sanitise
+
+if TYPE_CHECKING:
+    from backspace.orchestrator.environment.setup import EnvironmentPlan, Prepared
 
 TAIL_CHARS = 1500
 SHOWN_BLOCKED = 20
@@ -150,3 +153,25 @@ def _fenced(text: str, keep_host: str | None) -> str:
     body = CONTROL.sub("", sanitise(text, keep_host))
     fence = "`" * max(3, max((len(r) for r in re.findall(r"`+", body)), default=0) + 1)
     return f"{fence}text\n{body.rstrip()}\n{fence}"
+
+
+def environment_section(
+    plan: EnvironmentPlan,
+    prepared: Prepared,
+    blocked: list[BlockedAttempt],
+    keep_host: str | None,
+) -> str | None:
+    """The PR body's note on the environment: the starter file, or what setup did, and the
+    network attempts refused during setup and the agent's work."""
+    if plan.starter is not None and not blocked:
+        return plan.starter
+    lines = []
+    if plan.starter is not None:
+        lines.append(plan.starter)
+    elif plan.repo.setup is not None:
+        lines += ["## Environment", "", f"Set up from `.backspace.toml`: {prepared.description}."]
+    lines += [*plan.network.notices()]
+    shown = [b for b in blocked if b.phase is not Phase.VERIFY]
+    if shown:
+        lines += ["", blocked_section(shown, keep_host)]
+    return "\n".join(lines) if lines else None
