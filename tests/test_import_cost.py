@@ -20,7 +20,13 @@ from pathlib import Path
 
 import pytest
 
-from backspace.orchestrator.publish import Identity, commit_in_sandbox, prepare_index
+from backspace.orchestrator.publish import (
+    Identity,
+    Policy,
+    commit_in_sandbox,
+    import_change,
+    prepare_index,
+)
 from backspace.orchestrator.sandboxes.local import LocalSandbox
 from tests.conftest import GIT_ENV, git
 
@@ -78,8 +84,9 @@ class Opened:
 
 
 @pytest.fixture(scope="module")
-def big_bundle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
-    """A bundle of one commit with FILES files of FILE_BYTES each, in 200 directories."""
+def big_origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str, Path]]:
+    """A bundle of one commit with FILES files of FILE_BYTES each, in 200 directories; its
+    commit, and the bare repository it came from."""
     root = tmp_path_factory.mktemp("big")
     origin = root / "origin"
     git(root, "init", "-q", "--bare", "-b", "main", str(origin))
@@ -96,7 +103,7 @@ def big_bundle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path,
     )
     bundle = root / "base.bundle"
     git(origin, "bundle", "create", "-q", str(bundle), "main")
-    yield bundle, git(origin, "rev-parse", "main").strip()
+    yield bundle, git(origin, "rev-parse", "main").strip(), origin
 
 
 async def _run(sandbox: LocalSandbox, script: str) -> str:
@@ -107,11 +114,11 @@ async def _run(sandbox: LocalSandbox, script: str) -> str:
 
 @pytest.fixture
 async def checkout(
-    sandbox: LocalSandbox, big_bundle: tuple[Path, str]
+    sandbox: LocalSandbox, big_origin: tuple[Path, str, Path]
 ) -> AsyncIterator[tuple[LocalSandbox, str, str]]:
     """The sandbox with the base checked out as the pipeline's `_clone` does it, and
     backspace's index prepared as the pipeline does next; yields the index's fingerprint."""
-    bundle, sha = big_bundle
+    bundle, sha, _ = big_origin
     remote = f"{sandbox.tmpdir}/base.bundle"
     await sandbox.upload(bundle, remote)
     await _run(
@@ -270,3 +277,65 @@ async def test_an_index_the_agent_rewrote_is_dropped(
         sandbox, f"git --git-dir=/tmp/backspace-cost-out.git diff --name-only {start} {tree}"
     )
     assert changed.split() == ["d012/f00012.txt"]
+
+
+def _rchar() -> int:
+    """Bytes read so far by this process (pipes included) and the children it has reaped."""
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("rchar:"):
+            return int(line.split()[1])
+    raise AssertionError("no rchar in /proc/self/io")
+
+
+def _change_bundle(origin: Path, work: Path, entries: list[tuple[str, str, str]]) -> Path:
+    """A bundle of one commit on main setting (mode, path, content) entries, made with plumbing."""
+    env = {**GIT_ENV, "GIT_INDEX_FILE": str(work / "index")}
+
+    def plumb(*args: str, stdin: str | None = None) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=origin, env=env, input=stdin, check=True, capture_output=True,
+            text=True,
+        ).stdout.strip()  # fmt: skip
+
+    plumb("read-tree", "main")
+    for mode, path, content in entries:
+        blob = plumb("hash-object", "-w", "--stdin", stdin=content)
+        plumb("update-index", "--add", "--cacheinfo", f"{mode},{blob},{path}")
+    commit = plumb("commit-tree", plumb("write-tree"), "-p", "main", stdin="change\n")
+    plumb("update-ref", "refs/heads/change", commit)
+    bundle = work / "change.bundle"
+    plumb("bundle", "create", "-q", str(bundle), "main..change")
+    return bundle
+
+
+async def test_importing_a_three_file_change_reads_the_change_not_the_tree(
+    big_origin: tuple[Path, str, Path], tmp_path: Path
+) -> None:
+    """The host's import of a change adding a symbolic link, editing and adding a file, in the
+    20,000-file repository: what git and this process read stays far below one listing of the
+    tree (about 1.2 MB here), so no step reads the whole tree."""
+    _, base, origin = big_origin
+    bundle = _change_bundle(
+        origin,
+        tmp_path,
+        [
+            ("120000", "d020/link", "../d021/f00021.txt"),
+            ("100644", "d022/f00022.txt", "edited\n"),
+            ("100644", "d023/new.txt", "new\n"),
+        ],
+    )
+    host = tmp_path / "host.git"
+    git(tmp_path, "init", "-q", "--bare", str(host))
+    (host / "objects" / "info" / "alternates").write_text(f"{origin / 'objects'}\n")
+    listing = len(git(origin, "ls-tree", "-r", "-z", "main"))
+    before = _rchar()
+    change = await import_change(
+        host, bundle, start=base, base_sha=base, identity=IDENTITY, message="m", policy=Policy()
+    )
+    read = _rchar() - before
+    assert change is not None
+    assert sorted(f.path for f in change.files) == ["d020/link", "d022/f00022.txt", "d023/new.txt"]
+    assert read < listing / 4, (
+        f"importing a 3-file change read {read / 1e6:.2f} MB; one listing of the tree is "
+        f"{listing / 1e6:.2f} MB"
+    )

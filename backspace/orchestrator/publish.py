@@ -455,25 +455,67 @@ async def _check_symlinks(git_dir: Path, head: str, added: list[tuple[str, str]]
 
     Nothing on the host follows them (the host never checks the tree out), but whoever checks
     the branch out would: a link to /etc/passwd or ../../.ssh in a build or a web root reads
-    that machine's files.
+    that machine's files. Only the paths the links' walks pass through are looked up in the
+    tree (not a listing of the whole tree), unless there are more than LINK_LOOKUP_LIMIT bytes
+    of them (absurdly deep targets), when the whole tree's links are listed instead.
     """
     if not added:
         return
-    listing = await git("ls-tree", "-r", "-z", head, git_dir=git_dir)
-    links = {
-        entry.partition("\t")[2] for entry in listing.split("\0") if entry.startswith("120000 ")
-    }
-    outside: list[str] = []
+    targets = []
     for path, blob in added:
         target, _ = await git_capped("cat-file", "blob", blob, git_dir=git_dir, limit=4096)
-        if _leaves_repository(path, target, links - {path}):
-            outside.append(f"{path} -> {target[:200]}")
+        targets.append((path, target))
+    links = await _links_among(git_dir, head, set().union(*(_walk(p, t) for p, t in targets)))
+    outside = [
+        f"{path} -> {target[:200]}"
+        for path, target in targets
+        if _leaves_repository(path, target, links - {path})
+    ]
     if outside:
         raise PolicyError(
             "symlink_outside_repository",
             "the change adds symbolic links that point outside the repository: "
             + ", ".join(outside[:10]),
         )
+
+
+LINK_LOOKUP_LIMIT = 256 * 1024
+
+
+async def _links_among(git_dir: Path, head: str, paths: set[str]) -> set[str]:
+    """Which of `paths` are symbolic links in `head`."""
+    if sum(len(path) + 1 for path in paths) > LINK_LOOKUP_LIMIT:
+        listing = await git("ls-tree", "-r", "-z", head, git_dir=git_dir)
+    elif paths:
+        listing = await git(
+            "ls-tree", "-z", head, "--", *sorted(paths),
+            git_dir=git_dir, env={"GIT_LITERAL_PATHSPECS": "1"},
+        )  # fmt: skip
+    else:
+        return set()
+    return {
+        entry.partition("\t")[2] for entry in listing.split("\0") if entry.startswith("120000 ")
+    }
+
+
+def _walk(path: str, target: str) -> set[str]:
+    """The paths `_leaves_repository` may look up for the link at `path`: each one its walk
+    reaches inside the repository, as if none of them were a link."""
+    where = [part for part in posixpath.dirname(path).split("/") if part]
+    seen: set[str] = set()
+    if target.startswith("/"):
+        return seen
+    for part in target.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not where:
+                return seen
+            where.pop()
+            continue
+        where.append(part)
+        seen.add("/".join(where))
+    return seen
 
 
 def _leaves_repository(path: str, target: str, links: set[str]) -> bool:
