@@ -190,20 +190,21 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "first_ratio": first["agent_s"] / shallow,
         "again_agent_s": summary([r["agent_s"] for r in again])["p50"],
         "validating_s": summary([r["validating_s"] for r in results])["p50"],
-        "rss_mb": max(r["rss_mb"] for r in results),
+        # the first run also imports the model SDK (about 50 MB, once per process): not counted
+        "rss_mb": max(r["rss_mb"] for r in again),
     }
     rows: list[tuple[str, ...]] = [
         ("git clone --depth 1 file://REPO (best of 3)", f"{shallow:.2f} s"),
         *(
             (
-                f"run {i + 1}: submit to `agent` (cloning stage)",
-                f"{r['agent_s']:.2f} s ({r['cloning_s']:.2f} s)",
+                f"run {i + 1}: submit to `agent` (cloning stage); peak RSS above idle",
+                f"{r['agent_s']:.2f} s ({r['cloning_s']:.2f} s); {r['rss_mb']:.1f} MB",
             )
             for i, r in enumerate(results)
         ),
         ("first run / shallow clone", f"{figures['first_ratio']:.2f}x"),
         ("validating stage, 3-file change (p50)", f"{figures['validating_s']:.2f} s"),
-        ("peak RSS above idle during a run (max)", f"{figures['rss_mb']:.1f} MB"),
+        ("peak RSS above idle, runs after the first (max)", f"{figures['rss_mb']:.1f} MB"),
     ]
     print_table(
         f"big repositories: {repo.name if args.repo else 'generated'}", rows, ("what", "measured")
