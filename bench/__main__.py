@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from bench import (
+    clone,
     concurrent,
     egress,
     fanout,
@@ -115,6 +116,17 @@ SUITE: dict[str, tuple[Bench, list[str], list[str], list[Target]]] = {
         [
             Target("sandbox ready from a cached environment (p50)", "layer_p50_s", 1.0, "s"),
             Target("cached start / (empty start + clone)", "ratio", 1.5, "x"),
+        ],
+    ),
+    "clone": (
+        clone.main,
+        ["--runs", "3"],
+        ["--runs", "2", "--files", "200", "--commits", "20"],
+        [
+            Target("POST to `agent`, first run / git clone --depth 1", "first_ratio", 1.5, "x"),
+            Target("POST to `agent`, same base again (p50)", "again_agent_s", 1.0, "s"),
+            Target("peak RSS above idle during a run", "rss_mb", 50, "MB"),
+            Target("validating stage, 3-file change (p50)", "validating_s", 0.5, "s"),
         ],
     ),
 }

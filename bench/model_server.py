@@ -26,6 +26,11 @@ EDIT = {
     "old_str": "    return name\n",
     "new_str": "    if not name:\n        raise ValueError('name is required')\n    return name\n",
 }
+THREE_FILES = (
+    "set -e; files=$(git ls-files | grep -v -e '^[.]' -e '/[.]' -e ' ' | head -n 2);"
+    ' set -- $files; printf \'\\n# bench\\n\' >> "$1"; rm -f "$2";'
+    " printf 'bench\\n' > BENCH_NEW.txt"
+)
 TURN = 0.2  # seconds per model turn in the concurrency benchmark
 
 
@@ -63,6 +68,11 @@ def scenarios() -> dict[str, Sequence[Step]]:
         ],
         "slack-bench": [_finish()],
         # a whole run at zero latency: one command, one edit, finish
+        # a 3-file change in any repository: one file edited, one deleted, one added
+        "clone-bench": [
+            Reply([ToolCall("bash", {"command": THREE_FILES})]),
+            _finish(),
+        ],
         "overhead-bench": [
             Reply([Text("Looking."), ToolCall("bash", {"command": "cat app.py"})]),
             Reply([ToolCall("str_replace_based_edit_tool", EDIT)]),

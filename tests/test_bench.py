@@ -28,6 +28,7 @@ TABLES = {
     "startup": "start-up (",
     "egress": "egress download",
     "layers": "layer",
+    "clone": "big repositories",
 }
 
 

@@ -41,6 +41,7 @@ from backspace.orchestrator.publish import (
     commit_in_sandbox,
     find_secrets,
     import_change,
+    prepare_index,
 )
 from backspace.orchestrator.pull_request import (
     branch_name,
@@ -139,6 +140,8 @@ class Pipeline:
         base = await host.bundle_base(repo, scratch)
         start = await self._clone(base, repo, sandbox, bundle_path(sandbox, ctx.run_id, "base"))
         prepared = await self.setup.prepare(ctx, sandbox, plan, start)
+        # backspace's index of the checkout, so the commit hashes only what the agent changed.
+        index = await prepare_index(sandbox, start, bundle_path(sandbox, ctx.run_id, "out"))
 
         ctx.progress(Stage.AGENT, "The agent is working")
         await sandbox.open_network(Phase.AGENT, plan.network.agent)
@@ -162,7 +165,7 @@ class Pipeline:
         message = commit_message(title, ctx.run_id, request.co_author)
         out_bundle = bundle_path(sandbox, ctx.run_id, "out")
         change = await self._take_change(
-            sandbox, git_dir, start, repo, scratch, message, out_bundle, prepared
+            sandbox, git_dir, start, repo, scratch, message, out_bundle, prepared, index
         )
         if change is None:
             if result.outcome in ("turn_limit", "cost_limit"):
@@ -329,10 +332,17 @@ class Pipeline:
         message: str,
         remote: str,
         prepared: Prepared,
+        index: str | None = None,
     ) -> Change | None:
         identity = self.settings.identity
         tree = await commit_in_sandbox(
-            sandbox, start, identity, message, remote, exclude=prepared.environment_paths
+            sandbox,
+            start,
+            identity,
+            message,
+            remote,
+            exclude=prepared.environment_paths,
+            index=index,
         )
         if tree is None:
             return None

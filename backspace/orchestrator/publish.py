@@ -66,7 +66,8 @@ def _owned_git(git_dir: str) -> str:
 
     No system, global or repository config, no hooks, no fsmonitor, and attributes that switch
     every content conversion off (info/attributes outranks the tree's .gitattributes), so what
-    is committed is the bytes in the work tree.
+    is committed is the bytes in the work tree. A prepared index is trusted only as far as full
+    stat checks go (ctime included: no process can set it), so those are pinned too.
     """
     q = shlex.quote
     return f"""
@@ -76,9 +77,70 @@ export GIT_CONFIG_NOSYSTEM=1 GIT_CONFIG_GLOBAL=/dev/null GIT_INDEX_FILE={q(git_d
 g() {{
   git --git-dir={q(git_dir)} --work-tree=. -c core.hooksPath=/dev/null -c core.fsmonitor=false \
     -c core.autocrlf=false -c core.safecrlf=false -c core.excludesFile=/dev/null \
-    -c core.attributesFile=/dev/null -c core.untrackedCache=false -c commit.gpgsign=false "$@"
+    -c core.attributesFile=/dev/null -c core.untrackedCache=false -c commit.gpgsign=false \
+    -c core.trustctime=true -c core.checkStat=default -c core.ignoreStat=false \
+    -c core.splitIndex=false -c index.sparse=false "$@"
 }}
 """
+
+
+def _fresh_git_dir(git_dir: str) -> str:
+    """Shell lines (re)making backspace's git directory, without the index: its objects are the
+    checkout's (alternates), attributes switch every conversion off, nothing else is there."""
+    q = shlex.quote
+    no_conversion = "* -text -eol -crlf -filter -ident -working-tree-encoding -export-subst"
+    return f"""
+rm -rf {q(git_dir)}
+git init --quiet --bare --template= {q(git_dir)}
+git --git-dir={q(git_dir)} config core.bare false
+mkdir -p {q(git_dir)}/info {q(git_dir)}/objects/info
+printf '%s\n' "$PWD/.git/objects" > {q(git_dir)}/objects/info/alternates
+printf '%s\n' {q(no_conversion)} > {q(git_dir)}/info/attributes
+"""
+
+
+async def prepare_index(sandbox: Sandbox, start: str, bundle: str) -> str | None:
+    """Make backspace's index of `start` right after the checkout (and setup); its fingerprint.
+
+    So that committing later hashes only the files whose stat changed, the index takes the
+    stat data of the checkout: the checkout's own `.git/index` is reset to `start` by a one-tree
+    `read-tree -m`, which keeps the stat data of every entry equal to `start` and nothing else,
+    so nothing is read here. Between the checkout and now only setup wrote the work tree, and
+    what it wrote is the environment's paths, which the commit keeps as in `start` whatever the
+    index says. Git's racy-entry rule still holds from here on: an entry written in the same
+    second as this index is checked by content at the commit (the copy is not back-dated). An
+    entry carrying a flag (skip-worktree, assume-unchanged: setup could have set one), a missing
+    or unreadable index make it start from `start` alone, every file hashed once here.
+
+    The index lives in the sandbox, so the agent can write it. The sha256 returned here is
+    checked by `commit_in_sandbox` before it uses the index: any other index is dropped and the
+    commit starts from `start` with every file hashed, as if none had been prepared. An agent
+    that swaps the file between that check and git's read (a process left running) gains
+    nothing it could not get by writing the work tree: the commit only decides which tree is
+    published, and that tree is what the host checks (fsck of the new objects, descent from the
+    base, sizes, protected paths, symbolic links, secrets in the diff) and what verification
+    checks out, in a fresh sandbox, to run the repository's tests on. At worst such a race
+    publishes files under the environment's paths, which then pass the same checks as any file.
+    None when the index could not be made (the commit then hashes every file).
+    """
+    q = shlex.quote
+    git_dir = owned_git_dir(bundle)
+    index = f"{git_dir}/index"
+    script = f"""
+set -e
+{_fresh_git_dir(git_dir)}
+{_owned_git(git_dir)}
+if ! {{ cp .git/index {q(index)} 2>/dev/null && g read-tree -m {q(start)} 2>/dev/null \
+       && ! g ls-files -v | grep -qv '^H '; }}; then
+  rm -f {q(index)}
+  g read-tree {q(start)}
+  g update-index -q --refresh >/dev/null 2>&1 || :
+fi
+echo "BACKSPACE_INDEX=$(sha256sum < {q(index)} | cut -c1-64)"
+"""
+    result = await sandbox.exec(script, timeout=300, max_output=4000)
+    found = re.search(r"BACKSPACE_INDEX=([0-9a-f]{64})", result.output)
+    return found.group(1) if result.exit_code == 0 and found else None
 
 
 async def commit_in_sandbox(
@@ -89,27 +151,36 @@ async def commit_in_sandbox(
     bundle: str,
     *,
     exclude: tuple[str, ...] = (),
+    index: str | None = None,
 ) -> str | None:
     """Commit the work tree with backspace's own git directory; bundle `start..` it to `bundle`.
 
     `exclude` are the environment's paths (what setup wrote): they stay as in `start`, whatever
-    the work tree or its .gitignore says. The tree id of the commit, or None when the work tree
-    is the start commit's tree.
+    the work tree or its .gitignore says. `index` is the fingerprint `prepare_index` returned:
+    when the index is still that one, only files whose stat changed are hashed; otherwise (none
+    prepared, or anyone changed it) the index starts from `start` and every file is hashed.
+    The git directory itself is made afresh here, whatever the agent wrote in it. The tree id
+    of the commit, or None when the work tree is the start commit's tree.
     """
     q = shlex.quote
     pathspecs = " ".join(q(f":(top,literal,exclude){path}") for path in exclude)
     git_dir = owned_git_dir(bundle)
-    no_conversion = "* -text -eol -crlf -filter -ident -working-tree-encoding -export-subst"
+    kept = git_dir.removesuffix(".git") + ".index"
     script = f"""
 set -e
-rm -rf {q(git_dir)}
-git init --quiet --bare --template= {q(git_dir)}
-git --git-dir={q(git_dir)} config core.bare false
-mkdir -p {q(git_dir)}/info {q(git_dir)}/objects/info
-printf '%s\n' "$PWD/.git/objects" > {q(git_dir)}/objects/info/alternates
-printf '%s\n' {q(no_conversion)} > {q(git_dir)}/info/attributes
+rm -rf {q(kept)}
+if [ -n {q(index or "")} ] && [ -f {q(git_dir)}/index ] && [ ! -L {q(git_dir)}/index ]; then
+  mv -f {q(git_dir)}/index {q(kept)}
+fi
+{_fresh_git_dir(git_dir)}
 {_owned_git(git_dir)}
-g read-tree {q(start)}
+if [ -f {q(kept)} ] && [ ! -L {q(kept)} ] \
+   && [ "$(sha256sum < {q(kept)} | cut -c1-64)" = {q(index or "none")} ]; then
+  mv -f {q(kept)} {q(git_dir)}/index
+else
+  rm -rf {q(kept)}
+  g read-tree {q(start)}
+fi
 g add --all -- . {pathspecs}
 tree=$(g write-tree)
 if [ "$tree" = "$(g rev-parse {q(start + "^{tree}")})" ]; then
@@ -384,25 +455,67 @@ async def _check_symlinks(git_dir: Path, head: str, added: list[tuple[str, str]]
 
     Nothing on the host follows them (the host never checks the tree out), but whoever checks
     the branch out would: a link to /etc/passwd or ../../.ssh in a build or a web root reads
-    that machine's files.
+    that machine's files. Only the paths the links' walks pass through are looked up in the
+    tree (not a listing of the whole tree), unless there are more than LINK_LOOKUP_LIMIT bytes
+    of them (absurdly deep targets), when the whole tree's links are listed instead.
     """
     if not added:
         return
-    listing = await git("ls-tree", "-r", "-z", head, git_dir=git_dir)
-    links = {
-        entry.partition("\t")[2] for entry in listing.split("\0") if entry.startswith("120000 ")
-    }
-    outside: list[str] = []
+    targets = []
     for path, blob in added:
         target, _ = await git_capped("cat-file", "blob", blob, git_dir=git_dir, limit=4096)
-        if _leaves_repository(path, target, links - {path}):
-            outside.append(f"{path} -> {target[:200]}")
+        targets.append((path, target))
+    links = await _links_among(git_dir, head, set().union(*(_walk(p, t) for p, t in targets)))
+    outside = [
+        f"{path} -> {target[:200]}"
+        for path, target in targets
+        if _leaves_repository(path, target, links - {path})
+    ]
     if outside:
         raise PolicyError(
             "symlink_outside_repository",
             "the change adds symbolic links that point outside the repository: "
             + ", ".join(outside[:10]),
         )
+
+
+LINK_LOOKUP_LIMIT = 256 * 1024
+
+
+async def _links_among(git_dir: Path, head: str, paths: set[str]) -> set[str]:
+    """Which of `paths` are symbolic links in `head`."""
+    if sum(len(path) + 1 for path in paths) > LINK_LOOKUP_LIMIT:
+        listing = await git("ls-tree", "-r", "-z", head, git_dir=git_dir)
+    elif paths:
+        listing = await git(
+            "ls-tree", "-z", head, "--", *sorted(paths),
+            git_dir=git_dir, env={"GIT_LITERAL_PATHSPECS": "1"},
+        )  # fmt: skip
+    else:
+        return set()
+    return {
+        entry.partition("\t")[2] for entry in listing.split("\0") if entry.startswith("120000 ")
+    }
+
+
+def _walk(path: str, target: str) -> set[str]:
+    """The paths `_leaves_repository` may look up for the link at `path`: each one its walk
+    reaches inside the repository, as if none of them were a link."""
+    where = [part for part in posixpath.dirname(path).split("/") if part]
+    seen: set[str] = set()
+    if target.startswith("/"):
+        return seen
+    for part in target.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not where:
+                return seen
+            where.pop()
+            continue
+        where.append(part)
+        seen.add("/".join(where))
+    return seen
 
 
 def _leaves_repository(path: str, target: str, links: set[str]) -> bool:
