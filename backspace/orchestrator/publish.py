@@ -208,16 +208,6 @@ echo "BACKSPACE_TREE=$tree"
     return found.group(1)
 
 
-async def tree_in_sandbox(sandbox: Sandbox, bundle: str) -> str | None:
-    """The tree id of the work tree now, through the git directory `commit_in_sandbox` made."""
-    script = f"set -e\n{_owned_git(owned_git_dir(bundle))}\ng add --all\ng write-tree\n"
-    result = await sandbox.exec(script, timeout=300, max_output=4000)
-    lines = result.output.split()
-    if result.exit_code != 0 or not lines or not re.fullmatch(r"[0-9a-f]{40,64}", lines[-1]):
-        return None
-    return lines[-1]
-
-
 @dataclass(frozen=True)
 class Policy:
     """What a change may contain to be published."""
