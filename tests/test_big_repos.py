@@ -9,6 +9,8 @@ bubblewrap, real git; the model is the loopback fake.
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import os
 import random
 import shutil
@@ -21,6 +23,10 @@ from typing import Any
 
 import pytest
 
+from backspace.app import check_outside_sandbox_view
+from backspace.config import SettingsError, load_settings
+from backspace.orchestrator.errors import GitError
+from backspace.orchestrator.githosts.base_payload import BasePayloads, PayloadKey
 from tests.fakes.anthropic import FakeAnthropic, Reply, ToolCall
 from tests.fakes.github import FakeGitHub
 from tests.helpers import shared_server, workdir
@@ -323,8 +329,16 @@ def github(heavy: Path) -> Iterator[FakeGitHub]:
 
 
 @pytest.fixture(scope="module")
-def on_github(github: FakeGitHub, model: FakeAnthropic) -> Iterator[Server]:
+def github_cache() -> Iterator[Path]:
+    cache = workdir("big-repos-github-cache")
+    yield cache
+    shutil.rmtree(cache, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def on_github(github: FakeGitHub, model: FakeAnthropic, github_cache: Path) -> Iterator[Server]:
     env = {
+        "BACKSPACE_BASE_CACHE_DIR": str(github_cache),
         "ANTHROPIC_API_KEY": ANTHROPIC_KEY,
         "ANTHROPIC_BASE_URL": model.url,
         "GITHUB_TOKEN": TOKEN,
@@ -342,8 +356,21 @@ def upload_packs(github: FakeGitHub, name: str) -> int:
     return sum(1 for r in list(github.requests) if r["method"] == "POST" and r["path"] in paths)
 
 
+def holds(path: Path, needles: list[bytes]) -> bool:
+    """Whether the file holds any needle: read in chunks (a payload is never read whole)."""
+    overlap = max(len(n) for n in needles)
+    tail = b""
+    with path.open("rb") as source:
+        while chunk := source.read(1 << 20):
+            window = tail + chunk
+            if any(n in window for n in needles):
+                return True
+            tail = window[-overlap:]
+    return False
+
+
 async def test_github_hands_the_real_base_at_depth_fetches_once_and_follows_a_moved_base(
-    heavy: Path, github: FakeGitHub, model: FakeAnthropic, on_github: Server
+    heavy: Path, github: FakeGitHub, model: FakeAnthropic, on_github: Server, github_cache: Path
 ) -> None:
     name = "acme/heavy"
     github.create_repo(name, files={"README.md": "# x\n"})
@@ -361,6 +388,10 @@ async def test_github_hands_the_real_base_at_depth_fetches_once_and_follows_a_mo
     fetched = upload_packs(github, name)
     assert fetched >= 1
     assert published(bare, first) == (base, ["README.md"])  # on the real base, no snapshot
+    # The token rule: the payload the sandbox receives holds no credential, in any form.
+    secret = [TOKEN.encode(), base64.b64encode(f"x-access-token:{TOKEN}".encode())]
+    (payload,) = list(github_cache.glob("*.tar"))
+    assert not holds(payload, secret)
 
     second = await post_run(on_github.url, {"repo_url": url, "prompt": scenario(model, "g2")})
     assert second[-1]["status"] == "succeeded", second[-3:]
@@ -376,3 +407,83 @@ async def test_github_hands_the_real_base_at_depth_fetches_once_and_follows_a_mo
     assert upload_packs(github, name) > fetched
     assert any(m.startswith(f"Prepared the base {moved[:12]}") for m in cloning(third))
     assert published(bare, third) == (moved, ["README.md"])
+
+
+# --- the cache itself, and attacks on it ----------------------------------------------------------
+async def test_a_payload_in_use_is_never_evicted_under_its_upload(
+    heavy: Path, tmp_path: Path
+) -> None:
+    payloads = BasePayloads(tmp_path / "cache", limit_mb=1, depth=DEPTH)  # each is ~2 MB
+
+    async def source() -> Path:
+        return heavy
+
+    def key(n: int) -> PayloadKey:
+        return PayloadKey("local", "heavy", git(heavy, "rev-parse", f"main~{n}"), "main")
+
+    first = await payloads.get(key(0), source)
+    second = await payloads.get(key(1), source)  # past the limit, but both are in use
+    assert first.path.is_file() and second.path.is_file()
+    with first.path.open("rb") as held:  # what an upload reads
+        assert held.read(512)
+    first.release()
+    first.release()  # a second release changes nothing
+    third = await payloads.get(key(2), source)
+    assert not first.path.exists(), "the least recently used payload no run uses is evicted"
+    assert second.path.is_file() and third.path.is_file()
+    again = await payloads.get(key(1), source)
+    assert again.cached and again.path == second.path
+    for payload in (second, third, again):
+        payload.release()
+
+
+async def test_concurrent_runs_on_one_base_make_its_payload_once(
+    heavy: Path, model: FakeAnthropic, local: tuple[Server, Path, Path]
+) -> None:
+    server, repos, _ = local
+    origin = borrow(heavy, repos / "heavy-d.git")
+    base = add_commit(origin, {"concurrent.txt": "both at once\n"})
+    both = await asyncio.gather(
+        *(
+            post_run(
+                server.url, {"repo_url": "local:heavy-d.git", "prompt": scenario(model, f"d{n}")}
+            )
+            for n in range(2)
+        )
+    )
+    for events in both:
+        assert events[-1]["status"] == "succeeded", events[-3:]
+        assert look(events)[:2] == (DEPTH, base)
+    said = sorted(m.split(" (")[0] for events in both for m in cloning(events) if "base " in m)
+    assert said == [f"Prepared the base {base[:12]}", f"Using the prepared base {base[:12]}"]
+
+
+async def test_a_failed_build_leaves_nothing_in_the_cache(heavy: Path, tmp_path: Path) -> None:
+    """A payload is published whole or not at all: a build that fails leaves no file behind."""
+    cache = tmp_path / "cache"
+    payloads = BasePayloads(cache, limit_mb=100, depth=DEPTH)
+
+    async def source() -> Path:
+        return heavy
+
+    missing = PayloadKey("local", "heavy", "1" * 40, "main")  # no such commit in the origin
+    with pytest.raises(GitError):
+        await payloads.get(missing, source)
+    assert list(cache.iterdir()) == []
+
+
+def test_a_base_cache_inside_the_sandboxs_view_is_refused_at_start(tmp_path: Path) -> None:
+    """Host git builds payloads in the cache: never where every sandboxed command can read."""
+    settings = load_settings(
+        BACKSPACE_DB=str(tmp_path / "backspace.db"),
+        BACKSPACE_SANDBOX="local",
+        BACKSPACE_BASE_CACHE_DIR="/usr/lib/backspace-attack-base-cache",
+    )
+    with pytest.raises(SettingsError, match="BACKSPACE_BASE_CACHE_DIR /usr/lib/backspace-attack"):
+        check_outside_sandbox_view(settings)
+    assert not Path("/usr/lib/backspace-attack-base-cache").exists()
+
+
+def test_the_clone_depth_must_be_at_least_one(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="BACKSPACE_CLONE_DEPTH"):
+        load_settings(BACKSPACE_DB=str(tmp_path / "b.db"), BACKSPACE_CLONE_DEPTH="0")
