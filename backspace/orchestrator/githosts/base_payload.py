@@ -25,6 +25,7 @@ import shlex
 import shutil
 import tarfile
 import tempfile
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -94,6 +95,9 @@ class BasePayloads:
         self.depth = depth
         self._locks: dict[str, asyncio.Lock] = {}
         self._in_use: dict[str, int] = {}
+        # Eviction runs on a worker thread: a payload is found and leased, or checked unused and
+        # deleted, under this lock, so it is never deleted between the two.
+        self._guard = threading.Lock()
 
     async def get(self, key: PayloadKey, source: Callable[[], Awaitable[Path]]) -> BasePayload:
         """The payload of `key`, made from the git directory `source()` gives when not cached.
@@ -103,13 +107,15 @@ class BasePayloads:
         name = key.file_name(self.depth)
         path = self.directory / name
         async with self._locks.setdefault(name, asyncio.Lock()):
-            if path.is_file():
-                os.utime(path)  # the least recently used is evicted first
-                return self._lease(key, path, cached=True, seconds=0.0)
+            with self._guard:
+                if path.is_file():
+                    os.utime(path)  # the least recently used is evicted first
+                    return self._lease(key, path, cached=True, seconds=0.0)
             started = time.monotonic()
             origin = await source()
             await self._build(origin, key, path)
-            payload = self._lease(key, path, cached=False, seconds=time.monotonic() - started)
+            with self._guard:
+                payload = self._lease(key, path, cached=False, seconds=time.monotonic() - started)
         await asyncio.to_thread(self._evict)
         return payload
 
@@ -120,14 +126,15 @@ class BasePayloads:
 
         def release() -> None:
             nonlocal released
-            if released:
-                return
-            released = True
-            left = self._in_use.get(name, 1) - 1
-            if left > 0:
-                self._in_use[name] = left
-            else:
-                self._in_use.pop(name, None)
+            with self._guard:
+                if released:
+                    return
+                released = True
+                left = self._in_use.get(name, 1) - 1
+                if left > 0:
+                    self._in_use[name] = left
+                else:
+                    self._in_use.pop(name, None)
 
         return BasePayload(
             path=path,
@@ -175,11 +182,12 @@ class BasePayloads:
         for _, size, entry in sorted(entries, key=lambda e: e[0]):
             if total <= self.limit_bytes:
                 break
-            if self._in_use.get(entry.name):
-                continue
-            log.info("evicting the base payload %s (least recently used)", entry.name)
-            with contextlib.suppress(FileNotFoundError):
-                entry.unlink()
+            with self._guard:
+                if self._in_use.get(entry.name):
+                    continue
+                log.info("evicting the base payload %s (least recently used)", entry.name)
+                with contextlib.suppress(FileNotFoundError):
+                    entry.unlink()
             total -= size
 
 
