@@ -16,6 +16,7 @@ import random
 import shutil
 import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -487,3 +488,28 @@ def test_a_base_cache_inside_the_sandboxs_view_is_refused_at_start(tmp_path: Pat
 def test_the_clone_depth_must_be_at_least_one(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match="BACKSPACE_CLONE_DEPTH"):
         load_settings(BACKSPACE_DB=str(tmp_path / "b.db"), BACKSPACE_CLONE_DEPTH="0")
+
+
+async def test_what_a_killed_build_left_is_swept_but_not_a_live_one(
+    heavy: Path, tmp_path: Path
+) -> None:
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    old_dir, old_part = cache / "build-dead", cache / "payload-dead.part"
+    live_dir = cache / "build-live"
+    for directory in (old_dir, live_dir):
+        (directory / "base.git").mkdir(parents=True)
+    old_part.write_bytes(b"half a tar")
+    hour_ago = time.time() - 2 * 3600
+    for entry in (old_dir, old_part):
+        os.utime(entry, (hour_ago, hour_ago))
+    payloads = BasePayloads(cache, limit_mb=100, depth=DEPTH)
+
+    async def source() -> Path:
+        return heavy
+
+    made = await payloads.get(
+        PayloadKey("local", "heavy", git(heavy, "rev-parse", "main"), "main"), source
+    )
+    made.release()
+    assert sorted(p.name for p in cache.iterdir()) == sorted(["build-live", made.path.name])

@@ -101,8 +101,9 @@ class Pipeline:
         # Fails at once when no model is configured. On a worker thread: the first call imports
         # the model SDK (about a second), which must not stop the event loop.
         model = await asyncio.to_thread(self.model_factory)
-        # The scratch directory holds bundles of the whole repository: made and removed on a
-        # worker thread, so a big one never stops the event loop.
+        # The scratch directory holds the host-side repository and the change's bundle (the base
+        # payload lives in the host's cache): made and removed on a worker thread, so a big one
+        # never stops the event loop.
         scratch = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="backspace-run-"))
         try:
             # `held` ends the run's use of the cached base payload: until then it is not evicted.

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 MB = 1024 * 1024
 SUFFIX = ".tar"
+LEFTOVER_AGE = 3600.0  # a build or temp file this old belongs to no live build: a killed server's
 
 
 def default_base_cache(db_path: Path) -> Path:
@@ -98,6 +99,7 @@ class BasePayloads:
         # Eviction runs on a worker thread: a payload is found and leased, or checked unused and
         # deleted, under this lock, so it is never deleted between the two.
         self._guard = threading.Lock()
+        self._swept = False
 
     async def get(self, key: PayloadKey, source: Callable[[], Awaitable[Path]]) -> BasePayload:
         """The payload of `key`, made from the git directory `source()` gives when not cached.
@@ -151,6 +153,9 @@ class BasePayloads:
         """A shallow fetch of the base from `origin` into a temp bare repository here, one
         pack, then a tar renamed into place."""
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not self._swept:
+            self._swept = True
+            await asyncio.to_thread(self._sweep)
         work = Path(tempfile.mkdtemp(prefix="build-", dir=self.directory))
         try:
             repo = work / "base.git"
@@ -170,6 +175,19 @@ class BasePayloads:
             await asyncio.to_thread(_write_tar, repo, key.sha, path)
         finally:
             await asyncio.to_thread(shutil.rmtree, work, True)
+
+    def _sweep(self) -> None:
+        """Remove what a server killed mid-build left (a build directory, a temp tar)."""
+        cutoff = time.time() - LEFTOVER_AGE
+        for entry in [*self.directory.glob("build-*"), *self.directory.glob("payload-*.part")]:
+            with contextlib.suppress(FileNotFoundError):
+                if entry.lstat().st_mtime >= cutoff:
+                    continue
+                log.info("removing %s, left by an interrupted payload build", entry.name)
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink()
 
     def _evict(self) -> None:
         """Delete the least recently used payloads past the limit, none that is in use."""
