@@ -26,7 +26,7 @@ import pytest
 
 from backspace.app import check_outside_sandbox_view
 from backspace.config import SettingsError, load_settings
-from backspace.orchestrator.errors import GitError
+from backspace.orchestrator.errors import GitError, GitHostError
 from backspace.orchestrator.githosts.base_payload import BasePayloads, PayloadKey
 from tests.fakes.anthropic import FakeAnthropic, Reply, ToolCall
 from tests.fakes.github import FakeGitHub
@@ -513,3 +513,18 @@ async def test_what_a_killed_build_left_is_swept_but_not_a_live_one(
     )
     made.release()
     assert sorted(p.name for p in cache.iterdir()) == sorted(["build-live", made.path.name])
+
+
+async def test_a_base_that_is_not_a_commit_id_names_no_file(heavy: Path, tmp_path: Path) -> None:
+    """The GitHub host takes the base commit from the API's answer: a hostile or broken answer
+    (a path, an option) never becomes a file name or a git argument."""
+    payloads = BasePayloads(tmp_path / "cache", limit_mb=100, depth=DEPTH)
+
+    async def source() -> Path:
+        return heavy
+
+    for bad in ("../../../../tmp/escape-payload", "--upload-pack=touch /tmp/x", "main", ""):
+        with pytest.raises(GitHostError, match="not a commit id"):
+            await payloads.get(PayloadKey("github", "acme/x", bad, "main"), source)
+    assert not (tmp_path / "cache").exists() or list((tmp_path / "cache").iterdir()) == []
+    assert not Path("/tmp/escape-payload.tar").exists()

@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import re
 import shlex
 import shutil
 import tarfile
@@ -31,6 +32,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from backspace.orchestrator.errors import GitHostError
 from backspace.orchestrator.githosts.gitcmd import git
 
 log = logging.getLogger(__name__)
@@ -106,6 +108,12 @@ class BasePayloads:
 
         `source` is only called on a miss: a GitHub host fetches the base there, if it must.
         """
+        if not re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", key.sha):
+            raise GitHostError(
+                "github_error" if key.host == "github" else "branch_not_found",
+                f"{key.repository}: the base {key.sha[:80]!r} is not a commit id; nothing was "
+                "fetched (look the repository up again)",
+            )
         name = key.file_name(self.depth)
         path = self.directory / name
         async with self._locks.setdefault(name, asyncio.Lock()):
