@@ -21,6 +21,7 @@ from backspace.orchestrator.egress.proxy import EgressProxy
 from backspace.orchestrator.environment.local_layers import LocalLayerStore
 from backspace.orchestrator.environment.policy import EnvironmentPolicy
 from backspace.orchestrator.githosts.base import GitHost
+from backspace.orchestrator.githosts.base_payload import BasePayloads, default_base_cache
 from backspace.orchestrator.githosts.github import GitHubHost
 from backspace.orchestrator.githosts.local import LocalGitHost
 from backspace.orchestrator.hub import EventHub
@@ -60,12 +61,13 @@ def check_outside_sandbox_view(settings: Settings) -> None:
         paths[env_file] = cwd / env_file
     paths["BACKSPACE_SANDBOX_ROOT"] = settings.sandbox_root or default_root(settings.db)
     paths["BACKSPACE_ENV_CACHE_DIR"] = settings.env_cache_dir or default_env_cache(settings.db)
+    paths["BACKSPACE_BASE_CACHE_DIR"] = settings.base_cache_dir or default_base_cache(settings.db)
     found = exposed(paths)
     if found:
         raise SettingsError(
             "; ".join(found) + ": every sandboxed command can read there. Move them (the "
             "working directory, .env, BACKSPACE_DB, BACKSPACE_SANDBOX_ROOT and "
-            "BACKSPACE_ENV_CACHE_DIR) outside /usr and "
+            "BACKSPACE_ENV_CACHE_DIR, BACKSPACE_BASE_CACHE_DIR) outside /usr and "
             "the /etc files the sandbox sees (backspace/orchestrator/sandboxes/bwrap.py lists them)"
         )
 
@@ -119,14 +121,20 @@ def build_service(settings: Settings) -> Service:
     hub = EventHub(store)
     url = public_url(settings)
     sandboxes = sandbox_provider(settings)
+    payloads = BasePayloads(
+        settings.base_cache_dir or default_base_cache(settings.db),
+        settings.base_cache_mb,
+        settings.clone_depth,
+    )
     hosts: dict[str, GitHost] = {
-        "local": LocalGitHost(settings.local_repos, store, url),
+        "local": LocalGitHost(settings.local_repos, store, url, payloads),
         "github": GitHubHost(
             token=settings.github_token.get_secret_value() if settings.github_token else None,
             api_url=settings.github_api_url,
             web_host=settings.github_host,
             cache_root=settings.db.resolve().parent / "backspace-cache" / "github",
             redactor=redactor,
+            payloads=payloads,
             fork_owner=settings.github_fork_owner,
         ),
     }

@@ -174,7 +174,7 @@ async def test_imported_objects_are_fscked_so_a_dotgit_tree_is_refused(tmp_path:
     host = host_repo(tmp_path, origin)
     with pytest.raises(PolicyError) as caught:
         await import_change(
-            host, bundle, start=base, base_sha=base, identity=IDENTITY, message="m",
+            host, bundle, base_sha=base, identity=IDENTITY, message="m",
             policy=Policy(),
         )  # fmt: skip
     assert caught.value.code == "bad_bundle"
@@ -214,7 +214,7 @@ async def test_a_300_mb_file_is_refused_by_name_without_reading_it_into_memory(
     before = _peak_rss_mb()
     with pytest.raises(PolicyError) as caught:
         await import_change(
-            host_repo(tmp_path, origin), bundle, start=base, base_sha=base, identity=IDENTITY,
+            host_repo(tmp_path, origin), bundle, base_sha=base, identity=IDENTITY,
             message="m", policy=Policy(),
         )  # fmt: skip
     grew = _peak_rss_mb() - before
@@ -229,7 +229,7 @@ async def test_a_big_allowed_change_has_its_diff_text_cut_while_streaming(tmp_pa
     origin, bundle, base = _bundle_with(tmp_path, {"data.txt": 120 * 1024 * 1024})
     before = _peak_rss_mb()
     change = await import_change(
-        host_repo(tmp_path, origin), bundle, start=base, base_sha=base, identity=IDENTITY,
+        host_repo(tmp_path, origin), bundle, base_sha=base, identity=IDENTITY,
         message="m", policy=Policy(max_file_bytes=200 << 20, max_change_bytes=200 << 20),
     )  # fmt: skip
     grew = _peak_rss_mb() - before
@@ -244,7 +244,7 @@ async def test_a_change_over_the_total_limit_is_refused_with_its_size(tmp_path: 
     origin, bundle, base = _bundle_with(tmp_path, {f"part{i}.txt": 900_000 for i in range(3)})
     with pytest.raises(PolicyError) as caught:
         await import_change(
-            host_repo(tmp_path, origin), bundle, start=base, base_sha=base, identity=IDENTITY,
+            host_repo(tmp_path, origin), bundle, base_sha=base, identity=IDENTITY,
             message="m", policy=Policy(max_file_bytes=1 << 20, max_change_bytes=2 << 20),
         )  # fmt: skip
     assert caught.value.code == "change_too_large"

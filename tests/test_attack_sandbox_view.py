@@ -355,7 +355,9 @@ async def test_unsandboxed_mode_leaves_no_bundle_behind(tmp_path: Path) -> None:
                 (tools / entry.name).symlink_to(entry)
     repos = tmp_path / "repos"
     make_repo(repos, "widgets")
-    before = set(Path(tempfile.gettempdir()).glob("backspace-*.bundle"))
+    before = set(Path(tempfile.gettempdir()).glob("backspace-*.bundle")) | set(
+        Path(tempfile.gettempdir()).glob("backspace-*.tar")
+    )
     from tests.server import start_server
 
     with FakeAnthropic(scenarios={}) as fake:
@@ -378,5 +380,8 @@ async def test_unsandboxed_mode_leaves_no_bundle_behind(tmp_path: Path) -> None:
             server.stop()
     assert events[-1]["type"] == "complete" and events[-1]["status"] == "succeeded", events[-1]
     run_id = events[0]["run_id"]
-    left = set(Path(tempfile.gettempdir()).glob("backspace-*.bundle")) - before
+    left = (
+        set(Path(tempfile.gettempdir()).glob("backspace-*.bundle"))
+        | set(Path(tempfile.gettempdir()).glob("backspace-*.tar"))
+    ) - before
     assert [p for p in left if run_id[:8] in p.name] == []

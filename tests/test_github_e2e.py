@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from backspace.orchestrator.githosts.base import PullRequestDraft, RepoRef
+from backspace.orchestrator.githosts.base_payload import BasePayloads
 from backspace.orchestrator.githosts.github import GitHubHost
 from backspace.orchestrator.redact import Redactor
 from tests.conftest import ServerFactory
@@ -324,6 +325,7 @@ async def test_an_existing_pull_request_is_updated_not_a_crash(
     host = GitHubHost(
         token=TOKEN, api_url=github.api_url, web_host="github.com",
         cache_root=tmp_path / "cache", redactor=Redactor([TOKEN]),
+        payloads=BasePayloads(tmp_path / "payloads", 100, 50),
     )  # fmt: skip
     repo = await host.resolve(RepoRef("github", "acme/existing-widgets", "acme/existing-widgets"))
 

@@ -330,7 +330,7 @@ async def test_importing_a_three_file_change_reads_the_change_not_the_tree(
     listing = len(git(origin, "ls-tree", "-r", "-z", "main"))
     before = _rchar()
     change = await import_change(
-        host, bundle, start=base, base_sha=base, identity=IDENTITY, message="m", policy=Policy()
+        host, bundle, base_sha=base, identity=IDENTITY, message="m", policy=Policy()
     )
     read = _rchar() - before
     assert change is not None

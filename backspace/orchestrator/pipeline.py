@@ -29,11 +29,12 @@ from backspace.orchestrator.environment.verification import Verification
 from backspace.orchestrator.errors import PolicyError, RunFailure
 from backspace.orchestrator.events import EventType, RunStatus, Stage
 from backspace.orchestrator.githosts.base import (
-    BaseBundle,
+    BasePayload,
     GitHost,
     PullRequestDraft,
     ResolvedRepo,
 )
+from backspace.orchestrator.githosts.base_payload import install_script
 from backspace.orchestrator.publish import (
     Change,
     Identity,
@@ -60,6 +61,11 @@ def bundle_path(sandbox: Sandbox, run_id: str, kind: str) -> str:
     """Where a bundle lives inside the sandbox: in its tmpdir, which goes with it (unsandboxed,
     that is the run's own directory, not the host's /tmp); unique per run."""
     return f"{sandbox.tmpdir}/backspace-{run_id[:8]}-{kind}.bundle"
+
+
+def payload_path(sandbox: Sandbox, run_id: str, kind: str) -> str:
+    """Where the base payload (a tar) is uploaded in the sandbox, next to the bundles."""
+    return f"{sandbox.tmpdir}/backspace-{run_id[:8]}-{kind}.tar"
 
 
 @dataclass(frozen=True)
@@ -97,12 +103,15 @@ class Pipeline:
         # Fails at once when no model is configured. On a worker thread: the first call imports
         # the model SDK (about a second), which must not stop the event loop.
         model = await asyncio.to_thread(self.model_factory)
-        # The scratch directory holds bundles of the whole repository: made and removed on a
-        # worker thread, so a big one never stops the event loop.
+        # The scratch directory holds the host-side repository and the change's bundle (the base
+        # payload lives in the host's cache): made and removed on a worker thread, so a big one
+        # never stops the event loop.
         scratch = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="backspace-run-"))
         try:
-            async with contextlib.AsyncExitStack() as sandboxes:
-                return await self._stages(ctx, host, model, scratch, sandboxes)
+            # `held` ends the run's use of the cached base payload: until then it is not evicted.
+            with contextlib.ExitStack() as held:
+                async with contextlib.AsyncExitStack() as sandboxes:
+                    return await self._stages(ctx, host, model, scratch, sandboxes, held)
         finally:
             await asyncio.shield(asyncio.to_thread(shutil.rmtree, scratch, True))
 
@@ -113,6 +122,7 @@ class Pipeline:
         model: Model,
         scratch: Path,
         sandboxes: contextlib.AsyncExitStack,
+        held: contextlib.ExitStack,
     ) -> Outcome:
         request = ctx.request
         # The repository is looked up before the sandbox exists (its file picks the sandbox's
@@ -137,8 +147,17 @@ class Pipeline:
                 "percentage": Stage.CLONING.percentage,
             },
         )
-        base = await host.bundle_base(repo, scratch)
-        start = await self._clone(base, repo, sandbox, bundle_path(sandbox, ctx.run_id, "base"))
+        base = await host.base_payload(repo, scratch)
+        held.callback(base.release)
+        ctx.emit(
+            EventType.PROGRESS,
+            {
+                "stage": str(Stage.CLONING),
+                "message": base.describe(),
+                "percentage": Stage.CLONING.percentage,
+            },
+        )
+        start = await self._clone(base, sandbox, payload_path(sandbox, ctx.run_id, "base"))
         prepared = await self.setup.prepare(ctx, sandbox, plan, start)
         # backspace's index of the checkout, so the commit hashes only what the agent changed.
         index = await prepare_index(sandbox, start, bundle_path(sandbox, ctx.run_id, "out"))
@@ -249,22 +268,18 @@ class Pipeline:
             verdict = " as a draft: verification failed"
         return Outcome(RunStatus.SUCCEEDED, f"Opened {pr.url}{verdict}", pr_url=pr.url)
 
-    async def _clone(
-        self, bundle: BaseBundle, repo: ResolvedRepo, sandbox: Sandbox, remote: str
-    ) -> str:
-        """Check the base out in the sandbox from a bundle; return the commit it starts at.
+    async def _clone(self, base: BasePayload, sandbox: Sandbox, remote: str) -> str:
+        """Check the real base commit out in the sandbox from its shallow payload; return it.
 
         A sandbox made from a cached environment already has a repository (of the commit setup
-        ran on): the base is fetched into it and checked out over it; the environment's
-        untracked files stay."""
-        await sandbox.upload(bundle.path, remote)
+        ran on): the payload's pack goes into it and the base is checked out over it; the
+        environment's untracked files stay."""
+        await sandbox.upload(base.path, remote)
         q = shlex.quote
         result = await sandbox.exec(
-            f"git init --quiet -b {q(repo.base_branch)} . "
-            f"&& git fetch --quiet --no-tags {q(remote)} {q(bundle.ref)} "
-            f"&& git -c core.hooksPath=/dev/null checkout --quiet --force -B {q(repo.base_branch)} FETCH_HEAD "
-            f"&& rm -f {q(remote)} "
-            f'&& test "$(git rev-parse HEAD)" = {q(bundle.sha)}',
+            install_script(base, remote)
+            + f"git -c core.hooksPath=/dev/null checkout --quiet --force -B {q(base.branch)} {q(base.sha)}\n"
+            + f'test "$(git rev-parse HEAD)" = {q(base.sha)}\n',
             timeout=600,
             max_output=4000,
         )
@@ -274,7 +289,7 @@ class Pipeline:
                 f"the repository could not be checked out in the sandbox: {result.output[-300:]}",
                 retryable=True,
             )
-        return bundle.sha
+        return base.sha
 
     async def _agent(
         self,
@@ -351,7 +366,6 @@ class Pipeline:
         change = await import_change(
             git_dir,
             bundle,
-            start=start,
             base_sha=repo.base_sha,
             identity=identity,
             message=message,

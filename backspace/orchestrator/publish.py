@@ -223,20 +223,18 @@ async def import_change(
     git_dir: Path,
     bundle: Path,
     *,
-    start: str,
     base_sha: str,
     identity: Identity,
     message: str,
     policy: Policy,
 ) -> Change | None:
-    """Verify the bundle (`start..tip`) and re-commit its tree as one commit on `base_sha`.
+    """Verify the bundle (`base_sha..tip`) and re-commit its tree as one commit on `base_sha`.
 
-    None when the tree did not change. `start` is the commit the sandbox began at: the base
-    itself, or a snapshot of the base's tree (same tree, so the diff is the same).
+    None when the tree did not change. The sandbox starts at the real base commit on every host.
     """
     tip = await _index_bundle(git_dir, bundle)
     try:
-        await git("merge-base", "--is-ancestor", start, tip, git_dir=git_dir)
+        await git("merge-base", "--is-ancestor", base_sha, tip, git_dir=git_dir)
     except GitError as exc:
         raise PolicyError(
             "bad_bundle", "the sandbox's change does not descend from the base commit"

@@ -19,7 +19,7 @@ from backspace.orchestrator.environment.receipt import CommandReceipt, Receipt
 from backspace.orchestrator.environment.setup import EnvironmentPlan, Prepared, Setup
 from backspace.orchestrator.errors import BackspaceError, RunFailure
 from backspace.orchestrator.events import Stage
-from backspace.orchestrator.githosts.base import BaseBundle
+from backspace.orchestrator.githosts.base_payload import BasePayload, install_script
 from backspace.orchestrator.run import RunContext
 from backspace.orchestrator.sandboxes.base import VERIFY_SUFFIX, Sandbox, SandboxProvider
 
@@ -42,7 +42,7 @@ class Verification:
         *,
         plan: EnvironmentPlan,
         prepared: Prepared,
-        base: BaseBundle,
+        base: BasePayload,
         change_bundle: Path,
         tree: str,
         gate: Gate,
@@ -76,18 +76,18 @@ class Verification:
         return receipt
 
     async def _check_out(
-        self, ctx: RunContext, sandbox: Sandbox, base: BaseBundle, change: Path, tree: str
+        self, ctx: RunContext, sandbox: Sandbox, base: BasePayload, change: Path, tree: str
     ) -> None:
         q = shlex.quote
-        base_remote = f"{sandbox.tmpdir}/backspace-{ctx.run_id[:8]}-verify-base.bundle"
+        base_remote = f"{sandbox.tmpdir}/backspace-{ctx.run_id[:8]}-verify-base.tar"
         change_remote = f"{sandbox.tmpdir}/backspace-{ctx.run_id[:8]}-verify-change.bundle"
         await sandbox.upload(base.path, base_remote)
         await sandbox.upload(change, change_remote)
         result = await sandbox.exec(
-            f"git init --quiet . && git fetch --quiet --no-tags {q(base_remote)} {q(base.ref)} "
-            f"&& git fetch --quiet --no-tags {q(change_remote)} refs/heads/backspace "
+            install_script(base, base_remote)
+            + f"git fetch --quiet --no-tags {q(change_remote)} refs/heads/backspace "
             f"&& git -c core.hooksPath=/dev/null checkout --quiet --force --detach FETCH_HEAD "
-            f"&& rm -f {q(base_remote)} {q(change_remote)} && git rev-parse 'HEAD^{{tree}}'",
+            f"&& rm -f {q(change_remote)} && git rev-parse 'HEAD^{{tree}}'",
             timeout=600,
             max_output=4000,
         )

@@ -1,7 +1,7 @@
 """Where repositories come from and where branches and pull requests go: the `GitHost` protocol."""
 
 from backspace.orchestrator.githosts.base import (
-    BaseBundle,
+    BasePayload,
     GitHost,
     GitHostError,
     PullRequest,
@@ -12,7 +12,7 @@ from backspace.orchestrator.githosts.base import (
 )
 
 __all__ = [
-    "BaseBundle",
+    "BasePayload",
     "GitHost",
     "GitHostError",
     "PullRequest",

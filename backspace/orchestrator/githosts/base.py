@@ -1,7 +1,8 @@
 """The `GitHost` protocol: resolve a reference, hand out the base, push a branch, open a PR.
 
-The host is the only place a git credential exists. The sandbox receives the base as a git
-bundle and gives back a bundle; everything that talks to a remote runs here, on the host.
+The host is the only place a git credential exists. The sandbox receives the base as a shallow
+payload (base_payload.py: the base commit and a few of its ancestors, cached by commit) and gives
+back a bundle; everything that talks to a remote runs here, on the host.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any, Protocol
 
 from backspace.orchestrator.errors import GitHostError as GitHostError
 from backspace.orchestrator.errors import RepoRefError as RepoRefError
+from backspace.orchestrator.githosts.base_payload import BasePayload as BasePayload
 
 
 def what_the_server_said(stderr: str, limit: int = 500) -> str:
@@ -45,20 +47,6 @@ class ResolvedRepo:
     web_url: str | None = None  # its page: links to it in the agent's text are kept
     clone_url: str | None = None  # where git fetches and pushes, for a host with a remote
     head_owner: str | None = None  # who owns the pushed branch, when a fork does
-
-
-@dataclass(frozen=True)
-class BaseBundle:
-    """A git bundle the sandbox starts from: `ref` in it points at `sha`.
-
-    `sha` is usually the base commit itself. A host that only has a shallow copy hands out a
-    one-commit snapshot of the base's tree instead (a shallow history cannot be bundled); the
-    result is re-committed onto the real base on the host, so the difference never shows.
-    """
-
-    path: Path
-    ref: str
-    sha: str
 
 
 @dataclass
@@ -112,13 +100,14 @@ class GitHost(Protocol):
 
     async def resolve(self, ref: RepoRef, base_branch: str | None = None) -> ResolvedRepo: ...
 
-    async def bundle_base(self, repo: ResolvedRepo, dest: Path) -> BaseBundle:
-        """Write a git bundle of the base (or a snapshot of its tree) for the sandbox."""
+    async def base_payload(self, repo: ResolvedRepo, scratch: Path) -> BasePayload:
+        """The shallow payload of the real base commit for the sandbox, cached by commit; the
+        caller calls its `release` once the run no longer uploads it."""
         ...
 
     async def prepare(self, repo: ResolvedRepo, dest: Path) -> Path:
-        """A host-owned bare repository with the base commit and the bundle's start commit, to
-        import the sandbox's result into."""
+        """A host-owned bare repository with the base commit (and its shallow boundary), to
+        read the repository's file from and import the sandbox's result into."""
         ...
 
     async def push(self, repo: ResolvedRepo, git_dir: Path, sha: str, branch: str) -> None: ...

@@ -4,9 +4,11 @@
   in a worker thread, so the event loop never blocks and no two threads share a client. Its
   retries are short (no sleeping for minutes inside a run); a rate limit is a retryable error.
 - The clone and push URLs come from the API's repository object, never from string-building.
-- The host fetches the base (shallow) into a host-owned cache and hands the sandbox a bundle of
-  a one-commit snapshot of the base tree. The token reaches git through the environment only
-  (an `http.<url>.extraheader` set with GIT_CONFIG_*), never a URL, a file or a command line.
+- The base commit is the one the API names. The host fetches it (BACKSPACE_CLONE_DEPTH deep)
+  into a host-owned cache repository, only when that repository lacks it, and hands the sandbox
+  the shallow payload of the real base commit (base_payload.py), made once per base. The token
+  reaches git through the environment only (an `http.<url>.extraheader` set with GIT_CONFIG_*),
+  never a URL, a file, a command line, the sandbox or the payload.
 - Without push access the repository is forked (to the token's account or GITHUB_FORK_OWNER),
   the fork is synced with the base, and the pull request is opened from `owner:branch`.
 """
@@ -24,7 +26,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 from backspace.orchestrator.githosts.base import (
-    BaseBundle,
     GitHostError,
     PullRequest,
     PullRequestDraft,
@@ -32,6 +33,7 @@ from backspace.orchestrator.githosts.base import (
     ResolvedRepo,
     what_the_server_said,
 )
+from backspace.orchestrator.githosts.base_payload import BasePayload, BasePayloads, PayloadKey
 from backspace.orchestrator.githosts.gitcmd import GitError, git
 from backspace.orchestrator.githosts.references import (
     check_branch_name,
@@ -48,7 +50,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-SNAPSHOT_DATE = "1970-01-01T00:00:00Z"  # fixed, so the same base tree gives the same snapshot
 FORK_WAIT = 120.0
 
 
@@ -63,6 +64,7 @@ class GitHubHost:
         web_host: str,
         cache_root: Path,
         redactor: Redactor,
+        payloads: BasePayloads,
         fork_owner: str | None = None,
         timeout: int = 30,
         fork_wait: float = FORK_WAIT,
@@ -72,6 +74,7 @@ class GitHubHost:
         self.web_host = web_host.lower()
         self.cache_root = cache_root
         self.redactor = redactor
+        self.payloads = payloads
         self.fork_owner = fork_owner
         self.timeout = timeout
         self.fork_wait = fork_wait
@@ -118,60 +121,73 @@ class GitHubHost:
             web_url=info["html_url"],
             clone_url=info["clone_url"],
         )
-        await self._fetch_base(repo)
         return repo
 
-    async def _fetch_base(self, repo: ResolvedRepo) -> None:
-        """Fetch the base branch (depth 1) into the host cache; the fetched commit is the base."""
+    async def _ensure_base(self, repo: ResolvedRepo) -> Path:
+        """The cache repository, holding the base commit: fetched (shallow) only when it lacks
+        it. The base's ref there keeps its objects, which importing the change needs."""
         cache = self._cache(repo)
-        branch = repo.base_branch
+        sha = repo.base_sha
         async with self._lock(repo.ref.name):
             if not (cache / "HEAD").exists():
                 cache.parent.mkdir(parents=True, exist_ok=True)
                 await git("init", "--quiet", "--bare", str(cache))
-            try:
-                await self._git(
-                    "fetch", "--quiet", "--no-tags", "--depth=1", "--end-of-options",
-                    _clone_url(repo), f"+refs/heads/{branch}:refs/backspace/heads/{branch}",
-                    git_dir=cache, url=_clone_url(repo),
-                )  # fmt: skip
-            except GitError as exc:
-                raise self._push_error(exc, repo.ref.name, "fetch from") from exc
-            fetched = await git(
-                "rev-parse", f"refs/backspace/heads/{branch}^{{commit}}", git_dir=cache
-            )
-        repo.base_sha = fetched.strip()
+            if await self._has_commit(cache, sha):
+                return cache
+            branch = repo.base_branch
+            depth = f"--depth={self.payloads.depth}"
+            # The branch first (any server serves it); the commit itself when the branch moved
+            # on since the API named it.
+            wanted = [f"+refs/heads/{branch}:refs/backspace/heads/{branch}", sha]
+            for refspec in wanted:
+                try:
+                    await self._git(
+                        "-c", "gc.auto=0", "-c", "maintenance.auto=false",
+                        "fetch", "--quiet", "--no-tags", "--no-write-fetch-head", depth,
+                        "--end-of-options", _clone_url(repo), refspec,
+                        git_dir=cache, url=_clone_url(repo),
+                    )  # fmt: skip
+                except GitError as exc:
+                    raise self._push_error(exc, repo.ref.name, "fetch from") from exc
+                if await self._has_commit(cache, sha):
+                    await git("update-ref", f"refs/backspace/bases/{sha}", sha, git_dir=cache)
+                    return cache
+        raise GitHostError(
+            "branch_not_found",
+            f"{repo.ref.name} no longer has the commit {sha[:12]} of {repo.base_branch}; try again",
+            retryable=True,
+        )
 
-    async def bundle_base(self, repo: ResolvedRepo, dest: Path) -> BaseBundle:
-        cache = self._cache(repo)
-        ref = f"refs/backspace/snapshots/{repo.base_sha}"
-        env = {
-            "GIT_AUTHOR_NAME": "backspace",
-            "GIT_AUTHOR_EMAIL": "snapshot@backspace.invalid",
-            "GIT_AUTHOR_DATE": SNAPSHOT_DATE,
-            "GIT_COMMITTER_NAME": "backspace",
-            "GIT_COMMITTER_EMAIL": "snapshot@backspace.invalid",
-            "GIT_COMMITTER_DATE": SNAPSHOT_DATE,
-        }
-        message = f"{repo.ref.name} {repo.base_branch} at {repo.base_sha}\n".encode()
-        async with self._lock(repo.ref.name):
-            snapshot = (
-                await git(
-                    "commit-tree",
-                    f"{repo.base_sha}^{{tree}}",
-                    stdin=message,
-                    env=env,
-                    git_dir=cache,
-                )
-            ).strip()
-            await git("update-ref", ref, snapshot, git_dir=cache)
-            bundle = dest / "base.bundle"
-            await git("bundle", "create", "--quiet", str(bundle), ref, git_dir=cache)
-        return BaseBundle(bundle, ref, snapshot)
+    @staticmethod
+    async def _has_commit(cache: Path, sha: str) -> bool:
+        try:
+            await git("cat-file", "-e", f"{sha}^{{commit}}", git_dir=cache)
+        except GitError:
+            return False
+        return True
+
+    async def base_payload(self, repo: ResolvedRepo, scratch: Path) -> BasePayload:
+        """The shallow payload of the real base commit; the cache repository is only fetched
+        into when no payload of this base exists and it lacks the commit."""
+
+        async def source() -> Path:
+            return await self._ensure_base(repo)
+
+        key = PayloadKey(self.name, repo.ref.name, repo.base_sha, repo.base_branch)
+        try:
+            return await self.payloads.get(key, source)
+        except GitError as exc:
+            raise GitHostError(
+                "github_error",
+                self.redactor.text(
+                    f"the base {repo.base_sha[:12]} of {repo.ref.name} could not be prepared: "
+                    f"{what_the_server_said(exc.stderr)}"
+                ),
+            ) from exc
 
     async def prepare(self, repo: ResolvedRepo, dest: Path) -> Path:
         """A bare repository borrowing the cache's objects, with its shallow boundary."""
-        cache = self._cache(repo)
+        cache = await self._ensure_base(repo)
         git_dir = dest / "host.git"
         await git("init", "--quiet", "--bare", str(git_dir))
         (git_dir / "objects" / "info" / "alternates").write_text(f"{cache / 'objects'}\n")

@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from backspace.orchestrator.errors import RunFailure
 from backspace.orchestrator.githosts.base import (
-    BaseBundle,
     GitHostError,
     PullRequest,
     PullRequestDraft,
@@ -21,6 +21,7 @@ from backspace.orchestrator.githosts.base import (
     ResolvedRepo,
     what_the_server_said,
 )
+from backspace.orchestrator.githosts.base_payload import BasePayload, BasePayloads, PayloadKey
 from backspace.orchestrator.githosts.gitcmd import GitError, git
 from backspace.orchestrator.githosts.references import check_branch_name
 from backspace.orchestrator.store import Store
@@ -31,10 +32,13 @@ PREFIX = "local:"
 class LocalGitHost:
     name = "local"
 
-    def __init__(self, root: Path | None, store: Store, public_url: str) -> None:
+    def __init__(
+        self, root: Path | None, store: Store, public_url: str, payloads: BasePayloads
+    ) -> None:
         self.root = root.resolve() if root else None
         self.store = store
         self.public_url = public_url.rstrip("/")
+        self.payloads = payloads
 
     def check(self) -> tuple[bool, str]:
         if self.root is None:
@@ -103,16 +107,24 @@ class LocalGitHost:
             ) from exc
         return ResolvedRepo(ref=ref, base_branch=branch, base_sha=sha, web_url=None)
 
-    async def bundle_base(self, repo: ResolvedRepo, dest: Path) -> BaseBundle:
-        bundle = dest / "base.bundle"
-        await git(
-            "bundle",
-            "create",
-            str(bundle),
-            f"refs/heads/{repo.base_branch}",
-            git_dir=git_dir_of(Path(repo.ref.location)),
-        )
-        return BaseBundle(bundle, f"refs/heads/{repo.base_branch}", repo.base_sha)
+    async def base_payload(self, repo: ResolvedRepo, scratch: Path) -> BasePayload:
+        """The base's shallow payload, fetched by commit from the origin (its upload-pack only)
+        into the cache's own temp directory when no earlier run made it."""
+        origin = git_dir_of(Path(repo.ref.location))
+
+        async def source() -> Path:
+            return origin
+
+        key = PayloadKey(self.name, str(origin), repo.base_sha, repo.base_branch)
+        try:
+            return await self.payloads.get(key, source)
+        except GitError as exc:
+            raise RunFailure(
+                "clone_failed",
+                f"the base {repo.base_sha[:12]} of {repo.ref.name} could not be read: "
+                f"{what_the_server_said(exc.stderr)}",
+                retryable=True,
+            ) from exc
 
     async def prepare(self, repo: ResolvedRepo, dest: Path) -> Path:
         """A bare repository that borrows the origin's objects (alternates): instant, no copy."""
