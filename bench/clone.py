@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import shutil
 import subprocess
 import tempfile
@@ -132,6 +133,9 @@ async def pipeline_runs(
     )
     services = build_service(settings)
     services.sandboxes.check()
+    # As `backspace serve` does at start-up: the model SDK is imported before any run, so no
+    # run (the first included) pays for that import in time or memory.
+    await asyncio.to_thread(importlib.import_module, "anthropic")
     watch_children_with_pidfds()
     tune_garbage_collector()
     ref = services.parse_repo("local:big.git")
@@ -190,8 +194,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "first_ratio": first["agent_s"] / shallow,
         "again_agent_s": summary([r["agent_s"] for r in again])["p50"],
         "validating_s": summary([r["validating_s"] for r in results])["p50"],
-        # the first run also imports the model SDK (about 50 MB, once per process): not counted
-        "rss_mb": max(r["rss_mb"] for r in again),
+        "rss_mb": max(r["rss_mb"] for r in results),
     }
     rows: list[tuple[str, ...]] = [
         ("git clone --depth 1 file://REPO (best of 3)", f"{shallow:.2f} s"),
@@ -204,7 +207,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         ),
         ("first run / shallow clone", f"{figures['first_ratio']:.2f}x"),
         ("validating stage, 3-file change (p50)", f"{figures['validating_s']:.2f} s"),
-        ("peak RSS above idle, runs after the first (max)", f"{figures['rss_mb']:.1f} MB"),
+        ("peak RSS above idle, any run (max)", f"{figures['rss_mb']:.1f} MB"),
     ]
     print_table(
         f"big repositories: {repo.name if args.repo else 'generated'}", rows, ("what", "measured")
