@@ -377,6 +377,18 @@ async def test_setup_is_snapshotted_reused_and_verified_in_a_fresh_sandbox(
     assert second[-1]["status"] == "succeeded", of_type(second, "error")
     said = [e["message"] for e in of_type(second, "progress")]
     assert any("Using the cached environment" in m for m in said), said
+    # The snapshot was made on this very base: the base payload does not cross again, to the
+    # agent's sandbox or the verifier's.
+    assert any("already holds" in m for m in said), said
+    run_id = second[0]["run_id"]
+    ids = {s.id for s in sandboxes_of(shared_daytona, run_id, run_id + "-verify")}
+    uploaded = [
+        path
+        for r in shared_daytona.requests
+        if r["path"].endswith("/files/bulk-upload") and any(i in r["path"] for i in ids)
+        for path in (r["body"] or {}).get("files", [])
+    ]
+    assert uploaded and not any(path.endswith(".tar") for path in uploaded), uploaded
     (receipt,) = of_type(second, "verification")
     assert not receipt["passed"] and receipt["environment"].startswith("cached"), receipt
     assert of_type(second, "pr_created")[0]["draft"] is True

@@ -295,6 +295,7 @@ async def test_setup_installs_the_agent_uses_verification_proves_and_the_cache_s
     assert_succeeded(second)
     said = messages(second)
     assert any("Using the cached environment" in m and "maintenance" in m for m in said), said
+    assert any("already holds" in m for m in said), said  # the base was not sent again
     assert rig.index.total_downloads == 1, "the second run downloaded again"
     assert elapsed(second) < elapsed(first), (elapsed(first), elapsed(second))
     # The agent was told what setup ran, that it has no network, and how it will be verified.

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 from backspace.orchestrator.agent import Agent, AgentLimits, AgentResult, Model, prompts
 from backspace.orchestrator.egress.gate import Gate, Phase
 from backspace.orchestrator.environment.blocked import BlockedReporter
+from backspace.orchestrator.environment.layer import Layer
 from backspace.orchestrator.environment.policy import EnvironmentPolicy
 from backspace.orchestrator.environment.receipt import environment_section
 from backspace.orchestrator.environment.setup import EnvironmentPlan, Prepared, Setup
@@ -34,7 +35,7 @@ from backspace.orchestrator.githosts.base import (
     PullRequestDraft,
     ResolvedRepo,
 )
-from backspace.orchestrator.githosts.base_payload import install_script
+from backspace.orchestrator.githosts.base_payload import place
 from backspace.orchestrator.publish import (
     Change,
     Identity,
@@ -157,7 +158,9 @@ class Pipeline:
                 "percentage": Stage.CLONING.percentage,
             },
         )
-        start = await self._clone(base, sandbox, payload_path(sandbox, ctx.run_id, "base"))
+        start = await self._clone(
+            ctx, base, sandbox, payload_path(sandbox, ctx.run_id, "base"), plan.layer
+        )
         prepared = await self.setup.prepare(ctx, sandbox, plan, start)
         # backspace's index of the checkout, so the commit hashes only what the agent changed.
         index = await prepare_index(sandbox, start, bundle_path(sandbox, ctx.run_id, "out"))
@@ -268,17 +271,28 @@ class Pipeline:
             verdict = " as a draft: verification failed"
         return Outcome(RunStatus.SUCCEEDED, f"Opened {pr.url}{verdict}", pr_url=pr.url)
 
-    async def _clone(self, base: BasePayload, sandbox: Sandbox, remote: str) -> str:
+    async def _clone(
+        self,
+        ctx: RunContext,
+        base: BasePayload,
+        sandbox: Sandbox,
+        remote: str,
+        layer: Layer | None,
+    ) -> str:
         """Check the real base commit out in the sandbox from its shallow payload; return it.
 
         A sandbox made from a cached environment already has a repository (of the commit setup
-        ran on): the payload's pack goes into it and the base is checked out over it; the
-        environment's untracked files stay."""
-        await sandbox.upload(base.path, remote)
+        ran on): the payload's pack goes into it, unless that commit is this base, and the base
+        is checked out over it; the environment's untracked files stay."""
+        layer_base = layer.manifest.base_sha if layer is not None else None
+        if not await place(sandbox, base, remote, layer_base=layer_base):
+            ctx.progress(
+                Stage.CLONING,
+                f"The cached environment already holds {base.sha[:12]}: nothing to send",
+            )
         q = shlex.quote
         result = await sandbox.exec(
-            install_script(base, remote)
-            + f"git -c core.hooksPath=/dev/null checkout --quiet --force -B {q(base.branch)} {q(base.sha)}\n"
+            f"git -c core.hooksPath=/dev/null checkout --quiet --force -B {q(base.branch)} {q(base.sha)}\n"
             + f'test "$(git rev-parse HEAD)" = {q(base.sha)}\n',
             timeout=600,
             max_output=4000,

@@ -19,7 +19,7 @@ from backspace.orchestrator.environment.receipt import CommandReceipt, Receipt
 from backspace.orchestrator.environment.setup import EnvironmentPlan, Prepared, Setup
 from backspace.orchestrator.errors import BackspaceError, RunFailure
 from backspace.orchestrator.events import Stage
-from backspace.orchestrator.githosts.base_payload import BasePayload, install_script
+from backspace.orchestrator.githosts.base_payload import BasePayload, place
 from backspace.orchestrator.run import RunContext
 from backspace.orchestrator.sandboxes.base import VERIFY_SUFFIX, Sandbox, SandboxProvider
 
@@ -56,7 +56,9 @@ class Verification:
             verify_sandbox_name(ctx.run_id), layer=prepared.layer, gate=gate
         )
         try:
-            await self._check_out(ctx, sandbox, base, change_bundle, tree)
+            layer = prepared.layer
+            layer_base = layer.manifest.base_sha if layer is not None else None
+            await self._check_out(ctx, sandbox, base, change_bundle, tree, layer_base)
             if prepared.layer is None and plan.repo.setup is not None:
                 try:
                     await self.setup.run_step(
@@ -76,16 +78,21 @@ class Verification:
         return receipt
 
     async def _check_out(
-        self, ctx: RunContext, sandbox: Sandbox, base: BasePayload, change: Path, tree: str
+        self,
+        ctx: RunContext,
+        sandbox: Sandbox,
+        base: BasePayload,
+        change: Path,
+        tree: str,
+        layer_base: str | None,
     ) -> None:
         q = shlex.quote
         base_remote = f"{sandbox.tmpdir}/backspace-{ctx.run_id[:8]}-verify-base.tar"
         change_remote = f"{sandbox.tmpdir}/backspace-{ctx.run_id[:8]}-verify-change.bundle"
-        await sandbox.upload(base.path, base_remote)
+        await place(sandbox, base, base_remote, layer_base=layer_base)
         await sandbox.upload(change, change_remote)
         result = await sandbox.exec(
-            install_script(base, base_remote)
-            + f"git fetch --quiet --no-tags {q(change_remote)} refs/heads/backspace "
+            f"git fetch --quiet --no-tags {q(change_remote)} refs/heads/backspace "
             f"&& git -c core.hooksPath=/dev/null checkout --quiet --force --detach FETCH_HEAD "
             f"&& rm -f {q(change_remote)} && git rev-parse 'HEAD^{{tree}}'",
             timeout=600,

@@ -31,9 +31,13 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from backspace.orchestrator.errors import GitHostError
+from backspace.orchestrator.errors import GitHostError, RunFailure
 from backspace.orchestrator.githosts.gitcmd import git
+
+if TYPE_CHECKING:
+    from backspace.orchestrator.sandboxes.base import Sandbox
 
 log = logging.getLogger(__name__)
 
@@ -260,3 +264,30 @@ if [ -s {unpacked}/shallow ]; then
 fi
 rm -rf {unpacked} {q(remote)}
 """
+
+
+async def place(
+    sandbox: Sandbox, payload: BasePayload, remote: str, *, layer_base: str | None
+) -> bool:
+    """Put the base commit into the sandbox's repository; True when the payload was uploaded.
+
+    A sandbox started from a cached environment layer made on this very base commit already
+    holds it: nothing crosses (on Daytona, nothing crosses the network), after git confirms the
+    commit is there. Otherwise the payload is uploaded and installed (`install_script`).
+    """
+    q = shlex.quote
+    if layer_base == payload.sha:
+        found = await sandbox.exec(
+            f"git cat-file -e {q(payload.sha + '^{commit}')}", timeout=60, max_output=1000
+        )
+        if found.exit_code == 0:
+            return False
+    await sandbox.upload(payload.path, remote)
+    result = await sandbox.exec(install_script(payload, remote), timeout=600, max_output=4000)
+    if result.exit_code != 0:
+        raise RunFailure(
+            "clone_failed",
+            f"the repository could not be put in the sandbox: {result.output[-300:]}",
+            retryable=True,
+        )
+    return True
