@@ -214,9 +214,13 @@ def test_without_cgroups_the_degraded_limits_are_reported(tmp_path: Path, root: 
     nowhere = tmp_path / "no-cgroups"
     nowhere.mkdir()
     nowhere.chmod(0o555)
-    provider = LocalSandboxProvider(root, LIMITS, cgroup_root=nowhere)
+    # Without a pids cgroup the process limit is RLIMIT_NPROC, which counts every process of the
+    # sandbox user on the machine: other tests' sandboxes running meanwhile must not make the
+    # probe's own fork fail, so this provider's limit is far above what they can reach.
+    limits = replace(LIMITS, max_processes=1_000_000)
+    provider = LocalSandboxProvider(root, limits, cgroup_root=nowhere)
     usable, message = provider.check()
-    assert usable
+    assert usable, message
     assert "degraded" in message and "memory" in message
     report = provider.limits_report()
     assert report["cgroup"] == "none"

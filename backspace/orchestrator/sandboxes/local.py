@@ -443,8 +443,12 @@ class LocalSandboxProvider:
     async def cleanup_orphans(self, live_run_ids: set[str]) -> int:
         if not self.root.is_dir():
             return 0
+        # Hidden entries are not runs: a `.probe-*` directory is another provider's check in
+        # progress (the same root, another server or test), which a sweep must not pull away.
         orphans = [
-            e for e in self.root.iterdir() if run_of(e.name) not in live_run_ids and e.is_dir()
+            e
+            for e in self.root.iterdir()
+            if not e.name.startswith(".") and run_of(e.name) not in live_run_ids and e.is_dir()
         ]
         await asyncio.to_thread(self._cgroups().sweep, live_run_ids)
         if orphans:
