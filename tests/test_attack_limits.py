@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import resource
 import shutil
 import subprocess
 import tempfile
@@ -73,7 +74,7 @@ def mount_points() -> list[str]:
 # --- memory -----------------------------------------------------------------------------------
 async def test_memory_is_limited_for_the_sandbox_as_a_whole(sandbox: LocalSandbox) -> None:
     """Four processes of 100 MB each (each under the per-process limit) exceed 256 MB together."""
-    hold = "import time; b = bytearray(100 * 2**20); print('held', flush=True); time.sleep(3)"
+    hold = "import time; b = bytearray(100 * 2**20); print('held', flush=True); time.sleep(5)"
     result = await sandbox.exec(
         f"for i in 1 2 3 4; do python3 -c {hold!r} & done; wait", timeout=60
     )
@@ -216,8 +217,9 @@ def test_without_cgroups_the_degraded_limits_are_reported(tmp_path: Path, root: 
     nowhere.chmod(0o555)
     # Without a pids cgroup the process limit is RLIMIT_NPROC, which counts every process of the
     # sandbox user on the machine: other tests' sandboxes running meanwhile must not make the
-    # probe's own fork fail, so this provider's limit is far above what they can reach.
-    limits = replace(LIMITS, max_processes=1_000_000)
+    # probe's own fork fail, so this provider's limit is as high as this process may set it.
+    hard = resource.getrlimit(resource.RLIMIT_NPROC)[1]
+    limits = replace(LIMITS, max_processes=hard if hard != resource.RLIM_INFINITY else 1 << 22)
     provider = LocalSandboxProvider(root, limits, cgroup_root=nowhere)
     usable, message = provider.check()
     assert usable, message
