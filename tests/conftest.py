@@ -115,6 +115,29 @@ async def sandbox(provider: LocalSandboxProvider) -> AsyncIterator[LocalSandbox]
 SERVERS_ON_WORKERS: list[int] = []  # on the xdist controller: each worker's count
 
 
+# The longest modules first (wall time alone on 2 cores, longest first): `--dist loadfile` hands
+# whole modules to the workers in collection order, so a long one started last would keep one
+# worker busy while the others sit idle at the end.
+LONGEST_FIRST = (
+    "test_faults",
+    "test_schemathesis",
+    "test_web_ui",
+    "test_bench",
+    "test_big_repos",
+    "test_import_cost",
+    "test_environments",
+    "test_attack_limits",
+    "test_cli",
+    "test_daytona_e2e",
+    "test_api_e2e",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: place for place, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.stem, len(LONGEST_FIRST)))
+
+
 def pytest_sessionfinish(session: pytest.Session) -> None:
     workeroutput = getattr(session.config, "workeroutput", None)
     if workeroutput is not None:  # an xdist worker: hand the count to the controller
