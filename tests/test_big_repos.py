@@ -28,6 +28,7 @@ from backspace.app import check_outside_sandbox_view
 from backspace.config import SettingsError, load_settings
 from backspace.orchestrator.errors import GitError, GitHostError
 from backspace.orchestrator.githosts.base_payload import BasePayloads, PayloadKey
+from tests.conftest import GIT_ENV
 from tests.fakes.anthropic import FakeAnthropic, Reply, ToolCall
 from tests.fakes.github import FakeGitHub
 from tests.helpers import shared_server, workdir
@@ -44,15 +45,6 @@ HEAVY_FILES = 20
 HEAVY_BYTES = 32 * 1024
 TOKEN = "ghp_BIGREPOSTOKEN0123456789abcdefghijklmno"
 ANTHROPIC_KEY = "sk-ant-api03-big-repos-key-000111"
-GIT_ENV = {
-    "GIT_AUTHOR_NAME": "Test",
-    "GIT_AUTHOR_EMAIL": "test@example.com",
-    "GIT_COMMITTER_NAME": "Test",
-    "GIT_COMMITTER_EMAIL": "test@example.com",
-    "GIT_CONFIG_NOSYSTEM": "1",
-    "HOME": "/nonexistent",
-    "PATH": "/usr/bin:/bin",
-}
 LOOK = "git log --oneline | wc -l; git rev-parse HEAD; git ls-files | wc -l; cat .git/shallow"
 
 

@@ -285,7 +285,10 @@ class LocalSandboxProvider:
             )
         problem = self._bwrap_problem()
         if problem is None:
-            return True, "bubblewrap works: commands run isolated, without network"
+            return (
+                True,
+                "bubblewrap works: commands run isolated; their only network is the egress door",
+            )
         self.isolated = False
         if self.allow_unsandboxed:
             return True, (
