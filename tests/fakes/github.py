@@ -140,6 +140,22 @@ class _Pull:
     updated_at: str
     state: str = "open"
     closed_at: str | None = None
+    merged_at: str | None = None
+    merge_commit_sha: str | None = None
+    merged_by: str | None = None
+
+
+@dataclass
+class _Comment:
+    """An issue comment (on an issue or, since a PR is an issue, on a pull request)."""
+
+    id: int
+    repo: FakeRepo
+    number: int
+    user: str
+    body: str
+    created_at: str
+    updated_at: str
 
 
 @dataclass
@@ -277,6 +293,9 @@ class FakeGitHub:
         self._lock = threading.RLock()
         self._repos: dict[str, FakeRepo] = {}
         self._pulls: dict[str, list[_Pull]] = {}
+        self._comments: dict[int, _Comment] = {}
+        self._numbers: dict[str, int] = {}
+        """Last issue/PR number per repository (GitHub numbers both from one sequence)."""
         self._failures: list[_Failure] = []
         self._user_ids: dict[str, int] = {}
         self._orgs: set[str] = set()
@@ -297,6 +316,10 @@ class FakeGitHub:
             ("POST", re.compile(_REPO + r"/pulls$"), self._create_pull),
             ("GET", re.compile(_REPO + r"/pulls/(?P<number>\d+)$"), self._get_pull),
             ("PATCH", re.compile(_REPO + r"/pulls/(?P<number>\d+)$"), self._update_pull),
+            ("GET", re.compile(_REPO + r"/issues/(?P<number>\d+)/comments$"), self._list_comments),
+            ("POST", re.compile(_REPO + r"/issues/(?P<number>\d+)/comments$"), self._add_comment),
+            ("GET", re.compile(_REPO + r"/issues/comments/(?P<id>\d+)$"), self._get_comment),
+            ("PATCH", re.compile(_REPO + r"/issues/comments/(?P<id>\d+)$"), self._edit_comment),
         ]
 
     # -- lifecycle ----------------------------------------------------------
@@ -434,6 +457,72 @@ class FakeGitHub:
             repo = self._lookup(full_name)
             return [self._pull_json(p, full=True) for p in self._pulls.get(repo.full_name, [])]
 
+    def comments(self, full_name: str, number: int) -> list[dict[str, Any]]:
+        """Issue comments on issue or pull request ``number`` (GitHub's JSON), oldest first."""
+        with self._lock:
+            repo = self._lookup(full_name)
+            return [
+                self._comment_json(c)
+                for c in self._comments.values()
+                if c.repo is repo and c.number == number
+            ]
+
+    def comment(self, full_name: str, number: int, body: str, *, user: str) -> dict[str, Any]:
+        """Post an issue comment as ``user`` (someone other than the token's user), server-side."""
+        with self._lock:
+            repo = self._lookup(full_name)
+            if not self._issue_exists(repo, number):
+                raise KeyError(f"no issue or pull request {full_name}#{number}")
+            return self._comment_json(self._new_comment(repo, number, user, body))
+
+    def merge_pull(self, full_name: str, number: int) -> str:
+        """Merge pull request ``number`` like the merge button: a real merge commit on the base.
+
+        Returns the merge commit's sha; the pull request becomes closed and merged.
+        Raises ValueError if it is not open or the branches conflict.
+        """
+        with self._lock:
+            pull = self._pull(self._lookup(full_name), number)
+            if pull.state != "open":
+                raise ValueError(f"{full_name}#{number} is {pull.state}, not open")
+            repo, head_repo = pull.repo, pull.head_repo
+            head_sha = self._branches(head_repo)[pull.head_ref]
+            base_sha = self._branches(repo)[pull.base_ref]
+            if head_repo is not repo:  # bring the fork's commits into the base repository
+                self._git(repo.path, "fetch", "-q", "--no-tags", str(head_repo.path), head_sha)
+            proc = self._git(
+                repo.path, "merge-tree", "--write-tree", base_sha, head_sha, check=False
+            )
+            if proc.returncode != 0:
+                raise ValueError(f"{full_name}#{number} has merge conflicts")
+            tree = proc.stdout.decode().split()[0]
+            message = (
+                f"Merge pull request #{number} from {head_repo.owner}/{pull.head_ref}\n\n"
+                f"{pull.title}"
+            )
+            merge = (
+                self._git(
+                    repo.path, "commit-tree", tree, "-p", base_sha, "-p", head_sha, "-m", message
+                )
+                .stdout.decode()
+                .strip()
+            )
+            self._git(repo.path, "update-ref", f"refs/heads/{pull.base_ref}", merge, base_sha)
+            repo.pushed_at = now = _now()
+            pull.head_sha = head_sha
+            pull.state, pull.closed_at, pull.merged_at, pull.updated_at = "closed", now, now, now
+            pull.merge_commit_sha, pull.merged_by = merge, repo.owner
+            return merge
+
+    def close_pull(self, full_name: str, number: int) -> None:
+        """Close pull request ``number`` without merging it (as someone on the web page would)."""
+        with self._lock:
+            pull = self._pull(self._lookup(full_name), number)
+            if pull.state != "open":
+                raise ValueError(f"{full_name}#{number} is {pull.state}, not open")
+            pull.state, pull.closed_at = "closed", _now()
+            pull.updated_at = pull.closed_at
+
     def fail(
         self,
         method: str,
@@ -468,6 +557,26 @@ class FakeGitHub:
     def _new_id(self) -> int:
         self._next_id += 1
         return self._next_id
+
+    def _new_number(self, repo: FakeRepo) -> int:
+        """The next issue/pull request number of ``repo`` (one sequence for both, as on GitHub)."""
+        self._numbers[repo.full_name] = self._numbers.get(repo.full_name, 0) + 1
+        return self._numbers[repo.full_name]
+
+    def _pull(self, repo: FakeRepo, number: int) -> _Pull:
+        for pull in self._pulls.get(repo.full_name, []):
+            if pull.number == number:
+                return pull
+        raise KeyError(f"no pull request {repo.full_name}#{number}")
+
+    def _issue_exists(self, repo: FakeRepo, number: int) -> bool:
+        return any(p.number == number for p in self._pulls.get(repo.full_name, []))
+
+    def _new_comment(self, repo: FakeRepo, number: int, user: str, body: str) -> _Comment:
+        now = _now()
+        comment = _Comment(self._new_id(), repo, number, user, body, now, now)
+        self._comments[comment.id] = comment
+        return comment
 
     def _new_repo(
         self,
@@ -935,8 +1044,8 @@ class FakeGitHub:
             "created_at": pull.created_at,
             "updated_at": pull.updated_at,
             "closed_at": pull.closed_at,
-            "merged_at": None,
-            "merge_commit_sha": None,
+            "merged_at": pull.merged_at,
+            "merge_commit_sha": pull.merge_commit_sha,
             "assignee": None,
             "assignees": [],
             "requested_reviewers": [],
@@ -984,12 +1093,16 @@ class FakeGitHub:
                     changed += 1
             data.update(
                 {
-                    "merged": False,
+                    "merged": pull.merged_at is not None,
                     "mergeable": None,
                     "rebaseable": None,
                     "mergeable_state": "unknown",
-                    "merged_by": None,
-                    "comments": 0,
+                    "merged_by": self._user_json(pull.merged_by) if pull.merged_by else None,
+                    "comments": sum(
+                        1
+                        for c in self._comments.values()
+                        if c.repo is repo and c.number == pull.number
+                    ),
                     "review_comments": 0,
                     "maintainer_can_modify": pull.maintainer_can_modify,
                     "commits": max(commits, 0),
@@ -1305,7 +1418,7 @@ class FakeGitHub:
             raise _validation("PullRequest", code="invalid", field="head")
         now = _now()
         pull = _Pull(
-            number=len(self._pulls.get(repo.full_name, [])) + 1,
+            number=0,  # numbered below, once it is valid
             id=self._new_id(),
             repo=repo,
             head_repo=head_repo,
@@ -1331,6 +1444,7 @@ class FakeGitHub:
             raise _validation(
                 "PullRequest", message="Draft pull requests are not supported in this repository."
             )
+        pull.number = self._new_number(repo)
         self._pulls.setdefault(repo.full_name, []).append(pull)
         headers = {"Location": f"{self.api_url}/repos/{repo.full_name}/pulls/{pull.number}"}
         return 201, self._pull_json(pull, full=True), headers
@@ -1363,6 +1477,10 @@ class FakeGitHub:
             state = body["state"]
             if state not in ("open", "closed"):
                 raise _validation("PullRequest", code="invalid", field="state")
+            if state == "open" and pull.merged_at is not None:
+                raise _validation(
+                    "PullRequest", message="state cannot be changed. The pull request is merged."
+                )
             if state == "open" and pull.state == "closed" and self._open_duplicate(pull):
                 raise _validation(
                     "PullRequest",
@@ -1372,6 +1490,112 @@ class FakeGitHub:
             pull.state = state
         pull.updated_at = _now()
         return 200, self._pull_json(pull, full=True), {}
+
+    # -- issue comments ---------------------------------------------------------------
+    def _association(self, repo: FakeRepo, login: str) -> str:
+        """``author_association`` of ``login`` on ``repo``, as GitHub shows it next to a comment."""
+        if login.lower() == repo.owner.lower():
+            return "OWNER"
+        if login.lower() == self.login.lower() and repo.push:
+            return "MEMBER" if repo.owner.lower() in self._orgs else "COLLABORATOR"
+        return "NONE"
+
+    def _comment_json(self, comment: _Comment) -> dict[str, Any]:
+        repo = comment.repo
+        api = f"{self.api_url}/repos/{repo.full_name}"
+        kind = "pull" if self._issue_exists(repo, comment.number) else "issues"
+        url = f"{api}/issues/comments/{comment.id}"
+        return {
+            "id": comment.id,
+            "node_id": _node_id("IssueComment", comment.id),
+            "url": url,
+            "html_url": (
+                f"{self.git_url}/{repo.full_name}/{kind}/{comment.number}#issuecomment-{comment.id}"
+            ),
+            "body": comment.body,
+            "user": self._user_json(comment.user),
+            "created_at": comment.created_at,
+            "updated_at": comment.updated_at,
+            "issue_url": f"{api}/issues/{comment.number}",
+            "author_association": self._association(repo, comment.user),
+            "performed_via_github_app": None,
+            "reactions": self._reactions_json(f"{url}/reactions"),
+        }
+
+    @staticmethod
+    def _reactions_json(url: str) -> dict[str, Any]:
+        counts = dict.fromkeys(
+            ("+1", "-1", "laugh", "confused", "heart", "hooray", "eyes", "rocket"), 0
+        )
+        return {"url": url, "total_count": 0, **counts}
+
+    @staticmethod
+    def _comment_body(body: Any) -> str:
+        text = body.get("body")
+        if not isinstance(text, str) or not text:
+            raise _validation("IssueComment", code="missing_field", field="body")
+        if len(text) > MAX_PR_BODY:
+            raise _validation(
+                "IssueComment", message=f"body is too long (maximum is {MAX_PR_BODY} characters)"
+            )
+        return text
+
+    def _issue_for(self, match: re.Match[str], authed: bool) -> tuple[FakeRepo, int]:
+        repo = self._repo_for(match, authed)
+        number = int(match["number"])
+        if not self._issue_exists(repo, number):
+            raise _HttpError(404, "Not Found")
+        return repo, number
+
+    def _comment_for(self, match: re.Match[str], authed: bool) -> _Comment:
+        repo = self._repo_for(match, authed)
+        comment = self._comments.get(int(match["id"]))
+        if comment is None or comment.repo is not repo:
+            raise _HttpError(404, "Not Found")
+        return comment
+
+    def _list_comments(
+        self, match: re.Match[str], query: dict[str, str], body: Any, authed: bool
+    ) -> tuple[int, Any, dict[str, str]]:
+        repo, number = self._issue_for(match, authed)
+        items = [
+            self._comment_json(c)
+            for c in self._comments.values()
+            if c.repo is repo and c.number == number
+        ]
+        return 200, *self._paginate(
+            items, query, f"/repos/{repo.full_name}/issues/{number}/comments"
+        )
+
+    def _add_comment(
+        self, match: re.Match[str], query: dict[str, str], body: Any, authed: bool
+    ) -> tuple[int, Any, dict[str, str]]:
+        self._require_token(authed)
+        repo, number = self._issue_for(match, authed)
+        if repo.archived:
+            raise _HttpError(403, "Repository was archived so is read-only.")
+        comment = self._new_comment(repo, number, self.login, self._comment_body(body))
+        data = self._comment_json(comment)
+        return 201, data, {"Location": data["url"]}
+
+    def _get_comment(
+        self, match: re.Match[str], query: dict[str, str], body: Any, authed: bool
+    ) -> tuple[int, Any, dict[str, str]]:
+        return 200, self._comment_json(self._comment_for(match, authed)), {}
+
+    def _edit_comment(
+        self, match: re.Match[str], query: dict[str, str], body: Any, authed: bool
+    ) -> tuple[int, Any, dict[str, str]]:
+        self._require_token(authed)
+        comment = self._comment_for(match, authed)
+        if (
+            comment.user.lower() != self.login.lower()
+            and not self._permissions(comment.repo)["push"]
+        ):
+            raise _HttpError(403, "Resource not accessible by personal access token")
+        comment.body = self._comment_body(body)
+        comment.updated_at = _now()
+        return 200, self._comment_json(comment), {}
 
     # -- git smart HTTP --------------------------------------------------------------
     def _git_http(
