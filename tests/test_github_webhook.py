@@ -4,22 +4,33 @@ and the fake Anthropic)."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
 import os
 import subprocess
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import ModuleType
 from typing import Any
 
+import httpx
 import pytest
 from github import Auth, Github, GithubException
 
+from tests.conftest import ServerFactory
 from tests.fakes import github_openapi
-from tests.fakes.github import FakeGitHub
+from tests.fakes.anthropic import FakeAnthropic, Reply, ToolCall
+from tests.fakes.github import Delivery, FakeGitHub
+from tests.helpers import shared_server
+from tests.scenarios import EDIT_SIGNUP, SIGNUP_PY, finish
+from tests.server import Server
+from tests.sse import collect, post_run
+
+pytestmark = [pytest.mark.timeout(120)]
 
 TOKEN = "ghp_WEBHOOKTOKEN0123456789abcdefghijklmn"
 LOGIN = "backspace-bot"
@@ -50,6 +61,12 @@ def openapi() -> ModuleType:
         pytest.skip(message)
     github_openapi.load_spec()
     return github_openapi
+
+
+def bare_git(path: Any, *args: str) -> str:
+    return subprocess.run(
+        ["git", "--git-dir", str(path), *args], check=True, capture_output=True, text=True
+    ).stdout
 
 
 def validate_all(gh: FakeGitHub, openapi: ModuleType) -> set[str]:
@@ -283,3 +300,252 @@ def test_fake_reactions_permissions_and_issues(gh: FakeGitHub, openapi: ModuleTy
         "repos/get-collaborator-permission-level 200",
         "issues/get 200",
     } <= operations
+
+
+# -- POST /github/webhook end to end ---------------------------------------------------------
+
+SECRET = "whsec-0123456789abcdef-webhook"
+ANTHROPIC_KEY = "sk-ant-api03-webhook-e2e-key-000111"
+FILES = {"app.py": SIGNUP_PY, "README.md": "# Widgets\n"}
+RENAME = ToolCall(
+    "str_replace_based_edit_tool",
+    {
+        "command": "str_replace",
+        "path": "app.py",
+        "old_str": "'name is required'",
+        "new_str": "'a name is required'",
+    },
+)
+HIDDEN = "\u202e\u200b\u2066\ufeff\U000e0041\U000e0042"
+
+
+@pytest.fixture(scope="module")
+def github() -> Iterator[FakeGitHub]:
+    """The module's fake GitHub: each test uses repositories of its own names."""
+    with FakeGitHub(token=TOKEN, login=LOGIN) as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def model() -> Iterator[FakeAnthropic]:
+    with FakeAnthropic(scenarios={}) as fake:
+        yield fake
+
+
+def env_for(github: FakeGitHub, model: FakeAnthropic, **extra: str) -> dict[str, str]:
+    return {
+        "ANTHROPIC_API_KEY": ANTHROPIC_KEY,
+        "ANTHROPIC_BASE_URL": model.url,
+        "GITHUB_TOKEN": TOKEN,
+        "GITHUB_API_URL": github.api_url,
+        "GITHUB_WEB_HOST": "github.com",
+        **extra,
+    }
+
+
+@pytest.fixture(scope="module")
+def server(github: FakeGitHub, model: FakeAnthropic) -> Iterator[Server]:
+    env = env_for(github, model, GITHUB_WEBHOOK_SECRET=SECRET, GITHUB_TRIGGER_LABEL="backspace")
+    with shared_server("github-webhook", env) as started:
+        github.webhook(f"{started.url}/github/webhook", SECRET)
+        yield started
+
+
+async def eventually(check: Callable[[], Any], timeout: float = 60.0) -> Any:
+    """Poll `check` until it returns something truthy."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, "timed out waiting"
+        await asyncio.sleep(0.05)
+
+
+def api_runs(server: Server, repo: str) -> list[dict[str, Any]]:
+    runs = httpx.get(f"{server.url}/api/runs", params={"limit": 100}, timeout=10).json()
+    items = runs["runs"] if isinstance(runs, dict) else runs
+    return [r for r in items if r["repo_url"] == repo]
+
+
+def finished(server: Server, repo: str, count: int) -> list[dict[str, Any]] | None:
+    runs = api_runs(server, repo)
+    done = [r for r in runs if r["status"] not in ("queued", "running")]
+    return runs if len(runs) >= count and len(done) == len(runs) else None
+
+
+def status_comments(github: FakeGitHub, repo: str, number: int) -> list[dict[str, Any]]:
+    return [
+        c
+        for c in github.comments(repo, number)
+        if c["user"]["login"] == LOGIN and "<!-- backspace:status run=" in c["body"]
+    ]
+
+
+def first_user_text(request: dict[str, Any]) -> str:
+    return json.dumps(request["messages"][0], ensure_ascii=False)
+
+
+async def test_a_writers_review_comment_continues_the_family_on_the_same_pr(
+    github: FakeGitHub, model: FakeAnthropic, server: Server
+) -> None:
+    repo = "acme/review-widgets"
+    github.create_repo(repo, files=FILES)
+    bare = github.bare_path(repo)
+    model.scenarios["wh-review-followup"] = [Reply([RENAME]), finish("Reword the error")]
+    model.scenarios["wh-review-first"] = [Reply([EDIT_SIGNUP]), finish()]
+    events = await post_run(server.url, {"repo_url": repo, "prompt": "wh-review-first: validate"})
+    assert events[-1]["status"] == "succeeded", events[-2:]
+    (pr,) = github.pulls(repo)
+    branch = pr["head"]["ref"]
+    github.set_permission(repo, "alice", "write")
+    comment = github.review_comment(
+        repo, pr["number"], "@backspace wh-review-followup: say 'a name'", user="alice",
+        path="app.py", line=3,
+    )  # fmt: skip
+    assert github.deliveries[-1].status == 202, github.deliveries[-1].response
+    await eventually(lambda: [r for r in github.reactions if r["id"] == comment["id"]], timeout=10)
+    assert [(r["subject"], r["content"]) for r in github.reactions if r["repo"] == repo] == [
+        ("review_comment", "eyes")
+    ]
+    runs = await eventually(lambda: finished(server, repo, 2), timeout=90)
+    assert [r["status"] for r in runs] == ["succeeded", "succeeded"], runs
+    # The same branch got a second commit, and there is still one pull request.
+    assert bare_git(bare, "rev-list", "--count", f"main..{branch}").strip() == "2"
+    assert bare_git(bare, "show", f"{branch}:app.py").count("'a name is required'") == 1
+    assert len(github.pulls(repo)) == 1
+    # The agent was told where the comment points, by whom.
+    first = first_user_text(model.requests_for("wh-review-followup")[0])
+    assert "`app.py`" in first and "line 3" in first and "@alice wrote" in first
+    assert "raise ValueError" in first, "the diff hunk the comment is attached to"
+    # One status comment, edited in place, ending with the pull request's link.
+    (status,) = await eventually(
+        lambda: [c for c in status_comments(github, repo, pr["number"]) if "Finished" in c["body"]]
+    )
+    assert pr["html_url"] in status["body"] and "done" in status["body"]
+    (followup,) = [r for r in runs if r["parent_id"]]
+    assert f"/runs/{followup['id']}" in status["body"]
+    edits = [
+        r
+        for r in github.requests
+        if r["method"] == "PATCH" and r["path"].endswith(f"/issues/comments/{status['id']}")
+    ]
+    async with httpx.AsyncClient(timeout=30) as client:
+        _, frames = await collect(client, "GET", f"{server.url}/api/runs/{followup['id']}/events")
+    assert 1 <= len(edits) < len(frames) / 2, "edits are paced, not one per event"
+
+
+async def test_an_issue_comment_starts_a_run_that_closes_it_and_no_one_else_triggers(
+    github: FakeGitHub, model: FakeAnthropic, server: Server
+) -> None:
+    repo = "acme/issue-widgets"
+    github.create_repo(repo, files=FILES)
+    number = github.create_issue(repo, "Signup accepts empty names", "wh-issue: fix", user="zed")
+    model.scenarios["wh-issue"] = [Reply([EDIT_SIGNUP]), finish()]
+    github.set_permission(repo, "alice", "write")
+    github.set_permission(repo, "helper[bot]", "write")  # a bot with write access: still no
+    # A reader, a bot, backspace itself: each delivery is signed and answered, nothing happens.
+    ignored = [
+        github.comment(repo, number, "@backspace please fix", user="bob"),
+        github.comment(repo, number, "@backspace please fix", user="helper[bot]"),
+        github.comment(repo, number, "@backspace please fix", user=LOGIN),
+    ]
+    assert [d.status for d in github.deliveries[-3:]] == [202, 202, 202]
+    asked = github.comment(repo, number, f"@backspace {HIDDEN[:3]}do it{HIDDEN[3:]}", user="alice")
+    await eventually(lambda: [r for r in github.reactions if r["id"] == asked["id"]], timeout=10)
+    runs = await eventually(lambda: finished(server, repo, 1), timeout=90)
+    assert len(runs) == 1 and runs[0]["status"] == "succeeded", runs
+    assert runs[0]["source"] == "github" and "@alice" in (runs[0]["requester"] or "")
+    reacted = {r["id"] for r in github.reactions if r["repo"] == repo}
+    assert reacted == {asked["id"]}, "no reaction to the reader, the bot or backspace itself"
+    assert not reacted & {c["id"] for c in ignored}
+    (pr,) = github.pulls(repo)
+    assert f"Closes #{number}" in pr["body"]
+    # The hidden and bidirectional characters never reached the model; who asked did.
+    sent = first_user_text(model.requests_for("wh-issue")[0])
+    for char in HIDDEN:
+        assert char not in sent, repr(char)
+    assert "@alice wrote" in sent and "Signup accepts empty names" in sent
+    assert "do it" in sent
+    (status,) = await eventually(
+        lambda: [c for c in status_comments(github, repo, number) if "Finished" in c["body"]]
+    )
+    assert pr["html_url"] in status["body"]
+
+
+async def test_signatures_missing_bad_or_forged_are_refused_and_nothing_is_done(
+    github: FakeGitHub, model: FakeAnthropic, server: Server
+) -> None:
+    repo = "acme/signed-widgets"
+    github.create_repo(repo, files=FILES)
+    number = github.create_issue(repo, "Bug", "wh-signed", user="alice")
+    model.scenarios["wh-signed"] = [finish()]
+    github.set_permission(repo, "alice", "write")
+    hook = github._hooks[0]
+    comment = github.comment(repo, number, "@backspace wh-signed", user="alice")
+    good = github.deliveries[-1]
+    await eventually(lambda: finished(server, repo, 1), timeout=60)
+    payload = {**good.payload, "comment": {**good.payload["comment"], "id": comment["id"] + 1}}
+    wrong = type(hook)(hook.id, hook.url, "not-the-secret")
+    unsigned = {"X-Hub-Signature-256": "", "X-Hub-Signature": ""}
+    attempts = {
+        "missing": github.deliver(hook, "issue_comment", payload, headers=unsigned),
+        "wrong secret": github.deliver(wrong, "issue_comment", payload),
+        "sha1 only": github.deliver(
+            hook, "issue_comment", payload, headers={"X-Hub-Signature-256": ""}
+        ),
+        "another body's signature": github.deliver(
+            hook,
+            "issue_comment",
+            payload,
+            headers={"X-Hub-Signature-256": good_signature(good)},
+        ),
+    }
+    for name, delivery in attempts.items():
+        assert delivery.status == 401, (name, delivery.status, delivery.response)
+        assert "X-Hub-Signature-256" in delivery.response, delivery.response
+    # The refused deliveries claimed nothing: a properly signed one with the same GUID works.
+    retried = github.deliver(hook, "issue_comment", payload, delivery_id=attempts["missing"].id)
+    assert retried.status == 202, retried.response
+    await eventually(lambda: finished(server, repo, 2), timeout=60)
+    assert len(api_runs(server, repo)) == 2
+
+
+def good_signature(delivery: Delivery) -> str:
+    """The signature of a different (earlier) body: replaying it on this one must fail."""
+    body = json.dumps(delivery.payload, separators=(",", ":")).encode()
+    return "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+
+
+async def test_a_redelivered_trigger_runs_once_and_the_label_triggers(
+    github: FakeGitHub, model: FakeAnthropic, server: Server
+) -> None:
+    repo = "acme/label-widgets"
+    github.create_repo(repo, files=FILES)
+    number = github.create_issue(repo, "wh-label: tidy up", "please", user="zed")
+    model.scenarios["wh-label"] = [finish()]
+    github.set_permission(repo, "carol", "maintain")
+    github.label_issue(repo, number, "backspace", user="carol")
+    first = github.deliveries[-1]
+    assert first.status == 202, first.response
+    again = github.redeliver(first)
+    assert again.status == 200 and "already handled" in again.response
+    await eventually(lambda: finished(server, repo, 1), timeout=60)
+    await asyncio.sleep(0.5)  # room for a second run, were one started
+    assert len(api_runs(server, repo)) == 1
+    assert [(r["subject"], r["id"]) for r in github.reactions if r["repo"] == repo] == [
+        ("issue", number)
+    ]
+    github.label_issue(repo, number, "bug", user="carol")
+    assert github.deliveries[-1].status == 200 and "not GITHUB_TRIGGER_LABEL" in (
+        github.deliveries[-1].response
+    )
+
+
+async def test_without_a_secret_the_webhook_is_off_and_says_how_to_enable_it(
+    github: FakeGitHub, model: FakeAnthropic, server_factory: ServerFactory
+) -> None:
+    off = server_factory(env_for(github, model), name="no-secret")
+    answer = httpx.post(f"{off.url}/github/webhook", json={"zen": "hi"}, timeout=10)
+    assert answer.status_code == 404
+    assert "GITHUB_WEBHOOK_SECRET" in answer.json()["detail"]
