@@ -12,7 +12,7 @@ import os
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import ModuleType
 from typing import Any
@@ -451,7 +451,10 @@ async def test_an_issue_comment_starts_a_run_that_closes_it_and_no_one_else_trig
         github.comment(repo, number, "@backspace please fix", user=LOGIN),
     ]
     assert [d.status for d in github.deliveries[-3:]] == [202, 202, 202]
-    asked = github.comment(repo, number, f"@backspace {HIDDEN[:3]}do it{HIDDEN[3:]}", user="alice")
+    asked = github.comment(
+        repo, number, f"@backspace {HIDDEN[:3]}do it{HIDDEN[3:]} ![p](https://evil.example/p.png) "
+        "@acme/everyone", user="alice",
+    )  # fmt: skip
     await eventually(lambda: [r for r in github.reactions if r["id"] == asked["id"]], timeout=10)
     runs = await eventually(lambda: finished(server, repo, 1), timeout=90)
     assert len(runs) == 1 and runs[0]["status"] == "succeeded", runs
@@ -471,6 +474,8 @@ async def test_an_issue_comment_starts_a_run_that_closes_it_and_no_one_else_trig
         lambda: [c for c in status_comments(github, repo, number) if "Finished" in c["body"]]
     )
     assert pr["html_url"] in status["body"]
+    assert "evil.example" not in status["body"] and "@acme/everyone" not in status["body"]
+    assert "![" not in status["body"], "the request, quoted in the status comment, is inert"
 
 
 async def test_signatures_missing_bad_or_forged_are_refused_and_nothing_is_done(
@@ -549,3 +554,80 @@ async def test_without_a_secret_the_webhook_is_off_and_says_how_to_enable_it(
     answer = httpx.post(f"{off.url}/github/webhook", json={"zen": "hi"}, timeout=10)
     assert answer.status_code == 404
     assert "GITHUB_WEBHOOK_SECRET" in answer.json()["detail"]
+
+
+async def test_quotes_code_other_handles_and_edits_do_not_trigger(
+    github: FakeGitHub, server: Server
+) -> None:
+    repo = "acme/quiet-widgets"
+    github.create_repo(repo, files=FILES)
+    number = github.create_issue(repo, "Bug", "text", user="alice")
+    github.set_permission(repo, "alice", "write")
+    for body in (
+        "> @backspace fix it\n\nI agree with the above",  # quoting an earlier request
+        "Run `@backspace fix it` to ask it",  # code span
+        "```\n@backspace fix it\n```",  # code block
+        "cc @backspace-bot and email me@backspace.dev",  # other handles, an address
+        "no mention at all",
+    ):
+        github.comment(repo, number, body, user="alice")
+        delivery = github.deliveries[-1]
+        assert delivery.status == 200, (body, delivery.response)
+        assert "no @backspace in the comment" in delivery.response, delivery.response
+    edited = {**delivery.payload, "action": "edited"}
+    edited["comment"] = {**edited["comment"], "body": "@backspace now do it"}
+    answer = github.deliver(github._hooks[0], "issue_comment", edited)
+    assert answer.status == 200 and "only new comments" in answer.response
+    assert [r for r in github.reactions if r["repo"] == repo] == []
+    assert api_runs(server, repo) == []
+
+
+async def test_a_refusal_and_a_foreign_pr_get_a_reply_that_is_inert(
+    github: FakeGitHub, server: Server
+) -> None:
+    repo = "acme/refused-widgets"
+    github.create_repo(repo, files=FILES)
+    github.commit_files(repo, "someone/feature", {"app.py": "x = 1\n"})
+    pr = client(github).get_repo(repo).create_pull(base="main", head="someone/feature", title="F")
+    number = github.create_issue(repo, "Bug", "text", user="alice")
+    github.set_permission(repo, "alice", "write")
+    github.comment(repo, pr.number, "@backspace rename it", user="alice")
+    too_long = "@backspace " + "x" * 20001
+    github.comment(repo, number, too_long, user="alice")
+    assert [d.status for d in github.deliveries[-2:]] == [202, 202]
+
+    def replies(on: int) -> list[str]:
+        return [c["body"] for c in github.comments(repo, on) if c["user"]["login"] == LOGIN]
+
+    (foreign,) = await eventually(lambda: replies(pr.number), timeout=10)
+    assert foreign.startswith("@alice ") and "only continues pull requests it opened" in foreign
+    (refused,) = await eventually(lambda: replies(number), timeout=10)
+    assert refused.startswith("@alice backspace did not start: your request is 20")
+    assert "BACKSPACE_MAX_PROMPT_CHARS" in refused
+    assert api_runs(server, repo) == []
+
+
+async def test_an_oversized_or_unsigned_body_is_refused_before_it_is_read(server: Server) -> None:
+    url = f"{server.url}/github/webhook"
+    big = b"{" + b" " * (1024 * 1024 + 10) + b"}"
+    body = hmac.new(SECRET.encode(), big, hashlib.sha256).hexdigest()
+    headers = {"X-Hub-Signature-256": f"sha256={body}", "X-GitHub-Event": "ping"}
+    async with httpx.AsyncClient(timeout=30) as client:
+        answer = await client.post(url, content=big, headers=headers)
+        assert answer.status_code == 413
+
+        async def parts() -> AsyncIterator[bytes]:  # no content-length: chunked
+            yield big[:600_000]
+            yield big[600_000:]
+
+        chunked = await client.post(url, content=parts(), headers=headers)
+        assert chunked.status_code == 413
+        not_json = b"not json"
+        signed_headers = {
+            "X-Hub-Signature-256": "sha256="
+            + hmac.new(SECRET.encode(), not_json, hashlib.sha256).hexdigest(),
+            "X-GitHub-Event": "issue_comment",
+            "X-GitHub-Delivery": "d-1",
+        }
+        bad = await client.post(url, content=not_json, headers=signed_headers)
+        assert bad.status_code == 400 and "application/json" in bad.json()["detail"]
