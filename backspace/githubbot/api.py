@@ -2,13 +2,15 @@
 
 Lazy objects: a reaction, a permission, a comment is one request each (no GET of the
 repository or the issue first). Short retries only: a GitHub error must never hold the front
-end for long, and it never reaches a run.
+end for long, and it never reaches a run. The calls have threads of their own: the runs' work
+fills the loop's default executor, and an acknowledgement must not wait behind it.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
@@ -18,10 +20,17 @@ T = TypeVar("T")
 
 
 class GitHubApi:
-    def __init__(self, token: str, api_url: str, timeout: float = 15.0) -> None:
+    def __init__(self, token: str, api_url: str, timeout: float = 15.0, threads: int = 8) -> None:
         self._token = token
         self.api_url = api_url
         self.timeout = timeout
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="github-webhook")
+        self._acks = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="github-ack")
+        """Reactions and the checks before them: never queued behind status comments."""
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._acks.shutdown(wait=False, cancel_futures=True)
 
     def _client(self) -> Github:
         from github import Auth, Github, GithubRetry
@@ -36,21 +45,24 @@ class GitHubApi:
             lazy=True,
         )
 
-    async def _call(self, work: Callable[[Github], T]) -> T:
-        def run() -> T:
+    async def _call(self, work: Callable[[Github], T], *, ack: bool = False) -> T:
+        def run() -> T:  # a client per call: no kept-alive socket that may have gone stale
             with self._client() as client:
                 return work(client)
 
-        return await asyncio.to_thread(run)
+        pool = self._acks if ack else self._pool
+        return await asyncio.get_running_loop().run_in_executor(pool, run)
 
     async def own_login(self) -> str:
         """The token's own login (``GET /user``): its comments never trigger."""
-        return await self._call(lambda g: str(g.get_user().login))
+        return await self._call(lambda g: str(g.get_user().login), ack=True)
 
     async def permission(self, repo: str, login: str) -> str:
         """``login``'s permission on ``repo`` as GitHub sums it up: admin, write, read or none
         (maintain counts as write, triage as read)."""
-        return await self._call(lambda g: g.get_repo(repo).get_collaborator_permission(login))
+        return await self._call(
+            lambda g: g.get_repo(repo).get_collaborator_permission(login), ack=True
+        )
 
     async def react(self, repo: str, target: tuple[str, int], number: int, content: str) -> None:
         """Add a reaction to an issue comment, a review comment or an issue/pull request."""
@@ -65,7 +77,7 @@ class GitHubApi:
             else:
                 repository.get_issue(ident).create_reaction(content)
 
-        await self._call(work)
+        await self._call(work, ack=True)
 
     async def comment(self, repo: str, number: int, body: str) -> int:
         """Post a comment on issue or pull request ``number``; its id."""

@@ -49,3 +49,4 @@ class GitHubFrontEnd:
 
     async def aclose(self) -> None:
         await self.tasks.aclose()
+        self.api.close()

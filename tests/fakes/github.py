@@ -342,8 +342,9 @@ class FakeGitHub:
         self._review_comments: dict[int, _ReviewComment] = {}
         self._roles: dict[tuple[str, str], str] = {}
         self.reactions: list[dict[str, Any]] = []
-        """Every reaction made: ``{subject, id, content, user}``, subject one of
-        ``issue_comment``, ``review_comment``, ``issue`` (``id`` the comment id or issue number)."""
+        """Every reaction made: ``{subject, id, content, user, repo, json, at}``, subject one of
+        ``issue_comment``, ``review_comment``, ``issue`` (``id`` the comment id or issue number,
+        ``at`` its ``time.perf_counter()``)."""
         self._hooks: list[Hook] = []
         self.deliveries: list[Delivery] = []
         """Every webhook delivery sent, oldest first (see :meth:`webhook`)."""
@@ -2002,7 +2003,7 @@ class FakeGitHub:
         }
         self.reactions.append(
             {"subject": subject, "id": target, "content": content, "user": self.login,
-             "repo": repo.full_name, "json": data}
+             "repo": repo.full_name, "json": data, "at": time.perf_counter()}
         )  # fmt: skip
         return 201, data, {}
 

@@ -46,6 +46,8 @@ class Delivery:
     hook_id: int
     status: int = 0
     response: str = ""
+    sent_at: float = 0.0
+    """``time.perf_counter()`` when the POST began."""
     elapsed: float = 0.0
 
 
@@ -90,7 +92,7 @@ def send(
         sent = {k: v for k, v in sent.items() if k.lower() != name.lower()}
         if value:
             sent[name] = value
-    start = time.perf_counter()
+    start = delivery.sent_at = time.perf_counter()
     try:
         answer = httpx.post(hook.url, content=body, headers=sent, timeout=timeout)
         delivery.status, delivery.response = answer.status_code, answer.text[:2000]
