@@ -392,6 +392,7 @@ async def test_a_writers_review_comment_continues_the_family_on_the_same_pr(
     repo = "acme/review-widgets"
     github.create_repo(repo, files=FILES)
     bare = github.bare_path(repo)
+    model.scenarios["wh-review-third"] = [finish("Nothing more")]  # matched before the others
     model.scenarios["wh-review-followup"] = [Reply([RENAME]), finish("Reword the error")]
     model.scenarios["wh-review-first"] = [Reply([EDIT_SIGNUP]), finish()]
     events = await post_run(server.url, {"repo_url": repo, "prompt": "wh-review-first: validate"})
@@ -433,6 +434,13 @@ async def test_a_writers_review_comment_continues_the_family_on_the_same_pr(
     async with httpx.AsyncClient(timeout=30) as client:
         _, frames = await collect(client, "GET", f"{server.url}/api/runs/{followup['id']}/events")
     assert 1 <= len(edits) < len(frames) / 2, "edits are paced, not one per event"
+    # A submitted review that mentions backspace is a follow-up too; its 👀 goes on the PR.
+    github.review(repo, pr["number"], "@backspace wh-review-third: anything else?", user="alice")
+    assert github.deliveries[-1].status == 202, github.deliveries[-1].response
+    await eventually(lambda: finished(server, repo, 3), timeout=90)
+    assert ("issue", pr["number"]) in [(r["subject"], r["id"]) for r in github.reactions]
+    third = first_user_text(model.requests_for("wh-review-third")[0])
+    assert "@alice wrote this in a review (commented)" in third
 
 
 async def test_an_issue_comment_starts_a_run_that_closes_it_and_no_one_else_triggers(
