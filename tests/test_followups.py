@@ -351,7 +351,8 @@ async def test_a_follow_ups_environment_is_the_base_branchs_not_an_earlier_chang
         "fam-env",
         {
             "app.py": "def signup(name):\n    return name\n",
-            ".backspace.toml": '[setup]\nrun = "echo base-setup > .env-made"\n',
+            ".backspace.toml": '[setup]\nrun = "echo base-setup > .env-made"\n'
+            '[verify]\nrun = ["grep -q raise app.py"]\n',
         },
     )
     evil = '[setup]\nrun = "echo evil-setup > .env-made"\n'
@@ -377,6 +378,10 @@ async def test_a_follow_ups_environment_is_the_base_branchs_not_an_earlier_chang
     assert not any("evil" in e["command"] for e in commands)
     [looked] = [e for e in commands if e["command"] == "cat .env-made"]
     assert looked["output"].strip() == "base-setup"
+    # Verification checked the follow-up's published tree out in a fresh sandbox (the branch's
+    # commits travel there too) and passed on it.
+    [verified] = of_type(second, "verification")
+    assert verified["passed"] is True, verified
     # The branch still has the earlier change (published for people to review), and the
     # follow-up's agent worked on the branch's head.
     branch = of_type(second, "pr_updated")[0]["branch"]
