@@ -232,6 +232,15 @@ async def _follow(console: Console, events: Any) -> Event | None:
                     console.print(
                         f"[green]pull request[/green] {escape(str(data.get('pr_url')))} ({data.get('files_changed')} files, +{data.get('additions')} −{data.get('deletions')})"
                     )
+                case EventType.PR_UPDATED:
+                    console.print(
+                        f"[green]pull request updated[/green] {escape(str(data.get('pr_url')))} with {escape(str(data.get('commit', ''))[:12])} ({data.get('files_changed')} files, +{data.get('additions')} −{data.get('deletions')})"
+                    )
+                case EventType.FOLLOWUP_RECEIVED:
+                    console.print(
+                        f"[cyan]follow-up ({escape(str(data.get('mode')))})[/cyan] {escape(str(data.get('prompt'))[:200])}",
+                        highlight=False,
+                    )
                 case EventType.ERROR:
                     console.print(
                         f"[red]error[/red] {escape(str(data.get('code')))}: {escape(str(data.get('message')))}",

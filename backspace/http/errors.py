@@ -19,7 +19,7 @@ from backspace.orchestrator.service import Kind, Reason, Refusal
 
 log = logging.getLogger(__name__)
 
-STATUS = {Kind.INVALID: 422, Kind.UNAVAILABLE: 503}
+STATUS = {Kind.INVALID: 422, Kind.NOT_FOUND: 404, Kind.UNAVAILABLE: 503}
 """The HTTP status of each kind of refusal."""
 
 

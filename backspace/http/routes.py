@@ -20,7 +20,7 @@ from backspace.http.errors import HTTPProblem
 from backspace.http.openapi import MAX_SEQ, document
 from backspace.http.pages import pull_request_page
 from backspace.http.ratelimit import RateLimiter, key_id
-from backspace.http.schemas import CodeRequest, read_json, validate
+from backspace.http.schemas import CodeRequest, FollowUpRequest, read_json, validate
 from backspace.http.sse import event_stream
 from backspace.http.web import SECURITY_HEADERS, web_routes
 from backspace.orchestrator.events import RunStatus
@@ -55,6 +55,31 @@ def _run_json(services: Service, run: Run) -> dict[str, Any]:
         "url": base,
         "events_url": f"{base}/events",
         "cancel_url": f"{base}/cancel",
+        "followups_url": f"{base}/followups",
+    }
+
+
+def _family_json(service: Service, run: Run) -> dict[str, Any]:
+    """The run's family: its parent and children, every run of it, the branch and the PR."""
+    family = service.family(run.id)
+    published = [r for r in family if r.pr_url]
+    return {
+        "id": run.family_id or run.id,
+        "parent_id": run.parent_id,
+        "children": [r.id for r in family if r.parent_id == run.id],
+        "runs": [
+            {
+                "id": r.id,
+                "status": str(r.status),
+                "prompt": r.prompt,
+                "source": r.source,
+                "created_at": r.created_at,
+                "pr_url": r.pr_url,
+            }
+            for r in family
+        ],
+        "branch": published[-1].branch if published else None,
+        "pr_url": published[-1].pr_url if published else None,
     }
 
 
@@ -150,7 +175,40 @@ async def list_runs(request: Request) -> Response:
 
 async def get_run(request: Request) -> Response:
     service = _authenticate(request)
-    return JSONResponse(_run_json(service, _get_run(service, request.path_params["run_id"])))
+    run = _get_run(service, request.path_params["run_id"])
+    return JSONResponse({**_run_json(service, run), "family": _family_json(service, run)})
+
+
+async def create_followup(request: Request) -> Response:
+    """Continue a run's pull request: a new run queued behind the family's current one (its
+    stream, or 202), or with `mode: steer` the words delivered into the running run."""
+    service = _authenticate(request)
+    settings = _settings(request)
+    run = _get_run(service, request.path_params["run_id"])
+    body = validate(FollowUpRequest, await read_json(request, settings.max_body_bytes))
+    followup = service.follow_up(
+        run.id,
+        body.prompt,
+        mode=body.mode,
+        co_author=body.co_author,
+        source="api",
+        gate=lambda: _limit_rate(request),
+    )
+    target = followup.run
+    if _wants_json(request):
+        return JSONResponse(
+            {
+                **_run_json(service, target),
+                "run_id": target.id,
+                "steered": followup.steered,
+                "message": followup.message,
+            },
+            status_code=202,
+            headers={"Location": f"/api/runs/{target.id}"},
+        )
+    # A steer streams the running run from now on; a new run, from its start.
+    after = service.store.next_seq(target.id) - 1 if followup.steered else 0
+    return event_stream(service.hub, target.id, max(0, after - 1), ping_after=settings.sse_ping)
 
 
 async def run_events(request: Request) -> Response:
@@ -235,6 +293,7 @@ def routes() -> list[BaseRoute]:
         Route("/api/runs/{run_id}", get_run, methods=["GET"]),
         Route("/api/runs/{run_id}/events", run_events, methods=["GET"]),
         Route("/api/runs/{run_id}/cancel", cancel_run, methods=["POST"]),
+        Route("/api/runs/{run_id}/followups", create_followup, methods=["POST"]),
         Route("/api/prs/{pr_id}", pull_request_json, methods=["GET"]),
         Route("/prs/{pr_id}", pull_request_html, methods=["GET"]),
         Route("/slack/events", slack_events, methods=["POST"]),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.requests import Request
@@ -48,6 +48,25 @@ class CodeRequest(BaseModel):
         return value
 
 
+class FollowUpRequest(BaseModel):
+    """POST /api/runs/{id}/followups: more words for the run's pull request."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    prompt: str = Field(min_length=1)
+    mode: Literal["queue", "steer"] = Field(
+        "queue",
+        description="queue: a new run after the family's current one; steer: into the running "
+        "run's agent at its next turn (queued when no run is working)",
+    )
+    co_author: str | None = Field(
+        None,
+        max_length=300,
+        pattern=r"^[^<>\n]+ <[^<>\s@]+@[^<>\s@]+>$",
+        description="the requester's git identity, 'Name <email>', credited as Co-authored-by",
+    )
+
+
 async def read_json(request: Request, limit: int) -> Any:
     """The request body as JSON: 415 unless sent as JSON, 413 past `limit` bytes, 400 when it
     is not JSON.
@@ -88,7 +107,10 @@ async def read_json(request: Request, limit: int) -> Any:
         raise HTTPProblem(400, f"the request body is not valid JSON: {exc}") from None
 
 
-def validate(model: type[CodeRequest], data: Any) -> CodeRequest:
+Body = TypeVar("Body", bound=BaseModel)
+
+
+def validate(model: type[Body], data: Any) -> Body:
     if not isinstance(data, dict):
         raise HTTPProblem(422, "the request body must be a JSON object")
     try:

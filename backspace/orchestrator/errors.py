@@ -261,6 +261,7 @@ class Kind(StrEnum):
     """What kind of no: the caller's input is wrong, or the server cannot take runs now."""
 
     INVALID = "invalid"
+    NOT_FOUND = "not_found"
     UNAVAILABLE = "unavailable"
 
 
@@ -277,10 +278,16 @@ class Reason(StrEnum):
     SHUTTING_DOWN = "shutting_down"  # the runner takes no new runs
     STORE_FULL = "store_full"  # the database's disk is below its headroom
     STORE_FAILING = "store_failing"  # the run could not be recorded
+    MODE = "mode"  # a follow-up's mode is neither queue nor steer (field "mode")
+    UNKNOWN_RUN = "unknown_run"  # a follow-up names a run this server does not have
 
     @property
     def kind(self) -> Kind:
-        return Kind.INVALID if self in (Reason.PROMPT, Reason.REPOSITORY) else Kind.UNAVAILABLE
+        if self is Reason.UNKNOWN_RUN:
+            return Kind.NOT_FOUND
+        if self in (Reason.PROMPT, Reason.REPOSITORY, Reason.MODE):
+            return Kind.INVALID
+        return Kind.UNAVAILABLE
 
 
 class Refusal(BackspaceError):

@@ -27,6 +27,8 @@ class EventType(StrEnum):
     NETWORK_BLOCKED = "network_blocked"  # a sandbox command tried to reach a host it may not
     VERIFICATION = "verification"  # the receipt of backspace's own run of the verify commands
     PR_CREATED = "pr_created"
+    PR_UPDATED = "pr_updated"  # a follow-up pushed a new commit to its family's open PR
+    FOLLOWUP_RECEIVED = "followup_received"  # a follow-up was steered into, or queued behind, a run
     ERROR = "error"
     COMPLETE = "complete"
 

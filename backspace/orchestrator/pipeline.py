@@ -24,7 +24,7 @@ from backspace.orchestrator.egress.gate import Gate, Phase
 from backspace.orchestrator.environment.blocked import BlockedReporter
 from backspace.orchestrator.environment.layer import Layer
 from backspace.orchestrator.environment.policy import EnvironmentPolicy
-from backspace.orchestrator.environment.receipt import environment_section
+from backspace.orchestrator.environment.receipt import Receipt, environment_section
 from backspace.orchestrator.environment.setup import EnvironmentPlan, Prepared, Setup
 from backspace.orchestrator.environment.verification import Verification
 from backspace.orchestrator.errors import PolicyError, RunFailure
@@ -33,6 +33,7 @@ from backspace.orchestrator.githosts.base import (
     BasePayload,
     GitHost,
     PullRequestDraft,
+    PullRequestState,
     ResolvedRepo,
 )
 from backspace.orchestrator.githosts.base_payload import place
@@ -48,11 +49,14 @@ from backspace.orchestrator.publish import (
 from backspace.orchestrator.pull_request import (
     branch_name,
     commit_message,
+    followup_comment,
     render_body,
+    runs_row,
     title_for,
+    with_run,
 )
 from backspace.orchestrator.redact import Redactor
-from backspace.orchestrator.run import Outcome, RunContext
+from backspace.orchestrator.run import EarlierRun, Outcome, RunContext
 from backspace.orchestrator.sandboxes.base import Sandbox, SandboxProvider
 
 log = logging.getLogger(__name__)
@@ -130,25 +134,34 @@ class Pipeline:
         # environment), so a git host that fails here fails the `sandbox` stage.
         ctx.progress(Stage.SANDBOX, f"Looking up {request.repo.name}")
         repo = await host.resolve(request.repo, request.base_branch)
+        family = await self._family_start(ctx, host, repo)
+        start_repo = family.start_repo or repo
         # The repository's .backspace.toml and its cache key are read on the host, from the base
-        # commit, so that the sandbox starts from its cached environment at once.
-        git_dir = await host.prepare(repo, scratch)
-        plan = await self.setup.plan(ctx, git_dir, repo)
+        # commit, so that the sandbox starts from its cached environment at once. A follow-up's
+        # environment is its family's base commit's: never what an earlier run's change says.
+        env_repo = family.env_repo or repo
+        git_dir = await host.prepare(start_repo, scratch)
+        env_dir = (
+            git_dir if env_repo is start_repo else await host.prepare(env_repo, scratch / "env")
+        )
+        plan = await self.setup.plan(ctx, env_dir, env_repo)
         blocked = BlockedReporter(ctx)
         gate = Gate(blocked)
         sandbox = await self.sandboxes.create(ctx.run_id, layer=plan.layer, gate=gate)
         sandboxes.push_async_callback(_close, sandbox)
 
         ctx.progress(Stage.CLONING, f"Getting {request.repo.name} into the sandbox")
+        where = (
+            f"Branch {start_repo.base_branch} of pull request #{family.continuing.number} "
+            f"at {start_repo.base_sha[:12]}"
+            if family.continuing
+            else f"Base: {repo.base_branch} at {repo.base_sha[:12]}"
+        )
         ctx.emit(
             EventType.PROGRESS,
-            {
-                "stage": str(Stage.CLONING),
-                "message": f"Base: {repo.base_branch} at {repo.base_sha[:12]}",
-                "percentage": Stage.CLONING.percentage,
-            },
+            {"stage": str(Stage.CLONING), "message": where, "percentage": Stage.CLONING.percentage},
         )
-        base = await host.base_payload(repo, scratch)
+        base = await host.base_payload(start_repo, scratch)
         held.callback(base.release)
         ctx.emit(
             EventType.PROGRESS,
@@ -158,16 +171,22 @@ class Pipeline:
                 "percentage": Stage.CLONING.percentage,
             },
         )
+        # A follow-up's setup runs on its environment's commit (reviewed content, not an earlier
+        # run's change), then the branch's head is checked out over what setup made.
+        setup_at = env_repo.base_sha if family.continuing else None
         start = await self._clone(
-            ctx, base, sandbox, payload_path(sandbox, ctx.run_id, "base"), plan.layer
+            ctx, base, sandbox, payload_path(sandbox, ctx.run_id, "base"), plan.layer, setup_at
         )
-        prepared = await self.setup.prepare(ctx, sandbox, plan, start)
+        prepared = await self.setup.prepare(ctx, sandbox, plan, setup_at or start)
+        if setup_at and setup_at != start:
+            await _check_out(sandbox, base.branch, start)
         # backspace's index of the checkout, so the commit hashes only what the agent changed.
         index = await prepare_index(sandbox, start, bundle_path(sandbox, ctx.run_id, "out"))
 
         ctx.progress(Stage.AGENT, "The agent is working")
         await sandbox.open_network(Phase.AGENT, plan.network.agent)
-        result = await self._agent(ctx, model, sandbox, repo, plan, prepared)
+        pr_diff = await _pr_diff(sandbox, family.diff_base) if family.continuing else None
+        result = await self._agent(ctx, model, sandbox, repo, plan, prepared, family, pr_diff)
 
         ctx.progress(Stage.VALIDATING, "Checking the change")
         # What people see (title, branch, body) never carries a secret, even one in the prompt.
@@ -187,7 +206,7 @@ class Pipeline:
         message = commit_message(title, ctx.run_id, request.co_author)
         out_bundle = bundle_path(sandbox, ctx.run_id, "out")
         change = await self._take_change(
-            sandbox, git_dir, start, repo, scratch, message, out_bundle, prepared, index
+            sandbox, git_dir, start, start_repo, scratch, message, out_bundle, prepared, index
         )
         if change is None:
             if result.outcome in ("turn_limit", "cost_limit"):
@@ -220,6 +239,26 @@ class Pipeline:
                 receipt.to_event(draft=self.settings.draft or not receipt.passed),
             )
 
+        tests = (
+            receipt.markdown(cost_usd=result.usage.cost_usd, keep_host=own_host)
+            if receipt
+            else None
+        )
+        row = runs_row(
+            run_id=ctx.run_id,
+            run_url=ctx.run_url,
+            prompt=shown_prompt,
+            verification=_verdict(receipt),
+            cost_usd=result.usage.cost_usd,
+            keep_host=own_host,
+        )
+        if family.continuing is not None:
+            return await self._update(
+                ctx, host, start_repo, git_dir, change, family.continuing, family.diff_base,
+                title=title, shown=shown, shown_prompt=shown_prompt, tests=tests, row=row,
+                own_host=own_host, receipt=receipt,
+            )  # fmt: skip
+
         branch = branch_name(shown_prompt, ctx.run_id)
         ctx.progress(Stage.PUSHING, f"Pushing branch {branch}")
         await host.push(repo, git_dir, change.head_sha, branch)
@@ -234,13 +273,14 @@ class Pipeline:
                     requester=request.requester,
                     result=shown,
                     change=change,
-                    tests=receipt.markdown(cost_usd=result.usage.cost_usd, keep_host=own_host)
-                    if receipt
-                    else None,
+                    tests=tests,
                     environment=environment_section(plan, prepared, blocked.attempts, own_host),
                     run_url=ctx.run_url,
                     run_id=ctx.run_id,
                     keep_host=own_host,
+                    runs_row=row,
+                    notes=family.notes,
+                    closes_issue=request.closes_issue,
                 )
             ),
             branch=branch,
@@ -258,7 +298,9 @@ class Pipeline:
             EventType.PR_CREATED,
             {
                 "pr_url": pr.url,
+                "pr_number": pr.number,
                 "branch": branch,
+                "base_sha": repo.base_sha,
                 "title": title,
                 "files_changed": len(change.files),
                 "additions": change.additions,
@@ -269,7 +311,113 @@ class Pipeline:
         verdict = ""
         if receipt is not None and not receipt.passed:
             verdict = " as a draft: verification failed"
-        return Outcome(RunStatus.SUCCEEDED, f"Opened {pr.url}{verdict}", pr_url=pr.url)
+        return Outcome(
+            RunStatus.SUCCEEDED,
+            f"Opened {pr.url}{verdict}",
+            pr_url=pr.url,
+            pr_number=pr.number,
+            summary=_summary(title, shown.body),
+        )
+
+    async def _family_start(
+        self, ctx: RunContext, host: GitHost, repo: ResolvedRepo
+    ) -> FamilyStart:
+        """Where a follow-up starts: the head of its family's branch while the PR is open;
+        otherwise (merged, closed, branch gone) a new branch and PR from the current base."""
+        cont = ctx.continuation
+        if cont is None:
+            return FamilyStart()
+        if not (cont.branch and cont.pr_number):
+            return FamilyStart(earlier=cont.earlier)
+        pr = await host.pull_request(repo, cont.pr_number)
+        head = await host.branch_head(repo, cont.branch) if pr.state == "open" else None
+        if head is None:
+            why = f"was {pr.state}" if pr.state != "open" else f"has lost its branch {cont.branch}"
+            note = (
+                f"This continues pull request #{pr.number}, which {why}: backspace opened a new "
+                f"branch and pull request from the current {repo.base_branch}."
+            )
+            ctx.progress(Stage.SANDBOX, f"Pull request #{pr.number} {why}: starting a new one")
+            return FamilyStart(earlier=cont.earlier, notes=[note])
+        # The branch as it is now: a commit someone else pushed is built on, never overwritten.
+        start_repo = replace(repo, base_sha=head, base_branch=cont.branch)
+        diff_base = cont.base_sha or repo.base_sha
+        env_repo = replace(repo, base_sha=diff_base)
+        ctx.progress(Stage.SANDBOX, f"Continuing pull request #{pr.number} on {cont.branch}")
+        return FamilyStart(
+            earlier=cont.earlier,
+            continuing=pr,
+            start_repo=start_repo,
+            env_repo=env_repo,
+            diff_base=diff_base,
+            branch=cont.branch,
+        )
+
+    async def _update(
+        self,
+        ctx: RunContext,
+        host: GitHost,
+        start_repo: ResolvedRepo,
+        git_dir: Path,
+        change: Change,
+        pr: PullRequestState,
+        diff_base: str | None,
+        *,
+        title: str,
+        shown: AgentResult,
+        shown_prompt: str,
+        tests: str | None,
+        row: str,
+        own_host: str | None,
+        receipt: Receipt | None,
+    ) -> Outcome:
+        """A follow-up's publication: a new commit on the family's branch (a fast-forward, never
+        forced: if someone pushed meanwhile, the push is refused), then the same PR updated."""
+        branch = start_repo.base_branch
+        ctx.progress(Stage.PUSHING, f"Pushing a new commit to {branch}")
+        await host.push(start_repo, git_dir, change.head_sha, branch)
+        ctx.progress(Stage.PR, f"Updating pull request #{pr.number}")
+        comment = self.redactor.text(
+            followup_comment(
+                prompt=shown_prompt,
+                requester=ctx.request.requester,
+                result=shown,
+                change=change,
+                commit=change.head_sha,
+                tests=tests,
+                run_url=ctx.run_url,
+                run_id=ctx.run_id,
+                keep_host=own_host,
+            )
+        )
+        updated = await host.update_pull_request(
+            start_repo, pr.number, body=with_run(pr.body, row), comment=comment
+        )
+        ctx.emit(
+            EventType.PR_UPDATED,
+            {
+                "pr_url": updated.url,
+                "pr_number": updated.number,
+                "branch": branch,
+                "base_sha": diff_base,
+                "commit": change.head_sha,
+                "title": title,
+                "files_changed": len(change.files),
+                "additions": change.additions,
+                "deletions": change.deletions,
+                "draft": pr.draft,
+            },
+        )
+        verdict = ""
+        if receipt is not None and not receipt.passed:
+            verdict = " (verification failed: see the comment)"
+        return Outcome(
+            RunStatus.SUCCEEDED,
+            f"Updated {updated.url} with {change.head_sha[:12]}{verdict}",
+            pr_url=updated.url,
+            pr_number=updated.number,
+            summary=_summary(title, shown.body),
+        )
 
     async def _clone(
         self,
@@ -278,31 +426,25 @@ class Pipeline:
         sandbox: Sandbox,
         remote: str,
         layer: Layer | None,
+        setup_at: str | None = None,
     ) -> str:
         """Check the real base commit out in the sandbox from its shallow payload; return it.
 
         A sandbox made from a cached environment already has a repository (of the commit setup
         ran on): the payload's pack goes into it, unless that commit is this base, and the base
-        is checked out over it; the environment's untracked files stay."""
+        is checked out over it; the environment's untracked files stay. `setup_at` (a
+        follow-up's environment commit, in the payload's history) is checked out instead, when
+        the shallow history holds it: the caller checks the base out after setup."""
         layer_base = layer.manifest.base_sha if layer is not None else None
         if not await place(sandbox, base, remote, layer_base=layer_base):
             ctx.progress(
                 Stage.CLONING,
                 f"The cached environment already holds {base.sha[:12]}: nothing to send",
             )
-        q = shlex.quote
-        result = await sandbox.exec(
-            f"git -c core.hooksPath=/dev/null checkout --quiet --force -B {q(base.branch)} {q(base.sha)}\n"
-            + f'test "$(git rev-parse HEAD)" = {q(base.sha)}\n',
-            timeout=600,
-            max_output=4000,
-        )
-        if result.exit_code != 0:
-            raise RunFailure(
-                "clone_failed",
-                f"the repository could not be checked out in the sandbox: {result.output[-300:]}",
-                retryable=True,
-            )
+        if setup_at and setup_at != base.sha and await _has_commit(sandbox, setup_at):
+            await _check_out(sandbox, base.branch, setup_at)
+        else:
+            await _check_out(sandbox, base.branch, base.sha)
         return base.sha
 
     async def _agent(
@@ -313,6 +455,8 @@ class Pipeline:
         repo: ResolvedRepo,
         plan: EnvironmentPlan,
         prepared: Prepared,
+        family: FamilyStart,
+        pr_diff: str | None,
     ) -> AgentResult:
         limits = AgentLimits(**{**self.settings.limits.__dict__, "deadline": ctx.deadline})
         agent = Agent(
@@ -327,6 +471,7 @@ class Pipeline:
                 agent_hosts=list(plan.network.agent),
                 verify=list(plan.verify),
             ),
+            inbox=ctx.inbox,
         )
         context, tree = await _repository_context(sandbox)
         first = prompts.first_message(
@@ -336,6 +481,10 @@ class Pipeline:
             base_branch=repo.base_branch,
             context=context,
             tree=tree,
+            request_context=ctx.request.context,
+            earlier=family.earlier,
+            pr_diff=pr_diff,
+            branch=family.branch,
         )
         result = await agent.run(first)
         if result.outcome == "refusal":
@@ -392,6 +541,69 @@ class Pipeline:
                 "nothing was published",
             )
         return change
+
+
+@dataclass
+class FamilyStart:
+    """Where a run starts within its family: nothing special for a first run; for a follow-up,
+    what the earlier runs did and, while their PR is open, its branch's head to build on."""
+
+    earlier: list[EarlierRun] = field(default_factory=list)
+    continuing: PullRequestState | None = None  # the open PR this run updates
+    start_repo: ResolvedRepo | None = None  # the repository at the branch's head
+    env_repo: ResolvedRepo | None = None  # the repository at the family's base (its environment)
+    diff_base: str | None = None  # where the PR's changes start, for the agent's view of them
+    branch: str | None = None
+    notes: list[str] = field(default_factory=list)  # said in a new PR's body (old PR merged...)
+
+
+def _verdict(receipt: Receipt | None) -> str:
+    if receipt is None:
+        return "not verified"
+    return "passed" if receipt.passed else "**failed**"
+
+
+def _summary(title: str, body: str | None) -> str:
+    """What later runs of the family are told this run did: its title and summary."""
+    return f"{title}\n\n{(body or '').strip()}".strip()[:4000]
+
+
+async def _check_out(sandbox: Sandbox, branch: str, sha: str) -> None:
+    q = shlex.quote
+    result = await sandbox.exec(
+        f"git -c core.hooksPath=/dev/null checkout --quiet --force -B {q(branch)} {q(sha)}\n"
+        + f'test "$(git rev-parse HEAD)" = {q(sha)}\n',
+        timeout=600,
+        max_output=4000,
+    )
+    if result.exit_code != 0:
+        raise RunFailure(
+            "clone_failed",
+            f"the repository could not be checked out in the sandbox: {result.output[-300:]}",
+            retryable=True,
+        )
+
+
+async def _has_commit(sandbox: Sandbox, sha: str) -> bool:
+    result = await sandbox.exec(
+        f"git cat-file -e {shlex.quote(sha)}^{{commit}}", timeout=30, max_output=500
+    )
+    return result.exit_code == 0
+
+
+async def _pr_diff(sandbox: Sandbox, diff_base: str | None) -> str:
+    """The PR's changes so far, for a follow-up's agent: the diff from the family's base to
+    the checkout, when the shallow history reaches that far."""
+    if not diff_base or not await _has_commit(sandbox, diff_base):
+        return "(not available: the branch's history here does not reach its base)"
+    limit = prompts.PR_DIFF_LIMIT + 1000
+    result = await sandbox.exec(
+        f"git -c core.hooksPath=/dev/null diff --no-color --no-ext-diff --stat --patch "
+        f"{shlex.quote(diff_base)} HEAD | head -c {limit}",
+        timeout=60,
+        max_output=limit + 1000,
+    )
+    return result.output
 
 
 CONTEXT_SEPARATOR = "\x1e"  # ASCII record separator: cannot appear in a path git prints

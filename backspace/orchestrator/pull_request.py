@@ -90,6 +90,9 @@ def render_body(
     environment: str | None = None,
     run_id: str,
     keep_host: str | None = None,
+    runs_row: str | None = None,
+    notes: list[str] | None = None,
+    closes_issue: int | None = None,
 ) -> str:
     """The body; `keep_host` is the one host the untrusted parts may link to (as text).
 
@@ -98,6 +101,11 @@ def render_body(
     parts: list[str] = []
     summary = sanitise((result.body or "").strip(), keep_host)
     parts.append(summary or "_The agent did not write a summary._")
+    if closes_issue is not None:
+        # backspace's own words: the one closing keyword in the body, for the issue that asked.
+        parts.append(f"Closes #{closes_issue}")
+    for note in notes or []:
+        parts.append(f"> [!NOTE]\n> {note}")
     if result.outcome != "finished":
         message = " ".join(sanitise(result.message, keep_host).split())
         parts.append(f"> [!WARNING]\n> The agent did not finish: {message}. Review with care.")
@@ -125,6 +133,8 @@ def render_body(
         parts.append(tests)
     if environment:
         parts.append(environment)
+    if runs_row:
+        parts.append(with_run("", runs_row))
     usage = result.usage
     parts.append(
         f"---\nOpened by [backspace run {run_id[:8]}]({run_url}) · {result.turns} model turns · "
@@ -134,3 +144,73 @@ def render_body(
     if len(body) > BODY_LIMIT:
         body = body[: BODY_LIMIT - 200] + f"\n\n[… cut …]\n\n<!-- backspace:run={run_id} -->"
     return body
+
+
+RUNS_START = "<!-- backspace:runs -->"
+RUNS_END = "<!-- /backspace:runs -->"
+RUNS_HEADER = "## Runs\n\n| run | request | verification | cost |\n|---|---|---|---|"
+
+
+def runs_row(
+    *,
+    run_id: str,
+    run_url: str,
+    prompt: str,
+    verification: str,
+    cost_usd: float,
+    keep_host: str | None = None,
+) -> str:
+    """One run of a PR's family as a row of the body's Runs table, every cell inert."""
+    request = " ".join(sanitise(prompt, keep_host).split()).replace("|", "\\|")
+    if len(request) > 100:
+        request = request[:99] + "…"
+    return f"| [{run_id[:8]}]({run_url}) | {request} | {verification} | ${cost_usd:.2f} |"
+
+
+def with_run(body: str, row: str) -> str:
+    """The body with `row` added to its Runs section (made when missing); the rest of the
+    body, people's edits included, is kept as it is."""
+    start, end = body.find(RUNS_START), body.find(RUNS_END)
+    if start != -1 and end > start:
+        section = body[start + len(RUNS_START) : end].rstrip()
+        return f"{body[:start]}{RUNS_START}{section}\n{row}\n{body[end:]}"
+    block = f"{RUNS_START}\n{RUNS_HEADER}\n{row}\n{RUNS_END}"
+    if not body:
+        return block
+    footer = body.find("\n---\nOpened by [backspace run")
+    if footer == -1:
+        return f"{body}\n\n{block}"
+    return f"{body[:footer]}\n\n{block}\n{body[footer:]}"
+
+
+def followup_comment(
+    *,
+    prompt: str,
+    requester: str | None,
+    result: AgentResult,
+    change: Change,
+    commit: str,
+    tests: str | None,
+    run_url: str,
+    run_id: str,
+    keep_host: str | None = None,
+) -> str:
+    """The comment a follow-up leaves on the PR it updated: what was asked, what changed."""
+    who = " by " + " ".join(sanitise(requester, keep_host).split()) if requester else ""
+    summary = sanitise((result.body or "").strip(), keep_host) or "_No summary._"
+    files = ", ".join(_path_cell(f.path) for f in change.files[:20])
+    more = f" and {len(change.files) - 20} more" if len(change.files) > 20 else ""
+    parts = [
+        f"**backspace pushed `{commit[:12]}`** for a follow-up{who}:",
+        _quote(prompt, keep_host),
+        summary,
+        f"{len(change.files)} files, +{change.additions} −{change.deletions}: {files}{more}",
+    ]
+    if result.outcome != "finished":
+        message = " ".join(sanitise(result.message, keep_host).split())
+        parts.append(f"> [!WARNING]\n> The agent did not finish: {message}. Review with care.")
+    if tests:
+        parts.append(tests)
+    parts.append(f"[backspace run {run_id[:8]}]({run_url})\n\n<!-- backspace:run={run_id} -->")
+    text = "\n\n".join(parts)
+    return text if len(text) <= BODY_LIMIT else text[: BODY_LIMIT - 100] + "\n\n[… cut …]"

@@ -9,6 +9,7 @@ from typing import Any
 from backspace.orchestrator.errors import RunFailure as RunFailure
 from backspace.orchestrator.events import EventType, RunStatus, Stage
 from backspace.orchestrator.githosts.base import RepoRef
+from backspace.orchestrator.inbox import Inbox
 from backspace.orchestrator.sandboxes.base import ExecResult
 
 
@@ -24,6 +25,33 @@ class RunRequest:
     requester: str | None = None  # a display name, for the PR body
     co_author: str | None = None  # "Name <email>" for Co-authored-by, when known
     meta: dict[str, Any] = field(default_factory=dict)
+    # Text for the agent beside the request (an issue's body, a review comment's file and line),
+    # shown to it apart from the request, as coming from the front end.
+    context: str | None = None
+    closes_issue: int | None = None  # the PR body says `Closes #N`
+    parent_id: str | None = None  # a follow-up: the run it continues
+    family_id: str | None = None  # a follow-up: the family it belongs to
+
+
+@dataclass(frozen=True)
+class EarlierRun:
+    """What a follow-up's agent is told about one earlier run of its family."""
+
+    prompt: str
+    status: str
+    summary: str | None
+
+
+@dataclass(frozen=True)
+class Continuation:
+    """Where a follow-up starts: the family's branch and PR, read when the run starts (an
+    earlier run may have opened them while this one waited)."""
+
+    earlier: list[EarlierRun]
+    branch: str | None = None  # the family's branch, when an earlier run pushed one
+    pr_number: int | None = None
+    pr_url: str | None = None
+    base_sha: str | None = None  # where the family's first change started, for the PR's diff
 
 
 @dataclass
@@ -31,6 +59,8 @@ class Outcome:
     status: RunStatus
     message: str = ""
     pr_url: str | None = None
+    summary: str | None = None  # the agent's title and summary, for the family's later runs
+    pr_number: int | None = None
 
 
 @dataclass
@@ -42,6 +72,8 @@ class RunContext:
     run_url: str
     stage: Stage = Stage.QUEUED
     cancel_reason: str | None = None  # "cancel" or "shutdown" once the runner stops the task
+    inbox: Inbox = field(default_factory=Inbox)  # follow-ups steered into the running agent
+    continuation: Continuation | None = None  # set for a follow-up when it starts
 
     def progress(self, stage: Stage, message: str, percentage: int | None = None) -> None:
         self.stage = stage

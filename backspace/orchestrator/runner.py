@@ -22,8 +22,9 @@ from backspace.orchestrator.errors import BackspaceError, RunFailure, StoreError
 from backspace.orchestrator.errors import NotAccepting as NotAccepting
 from backspace.orchestrator.events import Event, EventType, RunStatus, Stage, now_iso
 from backspace.orchestrator.hub import EventHub
+from backspace.orchestrator.inbox import Steer
 from backspace.orchestrator.redact import Redactor
-from backspace.orchestrator.run import Outcome, RunContext, RunRequest
+from backspace.orchestrator.run import Continuation, EarlierRun, Outcome, RunContext, RunRequest
 from backspace.orchestrator.store import Run, RunError, Store
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ class Runner:
         self._positions: dict[str, int] = {}
         self._contexts: dict[str, RunContext] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._families: dict[str, str] = {}  # family id -> its run executing now
         self._accepting = True
 
     # --- life cycle ------------------------------------------------------------------------------
@@ -133,8 +135,11 @@ class Runner:
         if not self._accepting:
             raise NotAccepting("the server is shutting down and takes no new runs")
         now = now_iso()
+        run_id = str(uuid.uuid4())
         run = Run(
-            id=str(uuid.uuid4()),
+            id=run_id,
+            family_id=request.family_id or run_id,
+            parent_id=request.parent_id,
             created_at=now,
             updated_at=now,
             status=RunStatus.QUEUED,
@@ -155,13 +160,54 @@ class Runner:
             run_url=f"{self.public_url}/api/runs/{run.id}",
         )
         self._contexts[run.id] = ctx
-        ctx.emit(
-            EventType.START,
-            {"repo_url": request.repo_url, "prompt": request.prompt, "run_url": ctx.run_url},
-        )
+        start: dict[str, Any] = {
+            "repo_url": request.repo_url,
+            "prompt": request.prompt,
+            "run_url": ctx.run_url,
+        }
+        if request.parent_id:
+            start.update(family_id=run.family_id, parent_id=request.parent_id)
+        ctx.emit(EventType.START, start)
         self._waiting.append(run.id)
         self._pump()
         return run
+
+    def steer(self, family_id: str, message: Steer) -> str | None:
+        """Deliver a follow-up into the family's run while its agent works; that run's id, or
+        None when no agent of the family is listening (the caller queues it instead)."""
+        run_id = self._families.get(family_id)
+        ctx = self._contexts.get(run_id) if run_id else None
+        if ctx is None or not ctx.inbox.put(message):
+            return None
+        ctx.emit(
+            EventType.FOLLOWUP_RECEIVED,
+            {
+                "prompt": message.prompt,
+                "requester": message.requester,
+                "source": message.source,
+                "mode": "steer",
+            },
+        )
+        return ctx.run_id
+
+    def note_queued_followup(self, run_id: str, followup: Run, request: RunRequest) -> None:
+        """Tell the viewers of an executing run that a follow-up waits behind it."""
+        if run_id in self._contexts:
+            self._emit(
+                run_id,
+                EventType.FOLLOWUP_RECEIVED,
+                {
+                    "prompt": request.prompt,
+                    "requester": request.requester,
+                    "source": request.source,
+                    "mode": "queue",
+                    "followup_run_id": followup.id,
+                },
+            )
+
+    def executing_in_family(self, family_id: str) -> str | None:
+        """The family's run that executes now, if one does."""
+        return self._families.get(family_id)
 
     async def cancel(self, run_id: str) -> bool:
         """Cancel a queued or running run; False when it is not live (unknown or finished)."""
@@ -185,22 +231,41 @@ class Runner:
         return True
 
     def _pump(self) -> None:
-        while self._waiting and len(self._tasks) < self.limits.max_concurrent:
-            run_id = self._waiting.popleft()
+        """Start waiting runs, oldest first, while slots are free; a run whose family has a run
+        executing waits for it (a family's runs build on each other's branch)."""
+        for run_id in list(self._waiting):
+            if len(self._tasks) >= self.limits.max_concurrent:
+                break
+            family = self._family_of(run_id)
+            if family in self._families:
+                continue
+            self._waiting.remove(run_id)
             self._positions.pop(run_id, None)
+            self._families[family] = run_id
             self._tasks[run_id] = asyncio.create_task(self._execute(run_id), name=f"run-{run_id}")
         self._announce_positions()
+
+    def _family_of(self, run_id: str) -> str:
+        request = self._contexts[run_id].request
+        return request.family_id or run_id
 
     def _announce_positions(self) -> None:
         for position, run_id in enumerate(self._waiting, start=1):
             if self._positions.get(run_id) != position:
                 self._positions[run_id] = position
+                behind = self._families.get(self._family_of(run_id))
+                message = (
+                    f"Waiting for run {behind} of the same pull request to finish: "
+                    f"position {position} in the queue"
+                    if behind
+                    else f"Waiting for a free slot: position {position} in the queue"
+                )
                 self._emit(
                     run_id,
                     EventType.PROGRESS,
                     {
                         "stage": str(Stage.QUEUED),
-                        "message": f"Waiting for a free slot: position {position} in the queue",
+                        "message": message,
                         "percentage": 0,
                         "position": position,
                     },
@@ -216,6 +281,8 @@ class Runner:
         timer: asyncio.Timeout | None = None
         try:
             self.store.update_run(run_id, status=RunStatus.RUNNING)
+            if ctx.request.family_id:
+                ctx.continuation = self._continuation(ctx.request.family_id, run_id)
             async with asyncio.timeout(self.limits.max_duration) as timer:
                 outcome = await self.pipeline.run(ctx)
             status = outcome.status
@@ -251,6 +318,9 @@ class Runner:
             failure = BackspaceError(f"backspace failed unexpectedly: {type(exc).__name__}: {exc}")
         finally:
             self._tasks.pop(run_id, None)
+            family = self._family_of(run_id)
+            if self._families.get(family) == run_id:
+                del self._families[family]
             try:
                 self._finish(
                     run_id, status, failure, started=started, outcome=outcome, stage=ctx.stage
@@ -284,6 +354,7 @@ class Runner:
         }
         if pr_url:
             final["pr_url"] = pr_url
+        summary = self.redactor.text(outcome.summary) if outcome and outcome.summary else None
         try:
             if failure is not None:
                 self._emit(
@@ -303,6 +374,7 @@ class Runner:
                 finished_at=now_iso(),
                 duration_ms=duration_ms,
                 pr_url=pr_url,
+                **({"summary": summary} if summary else {}),
                 error=(
                     RunError(code=failure.code, message=self.redactor.text(reason))
                     if failure is not None and reason is not None
@@ -315,6 +387,32 @@ class Runner:
             self._announce_unrecorded_end(run_id, final)
         finally:
             self.store.forget_seq(run_id)
+
+    def _continuation(self, family_id: str, run_id: str) -> Continuation:
+        """What the family's earlier runs left: their requests and summaries, and the newest
+        branch and PR one of them published (read now: it may have been opened while we waited)."""
+        earlier = []
+        published: Run | None = None
+        for run in self.store.family_runs(family_id):
+            if run.id == run_id:
+                break
+            earlier.append(
+                EarlierRun(prompt=run.prompt, status=str(run.status), summary=run.summary)
+            )
+            if run.branch and run.pr_url:
+                published = run
+        first_base = next(
+            (r.base_sha for r in self.store.family_runs(family_id) if r.base_sha), None
+        )
+        if published is None:
+            return Continuation(earlier=earlier)
+        return Continuation(
+            earlier=earlier,
+            branch=published.branch,
+            pr_number=published.pr_number,
+            pr_url=published.pr_url,
+            base_sha=first_base,
+        )
 
     def _announce_unrecorded_end(self, run_id: str, final: dict[str, Any]) -> None:
         """The store failed: live viewers still get the `complete` (it is not stored)."""
@@ -337,8 +435,14 @@ class Runner:
                 input_tokens=clean.get("input_tokens", 0),
                 output_tokens=clean.get("output_tokens", 0),
             )
-        elif type_ == EventType.PR_CREATED:
-            self.store.update_run(run_id, branch=clean.get("branch"), pr_url=clean.get("pr_url"))
+        elif type_ in (EventType.PR_CREATED, EventType.PR_UPDATED):
+            self.store.update_run(
+                run_id,
+                branch=clean.get("branch"),
+                pr_url=clean.get("pr_url"),
+                pr_number=clean.get("pr_number"),
+                base_sha=clean.get("base_sha"),
+            )
         elif type_ == EventType.PROGRESS and clean.get("stage"):
             self.store.update_run(run_id, stage=clean["stage"])
         self.hub.publish(event)

@@ -27,6 +27,7 @@ from backspace.orchestrator.events import Event
 from backspace.orchestrator.githosts.base import GitHost, RepoRef, RepoRefError
 from backspace.orchestrator.githosts.references import RepoAllowlist
 from backspace.orchestrator.hub import EventHub
+from backspace.orchestrator.inbox import Steer
 from backspace.orchestrator.redact import Redactor
 from backspace.orchestrator.run import RunRequest
 from backspace.orchestrator.runner import NotAccepting, Runner
@@ -36,6 +37,26 @@ from backspace.orchestrator.store import Run, Store, StoreError, StoreFull
 log = logging.getLogger(__name__)
 
 PROMPT_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+CONTEXT_LIMIT = 20_000  # characters of a front end's context (an issue body) the agent is shown
+FOLLOWUP_MODES = ("queue", "steer")
+
+
+@dataclass(frozen=True)
+class FollowUp:
+    """What became of a follow-up: the run that carries it (a new one, or the running one it
+    was steered into) and a sentence for the person who sent it."""
+
+    run: Run
+    steered: bool
+    message: str
+
+
+def _clean_context(context: str | None) -> str | None:
+    """A front end's context without control characters, cut to CONTEXT_LIMIT."""
+    if not context:
+        return None
+    text = PROMPT_CONTROL.sub("", context)
+    return text if len(text) <= CONTEXT_LIMIT else text[:CONTEXT_LIMIT] + "\n[... cut ...]"
 
 
 @dataclass(frozen=True)
@@ -76,18 +97,110 @@ class Service:
         requester: str | None = None,
         meta: dict[str, Any] | None = None,
         gate: Callable[[], None] | None = None,
+        context: str | None = None,
+        closes_issue: int | None = None,
     ) -> Run:
         """Check the request, then record and queue the run; a `Refusal` says why not.
 
         `gate` is a front end's own last check (the API's rate limit): it is called once every
         check here has passed, right before the run is recorded, so only a request that would
-        start a run counts against it. What it raises passes through.
+        start a run counts against it. What it raises passes through. `context` is text the
+        agent sees beside the request (an issue's body); `closes_issue` goes into the PR body.
         """
         self.check_prompt(prompt)
         try:
             ref = self.parse_repo(repo_url)
         except RepoRefError as exc:
             raise Refusal(Reason.REPOSITORY, str(exc), field="repo_url") from None
+        request = RunRequest(
+            repo_url=repo_url,
+            repo=ref,
+            prompt=prompt,
+            base_branch=base_branch,
+            co_author=co_author,
+            source=source,
+            requester=requester,
+            meta=dict(meta or {}),
+            context=_clean_context(context),
+            closes_issue=closes_issue,
+        )
+        return self._submit(request, gate)
+
+    def follow_up(
+        self,
+        run_id: str,
+        prompt: str,
+        *,
+        mode: str = "queue",
+        source: str = "api",
+        requester: str | None = None,
+        co_author: str | None = None,
+        meta: dict[str, Any] | None = None,
+        gate: Callable[[], None] | None = None,
+        context: str | None = None,
+    ) -> FollowUp:
+        """Continue the family of `run_id` (any run of it): a new run on the same branch and PR,
+        queued behind the family's running run; or, with `mode="steer"`, the words delivered to
+        that run's agent at its next turn. A steer with no agent listening is queued instead.
+        """
+        if mode not in FOLLOWUP_MODES:
+            raise Refusal(
+                Reason.MODE,
+                f'mode is {mode!r}: use "queue" (a new run after the current one) or '
+                '"steer" (into the running run)',
+                field="mode",
+            )
+        self.check_prompt(prompt)
+        parent = self.store.get_run(run_id)
+        if parent is None:
+            raise Refusal(Reason.UNKNOWN_RUN, f"there is no run {run_id}", subject=run_id)
+        family_id = parent.family_id or parent.id
+        context = _clean_context(context)
+        if mode == "steer":
+            if gate is not None:
+                gate()
+            steered = self.runner.steer(
+                family_id, Steer(prompt=prompt, requester=requester, source=source, context=context)
+            )
+            if steered is not None:
+                run = self.store.get_run(steered)
+                if run is not None:
+                    return FollowUp(run, True, "delivered to the running run's agent")
+            gate = None  # already counted
+        latest = self.store.family_runs(family_id)
+        newest = latest[-1] if latest else parent
+        try:
+            ref = self.parse_repo(parent.repo_url)
+        except RepoRefError as exc:
+            raise Refusal(Reason.REPOSITORY, str(exc), field="repo_url") from None
+        request = RunRequest(
+            repo_url=parent.repo_url,
+            repo=ref,
+            prompt=prompt,
+            base_branch=parent.base_branch,
+            co_author=co_author,
+            source=source,
+            requester=requester,
+            meta=dict(meta or {}),
+            context=context,
+            parent_id=newest.id,
+            family_id=family_id,
+        )
+        run = self._submit(request, gate)
+        executing = self.runner.executing_in_family(family_id)
+        if executing is not None and executing != run.id:
+            note = f"queued behind run {executing}, which is still working on this pull request"
+            self.runner.note_queued_followup(executing, run, request)
+        elif mode == "steer":
+            note = "no run of this pull request was working, so it starts as a new run"
+        else:
+            note = "started as a new run on the same pull request"
+        return FollowUp(run, False, note)
+
+    def _submit(self, request: RunRequest, gate: Callable[[], None] | None) -> Run:
+        """The checks every run shares (host, model, sandbox, the front end's gate), then the
+        runner; one `Refusal` for whatever stops it."""
+        ref = request.repo
         usable, message = self.hosts[ref.host].check()
         if not usable:
             raise Refusal(Reason.GIT_HOST, message, subject=ref.name)
@@ -101,16 +214,6 @@ class Service:
             raise Refusal(Reason.SANDBOX, message, subject=self.sandboxes.name)
         if gate is not None:
             gate()
-        request = RunRequest(
-            repo_url=repo_url,
-            repo=ref,
-            prompt=prompt,
-            base_branch=base_branch,
-            co_author=co_author,
-            source=source,
-            requester=requester,
-            meta=dict(meta or {}),
-        )
         try:
             return self.runner.submit(request)
         except NotAccepting as exc:
@@ -163,6 +266,21 @@ class Service:
     # --- runs ------------------------------------------------------------------------------------
     def get_run(self, run_id: str) -> Run | None:
         return self.store.get_run(run_id)
+
+    def family(self, run_id: str) -> list[Run]:
+        """Every run of `run_id`'s family (its PR's conversation), oldest first."""
+        run = self.store.get_run(run_id)
+        if run is None:
+            return []
+        return self.store.family_runs(run.family_id or run.id) or [run]
+
+    def run_for_pull_request(self, pr_url: str) -> Run | None:
+        """The newest run of the family that owns the pull request at `pr_url`."""
+        run = self.store.run_for_pull_request(pr_url)
+        if run is None:
+            return None
+        family = self.store.family_runs(run.family_id or run.id)
+        return family[-1] if family else run
 
     def list_runs(self, limit: int = 50, before: str | None = None) -> list[Run]:
         return self.store.list_runs(limit, before=before)

@@ -12,6 +12,7 @@ import json
 import shutil
 import sqlite3
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +36,14 @@ CREATE TABLE IF NOT EXISTS runs (
     source TEXT NOT NULL,
     requester TEXT,
     base_branch TEXT,
+    family_id TEXT,
+    parent_id TEXT,
+    base_sha TEXT,
     branch TEXT,
     pr_url TEXT,
+    pr_number INTEGER,
     error_code TEXT,
+    summary TEXT,
     error_message TEXT,
     duration_ms INTEGER,
     cost_usd REAL NOT NULL DEFAULT 0,
@@ -47,6 +53,18 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 CREATE INDEX IF NOT EXISTS runs_created ON runs (created_at DESC);
 CREATE INDEX IF NOT EXISTS runs_status ON runs (status);
+CREATE TABLE IF NOT EXISTS deliveries (
+    source TEXT NOT NULL,
+    id TEXT NOT NULL,
+    received_at TEXT NOT NULL,
+    PRIMARY KEY (source, id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS pull_request_comments (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    pr_id INTEGER NOT NULL,
+    body TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS events (
     run_id TEXT NOT NULL,
     seq INTEGER NOT NULL,
@@ -77,9 +95,25 @@ CREATE TABLE IF NOT EXISTS pull_requests (
     additions INTEGER NOT NULL,
     deletions INTEGER NOT NULL,
     diff TEXT NOT NULL,
-    created_at TEXT NOT NULL
+    created_at TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'open'
 );
 """
+# Columns added after a table was first made: (table, column, its definition). An older
+# database gains them at start; a new one has them from SCHEMA already.
+ADDED_COLUMNS = (
+    ("runs", "family_id", "TEXT"),
+    ("runs", "parent_id", "TEXT"),
+    ("runs", "base_sha", "TEXT"),
+    ("runs", "pr_number", "INTEGER"),
+    ("runs", "summary", "TEXT"),
+    ("pull_requests", "state", "TEXT NOT NULL DEFAULT 'open'"),
+)
+INDEXES = """
+CREATE INDEX IF NOT EXISTS runs_family ON runs (family_id, created_at);
+CREATE INDEX IF NOT EXISTS runs_pr_url ON runs (pr_url);
+"""
+DELIVERY_DAYS = 7  # a webhook's deliveries are remembered this long (GitHub redelivers for 3)
 
 
 @pydantic_dataclass(frozen=True, kw_only=True)
@@ -107,9 +141,14 @@ class Run:
     source: str = "api"
     requester: str | None = None
     base_branch: str | None = None
+    family_id: str | None = None  # the first run's id: every run of a PR's conversation shares it
+    parent_id: str | None = None  # the run this follow-up continues
+    base_sha: str | None = None  # the commit its branch started from, once it pushed one
     branch: str | None = None
     pr_url: str | None = None
+    pr_number: int | None = None
     error: RunError | None = None
+    summary: str | None = None  # the agent's title and summary, for the family's later runs
     created_at: str
     updated_at: str = dataclasses.field(default_factory=now_iso)
     finished_at: str | None = None
@@ -177,6 +216,7 @@ class PullRequestRecord:
     deletions: int
     diff: str
     created_at: str
+    state: str = "open"  # open, closed or merged
 
 
 class Store:
@@ -193,6 +233,8 @@ class Store:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(SCHEMA)
+        self._add_columns()
+        self._db.executescript(INDEXES)
         if max_bytes is not None:  # a size cap: past it, writes fail as on a full disk
             page = int(self._db.execute("PRAGMA page_size").fetchone()[0])
             self._db.execute(f"PRAGMA max_page_count = {max(1, max_bytes // page)}")
@@ -200,6 +242,12 @@ class Store:
 
     def close(self) -> None:
         self._db.close()
+
+    def _add_columns(self) -> None:
+        for table, column, definition in ADDED_COLUMNS:
+            have = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
 
     def headroom(self) -> tuple[bool, str]:
         """Whether the database's disk has BACKSPACE_DB_HEADROOM_MB free, and a sentence."""
@@ -324,6 +372,37 @@ class Store:
         ).fetchall()
         return [_run_from_row(r) for r in rows]
 
+    # --- families: a PR's conversation --------------------------------------------------------
+    def family_runs(self, family_id: str) -> list[Run]:
+        """Every run of a family, oldest first."""
+        rows = self._db.execute(
+            f"{_SELECT_RUNS} WHERE family_id = ? ORDER BY created_at, rowid", (family_id,)
+        ).fetchall()
+        return [_run_from_row(r) for r in rows]
+
+    def run_for_pull_request(self, pr_url: str) -> Run | None:
+        """The newest run that opened or updated the pull request at `pr_url`."""
+        row = self._db.execute(
+            f"{_SELECT_RUNS} WHERE pr_url = ? ORDER BY created_at DESC LIMIT 1", (pr_url,)
+        ).fetchone()
+        return _run_from_row(row) if row else None
+
+    # --- a webhook's deliveries, each acted on once ---------------------------------------------
+    def claim_delivery(self, source: str, delivery_id: str) -> bool:
+        """True the first time `(source, delivery_id)` is seen; False for a repeat."""
+        now = now_iso()
+        cutoff = datetime.now(UTC) - timedelta(days=DELIVERY_DAYS)
+        self._write(
+            "DELETE FROM deliveries WHERE received_at < ?",
+            (cutoff.isoformat(timespec="milliseconds").replace("+00:00", "Z"),),
+        )
+        cursor = self._write(
+            "INSERT INTO deliveries (source, id, received_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (source, id) DO NOTHING",
+            (source, delivery_id, now),
+        )
+        return cursor.rowcount == 1
+
     # --- a front end's per-channel default repository ------------------------------------------
     def set_channel_repo(self, team_id: str, channel_id: str, repo: str, set_by: str) -> None:
         self._write(
@@ -359,6 +438,42 @@ class Store:
         values = dict(row)
         values["files"] = json.loads(values["files"])
         return PullRequestRecord(**values)
+
+    def update_pull_request(self, pr_id: int, **fields: Any) -> None:
+        """Change a local pull request's title, body, head or state."""
+        unknown = set(fields) - {
+            "title",
+            "body",
+            "head_sha",
+            "state",
+            "files",
+            "additions",
+            "deletions",
+            "diff",
+        }
+        if unknown:
+            raise ValueError(f"unknown pull request fields: {sorted(unknown)}")
+        if "files" in fields:
+            fields["files"] = json.dumps(fields["files"])
+        assignments = ", ".join(f"{name} = ?" for name in fields)
+        self._write(
+            f"UPDATE pull_requests SET {assignments} WHERE id = ?",  # noqa: S608
+            (*fields.values(), pr_id),
+        )
+
+    def add_pull_request_comment(self, pr_id: int, body: str) -> int:
+        cursor = self._write(
+            "INSERT INTO pull_request_comments (pr_id, body, created_at) VALUES (?, ?, ?)",
+            (pr_id, body, now_iso()),
+        )
+        return int(cursor.lastrowid or 0)
+
+    def pull_request_comments(self, pr_id: int) -> list[dict[str, Any]]:
+        rows = self._db.execute(
+            "SELECT id, body, created_at FROM pull_request_comments WHERE pr_id = ? ORDER BY id",
+            (pr_id,),
+        ).fetchall()
+        return [dict(row) for row in rows]
 
     def _write(self, sql: str, params: tuple[Any, ...]) -> sqlite3.Cursor:
         try:

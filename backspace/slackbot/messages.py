@@ -255,3 +255,5 @@ def refusal_text(refusal: Refusal, command: str, *, in_thread: bool = False) -> 
             return f"backspace is restarting ({message}); try again in a minute."
         case Reason.STORE_FULL | Reason.STORE_FAILING:
             return f"backspace cannot take runs now: {message}"
+        case Reason.MODE | Reason.UNKNOWN_RUN:
+            return f"I cannot follow that up: {escape(message)}"

@@ -20,6 +20,7 @@ from backspace.orchestrator.agent.outcome import ToolOutcome
 from backspace.orchestrator.agent.pricing import Usage
 from backspace.orchestrator.agent.tools import BASH, EDITOR, FINISH, tool_definitions
 from backspace.orchestrator.events import AGENT_PERCENT_END, EventType, Stage
+from backspace.orchestrator.inbox import Inbox
 from backspace.orchestrator.sandboxes.base import Sandbox
 
 Emit = Callable[[str, dict[str, Any]], None]
@@ -27,6 +28,7 @@ Outcome = Literal["finished", "ended", "turn_limit", "cost_limit", "refusal"]
 
 CONTEXT_SOFT_LIMIT = 120_000  # input tokens; above it, old tool output is cleared in one chunk
 KEEP_RECENT_RESULTS = 6
+FINISHED = "Finished. The orchestrator will open the pull request."
 
 
 @dataclass
@@ -59,8 +61,10 @@ class Agent:
         limits: AgentLimits,
         tool_mode: Literal["builtin", "schema"] = "builtin",
         environment: str = "",
+        inbox: Inbox | None = None,
     ) -> None:
         self.model = model
+        self.inbox = inbox if inbox is not None else Inbox()
         self.emit = emit
         self.limits = limits
         self.tools = tool_definitions(tool_mode)
@@ -84,6 +88,14 @@ class Agent:
         self.turns = 0
 
     async def run(self, first_message: str) -> AgentResult:
+        """The loop; follow-ups steered into the run reach the model while it is open."""
+        self.inbox.open = True
+        try:
+            return await self._loop(first_message)
+        finally:
+            self.inbox.open = False
+
+    async def _loop(self, first_message: str) -> AgentResult:
         messages: list[dict[str, Any]] = [
             {"role": "user", "content": [{"type": "text", "text": first_message}]}
         ]
@@ -99,6 +111,9 @@ class Agent:
                     "refusal", f"the model refused to continue: {turn.stop_details}"
                 )
             if not calls:
+                if steered := self._steered():
+                    messages.append({"role": "user", "content": steered})
+                    continue
                 if turn.stop_reason == "pause_turn":
                     continue
                 if nudged:
@@ -109,9 +124,22 @@ class Agent:
                 )
                 continue
             results, finish = await self._carry_out(calls, cut_off=turn.stop_reason == "max_tokens")
+            steered = self._steered()
             if finish is not None:
-                return finish
-            messages.append({"role": "user", "content": results + self._wrap_up_notes()})
+                if not steered:
+                    return finish
+                # A follow-up arrived during the last turn: it is read before the run ends.
+                for result in results:
+                    if result["content"] == FINISHED:
+                        result["content"] = prompts.FINISH_DECLINED
+            messages.append({"role": "user", "content": results + steered + self._wrap_up_notes()})
+
+    def _steered(self) -> list[dict[str, Any]]:
+        """The follow-ups that arrived since the last turn, as text blocks (and as events)."""
+        blocks = []
+        for steer in self.inbox.take():
+            blocks.append({"type": "text", "text": prompts.steer_message(steer)})
+        return blocks
 
     async def _ask(self, messages: list[dict[str, Any]]) -> ModelTurn:
         self.turns += 1
@@ -181,7 +209,7 @@ class Agent:
         result = self._result("finished", "the agent finished")
         result.title, result.body = title[:200], body
         result.tests = str(tool_input.get("tests") or "").strip() or None
-        return ToolOutcome("Finished. The orchestrator will open the pull request."), result
+        return ToolOutcome(FINISHED), result
 
     def _limit_reached(self) -> AgentResult | None:
         if self.turns >= self.limits.max_turns:

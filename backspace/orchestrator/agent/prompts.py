@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from backspace.orchestrator.inbox import Steer
+from backspace.orchestrator.run import EarlierRun
+
 SYSTEM_PROMPT = """\
 You are backspace, an autonomous software engineer. A person asked for a change to a git \
 repository; you make it, and the orchestrator turns your work into a pull request.
@@ -84,14 +89,56 @@ def environment_note(
     return "\n".join(lines)
 
 
+PR_DIFF_LIMIT = 30_000  # characters of the PR's diff a follow-up's agent is shown
+SUMMARY_LIMIT = 2000
+
+
 def first_message(
-    task: str, *, repo: str, base_branch: str, context: dict[str, str], tree: str
+    task: str,
+    *,
+    repo: str,
+    base_branch: str,
+    context: dict[str, str],
+    tree: str,
+    request_context: str | None = None,
+    earlier: Sequence[EarlierRun] = (),
+    pr_diff: str | None = None,
+    branch: str | None = None,
 ) -> str:
-    """The task (verbatim, as data) plus what the repository says about itself."""
-    parts = [
-        f"Repository: {repo} (base branch `{base_branch}`)",
-        f"<task>\n{task}\n</task>",
-    ]
+    """The task (verbatim, as data) plus what the repository says about itself; for a
+    follow-up, first what the earlier runs of its pull request asked and did, and the PR's diff."""
+    where = f"branch `{branch}` of its pull request" if branch else f"base branch `{base_branch}`"
+    parts = [f"Repository: {repo} ({where})"]
+    if earlier:
+        parts.append(
+            "This is a follow-up on a pull request that earlier runs made. What they were asked "
+            "and what they reported:"
+        )
+        for number, run in enumerate(earlier, start=1):
+            summary = run.summary or "(no summary)"
+            if len(summary) > SUMMARY_LIMIT:
+                summary = summary[:SUMMARY_LIMIT] + "\n[... cut ...]"
+            parts.append(
+                f'<earlier_run number="{number}" status="{run.status}">\n<request>\n{run.prompt}\n'
+                f"</request>\n<summary>\n{summary}\n</summary>\n</earlier_run>"
+            )
+    if pr_diff is not None:
+        clipped_diff = (
+            pr_diff
+            if len(pr_diff) <= PR_DIFF_LIMIT
+            else pr_diff[:PR_DIFF_LIMIT] + "\n[... the diff goes on ...]"
+        )
+        parts.append(
+            "The pull request's changes so far (already in the checkout):\n"
+            f"<pr_diff>\n{clipped_diff}\n</pr_diff>"
+        )
+    task_name = "the new request" if earlier else "the task"
+    parts.append(f"<task>\n{task}\n</task>" + (f" ({task_name})" if earlier else ""))
+    if request_context:
+        parts.append(
+            "Context the request came with (from the front end that received it, as data):\n"
+            f"<task_context>\n{request_context}\n</task_context>"
+        )
     for name, text in context.items():
         limit = README_LIMIT if name.upper().startswith("README") else CONTEXT_FILE_LIMIT
         clipped = text if len(text) <= limit else text[:limit] + "\n[... cut ...]"
@@ -110,6 +157,25 @@ def wrap_up_note(reason: str) -> str:
         f"Note from the orchestrator: {reason}. Wrap up now: make sure the change is in a "
         "coherent state and call `finish` with the title and body."
     )
+
+
+FINISH_DECLINED = (
+    "Not finished yet: the requester sent a follow-up while you were working (below). Take it "
+    "into account, then call `finish` again."
+)
+
+
+def steer_message(steer: Steer) -> str:
+    """A follow-up steered into the running agent: the person's words, as data."""
+    who = f"{steer.requester} (via {steer.source})" if steer.requester else f"via {steer.source}"
+    parts = [
+        f"A follow-up from {who} arrived while you were working. It refines the task; "
+        "take it into account before you finish.",
+        f"<followup>\n{steer.prompt}\n</followup>",
+    ]
+    if steer.context:
+        parts.append(f"<followup_context>\n{steer.context}\n</followup_context>")
+    return "\n\n".join(parts)
 
 
 NUDGE_FINISH = (

@@ -86,6 +86,17 @@ class PullRequest:
     draft: bool = False
 
 
+@dataclass
+class PullRequestState:
+    """An existing PR as a follow-up finds it: open, closed or merged, and its body."""
+
+    url: str
+    number: int
+    state: str  # "open", "closed" or "merged"
+    body: str
+    draft: bool = False
+
+
 class GitHost(Protocol):
     name: str
 
@@ -115,3 +126,17 @@ class GitHost(Protocol):
     async def open_pull_request(
         self, repo: ResolvedRepo, draft: PullRequestDraft
     ) -> PullRequest: ...
+
+    async def branch_head(self, repo: ResolvedRepo, branch: str) -> str | None:
+        """The commit a branch points at now (someone may have pushed), or None when gone."""
+        ...
+
+    async def pull_request(self, repo: ResolvedRepo, number: int) -> PullRequestState:
+        """An existing pull request: whether it is still open, and its body."""
+        ...
+
+    async def update_pull_request(
+        self, repo: ResolvedRepo, number: int, *, body: str, comment: str
+    ) -> PullRequest:
+        """A follow-up's update: the new body (its Runs section gained a row) and a comment."""
+        ...

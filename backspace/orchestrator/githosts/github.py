@@ -29,6 +29,7 @@ from backspace.orchestrator.githosts.base import (
     GitHostError,
     PullRequest,
     PullRequestDraft,
+    PullRequestState,
     RepoRef,
     ResolvedRepo,
     what_the_server_said,
@@ -248,6 +249,29 @@ class GitHubHost:
             lambda g: _create_pull(
                 g, name, repo.base_branch, head, f"{owner}:{draft.branch}", draft
             ),
+        )
+
+    # --- follow-ups ------------------------------------------------------------------------------
+    async def branch_head(self, repo: ResolvedRepo, branch: str) -> str | None:
+        name = repo.ref.name
+        return await self._api(
+            f"read the branch {branch} of {name}", name, lambda g: _branch_sha(g, name, branch)
+        )
+
+    async def pull_request(self, repo: ResolvedRepo, number: int) -> PullRequestState:
+        name = repo.ref.name
+        return await self._api(
+            f"read pull request #{number} of {name}", name, lambda g: _pull_state(g, name, number)
+        )
+
+    async def update_pull_request(
+        self, repo: ResolvedRepo, number: int, *, body: str, comment: str
+    ) -> PullRequest:
+        name = repo.ref.name
+        return await self._api(
+            f"update pull request #{number} of {name}",
+            name,
+            lambda g: _update_pull(g, name, number, body, comment),
         )
 
     # --- plumbing --------------------------------------------------------------------------------
@@ -505,6 +529,30 @@ def _create_pull(
             pr.edit(title=draft.title, body=draft.body)
         else:
             raise
+    return PullRequest(url=pr.html_url, number=pr.number, draft=bool(pr.draft))
+
+
+def _branch_sha(g: Github, name: str, branch: str) -> str | None:
+    import github
+
+    try:
+        return str(g.get_repo(name).get_branch(branch).commit.sha)
+    except github.UnknownObjectException:
+        return None
+
+
+def _pull_state(g: Github, name: str, number: int) -> PullRequestState:
+    pr = g.get_repo(name).get_pull(number)
+    state = "merged" if pr.merged else str(pr.state)
+    return PullRequestState(
+        url=pr.html_url, number=pr.number, state=state, body=pr.body or "", draft=bool(pr.draft)
+    )
+
+
+def _update_pull(g: Github, name: str, number: int, body: str, comment: str) -> PullRequest:
+    pr = g.get_repo(name).get_pull(number)
+    pr.edit(body=body)
+    pr.create_issue_comment(comment)
     return PullRequest(url=pr.html_url, number=pr.number, draft=bool(pr.draft))
 
 

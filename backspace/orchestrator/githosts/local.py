@@ -16,6 +16,7 @@ from backspace.orchestrator.githosts.base import (
     GitHostError,
     PullRequest,
     PullRequestDraft,
+    PullRequestState,
     RepoRef,
     RepoRefError,
     ResolvedRepo,
@@ -174,6 +175,56 @@ class LocalGitHost:
             diff=draft.diff,
         )
         return PullRequest(url=f"{self.public_url}/prs/{pr_id}", number=pr_id, draft=draft.draft)
+
+    async def branch_head(self, repo: ResolvedRepo, branch: str) -> str | None:
+        origin = git_dir_of(Path(repo.ref.location))
+        try:
+            out = await git(
+                "rev-parse",
+                "--verify",
+                "--quiet",
+                f"refs/heads/{branch}^{{commit}}",
+                git_dir=origin,
+            )
+        except GitError:
+            return None
+        return out.strip() or None
+
+    async def pull_request(self, repo: ResolvedRepo, number: int) -> PullRequestState:
+        """A local PR is merged once its branch's head is in its base branch (people merge
+        with git); closed when its record says so."""
+        record = self.store.get_pull_request(number)
+        if record is None or record.repo != repo.ref.name:
+            raise GitHostError("pr_not_found", f"{repo.ref.name} has no pull request #{number}")
+        state = record.state
+        if state == "open":
+            head = await self.branch_head(repo, record.branch)
+            base = await self.branch_head(repo, record.base)
+            if head and base and head != base and await self._is_ancestor(repo, head, base):
+                state = "merged"
+                self.store.update_pull_request(number, state=state)
+        return PullRequestState(
+            url=f"{self.public_url}/prs/{number}", number=number, state=state, body=record.body
+        )
+
+    async def _is_ancestor(self, repo: ResolvedRepo, ancestor: str, of: str) -> bool:
+        origin = git_dir_of(Path(repo.ref.location))
+        try:
+            await git("merge-base", "--is-ancestor", ancestor, of, git_dir=origin)
+        except GitError:
+            return False
+        return True
+
+    async def update_pull_request(
+        self, repo: ResolvedRepo, number: int, *, body: str, comment: str
+    ) -> PullRequest:
+        record = self.store.get_pull_request(number)
+        if record is None:
+            raise GitHostError("pr_not_found", f"{repo.ref.name} has no pull request #{number}")
+        head = await self.branch_head(repo, record.branch)
+        self.store.update_pull_request(number, body=body, **({"head_sha": head} if head else {}))
+        self.store.add_pull_request_comment(number, comment)
+        return PullRequest(url=f"{self.public_url}/prs/{number}", number=number)
 
 
 def git_dir_of(top: Path) -> Path:
