@@ -33,7 +33,6 @@ from backspace.slackbot.messages import (
     status_text,
 )
 from backspace.slackbot.reporter import ChannelPacer, SlackReporter
-from backspace.slackbot.retries import SeenEvents
 from backspace.slackbot.tasks import Tasks, safe
 
 log = logging.getLogger(__name__)
@@ -64,7 +63,6 @@ class Listeners:
         self.command = settings.slack_command
         self.allowlist = Allowlist.from_settings(settings)
         self.pacer = ChannelPacer(settings.slack_post_interval)
-        self.seen = SeenEvents()
 
     def register(self, app: AsyncApp) -> None:
         app.middleware(self._allowlist)
@@ -133,7 +131,10 @@ class Listeners:
     async def _mention(
         self, body: dict[str, Any], event: dict[str, Any], client: AsyncWebClient
     ) -> None:
-        if self.seen.duplicate(str(body.get("event_id", ""))):
+        event_id = _text(body.get("event_id"))
+        # Slack re-sends an event it thinks was missed: it starts at most one run, across
+        # restarts too (the store remembers it).
+        if event_id and not self.service.store.claim_delivery("slack", event_id):
             return
         team = _text(body.get("team_id"))
         channel, user, ts = (
