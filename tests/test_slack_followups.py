@@ -17,7 +17,7 @@ from tests.conftest import git, make_repo
 from tests.fakes.anthropic import Reply, ToolCall
 from tests.fakes.slack import FakeSlack, SlackSigner, app_mention_event, send
 from tests.fakes.slack_socket import FakeSocketMode
-from tests.helpers import Shared, shared_rig
+from tests.helpers import Shared, shared_rig, wait_for_process
 from tests.scenarios import EDIT_SIGNUP, finish
 from tests.server import Server
 
@@ -251,3 +251,43 @@ async def test_status_shows_families(shared: Shared, slack: FakeSlack, signer: S
     child = lines[parent_line + 1]
     assert second["id"][:8] in child and "↳" in child and "follow-up" in child, text
     await slack.wait_until(lambda: len(broadcasts(slack)) == 2, timeout=20)
+
+
+async def test_steer_in_the_thread_reaches_the_running_agent(
+    shared: Shared, slack: FakeSlack, signer: SlackSigner
+) -> None:
+    repo = "fu-steer"
+    make_repo(shared.repos, repo)
+    marker = f"fu-steer-sleep-{time.monotonic_ns()}"
+    key = "fu-steer-first"
+    shared.model.scenarios[key] = [
+        Reply([ToolCall("bash", {"command": f"sleep 2; echo {marker}"})]),
+        Reply([EDIT_SIGNUP]),
+        finish(),
+    ]
+    body = signer.slash_command_body(
+        text=f"local:{repo} {key} validate names",
+        channel_id=CHANNEL,
+        response_url=slack.response_url(CHANNEL, "U1"),
+    )
+    assert await post(shared.server, signer, body, form=True) == 200
+    await wait_for_process(marker)
+    status = next(c for c in slack.calls_to("chat.postMessage") if c["args"].get("blocks"))
+    thread = str(status["response"]["ts"])
+    event = app_mention_event(
+        "<@U0BOT> steer: reject whitespace-only names too", channel=CHANNEL, thread_ts=thread
+    )
+    assert await post(shared.server, signer, signer.event_body(event, "Ev-fu-steer-1")) == 200
+    (run,) = await ended(shared.server, f"local:{repo}")
+    assert run["status"] == "succeeded", run
+    # No second run: the words went into the running one, at its next model turn.
+    second_turn = shared.model.requests_for(key)[1]["messages"][-1]["content"]
+    texts = [b.get("text", "") for b in second_turn if b.get("type") == "text"]
+    assert any("reject whitespace-only names too" in t for t in texts), texts
+    await slack.wait_until(
+        lambda: any(
+            "Delivered" in str(c["args"].get("text")) and c["args"].get("thread_ts") == thread
+            for c in slack.calls_to("chat.postMessage")
+        ),
+        timeout=10,
+    )
