@@ -27,7 +27,7 @@ from backspace.orchestrator.environment.policy import EnvironmentPolicy
 from backspace.orchestrator.environment.receipt import Receipt, environment_section
 from backspace.orchestrator.environment.setup import EnvironmentPlan, Prepared, Setup
 from backspace.orchestrator.environment.verification import Verification
-from backspace.orchestrator.errors import PolicyError, RunFailure
+from backspace.orchestrator.errors import GitHostError, PolicyError, RunFailure
 from backspace.orchestrator.events import EventType, RunStatus, Stage
 from backspace.orchestrator.family import (
     BranchCommits,
@@ -378,7 +378,18 @@ class Pipeline:
         forced: if someone pushed meanwhile, the push is refused), then the same PR updated."""
         branch = start_repo.base_branch
         ctx.progress(Stage.PUSHING, f"Pushing a new commit to {branch}")
-        await host.push(start_repo, git_dir, change.head_sha, branch)
+        try:
+            await host.push(start_repo, git_dir, change.head_sha, branch)
+        except GitHostError as exc:
+            if exc.code != "push_rejected":
+                raise
+            raise GitHostError(
+                "branch_moved",
+                f"{branch} moved while this follow-up worked (someone pushed to it), and "
+                f"backspace never force-pushes: send the follow-up again to build on it "
+                f"({exc.message})",
+                retryable=True,
+            ) from exc
         ctx.progress(Stage.PR, f"Updating pull request #{pr.number}")
         comment = self.redactor.text(
             followup_comment(
