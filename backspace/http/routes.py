@@ -248,7 +248,8 @@ def _pull_request(request: Request) -> Any:
 
 async def pull_request_json(request: Request) -> Response:
     record = _pull_request(request)
-    return JSONResponse(record.__dict__)
+    comments = _service(request).store.pull_request_comments(record.id)
+    return JSONResponse({**record.__dict__, "comments": comments})
 
 
 async def pull_request_html(request: Request) -> Response:

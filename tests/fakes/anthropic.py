@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import secrets
 import threading
 import time
@@ -211,6 +212,9 @@ def _resolve(step: Step, attempt: int) -> Item:
             return item
         remaining -= item.times
     return items[-1]
+
+
+_TASK = re.compile(r"<task>\n(.*?)\n</task>", re.DOTALL)
 
 
 def _first_user_text(body: dict[str, Any]) -> str:
@@ -422,9 +426,13 @@ class FakeAnthropic:
         text = _first_user_text(body)
         with self._lock:
             keys = list(self.scenarios)
-        for key in keys:
-            if key in text:
-                return key
+        # backspace's first message quotes a follow-up's earlier requests too: the key in the
+        # request itself (its <task>) wins.
+        task = _TASK.search(text)
+        for where in ([task.group(1)] if task else []) + [text]:
+            for key in keys:
+                if key in where:
+                    return key
         if self.default is not None and self.default in self.scenarios:
             return self.default
         return None
