@@ -1989,8 +1989,8 @@ class FakeGitHub:
         if content not in REACTIONS:
             raise _validation("Reaction", code="invalid", field="content")
         for seen in self.reactions:  # one reaction of a kind per user: 200 with the existing one
-            if (seen["subject"], seen["id"], seen["content"], seen["user"]) == (
-                subject, target, content, self.login
+            if (seen["repo"], seen["subject"], seen["id"], seen["content"], seen["user"]) == (
+                repo.full_name, subject, target, content, self.login
             ):  # fmt: skip
                 return 200, seen["json"], {}
         reaction_id = self._new_id()
