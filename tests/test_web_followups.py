@@ -178,6 +178,16 @@ def test_the_family_panel_lists_both_runs_after_a_follow_up(web: Web) -> None:
     assert b.js("return document.querySelector('#pr-link').href") == first["pr_url"]
     assert [r["current"] for r in family_rows(b)] == [None, "page"]
 
+    # The local PR page: the follow-up's comment, and both runs in the body's Runs table.
+    b.get(first["pr_url"])
+    comments = b.js(
+        "return [...document.querySelectorAll('#comments .comment')].map((c) => c.textContent)"
+    )
+    assert len(comments) == 1 and "wf-family-2: also strip spaces" in comments[0]
+    assert second_id in comments[0]
+    body = b.text(".body")
+    assert first_id[:8] in body and second_id[:8] in body
+
 
 def test_the_box_queues_a_follow_up_that_updates_the_same_pull_request(web: Web) -> None:
     first_id = start_run(web, "wf-box", "wf-box-1", [Reply([EDIT_SIGNUP]), finish()])
@@ -296,6 +306,12 @@ def test_hostile_text_in_a_familys_runs_is_shown_as_text(web: Web) -> None:
     wait_complete(b)
     assert b.text("#prompt") == HOSTILE_PROMPT
     assert b.js("return document.querySelectorAll('a[href^=\"javascript\"]').length") == 0
+    assert b.js("return document.querySelectorAll('main img, main script').length") == 0
+    assert b.alert_text() is None
+    # The PR page: the follow-up's comment quotes the prompt, as text (the markup broken for
+    # GitHub by an invisible U+200B).
+    b.get(wait_finished(web, first_id)["pr_url"])
+    assert HOSTILE_PROMPT in b.text("#comments .comment").replace("\u200b", "")
     assert b.js("return document.querySelectorAll('main img, main script').length") == 0
     assert b.alert_text() is None
 
