@@ -19,6 +19,7 @@ from bench import (
     egress,
     fanout,
     first_event,
+    followup,
     layers,
     overhead,
     slack_ack,
@@ -128,6 +129,12 @@ SUITE: dict[str, tuple[Bench, list[str], list[str], list[Target]]] = {
             Target("peak RSS above idle during a run", "rss_mb", 50, "MB"),
             Target("validating stage, 3-file change (p50)", "validating_s", 0.5, "s"),
         ],
+    ),
+    "followup": (
+        followup.main,
+        ["--rounds", "5"],
+        ["--rounds", "2", "--files", "200", "--commits", "20"],
+        [Target("follow-up to a ready sandbox / first run (cached base)", "ratio_warm", 1.1, "x")],
     ),
 }
 

@@ -73,6 +73,11 @@ def scenarios() -> dict[str, Sequence[Step]]:
             Reply([ToolCall("bash", {"command": THREE_FILES})]),
             _finish(),
         ],
+        # the same change again, on the branch a first run made: a follow-up
+        "followup-bench": [
+            Reply([ToolCall("bash", {"command": THREE_FILES})]),
+            _finish(),
+        ],
         "overhead-bench": [
             Reply([Text("Looking."), ToolCall("bash", {"command": "cat app.py"})]),
             Reply([ToolCall("str_replace_based_edit_tool", EDIT)]),

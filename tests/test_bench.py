@@ -30,11 +30,12 @@ TABLES = {
     "egress": "egress download",
     "layers": "layer",
     "clone": "big repositories",
+    "followup": "follow-ups: submission to a ready sandbox",
 }
 # About 12 s each at quick sizes on 2 cores.
 GROUPS = (
     ("concurrent", "store", "layers", "egress"),
-    ("overhead", "fanout"),
+    ("overhead", "fanout", "followup"),
     ("first_event", "slack_ack", "startup", "clone"),
 )
 

@@ -341,6 +341,34 @@ async def test_a_branch_someone_else_pushed_to_is_built_on_not_overwritten(share
     assert "human.txt" in told  # the PR's diff so far includes their commit
 
 
+async def test_a_branch_that_moves_while_the_follow_up_works_is_never_overwritten(
+    shared: Shared,
+) -> None:
+    first = await first_run(shared, "fam-race", "fam-race-1", [Reply([EDIT_SIGNUP]), finish()])
+    origin = shared.repos / "fam-race"
+    marker = f"fam-race-sleep-{time.monotonic_ns()}"
+    shared.model.scenarios["fam-race-2"] = [
+        Reply([STRIP]),
+        Reply([ToolCall("bash", {"command": f"sleep 2; echo {marker}"})]),
+        finish("Strip"),
+    ]
+    response, _ = await follow_up(shared, first["run_id"], "fam-race-2: strip", stream=False)
+    run_id = response.json()["run_id"]
+    await wait_for_process(marker)
+    git(origin, "checkout", "--quiet", first["branch"])
+    (origin / "human.txt").write_text("pushed meanwhile\n")
+    git(origin, "add", "human.txt")
+    git(origin, "commit", "--quiet", "-m", "Pushed while the follow-up worked")
+    theirs = git(origin, "rev-parse", "HEAD").strip()
+    git(origin, "checkout", "--quiet", "main")
+
+    final = await wait_status(shared.server, run_id, timeout=60)
+
+    assert final["status"] == "failed" and final["error"]["code"] == "branch_moved", final
+    assert "send the follow-up again" in final["error"]["message"]
+    assert git(origin, "rev-parse", first["branch"]).strip() == theirs, "their commit stays"
+
+
 async def test_a_follow_ups_environment_is_the_base_branchs_not_an_earlier_change(
     shared: Shared,
 ) -> None:
@@ -351,7 +379,8 @@ async def test_a_follow_ups_environment_is_the_base_branchs_not_an_earlier_chang
         "fam-env",
         {
             "app.py": "def signup(name):\n    return name\n",
-            ".backspace.toml": '[setup]\nrun = "echo base-setup > .env-made"\n',
+            ".backspace.toml": '[setup]\nrun = "echo base-setup > .env-made"\n'
+            '[verify]\nrun = ["grep -q raise app.py"]\n',
         },
     )
     evil = '[setup]\nrun = "echo evil-setup > .env-made"\n'
@@ -377,6 +406,10 @@ async def test_a_follow_ups_environment_is_the_base_branchs_not_an_earlier_chang
     assert not any("evil" in e["command"] for e in commands)
     [looked] = [e for e in commands if e["command"] == "cat .env-made"]
     assert looked["output"].strip() == "base-setup"
+    # Verification checked the follow-up's published tree out in a fresh sandbox (the branch's
+    # commits travel there too) and passed on it.
+    [verified] = of_type(second, "verification")
+    assert verified["passed"] is True, verified
     # The branch still has the earlier change (published for people to review), and the
     # follow-up's agent worked on the branch's head.
     branch = of_type(second, "pr_updated")[0]["branch"]

@@ -20,7 +20,7 @@ from tests.fakes.anthropic import FakeAnthropic, Reply, Text, ToolCall
 from tests.fakes.slack import FakeSlack, SlackSigner, send
 from tests.helpers import Shared, shared_rig
 from tests.scenarios import EDIT_SIGNUP, finish
-from tests.server import ROOT, Server
+from tests.server import ROOT, Server, start_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -387,3 +387,39 @@ async def test_not_in_channel_gets_an_ephemeral_invite_me_and_the_run_goes_on(
     )
     (run,) = await wait_runs(server, 1, "local:invite")
     assert run["status"] == "succeeded"
+
+
+async def test_a_retried_event_after_a_restart_starts_no_second_run(
+    slack: FakeSlack, signer: SlackSigner, tmp_path: Path
+) -> None:
+    """Slack re-sends an event it thinks was missed, maybe after the server restarted: the
+    store remembers the event ids, not the process."""
+    repos = tmp_path / "repos"
+    make_repo(repos, "restart")
+    with FakeAnthropic(scenarios={"slack-restart-e2e": [Reply([EDIT_SIGNUP]), finish()]}) as model:
+        env = env_for(repos, model, slack)
+        event = {
+            "type": "app_mention", "user": "U1", "channel": CHANNEL, "ts": "1700000000.000900",
+            "text": "<@U0BOT> local:restart slack-restart-e2e please validate",
+        }  # fmt: skip
+        body = signer.event_body(event, event_id="Ev-restart-1")
+        server = start_server(tmp_path / "server", env)
+        try:
+            async with httpx.AsyncClient(timeout=10) as client:
+                first = await send(client, f"{server.url}/slack/events", body, signer,
+                                   content_type="application/json")  # fmt: skip
+            assert first.status_code == 200
+            (run,) = await wait_runs(server, 1, "local:restart")
+            assert run["status"] == "succeeded"
+        finally:
+            server.stop()
+        server = start_server(tmp_path / "server", env)
+        try:
+            async with httpx.AsyncClient(timeout=10) as client:
+                retry = await send(client, f"{server.url}/slack/events", body, signer,
+                                   content_type="application/json", retry_num=1)  # fmt: skip
+            assert retry.status_code == 200
+            await asyncio.sleep(1.0)
+            assert len(await _runs(server, "local:restart")) == 1
+        finally:
+            server.stop()

@@ -172,6 +172,7 @@ class GitHostError(BackspaceError):
 
     codes = frozenset(
         {
+            "branch_moved",
             "branch_not_found",
             "branch_protection",
             "commit_failed",
@@ -184,6 +185,7 @@ class GitHostError(BackspaceError):
             "github_rejected",
             "github_unavailable",
             "github_unreachable",
+            "pr_not_found",
             "push_rejected",
             "repo_archived",
             "repo_not_found",

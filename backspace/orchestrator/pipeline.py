@@ -27,8 +27,16 @@ from backspace.orchestrator.environment.policy import EnvironmentPolicy
 from backspace.orchestrator.environment.receipt import Receipt, environment_section
 from backspace.orchestrator.environment.setup import EnvironmentPlan, Prepared, Setup
 from backspace.orchestrator.environment.verification import Verification
-from backspace.orchestrator.errors import PolicyError, RunFailure
+from backspace.orchestrator.errors import GitHostError, PolicyError, RunFailure
 from backspace.orchestrator.events import EventType, RunStatus, Stage
+from backspace.orchestrator.family import (
+    BranchCommits,
+    FamilyStart,
+    branch_bundle,
+    check_out,
+    family_start,
+    pr_diff,
+)
 from backspace.orchestrator.githosts.base import (
     BasePayload,
     GitHost,
@@ -56,7 +64,7 @@ from backspace.orchestrator.pull_request import (
     with_run,
 )
 from backspace.orchestrator.redact import Redactor
-from backspace.orchestrator.run import EarlierRun, Outcome, RunContext
+from backspace.orchestrator.run import Outcome, RunContext
 from backspace.orchestrator.sandboxes.base import Sandbox, SandboxProvider
 
 log = logging.getLogger(__name__)
@@ -134,17 +142,25 @@ class Pipeline:
         # environment), so a git host that fails here fails the `sandbox` stage.
         ctx.progress(Stage.SANDBOX, f"Looking up {request.repo.name}")
         repo = await host.resolve(request.repo, request.base_branch)
-        family = await self._family_start(ctx, host, repo)
-        start_repo = family.start_repo or repo
+        family = await family_start(ctx, host, repo)
+        head_repo = family.head_repo or repo  # where the agent starts: the base, or the branch
+        base_repo = family.base_repo or repo  # its environment: always a commit of the base
         # The repository's .backspace.toml and its cache key are read on the host, from the base
-        # commit, so that the sandbox starts from its cached environment at once. A follow-up's
-        # environment is its family's base commit's: never what an earlier run's change says.
-        env_repo = family.env_repo or repo
-        git_dir = await host.prepare(start_repo, scratch)
+        # commit, so that the sandbox starts from its cached environment at once.
+        git_dir = await host.prepare(head_repo, scratch)
         env_dir = (
-            git_dir if env_repo is start_repo else await host.prepare(env_repo, scratch / "env")
+            git_dir if base_repo is head_repo else await host.prepare(base_repo, scratch / "env")
         )
-        plan = await self.setup.plan(ctx, env_dir, env_repo)
+        plan = await self.setup.plan(ctx, env_dir, base_repo)
+        # A follow-up's branch travels as the base's payload plus a bundle of the commits since.
+        branch_commits = (
+            await branch_bundle(
+                git_dir, base_repo.base_sha, head_repo.base_sha, scratch / "branch.bundle"
+            )
+            if family.continuing
+            else None
+        )
+        payload_repo = base_repo if branch_commits else head_repo
         blocked = BlockedReporter(ctx)
         gate = Gate(blocked)
         sandbox = await self.sandboxes.create(ctx.run_id, layer=plan.layer, gate=gate)
@@ -152,8 +168,8 @@ class Pipeline:
 
         ctx.progress(Stage.CLONING, f"Getting {request.repo.name} into the sandbox")
         where = (
-            f"Branch {start_repo.base_branch} of pull request #{family.continuing.number} "
-            f"at {start_repo.base_sha[:12]}"
+            f"Branch {head_repo.base_branch} of pull request #{family.continuing.number} "
+            f"at {head_repo.base_sha[:12]}"
             if family.continuing
             else f"Base: {repo.base_branch} at {repo.base_sha[:12]}"
         )
@@ -161,7 +177,7 @@ class Pipeline:
             EventType.PROGRESS,
             {"stage": str(Stage.CLONING), "message": where, "percentage": Stage.CLONING.percentage},
         )
-        base = await host.base_payload(start_repo, scratch)
+        base = await host.base_payload(payload_repo, scratch)
         held.callback(base.release)
         ctx.emit(
             EventType.PROGRESS,
@@ -171,22 +187,42 @@ class Pipeline:
                 "percentage": Stage.CLONING.percentage,
             },
         )
-        # A follow-up's setup runs on its environment's commit (reviewed content, not an earlier
-        # run's change), then the branch's head is checked out over what setup made.
-        setup_at = env_repo.base_sha if family.continuing else None
+        # Setup runs on a commit of the base (reviewed content); a follow-up's branch head is
+        # checked out over what it made (and at once when no setup or maintenance runs here).
+        # Without a bundle (the branch's history does not reach the base here), the base is
+        # checked out for setup when the payload's history has it.
+        setup_runs = plan.repo.setup is not None and (
+            plan.layer is None or plan.repo.maintenance is not None
+        )
+        setup_at = (
+            base_repo.base_sha if family.continuing and not branch_commits and setup_runs else None
+        )
+        branch_now = (
+            BranchCommits(branch_commits, bundle_path(sandbox, ctx.run_id, "branch"), head_repo)
+            if branch_commits
+            else None
+        )
         start = await self._clone(
-            ctx, base, sandbox, payload_path(sandbox, ctx.run_id, "base"), plan.layer, setup_at
+            ctx,
+            base,
+            sandbox,
+            payload_path(sandbox, ctx.run_id, "base"),
+            plan.layer,
+            setup_at,
+            branch_now if branch_now and not setup_runs else None,
         )
         prepared = await self.setup.prepare(ctx, sandbox, plan, setup_at or start)
-        if setup_at and setup_at != start:
-            await _check_out(sandbox, base.branch, start)
+        if branch_now and setup_runs:
+            start = await branch_now.bring(sandbox)
+        elif setup_at and setup_at != start:
+            await check_out(sandbox, base.branch, start)
         # backspace's index of the checkout, so the commit hashes only what the agent changed.
         index = await prepare_index(sandbox, start, bundle_path(sandbox, ctx.run_id, "out"))
 
         ctx.progress(Stage.AGENT, "The agent is working")
         await sandbox.open_network(Phase.AGENT, plan.network.agent)
-        pr_diff = await _pr_diff(sandbox, family.diff_base) if family.continuing else None
-        result = await self._agent(ctx, model, sandbox, repo, plan, prepared, family, pr_diff)
+        diff = await pr_diff(sandbox, family.diff_base) if family.continuing else None
+        result = await self._agent(ctx, model, sandbox, repo, plan, prepared, family, diff)
 
         ctx.progress(Stage.VALIDATING, "Checking the change")
         # What people see (title, branch, body) never carries a secret, even one in the prompt.
@@ -206,7 +242,7 @@ class Pipeline:
         message = commit_message(title, ctx.run_id, request.co_author)
         out_bundle = bundle_path(sandbox, ctx.run_id, "out")
         change = await self._take_change(
-            sandbox, git_dir, start, start_repo, scratch, message, out_bundle, prepared, index
+            sandbox, git_dir, start, head_repo, scratch, message, out_bundle, prepared, index
         )
         if change is None:
             if result.outcome in ("turn_limit", "cost_limit"):
@@ -231,6 +267,7 @@ class Pipeline:
                 prepared=prepared,
                 base=base,
                 change_bundle=scratch / "out.bundle",
+                branch_bundle=branch_commits,
                 tree=change.tree,
                 gate=Gate(blocked),
             )
@@ -254,7 +291,7 @@ class Pipeline:
         )
         if family.continuing is not None:
             return await self._update(
-                ctx, host, start_repo, git_dir, change, family.continuing, family.diff_base,
+                ctx, host, head_repo, git_dir, change, family.continuing, family.diff_base,
                 title=title, shown=shown, shown_prompt=shown_prompt, tests=tests, row=row,
                 own_host=own_host, receipt=receipt,
             )  # fmt: skip
@@ -319,40 +356,6 @@ class Pipeline:
             summary=_summary(title, shown.body),
         )
 
-    async def _family_start(
-        self, ctx: RunContext, host: GitHost, repo: ResolvedRepo
-    ) -> FamilyStart:
-        """Where a follow-up starts: the head of its family's branch while the PR is open;
-        otherwise (merged, closed, branch gone) a new branch and PR from the current base."""
-        cont = ctx.continuation
-        if cont is None:
-            return FamilyStart()
-        if not (cont.branch and cont.pr_number):
-            return FamilyStart(earlier=cont.earlier)
-        pr = await host.pull_request(repo, cont.pr_number)
-        head = await host.branch_head(repo, cont.branch) if pr.state == "open" else None
-        if head is None:
-            why = f"was {pr.state}" if pr.state != "open" else f"has lost its branch {cont.branch}"
-            note = (
-                f"This continues pull request #{pr.number}, which {why}: backspace opened a new "
-                f"branch and pull request from the current {repo.base_branch}."
-            )
-            ctx.progress(Stage.SANDBOX, f"Pull request #{pr.number} {why}: starting a new one")
-            return FamilyStart(earlier=cont.earlier, notes=[note])
-        # The branch as it is now: a commit someone else pushed is built on, never overwritten.
-        start_repo = replace(repo, base_sha=head, base_branch=cont.branch)
-        diff_base = cont.base_sha or repo.base_sha
-        env_repo = replace(repo, base_sha=diff_base)
-        ctx.progress(Stage.SANDBOX, f"Continuing pull request #{pr.number} on {cont.branch}")
-        return FamilyStart(
-            earlier=cont.earlier,
-            continuing=pr,
-            start_repo=start_repo,
-            env_repo=env_repo,
-            diff_base=diff_base,
-            branch=cont.branch,
-        )
-
     async def _update(
         self,
         ctx: RunContext,
@@ -375,7 +378,18 @@ class Pipeline:
         forced: if someone pushed meanwhile, the push is refused), then the same PR updated."""
         branch = start_repo.base_branch
         ctx.progress(Stage.PUSHING, f"Pushing a new commit to {branch}")
-        await host.push(start_repo, git_dir, change.head_sha, branch)
+        try:
+            await host.push(start_repo, git_dir, change.head_sha, branch)
+        except GitHostError as exc:
+            if exc.code != "push_rejected":
+                raise
+            raise GitHostError(
+                "branch_moved",
+                f"{branch} moved while this follow-up worked (someone pushed to it), and "
+                f"backspace never force-pushes: send the follow-up again to build on it "
+                f"({exc.message})",
+                retryable=True,
+            ) from exc
         ctx.progress(Stage.PR, f"Updating pull request #{pr.number}")
         comment = self.redactor.text(
             followup_comment(
@@ -427,6 +441,7 @@ class Pipeline:
         remote: str,
         layer: Layer | None,
         setup_at: str | None = None,
+        branch: BranchCommits | None = None,
     ) -> str:
         """Check the real base commit out in the sandbox from its shallow payload; return it.
 
@@ -434,17 +449,21 @@ class Pipeline:
         ran on): the payload's pack goes into it, unless that commit is this base, and the base
         is checked out over it; the environment's untracked files stay. `setup_at` (a
         follow-up's environment commit, in the payload's history) is checked out instead, when
-        the shallow history holds it: the caller checks the base out after setup."""
+        the shallow history holds it: the caller checks the base out after setup. `branch` (a
+        follow-up's commits since the base) is fetched and its head checked out instead; its
+        head is returned."""
         layer_base = layer.manifest.base_sha if layer is not None else None
         if not await place(sandbox, base, remote, layer_base=layer_base):
             ctx.progress(
                 Stage.CLONING,
                 f"The cached environment already holds {base.sha[:12]}: nothing to send",
             )
+        if branch is not None:
+            return await branch.bring(sandbox)
         if setup_at and setup_at != base.sha and await _has_commit(sandbox, setup_at):
-            await _check_out(sandbox, base.branch, setup_at)
+            await check_out(sandbox, base.branch, setup_at)
         else:
-            await _check_out(sandbox, base.branch, base.sha)
+            await check_out(sandbox, base.branch, base.sha)
         return base.sha
 
     async def _agent(
@@ -543,18 +562,11 @@ class Pipeline:
         return change
 
 
-@dataclass
-class FamilyStart:
-    """Where a run starts within its family: nothing special for a first run; for a follow-up,
-    what the earlier runs did and, while their PR is open, its branch's head to build on."""
-
-    earlier: list[EarlierRun] = field(default_factory=list)
-    continuing: PullRequestState | None = None  # the open PR this run updates
-    start_repo: ResolvedRepo | None = None  # the repository at the branch's head
-    env_repo: ResolvedRepo | None = None  # the repository at the family's base (its environment)
-    diff_base: str | None = None  # where the PR's changes start, for the agent's view of them
-    branch: str | None = None
-    notes: list[str] = field(default_factory=list)  # said in a new PR's body (old PR merged...)
+async def _has_commit(sandbox: Sandbox, sha: str) -> bool:
+    result = await sandbox.exec(
+        f"git cat-file -e {shlex.quote(sha + '^{commit}')}", timeout=30, max_output=500
+    )
+    return result.exit_code == 0
 
 
 def _verdict(receipt: Receipt | None) -> str:
@@ -566,44 +578,6 @@ def _verdict(receipt: Receipt | None) -> str:
 def _summary(title: str, body: str | None) -> str:
     """What later runs of the family are told this run did: its title and summary."""
     return f"{title}\n\n{(body or '').strip()}".strip()[:4000]
-
-
-async def _check_out(sandbox: Sandbox, branch: str, sha: str) -> None:
-    q = shlex.quote
-    result = await sandbox.exec(
-        f"git -c core.hooksPath=/dev/null checkout --quiet --force -B {q(branch)} {q(sha)}\n"
-        + f'test "$(git rev-parse HEAD)" = {q(sha)}\n',
-        timeout=600,
-        max_output=4000,
-    )
-    if result.exit_code != 0:
-        raise RunFailure(
-            "clone_failed",
-            f"the repository could not be checked out in the sandbox: {result.output[-300:]}",
-            retryable=True,
-        )
-
-
-async def _has_commit(sandbox: Sandbox, sha: str) -> bool:
-    result = await sandbox.exec(
-        f"git cat-file -e {shlex.quote(sha)}^{{commit}}", timeout=30, max_output=500
-    )
-    return result.exit_code == 0
-
-
-async def _pr_diff(sandbox: Sandbox, diff_base: str | None) -> str:
-    """The PR's changes so far, for a follow-up's agent: the diff from the family's base to
-    the checkout, when the shallow history reaches that far."""
-    if not diff_base or not await _has_commit(sandbox, diff_base):
-        return "(not available: the branch's history here does not reach its base)"
-    limit = prompts.PR_DIFF_LIMIT + 1000
-    result = await sandbox.exec(
-        f"git -c core.hooksPath=/dev/null diff --no-color --no-ext-diff --stat --patch "
-        f"{shlex.quote(diff_base)} HEAD | head -c {limit}",
-        timeout=60,
-        max_output=limit + 1000,
-    )
-    return result.output
 
 
 CONTEXT_SEPARATOR = "\x1e"  # ASCII record separator: cannot appear in a path git prints

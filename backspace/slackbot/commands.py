@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from backspace.orchestrator.githosts.base import RepoRef, RepoRefError
 
 MENTION = re.compile(r"<@[A-Z0-9]+(?:\|[^>]*)?>")
+STEER = re.compile(r"steer\s*:\s*", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,28 @@ def parse(
     if not rest:
         return Invalid("say what to change after the repository: `owner/repo add a --verbose flag`")
     return StartRun(repo, words[0], html.unescape(rest))
+
+
+@dataclass(frozen=True)
+class FollowUpRequest:
+    """A mention in a run's thread: more work on that run's pull request."""
+
+    prompt: str
+    mode: str  # "queue": a new run after the current one; "steer": into the running run
+
+
+def follow_up(text: str) -> FollowUpRequest | None:
+    """`<words>` (queued) or `steer: <words>` (into the running run); None for `help`, `status`
+    or nothing, which are answered as commands."""
+    text = MENTION.sub(" ", text).strip()
+    first = text.split(maxsplit=1)[0].lower() if text else ""
+    if first in ("", "help", "-h", "--help", "?") or text.lower() == "status":
+        return None
+    steer = STEER.match(text)
+    if steer is not None:
+        prompt = html.unescape(text[steer.end() :]).strip()
+        return FollowUpRequest(prompt, "steer") if prompt else None
+    return FollowUpRequest(html.unescape(text), "queue")
 
 
 def _plain(value: str) -> str:

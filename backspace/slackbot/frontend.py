@@ -69,10 +69,10 @@ class SlackFrontEnd:
         if not self.settings.slack_app_token:
             return
         # Only a server in Socket Mode imports its client.
-        from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+        from backspace.slackbot.socket import SocketHandler
 
         token = self.settings.slack_app_token.get_secret_value()
-        self._socket = AsyncSocketModeHandler(self.app, token)
+        self._socket = SocketHandler(self.app, token)
         self.tasks.spawn(self._socket.connect_async())
 
     async def aclose(self) -> None:

@@ -20,7 +20,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from backspace.config import Settings
 from backspace.orchestrator.githosts.base import RepoRefError
-from backspace.orchestrator.service import Refusal, Service
+from backspace.orchestrator.service import FollowUp, Refusal, Service
 from backspace.orchestrator.store import Run
 from backspace.slackbot import commands
 from backspace.slackbot.allowlist import Allowlist
@@ -33,7 +33,6 @@ from backspace.slackbot.messages import (
     status_text,
 )
 from backspace.slackbot.reporter import ChannelPacer, SlackReporter
-from backspace.slackbot.retries import SeenEvents
 from backspace.slackbot.tasks import Tasks, safe
 
 log = logging.getLogger(__name__)
@@ -46,6 +45,7 @@ class Where:
     team: str
     channel: str
     user: str
+    thread: str = ""  # a mention's thread (its own ts when it starts one)
 
 
 class Listeners:
@@ -63,7 +63,6 @@ class Listeners:
         self.command = settings.slack_command
         self.allowlist = Allowlist.from_settings(settings)
         self.pacer = ChannelPacer(settings.slack_post_interval)
-        self.seen = SeenEvents()
 
     def register(self, app: AsyncApp) -> None:
         app.middleware(self._allowlist)
@@ -132,7 +131,10 @@ class Listeners:
     async def _mention(
         self, body: dict[str, Any], event: dict[str, Any], client: AsyncWebClient
     ) -> None:
-        if self.seen.duplicate(str(body.get("event_id", ""))):
+        event_id = _text(body.get("event_id"))
+        # Slack re-sends an event it thinks was missed: it starts at most one run, across
+        # restarts too (the store remembers it).
+        if event_id and not self.service.store.claim_delivery("slack", event_id):
             return
         team = _text(body.get("team_id"))
         channel, user, ts = (
@@ -144,7 +146,13 @@ class Listeners:
         if not channel or not user:
             log.info("ignored a mention without a channel or a user")
             return
-        reply = self._handle(_text(event.get("text")), Where(team, channel, user))
+        where = Where(team, channel, user)
+        parent = self._thread_run(team, channel, _text(event.get("thread_ts")))
+        request = commands.follow_up(_text(event.get("text")))
+        if parent is not None and request is not None:
+            await self._follow_up(parent, request, where, ts, thread, client)
+            return
+        reply = self._handle(_text(event.get("text")), Where(team, channel, user, thread))
         if isinstance(reply, Refusal):
             reply = refusal_text(reply, self.command, in_thread=True)
         if isinstance(reply, str):
@@ -212,7 +220,12 @@ class Listeners:
                         prompt,
                         source="slack",
                         requester=f"<@{user}> in Slack",
-                        meta={"slack_team": team, "slack_channel": channel, "slack_user": user},
+                        meta={
+                            "slack_team": team,
+                            "slack_channel": channel,
+                            "slack_user": user,
+                            **({"slack_thread": where.thread} if where.thread else {}),
+                        },
                     )
                 except Refusal as refusal:
                     return refusal
@@ -225,7 +238,62 @@ class Listeners:
             user=user,
             repo=repo,
             prompt=self.service.redactor.text(prompt),
+            parent_id=run.parent_id,
         )
+
+    # --- follow-ups in a run's thread ------------------------------------------------------------
+    def _thread_run(self, team: str, channel: str, thread: str) -> Run | None:
+        """The newest run reported in this thread of this channel (a thread ts is unique only
+        within its channel), or None: then a mention there is a new request."""
+        if not thread:
+            return None
+        for run in self.service.store.runs_with_meta("slack_thread", thread, limit=20):
+            if run.meta.get("slack_channel") == channel and run.meta.get("slack_team") == team:
+                return run
+        return None
+
+    async def _follow_up(
+        self,
+        parent: Run,
+        request: commands.FollowUpRequest,
+        where: Where,
+        ts: str,
+        thread: str,
+        client: AsyncWebClient,
+    ) -> None:
+        """Continue the thread's run family: a queued run reported in the same thread, or the
+        words steered into the running run."""
+        try:
+            result: FollowUp = self.service.follow_up(
+                parent.id,
+                request.prompt,
+                mode=request.mode,
+                source="slack",
+                requester=f"<@{where.user}> in Slack",
+                meta={
+                    "slack_team": where.team,
+                    "slack_channel": where.channel,
+                    "slack_user": where.user,
+                    "slack_thread": thread,
+                },
+            )
+        except Refusal as refusal:
+            text = self.service.redactor.text(refusal_text(refusal, self.command, in_thread=True))
+            await safe(client.chat_postMessage(channel=where.channel, thread_ts=thread, text=text))
+            return
+        await safe(client.reactions_add(channel=where.channel, timestamp=ts, name="eyes"))
+        run = result.run
+        if result.steered:
+            text = f"Delivered to run {run.id[:8]}, which is working: its agent reads it at its next turn."
+            await safe(client.chat_postMessage(channel=where.channel, thread_ts=thread, text=text))
+            return
+        try:
+            repo = self.service.parse_repo(parent.repo_url).name
+        except RepoRefError:
+            repo = parent.repo_url
+        view = self._view(run, where.user, repo, request.prompt)
+        view.message = result.message[:1].upper() + result.message[1:]
+        self.tasks.spawn(self._report(view, where.channel, thread, None))
 
     async def _report(self, view: RunView, channel: str, thread: str | None, respond: Any) -> None:
         reporter = SlackReporter(
@@ -233,6 +301,8 @@ class Listeners:
             status_interval=self.settings.slack_status_interval,
         )  # fmt: skip
         error = await reporter.open()
+        if thread is None and reporter.status_ts is not None:
+            self._remember_thread(view.run_id, reporter.status_ts)
         if error in ("not_in_channel", "channel_not_found") and respond is not None:
             await safe(
                 respond(
@@ -242,6 +312,13 @@ class Listeners:
                 )
             )
         await reporter.follow(self.service.subscribe(view.run_id))
+
+    def _remember_thread(self, run_id: str, thread: str) -> None:
+        """A slash command's run is reported in its status message's thread: a mention there
+        is a follow-up."""
+        run = self.service.store.get_run(run_id)
+        if run is not None:
+            self.service.store.update_run(run_id, meta={**run.meta, "slack_thread": thread})
 
     async def _ephemeral(self, channel: str, user: str, text: str) -> None:
         await safe(self.client.chat_postEphemeral(channel=channel, user=user, text=text))

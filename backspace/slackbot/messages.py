@@ -132,6 +132,8 @@ class RunView:
     error_message: str | None = None
     draft: bool = False
     verification_failed: bool = False
+    parent_id: str | None = None  # a follow-up: the run it continues
+    pr_updated: bool = False  # a follow-up pushed a new commit to the family's open PR
 
     @property
     def finished(self) -> bool:
@@ -140,6 +142,8 @@ class RunView:
     def summary(self) -> str:
         icon = STATUS_ICON.get(self.status, ":gear:")
         if self.status == "succeeded" and self.pr_url:
+            if self.pr_updated:
+                return f"{icon} Pull request updated with a new commit: {self.pr_url}"
             if self.draft:
                 return f":warning: Draft pull request ready: {self.pr_url}{self._why_draft()}"
             return f"{icon} Pull request ready: {self.pr_url}"
@@ -161,8 +165,9 @@ class RunView:
         return " (verification failed, so it opened as a draft)" if self.verification_failed else ""
 
     def status_blocks(self) -> list[dict[str, Any]]:
+        kind = f"follow-up of {self.parent_id[:8]} " if self.parent_id else ""
         head = (
-            f"*<{self.run_url}|backspace run {self.run_id[:8]}>* for <@{self.user}> on "
+            f"*<{self.run_url}|backspace run {self.run_id[:8]}>* {kind}for <@{self.user}> on "
             f"`{escape(self.repo)}`\n>{clip(escape(self.prompt), 500)}"
         )
         blocks: list[dict[str, Any]] = [
@@ -199,6 +204,11 @@ class RunView:
             files = (
                 f"{self.files_changed} files changed, " if self.files_changed is not None else ""
             )
+            if self.pr_updated:
+                return (
+                    f":white_check_mark: <@{self.user}> your pull request is updated with a new "
+                    f"commit: {self.pr_url} ({files}{facts})"
+                )
             if self.draft:
                 return (
                     f":warning: <@{self.user}> your draft pull request is ready: {self.pr_url}"
@@ -216,20 +226,43 @@ def help_text(command: str) -> str:
         f"`{command} <what to change>` works alone\n"
         f"• `{command} status` lists this channel's recent runs\n"
         f"• mention me with the same words to start a run in a thread\n"
+        f"• in a run's thread, mention me with more to do (`@backspace also handle empty "
+        f"names`): a new run on the same pull request; `@backspace steer: …` tells the running "
+        f"run instead\n"
         "Repositories: `owner/repo`, a GitHub URL (a `/tree/<branch>` URL picks the base branch)."
     )
 
 
 def status_text(runs: list[Run], public_url: str) -> str:
+    """The channel's recent runs, newest family first; a family's follow-ups under its first
+    run, oldest first (each says which run it continues)."""
     if not runs:
         return "No runs in this channel yet."
-    lines = ["*Recent runs in this channel*"]
+    families: dict[str, list[Run]] = {}
     for run in runs:
-        icon = STATUS_ICON.get(run.status, ":grey_question:")
-        link = f"<{public_url}/api/runs/{run.id}|{run.id[:8]}>"
-        pr = f" · <{run.pr_url}|pull request>" if run.pr_url else ""
-        lines.append(f"{icon} {link} `{escape(run.repo_url)}` {clip(escape(run.prompt), 80)}{pr}")
+        families.setdefault(run.family_id or run.id, []).append(run)
+    lines = ["*Recent runs in this channel*"]
+    for members in families.values():
+        for place, run in enumerate(sorted(members, key=lambda r: r.created_at)):
+            icon = STATUS_ICON.get(run.status, ":grey_question:")
+            link = f"<{public_url}/api/runs/{run.id}|{run.id[:8]}>"
+            pr = f" · <{run.pr_url}|pull request>" if run.pr_url else ""
+            prompt = clip(escape(run.prompt), 80)
+            if place == 0 and not run.parent_id:
+                lines.append(f"{icon} {link} `{escape(run.repo_url)}` {prompt}{pr}")
+            else:
+                parent = f" of {run.parent_id[:8]}" if run.parent_id else ""
+                lines.append(f"    ↳ {icon} {link} follow-up{parent}: {prompt}{pr}")
     return "\n".join(lines)
+
+
+def followup_line(data: dict[str, Any]) -> str:
+    """A follow-up this run received: steered into it, or queued behind it as a new run."""
+    prompt = clip(escape(str(data.get("prompt", ""))), 300)
+    if data.get("mode") == "steer":
+        return f":incoming_envelope: Follow-up delivered to the agent: {prompt}"
+    queued = str(data.get("run_id") or "")
+    return f":inbox_tray: Follow-up queued as run {escape(queued[:8])}: {prompt}"
 
 
 def refusal_text(refusal: Refusal, command: str, *, in_thread: bool = False) -> str:

@@ -26,6 +26,7 @@ from backspace.slackbot.messages import (
     blocked_line,
     clip,
     escape,
+    followup_line,
     receipt_text,
 )
 
@@ -156,10 +157,14 @@ class SlackReporter:
                 self._fold_activity()
                 view.verification_failed = data.get("passed") is not True
                 self._pending.append(Alone(receipt_text(data)))
-            case EventType.PR_CREATED:
+            case EventType.PR_CREATED | EventType.PR_UPDATED:
                 view.pr_url = data.get("pr_url")
                 view.files_changed = data.get("files_changed")
                 view.draft = data.get("draft") is True
+                view.pr_updated = event.type == EventType.PR_UPDATED
+            case EventType.FOLLOWUP_RECEIVED:
+                self._fold_activity()
+                self._pending.append(followup_line(data))
             case EventType.ERROR:
                 view.error_code = data.get("code")
                 view.error_message = data.get("message")

@@ -205,8 +205,14 @@ class FakeSlack:
         team_name: str = "Fake Team",
         team_domain: str = "fake-team",
         bot_name: str = "backspace",
+        app_token: str = "xapp-1-A1-test-app-token",  # noqa: S107
     ) -> None:
         self.token = token
+        self.app_token = app_token
+        """The app-level token ``apps.connections.open`` takes (Socket Mode)."""
+        self.socket_mode: Any = None
+        """A started ``tests.fakes.slack_socket.FakeSocketMode``: ``apps.connections.open``
+        answers with its WebSocket URL."""
         self.team_id = team_id
         self.bot_user_id = bot_user_id
         self.bot_id = bot_id
@@ -243,6 +249,7 @@ class FakeSlack:
             "chat.getPermalink": self._chat_get_permalink,
             "reactions.add": self._reactions_add,
             "conversations.info": self._conversations_info,
+            "apps.connections.open": lambda args: {},  # answered in _answer (app token)
         }
 
     # -- lifecycle ---------------------------------------------------------------
@@ -454,6 +461,8 @@ class FakeSlack:
         token = token or _text(args.get("token"))
         if not token:
             return 200, {}, {"ok": False, "error": "not_authed"}
+        if method == "apps.connections.open":
+            return 200, {}, self._apps_connections_open(token)
         if token != self.token:
             return 200, {}, {"ok": False, "error": "invalid_auth"}
         if parse_error is not None:
@@ -563,6 +572,16 @@ class FakeSlack:
         }
         self._messages.setdefault(channel, []).append(message)
         return message
+
+    def _apps_connections_open(self, token: str) -> Json:
+        """Socket Mode's WebSocket URL, for the app-level token only (as Slack answers)."""
+        if token == self.token:
+            return {"ok": False, "error": "not_allowed_token_type"}
+        if token != self.app_token:
+            return {"ok": False, "error": "invalid_auth"}
+        if self.socket_mode is None:
+            return {"ok": False, "error": "socket_mode_not_enabled"}  # never a real URL
+        return {"ok": True, "url": self.socket_mode.open_link()}
 
     def _api_test(self, args: Json) -> Json:
         return {"ok": True, "args": {k: v for k, v in args.items() if k != "token"}}

@@ -19,6 +19,7 @@ from backspace.orchestrator.environment.receipt import CommandReceipt, Receipt
 from backspace.orchestrator.environment.setup import EnvironmentPlan, Prepared, Setup
 from backspace.orchestrator.errors import BackspaceError, RunFailure
 from backspace.orchestrator.events import Stage
+from backspace.orchestrator.family import BRANCH_REF
 from backspace.orchestrator.githosts.base_payload import BasePayload, place
 from backspace.orchestrator.run import RunContext
 from backspace.orchestrator.sandboxes.base import VERIFY_SUFFIX, Sandbox, SandboxProvider
@@ -46,7 +47,9 @@ class Verification:
         change_bundle: Path,
         tree: str,
         gate: Gate,
+        branch_bundle: Path | None = None,
     ) -> Receipt:
+        """`branch_bundle`: a follow-up's commits between the base payload and the change."""
         environment = prepared.description if prepared.layer else "set up afresh for verification"
         if plan.repo.setup is None:
             environment = "no setup"
@@ -58,7 +61,9 @@ class Verification:
         try:
             layer = prepared.layer
             layer_base = layer.manifest.base_sha if layer is not None else None
-            await self._check_out(ctx, sandbox, base, change_bundle, tree, layer_base)
+            await self._check_out(
+                ctx, sandbox, base, change_bundle, tree, layer_base, branch_bundle
+            )
             if prepared.layer is None and plan.repo.setup is not None:
                 try:
                     await self.setup.run_step(
@@ -85,14 +90,23 @@ class Verification:
         change: Path,
         tree: str,
         layer_base: str | None,
+        branch: Path | None,
     ) -> None:
         q = shlex.quote
         base_remote = f"{sandbox.tmpdir}/backspace-{ctx.run_id[:8]}-verify-base.tar"
         change_remote = f"{sandbox.tmpdir}/backspace-{ctx.run_id[:8]}-verify-change.bundle"
+        branch_remote = f"{sandbox.tmpdir}/backspace-{ctx.run_id[:8]}-verify-branch.bundle"
         await place(sandbox, base, base_remote, layer_base=layer_base)
+        fetch_branch = ""
+        if branch is not None:
+            await sandbox.upload(branch, branch_remote)
+            fetch_branch = (
+                f"git fetch --quiet --no-tags {q(branch_remote)} {BRANCH_REF} "
+                f"&& rm -f {q(branch_remote)} && "
+            )
         await sandbox.upload(change, change_remote)
         result = await sandbox.exec(
-            f"git fetch --quiet --no-tags {q(change_remote)} refs/heads/backspace "
+            f"{fetch_branch}git fetch --quiet --no-tags {q(change_remote)} refs/heads/backspace "
             f"&& git -c core.hooksPath=/dev/null checkout --quiet --force --detach FETCH_HEAD "
             f"&& rm -f {q(change_remote)} && git rev-parse 'HEAD^{{tree}}'",
             timeout=600,
