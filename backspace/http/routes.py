@@ -254,7 +254,8 @@ async def pull_request_json(request: Request) -> Response:
 
 async def pull_request_html(request: Request) -> Response:
     record = _pull_request(request)
-    return HTMLResponse(pull_request_page(record), headers=SECURITY_HEADERS)
+    comments = _service(request).store.pull_request_comments(record.id)
+    return HTMLResponse(pull_request_page(record, comments), headers=SECURITY_HEADERS)
 
 
 async def openapi(request: Request) -> Response:
