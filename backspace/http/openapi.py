@@ -555,6 +555,31 @@ def document(server_url: str) -> dict[str, Any]:
                     },
                 }
             },
+            "/github/webhook": {
+                "post": {
+                    "summary": "GitHub webhook deliveries (issue comments, pull request review "
+                    "comments and reviews, issues), signed with GITHUB_WEBHOOK_SECRET",
+                    "requestBody": {
+                        "content": {"application/json": {"schema": {"type": "object"}}}
+                    },
+                    "responses": {
+                        "200": _json(
+                            {"type": "object", "properties": {"ignored": {"type": "string"}}},
+                            "signed, but nothing to do (no mention, a repeated delivery): why",
+                        ),
+                        "202": _json(
+                            {"type": "object", "properties": {"accepted": {"type": "string"}}},
+                            "a request: answered now, acted on in the background",
+                        ),
+                        "400": _json(ERROR, "signed, but not JSON or without GitHub's headers"),
+                        "401": _json(ERROR, "no X-Hub-Signature-256, or a wrong one"),
+                        "403": _json(ERROR, "a browser sent it from another site"),
+                        "404": _json(ERROR, "the webhook is off (no GITHUB_WEBHOOK_SECRET)"),
+                        "413": _json(ERROR, "the body is too large"),
+                        "503": _json(ERROR, "GITHUB_TOKEN is not set"),
+                    },
+                }
+            },
         },
         "components": {
             "securitySchemes": {

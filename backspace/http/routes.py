@@ -275,6 +275,20 @@ async def slack_events(request: Request) -> Response:
     return response
 
 
+async def github_webhook(request: Request) -> Response:
+    """GitHub's webhook deliveries, signed with GITHUB_WEBHOOK_SECRET (backspace/githubbot)."""
+    github = request.app.state.github
+    if github is None:
+        raise HTTPProblem(
+            404,
+            "the GitHub webhook is off: set GITHUB_WEBHOOK_SECRET (and GITHUB_TOKEN) to enable it",
+        )
+    response: Response = await github.endpoint(request)
+    if response.status_code >= 400:
+        raise HTTPProblem(response.status_code, _refusal(response))
+    return response
+
+
 def _refusal(response: Response) -> str:
     """The words of a refusal: plain text (the Slack front end's) or `{"error": ...}` (Bolt's)."""
     text = bytes(response.body).decode("utf-8", errors="replace")
@@ -299,5 +313,6 @@ def routes() -> list[BaseRoute]:
         Route("/api/prs/{pr_id}", pull_request_json, methods=["GET"]),
         Route("/prs/{pr_id}", pull_request_html, methods=["GET"]),
         Route("/slack/events", slack_events, methods=["POST"]),
+        Route("/github/webhook", github_webhook, methods=["POST"]),
         *web_routes(),
     ]
