@@ -305,7 +305,7 @@ class Settings(BaseSettings):
         """GITHUB_USERNAME or GITHUB_EMAIL differs from its default: commits use them even with
         an App. Compared with the defaults, not "was it set": .env.example sets both to them."""
         fields = type(self).model_fields
-        return (
+        return bool(
             self.github_username != fields["github_username"].default
             or self.github_email != fields["github_email"].default
         )

@@ -166,7 +166,7 @@ def test_secrets_lists_every_secret_that_is_set() -> None:
     settings = Settings(**values)  # type: ignore[arg-type]
     assert sorted(settings.secrets()) == sorted(values.values())
     pem = _rsa_pem()
-    with_app = Settings(**values, github_app_id=7, github_app_private_key=pem)  # type: ignore[arg-type]
+    with_app = load_settings(**values, GITHUB_APP_ID=7, GITHUB_APP_PRIVATE_KEY=pem)
     body = [line for line in pem.splitlines() if line and not line.startswith("-----")]
     assert set(with_app.secrets()) >= {*values.values(), pem.strip(), *body}
     # Unset and empty secrets are not listed.
