@@ -477,6 +477,7 @@ class FakeGitHub:
             self._edit_comment: ("issues", "write"),
             self._react_to_issue: ("issues", "write"),
             self._react_to_comment: ("issues", "write"),
+            self._get_user: None,  # GitHub: an installation token has no user
             self._revoke_token: ("", ""),
             self._get_user_by_name: ("", ""),
         }

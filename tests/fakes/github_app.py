@@ -19,6 +19,7 @@ permissions, so a caller must ask for what it uses (least privilege, said out lo
 from __future__ import annotations
 
 import functools
+import json
 import secrets
 import string
 import time
@@ -200,12 +201,13 @@ def looks_like_jwt(credential: str) -> bool:
 def check_jwt(credential: str, apps: dict[int, FakeApp], now: float | None = None) -> FakeApp:
     """The App a JWT authenticates, or :class:`JwtRefused` with GitHub's message."""
     now = time.time() if now is None else now
-    try:
-        header = jwt.get_unverified_header(credential)
-        claims = jwt.decode(credential, options={"verify_signature": False})
-    except jwt.PyJWTError as exc:
+    jws = jwt.api_jws.PyJWS()
+    try:  # JWS level only: PyJWT's claim checks differ from GitHub's (``iss`` may be a number)
+        unverified = jws.decode_complete(credential, options={"verify_signature": False})
+        claims = json.loads(unverified["payload"])
+    except (jwt.PyJWTError, ValueError) as exc:
         raise JwtRefused(JWT_MESSAGES["decode"]) from exc
-    if header.get("alg") != "RS256":
+    if unverified["header"].get("alg") != "RS256" or not isinstance(claims, dict):
         raise JwtRefused(JWT_MESSAGES["decode"])
     issuer = claims.get("iss")
     try:
@@ -214,13 +216,8 @@ def check_jwt(credential: str, apps: dict[int, FakeApp], now: float | None = Non
         app = None
     if app is None:
         raise JwtRefused(JWT_MESSAGES["issuer"])
-    try:  # the signature, with the App's public key; the claims are checked below, by hand
-        jwt.decode(
-            credential,
-            app.public_key,
-            algorithms=["RS256"],
-            options={"verify_exp": False, "verify_iat": False, "verify_nbf": False},
-        )
+    try:  # the signature, with the App's public key and RS256 only
+        jws.decode_complete(credential, app.public_key, algorithms=["RS256"])
     except jwt.PyJWTError as exc:
         raise JwtRefused(JWT_MESSAGES["decode"]) from exc
     issued, expires = claims.get("iat"), claims.get("exp")
