@@ -101,11 +101,13 @@ class GitHubHost:
 
     def check(self) -> tuple[bool, str]:
         if self.app is not None:
+            # Usable even when the last JWT was refused: a fixed clock or key must not need a
+            # restart, and each run's own attempt fails with the error that says what to do.
             status = self.app.status
             state = {None: "not checked yet", True: "authenticates", False: "cannot authenticate"}
-            detail = status.message if status.ok is not None else state[None]
-            return status.ok is not False, (
-                f"GitHub App {self.app.app_id} ({state[status.ok]}: {detail}); a token per run; "
+            detail = f": {status.message}" if status.ok is False else ""
+            return True, (
+                f"GitHub App {self.app.app_id} {state[status.ok]}{detail}; a token per run; "
                 f"API at {self.api_url}"
             )
         if not self.token:

@@ -267,10 +267,9 @@ class GitHubApp:
                 self.status = AppStatus(False, error.message, time.time())
             raise error from None
         if path == "/app":
-            name = answer.get("slug") or answer.get("name")
-            self.status = AppStatus(
-                True, f"GitHub App {name} (id {self.app_id}) authenticates", time.time()
-            )
+            self._app = answer
+        name = (self._app or {}).get("slug") or "the App"
+        self.status = AppStatus(True, f"{name} (id {self.app_id}) authenticates", time.time())
         return answer
 
     async def _request(
