@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from backspace.orchestrator.githosts.github_app import RUN_PERMISSIONS
+from backspace.orchestrator.githosts.github_app import FRONT_END_PERMISSIONS, RUN_PERMISSIONS
 from tests.fakes.anthropic import FakeAnthropic, Reply, Text, ToolCall
 from tests.fakes.github import FakeApp, IssuedToken
 from tests.fakes.github_app import private_key_pem
@@ -30,6 +30,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
 PERSONAL = "ghp_PERSONALTOKEN0123456789abcdefghijklmn"  # the fake's own; never given to backspace
 ANTHROPIC_KEY = "sk-ant-api03-github-app-key-000111"
+WEBHOOK_SECRET = "app-webhook-secret-0123456789"
 FILES = {"app.py": "def signup(name):\n    return name\n", "README.md": "# Widgets\n"}
 FINISH = Reply(
     [
@@ -48,7 +49,8 @@ def github() -> Iterator[SkewedGitHub]:
 @pytest.fixture(scope="module")
 def app(github: SkewedGitHub) -> FakeApp:
     app = github.create_app("backspace")
-    for name in ("widgets", "other", "scope", "scope-other", "fails", "cancels", "canary"):
+    names = ("widgets", "other", "scope", "scope-other", "fails", "cancels", "canary", "hooked")
+    for name in (*names, "one", "two"):
         github.create_repo(f"acme/{name}", files=FILES, private=True)
     # On every repository of acme: a run's token must still reach only its own.
     github.install_app(app, "acme", "all")
@@ -91,9 +93,13 @@ def env_for(github: SkewedGitHub, model: FakeAnthropic, **extra: str) -> dict[st
 def shared(
     github: SkewedGitHub, model: FakeAnthropic, app: FakeApp, key_file: Path
 ) -> Iterator[Server]:
-    """The App's id and the path of its key; no GITHUB_TOKEN."""
-    env = env_for(github, model, GITHUB_APP_ID=str(app.id), GITHUB_APP_PRIVATE_KEY=str(key_file))
+    """The App's id and the path of its key, its webhook's secret; no GITHUB_TOKEN."""
+    env = env_for(
+        github, model, GITHUB_APP_ID=str(app.id), GITHUB_APP_PRIVATE_KEY=str(key_file),
+        GITHUB_WEBHOOK_SECRET=WEBHOOK_SECRET,
+    )  # fmt: skip
     with shared_server("github-app", env) as server:
+        github.webhook(f"{server.url}/github/webhook", WEBHOOK_SECRET)
         yield server
 
 
@@ -160,7 +166,8 @@ async def test_a_run_uses_a_token_of_its_own_for_its_repository_and_revokes_it(
     # Revoked means dead: GitHub answers 401.
     async with httpx.AsyncClient() as client:
         answer = await client.get(
-            f"{github.api_url}/repos/acme/widgets", headers={"Authorization": f"token {token.token}"}
+            f"{github.api_url}/repos/acme/widgets",
+            headers={"Authorization": f"token {token.token}"},
         )
     assert answer.status_code == 401
 
@@ -203,6 +210,63 @@ async def test_the_run_token_reaches_no_other_repository_while_the_run_holds_it(
     events = await running
     assert events[-1]["status"] == "succeeded", events[-2:]
     assert_a_run_token(token, "acme/scope")
+
+
+async def test_concurrent_runs_each_use_only_their_own_token(
+    github: SkewedGitHub, model: FakeAnthropic, shared: Server
+) -> None:
+    """Two runs at once on one host: neither uses the other's token (a token kept on the host
+    object rather than in the run's context would be overwritten by the second run)."""
+    before = len(github.issued_tokens)
+    for name in ("one", "two"):
+        model.scenarios[f"app-{name}"] = [
+            Reply([ToolCall("bash", {"command": "sleep 2"})]),
+            Reply([EDIT_SIGNUP]),
+            FINISH,
+        ]
+    one, two = await asyncio.gather(
+        run(shared, "acme/one", "app-one"), run(shared, "acme/two", "app-two")
+    )
+    assert one[-1]["status"] == two[-1]["status"] == "succeeded", (one[-2:], two[-2:])
+    for name, other in (("one", "two"), ("two", "one")):
+        (token,) = tokens_for(github, f"acme/{name}", before)
+        assert_a_run_token(token, f"acme/{name}")
+        assert uses(token, f"git-receive-pack acme/{name}")
+        assert uses(token, f"POST /repos/acme/{name}/pulls")
+        assert not uses(token, f"acme/{other}") and token.refused == [], token.used_for
+
+
+async def test_the_webhook_front_end_uses_its_own_smaller_token_per_repository(
+    github: SkewedGitHub, model: FakeAnthropic, app: FakeApp, shared: Server
+) -> None:
+    """A mention by a writer: the 👀, the status comment, the run; all as backspace[bot]."""
+    repo = "acme/hooked"
+    before = len(github.issued_tokens)
+    number = github.create_issue(repo, "Signup accepts empty names", "app-hook: fix", user="zed")
+    github.set_permission(repo, "alice", "write")
+    model.scenarios["app-hook"] = [Reply([EDIT_SIGNUP]), FINISH]
+    asked = github.comment(repo, number, "@backspace app-hook: fix it", user="alice")
+    deadline = time.monotonic() + 60
+    while not github.pulls(repo) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    (pr,) = github.pulls(repo)
+    assert pr["user"]["login"] == "backspace[bot]"
+    (reaction,) = [r for r in github.reactions if r["id"] == asked["id"]]
+    assert reaction["user"] == "backspace[bot]"
+    front = [t for t in github.issued_tokens[before:] if t.permissions == FRONT_END_PERMISSIONS]
+    assert front and all(t.repositories == [repo] for t in front), front
+    assert uses(front[0], f"POST /repos/{repo}/issues/comments/{asked['id']}/reactions"), front[
+        0
+    ].used_for
+    run_tokens = [t for t in github.issued_tokens[before:] if t.permissions == RUN_PERMISSIONS]
+    assert len(run_tokens) == 1 and uses(run_tokens[0], f"POST /repos/{repo}/pulls")
+    # backspace's own status comment (by backspace[bot], quoting the request) starts nothing.
+    while time.monotonic() < deadline:
+        comments = github.comments(repo, number)
+        if any("Finished" in c["body"] for c in comments if c["user"]["login"] == app.bot_login):
+            break
+        await asyncio.sleep(0.1)
+    assert len(github.pulls(repo)) == 1
 
 
 async def test_the_token_is_revoked_after_a_failure(
@@ -312,7 +376,9 @@ async def test_a_key_that_is_not_the_apps_is_a_clear_error(
     error = of_type(events, "error")[0]
     assert error["code"] == "github_app_bad_key", error
     assert f"not a key of the App GITHUB_APP_ID={app.id}" in error["message"]
-    assert "cannot authenticate: GitHub could not verify" in health["git_hosts"]["github"]["message"]
+    assert (
+        "cannot authenticate: GitHub could not verify" in health["git_hosts"]["github"]["message"]
+    )
     for line in (other_key.splitlines()[1], app.private_key_pem.splitlines()[1]):
         assert line not in repr(events) + repr(health) + logs
 
@@ -333,10 +399,16 @@ def test_doctor_names_the_mode_and_an_app_id_github_does_not_know(
 
 
 def test_a_malformed_key_stops_the_server_with_a_message(tmp_path: Path) -> None:
-    env = cli_env(tmp_path, GITHUB_APP_ID="1", GITHUB_APP_PRIVATE_KEY="-----BEGIN RSA PRIVATE KEY-----\\nAAAA\\n-----END RSA PRIVATE KEY-----")
+    env = cli_env(
+        tmp_path,
+        GITHUB_APP_ID="1",
+        GITHUB_APP_PRIVATE_KEY="-----BEGIN RSA PRIVATE KEY-----\\nAAAA\\n-----END RSA PRIVATE KEY-----",
+    )
     result = backspace(tmp_path, "doctor", env=env)
     assert result.returncode != 0
-    assert "GITHUB_APP_PRIVATE_KEY is not a readable PEM private key" in result.stdout + result.stderr
+    assert (
+        "GITHUB_APP_PRIVATE_KEY is not a readable PEM private key" in result.stdout + result.stderr
+    )
     assert "AAAA" not in result.stdout + result.stderr
 
 
