@@ -42,7 +42,8 @@ FINISH = Reply(
 
 @pytest.fixture(scope="module")
 def github() -> Iterator[SkewedGitHub]:
-    with SkewedGitHub(token=PERSONAL, login="someone") as fake:
+    fake = SkewedGitHub(token=PERSONAL, login="someone")
+    with fake:
         yield fake
 
 

@@ -23,9 +23,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import httpx
 
@@ -84,14 +85,18 @@ class GitHubApp:
         redactor: Redactor,
         timeout: float = 15.0,
     ) -> None:
+        from cryptography.hazmat.primitives.serialization import load_pem_private_key
         from github import Auth  # imported when an App is configured, not by every server
 
+        # Loaded once: given the PEM text, PyJWT loads (and so validates) the RSA key at every
+        # signature, 70 ms each (bench/github_app.py); PyGithub signs with the loaded key.
+        key = load_pem_private_key(private_key.encode(), password=None)
         self.app_id = app_id
         self.api_url = api_url.rstrip("/")
         self.web_host = web_host
         self.redactor = redactor
         self.timeout = timeout
-        self._auth = Auth.AppAuth(app_id, private_key)
+        self._auth = Auth.AppAuth(app_id, cast("Callable[[], str]", lambda: key))
         self._client: httpx.AsyncClient | None = None
         self._app: dict[str, Any] | None = None
         self._bot: tuple[str, str] | None = None
