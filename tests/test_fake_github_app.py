@@ -16,11 +16,13 @@ import json
 import os
 import re
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import jwt
@@ -36,6 +38,7 @@ from github import (
 from tests.fakes import github_openapi
 from tests.fakes.github import FakeGitHub
 from tests.fakes.github_app import JWT_MESSAGES, FakeApp, private_key_pem
+from tests.fakes.github_hooks import signature
 
 PAT = "ghp_personal_token_of_alice"
 FULL = {
@@ -519,6 +522,48 @@ def test_every_route_declares_what_a_token_needs(rig: dict[str, Any]) -> None:
         if handler not in gh._scopes and handler not in gh._app_routes
     ]
     assert undeclared == []
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    """Records each POST (headers, body) and answers 204, like a webhook endpoint."""
+
+    received: ClassVar[list[tuple[dict[str, str], bytes]]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("content-length") or 0))
+        self.received.append(({k.lower(): v for k, v in self.headers.items()}, body))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet."""
+
+
+def test_app_webhook_hears_installed_repositories_with_installation(
+    rig: dict[str, Any], openapi: ModuleType
+) -> None:
+    gh, app = rig["gh"], rig["app"]
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+        gh.app_webhook(app, url, "app-secret", {"issue_comment"})
+        inside = gh.create_issue("acme/widgets", "bug", user="alice")
+        outside = gh.create_issue("acme/outside", "bug", user="alice")
+        gh.comment("acme/outside", outside, "@backspace fix", user="alice")
+        gh.comment("acme/widgets", inside, "@backspace fix", user="alice")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert len(_Receiver.received) == 1  # nothing from the repository it is not installed on
+    headers, body = _Receiver.received[0]
+    assert headers["x-hub-signature-256"] == signature("app-secret", body)
+    assert headers["x-github-hook-installation-target-type"] == "integration"
+    assert headers["x-github-hook-installation-target-id"] == str(app.id)
+    payload = json.loads(body)
+    assert payload["installation"]["id"] == rig["installation"]
+    assert payload["repository"]["full_name"] == "acme/widgets"
+    assert openapi.webhook_errors("webhook-issue-comment-created", payload) == []
 
 
 # -- GitHub's schema -----------------------------------------------------------------------
