@@ -258,6 +258,23 @@ def test_jwt_accepted_with_iss_as_number_or_string_and_clock_skew(rig: dict[str,
         assert answer.json()["id"] == app.id
 
 
+def test_github_clock_apart_from_ours(rig: dict[str, Any]) -> None:
+    """``clock_offset``: GitHub's clock ahead (our JWT expired) or behind (issued in its future)."""
+    gh, app = rig["gh"], rig["app"]
+    gi = integration(gh, app)
+    try:
+        for offset, message in ((3600, "expired"), (-3600, "issued_at")):
+            gh.clock_offset = offset
+            with pytest.raises(GithubException) as caught:
+                gi.get_repo_installation("acme", "widgets")
+            assert caught.value.status == 401
+            assert caught.value.data["message"] == JWT_MESSAGES[message]
+        gh.clock_offset = -50  # within GitHub's tolerance of PyGithub's 60 s back-dating
+        assert gi.get_repo_installation("acme", "widgets").id == rig["installation"]
+    finally:
+        gh.clock_offset = 0
+
+
 def test_pygithub_with_the_wrong_key_is_refused(rig: dict[str, Any]) -> None:
     gh, app = rig["gh"], rig["app"]
     gi = integration(gh, app, key=private_key_pem(other=True))

@@ -408,6 +408,9 @@ class FakeGitHub:
         self._apps: dict[int, FakeApp] = {}
         self._installations: dict[int, FakeInstallation] = {}
         self._tokens: dict[str, IssuedToken] = {}
+        self.clock_offset = 0.0
+        """Seconds GitHub's clock is ahead of this machine's (negative: behind); JWTs are
+        judged by it, so a test can play a server whose clock is skewed."""
         self._app_hooks: dict[int, FakeApp] = {}
         """Hook id → the App whose webhook it is (see :meth:`app_webhook`)."""
         self.issued_tokens: list[IssuedToken] = []
@@ -1210,7 +1213,7 @@ class FakeGitHub:
                     return _Principal("installation", login, issued=issued)
             if scheme == "bearer" and looks_like_jwt(credential):
                 try:
-                    app = check_jwt(credential, self._apps)
+                    app = check_jwt(credential, self._apps, time.time() + self.clock_offset)
                 except JwtRefused as refused:
                     return _Principal("jwt_refused", error=str(refused))
                 return _Principal("app", app.bot_login, app=app)
