@@ -417,6 +417,7 @@ def test_token_permissions_per_route(rig: dict[str, Any], tmp_path: Path) -> Non
     answer = call(gh, "GET", "/repos/acme/widgets", readonly, scheme="token")
     assert answer.status_code == 403
     assert answer.json()["message"] == "Resource not accessible by integration"
+    assert answer.headers["x-accepted-github-permissions"] == "metadata=read"
     assert call(gh, "GET", "/repos/acme/widgets/branches/main", readonly, "token").is_success
     assert call(gh, "GET", "/user", readonly, "token").status_code == 403
     assert call(gh, "GET", "/repos/acme/widgets/pulls", readonly, "token").status_code == 403
@@ -433,6 +434,7 @@ def test_token_permissions_per_route(rig: dict[str, Any], tmp_path: Path) -> Non
     pr = {"title": "t", "head": "feature", "base": "main"}
     refused = call(gh, "POST", "/repos/acme/widgets/pulls", writer, "token", json=pr)
     assert refused.status_code == 403
+    assert refused.headers["x-accepted-github-permissions"] == "pull_requests=write"
     prs = mint(rig, ["widgets"], {"pull_requests": "write", "metadata": "read"})
     pull = (
         client(gh, prs).get_repo("acme/widgets").create_pull(title="t", head="feature", base="main")

@@ -16,6 +16,11 @@ Usage::
         Github(auth=Auth.Token("ghp_x"), base_url=gh.api_url, retry=None, ...)
         git clone f"{gh.git_url}/acme/widgets.git"
 
+A GitHub App (``create_app``, ``install_app``, ``app_webhook``) authenticates with a JWT on
+the App routes only, and its installation tokens reach only their repositories with their
+permissions, on REST and on git smart HTTP; the rules and the records tests assert on
+(``issued_tokens``) are in ``tests/fakes/github_app.py``.
+
 Every request (REST and git) is recorded in :attr:`FakeGitHub.requests` as
 ``{method, path, query, headers, body, status, response}`` (``path`` is the raw
 URL path, e.g. ``/api/v3/repos/acme/widgets``; ``headers`` lower-case; ``body``
@@ -1260,13 +1265,13 @@ class FakeGitHub:
                 permission = "pull_requests"
             if not permission or issued.allows(permission, level):
                 return
-            if (  # GitHub lets pull_requests stand in for issues on a pull request
-                permission == "issues"
-                and self._is_pull_number(repo, match)
-                and issued.allows("pull_requests", level)
-            ):
-                return
-            raise _HttpError(403, NOT_ACCESSIBLE)
+            alternative = permission == "issues" and self._is_pull_number(repo, match)
+            if alternative and issued.allows("pull_requests", level):
+                return  # GitHub lets pull_requests stand in for issues on a pull request
+            accepted = f"{permission}={level}" + (f"; pull_requests={level}" if alternative else "")
+            raise _HttpError(
+                403, NOT_ACCESSIBLE, headers={"x-accepted-github-permissions": accepted}
+            )
 
     def _is_pull_number(self, repo: FakeRepo, match: re.Match[str]) -> bool:
         """Whether an issue route's number (or its comment's) is one of ``repo``'s pulls."""
