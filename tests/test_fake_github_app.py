@@ -16,11 +16,13 @@ import json
 import os
 import re
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import jwt
@@ -36,6 +38,7 @@ from github import (
 from tests.fakes import github_openapi
 from tests.fakes.github import FakeGitHub
 from tests.fakes.github_app import JWT_MESSAGES, FakeApp, private_key_pem
+from tests.fakes.github_hooks import signature
 
 PAT = "ghp_personal_token_of_alice"
 FULL = {
@@ -142,7 +145,7 @@ def test_app_and_its_bot_user(rig: dict[str, Any]) -> None:
     gi = integration(gh, app)
     answered = gi.get_app()
     assert (answered.id, answered.slug, answered.name) == (app.id, "backspace", "backspace")
-    assert answered.owner.login == "alice"
+    assert answered.raw_data["owner"]["login"] == "alice"
     assert answered.permissions == FULL
     bot = client(gh, PAT).get_user("backspace[bot]")
     assert (bot.login, bot.type, bot.id) == ("backspace[bot]", "Bot", app.bot_id)
@@ -198,11 +201,7 @@ def test_jwt_refused_as_github_does(rig: dict[str, Any], case: str, message: str
         "unknown iss": app_jwt(app, iss="999999"),
         "no iss": app_jwt(app, iss=None),
         "HS256 signed with the public key": _hs256(app, now),
-        "alg none": jwt.api_jws.PyJWS().encode(
-            json.dumps({"iat": now - 60, "exp": now + 300, "iss": str(app.id)}).encode(),
-            None,
-            algorithm="none",
-        ),
+        "alg none": _unsigned(app, now),
         "garbage": "eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiIxIn0.not-a-signature",
         "tampered claims": _tamper(good, app),
     }[case]
@@ -228,6 +227,14 @@ def _hs256(app: FakeApp, now: int) -> str:
     return f"{head}.{body}.{b64(mac)}"
 
 
+def _unsigned(app: FakeApp, now: int) -> str:
+    """``alg: none``: a JWT with no signature at all."""
+    head = base64.urlsafe_b64encode(b'{"alg":"none","typ":"JWT"}').rstrip(b"=").decode()
+    claims = {"iat": now - 60, "exp": now + 300, "iss": str(app.id)}
+    body = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    return f"{head}.{body}."
+
+
 def _tamper(token: str, app: FakeApp) -> str:
     """A genuine JWT whose claims were swapped for another App id, signature kept."""
     head, _, sig = token.split(".")
@@ -249,6 +256,23 @@ def test_jwt_accepted_with_iss_as_number_or_string_and_clock_skew(rig: dict[str,
         answer = call(gh, "GET", "/app", token)
         assert answer.status_code == 200, answer.text
         assert answer.json()["id"] == app.id
+
+
+def test_github_clock_apart_from_ours(rig: dict[str, Any]) -> None:
+    """``clock_offset``: GitHub's clock ahead (our JWT expired) or behind (issued in its future)."""
+    gh, app = rig["gh"], rig["app"]
+    gi = integration(gh, app)
+    try:
+        for offset, message in ((3600, "expired"), (-3600, "issued_at")):
+            gh.clock_offset = offset
+            with pytest.raises(GithubException) as caught:
+                gi.get_repo_installation("acme", "widgets")
+            assert caught.value.status == 401
+            assert caught.value.data["message"] == JWT_MESSAGES[message]
+        gh.clock_offset = -50  # within GitHub's tolerance of PyGithub's 60 s back-dating
+        assert gi.get_repo_installation("acme", "widgets").id == rig["installation"]
+    finally:
+        gh.clock_offset = 0
 
 
 def test_pygithub_with_the_wrong_key_is_refused(rig: dict[str, Any]) -> None:
@@ -393,6 +417,7 @@ def test_token_permissions_per_route(rig: dict[str, Any], tmp_path: Path) -> Non
     answer = call(gh, "GET", "/repos/acme/widgets", readonly, scheme="token")
     assert answer.status_code == 403
     assert answer.json()["message"] == "Resource not accessible by integration"
+    assert answer.headers["x-accepted-github-permissions"] == "metadata=read"
     assert call(gh, "GET", "/repos/acme/widgets/branches/main", readonly, "token").is_success
     assert call(gh, "GET", "/user", readonly, "token").status_code == 403
     assert call(gh, "GET", "/repos/acme/widgets/pulls", readonly, "token").status_code == 403
@@ -409,8 +434,11 @@ def test_token_permissions_per_route(rig: dict[str, Any], tmp_path: Path) -> Non
     pr = {"title": "t", "head": "feature", "base": "main"}
     refused = call(gh, "POST", "/repos/acme/widgets/pulls", writer, "token", json=pr)
     assert refused.status_code == 403
+    assert refused.headers["x-accepted-github-permissions"] == "pull_requests=write"
     prs = mint(rig, ["widgets"], {"pull_requests": "write", "metadata": "read"})
-    pull = client(gh, prs).get_repo("acme/widgets").create_pull(**pr)
+    pull = (
+        client(gh, prs).get_repo("acme/widgets").create_pull(title="t", head="feature", base="main")
+    )
     assert pull.user.login == "backspace[bot]" and pull.user.type == "Bot"
     # a comment on the pull request: pull_requests stands in for issues, as on GitHub
     comment = pull.as_issue().create_comment("done")
@@ -513,6 +541,48 @@ def test_every_route_declares_what_a_token_needs(rig: dict[str, Any]) -> None:
         if handler not in gh._scopes and handler not in gh._app_routes
     ]
     assert undeclared == []
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    """Records each POST (headers, body) and answers 204, like a webhook endpoint."""
+
+    received: ClassVar[list[tuple[dict[str, str], bytes]]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("content-length") or 0))
+        self.received.append(({k.lower(): v for k, v in self.headers.items()}, body))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet."""
+
+
+def test_app_webhook_hears_installed_repositories_with_installation(
+    rig: dict[str, Any], openapi: ModuleType
+) -> None:
+    gh, app = rig["gh"], rig["app"]
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+        gh.app_webhook(app, url, "app-secret", {"issue_comment"})
+        inside = gh.create_issue("acme/widgets", "bug", user="alice")
+        outside = gh.create_issue("acme/outside", "bug", user="alice")
+        gh.comment("acme/outside", outside, "@backspace fix", user="alice")
+        gh.comment("acme/widgets", inside, "@backspace fix", user="alice")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert len(_Receiver.received) == 1  # nothing from the repository it is not installed on
+    headers, body = _Receiver.received[0]
+    assert headers["x-hub-signature-256"] == signature("app-secret", body)
+    assert headers["x-github-hook-installation-target-type"] == "integration"
+    assert headers["x-github-hook-installation-target-id"] == str(app.id)
+    payload = json.loads(body)
+    assert payload["installation"]["id"] == rig["installation"]
+    assert payload["repository"]["full_name"] == "acme/widgets"
+    assert openapi.webhook_errors("webhook-issue-comment-created", payload) == []
 
 
 # -- GitHub's schema -----------------------------------------------------------------------

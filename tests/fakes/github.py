@@ -16,6 +16,11 @@ Usage::
         Github(auth=Auth.Token("ghp_x"), base_url=gh.api_url, retry=None, ...)
         git clone f"{gh.git_url}/acme/widgets.git"
 
+A GitHub App (``create_app``, ``install_app``, ``app_webhook``) authenticates with a JWT on
+the App routes only, and its installation tokens reach only their repositories with their
+permissions, on REST and on git smart HTTP; the rules and the records tests assert on
+(``issued_tokens``) are in ``tests/fakes/github_app.py``.
+
 Every request (REST and git) is recorded in :attr:`FakeGitHub.requests` as
 ``{method, path, query, headers, body, status, response}`` (``path`` is the raw
 URL path, e.g. ``/api/v3/repos/acme/widgets``; ``headers`` lower-case; ``body``
@@ -408,6 +413,11 @@ class FakeGitHub:
         self._apps: dict[int, FakeApp] = {}
         self._installations: dict[int, FakeInstallation] = {}
         self._tokens: dict[str, IssuedToken] = {}
+        self.clock_offset = 0.0
+        """Seconds GitHub's clock is ahead of this machine's (negative: behind); JWTs are
+        judged by it, so a test can play a server whose clock is skewed."""
+        self._app_hooks: dict[int, FakeApp] = {}
+        """Hook id → the App whose webhook it is (see :meth:`app_webhook`)."""
         self.issued_tokens: list[IssuedToken] = []
         """Every installation token issued, oldest first: scope, expiry, revocation and uses."""
         self._default = _Principal("token", login)
@@ -659,6 +669,19 @@ class FakeGitHub:
             self._hooks.append(hook)
             return hook
 
+    def app_webhook(
+        self, app: FakeApp, url: str, secret: str | None, events: set[str] | None = None
+    ) -> Hook:
+        """The App's webhook: events (default: the App's) on repositories one of its
+        installations covers, each payload carrying ``installation`` (``id``, ``node_id``) and
+        the ``X-GitHub-Hook-Installation-Target-Type: integration`` header, as GitHub sends."""
+        with self._lock:
+            chosen = frozenset(events or app.events)
+            hook = Hook(self._new_id(), url, secret, chosen)
+            self._hooks.append(hook)
+            self._app_hooks[hook.id] = app
+            return hook
+
     def deliver(
         self,
         hook: Hook,
@@ -669,6 +692,13 @@ class FakeGitHub:
         headers: dict[str, str] | None = None,
     ) -> Delivery:
         """Send one delivery to ``hook`` now (``headers`` override GitHub's, for attacks)."""
+        app = self._app_hooks.get(hook.id)
+        if app is not None:
+            target = {
+                "X-GitHub-Hook-Installation-Target-Type": "integration",
+                "X-GitHub-Hook-Installation-Target-ID": str(app.id),
+            }
+            headers = {**target, **(headers or {})}
         delivery = send(hook, event, payload, delivery_id=delivery_id, headers=headers)
         with self._lock:
             self.deliveries.append(delivery)
@@ -680,9 +710,28 @@ class FakeGitHub:
         return self.deliver(hook, delivery.event, delivery.payload, delivery_id=delivery.id)
 
     def _broadcast(self, event: str, payload: dict[str, Any]) -> list[Delivery]:
+        sends: list[tuple[Hook, dict[str, Any]]] = []
         with self._lock:
-            hooks = [h for h in self._hooks if h.events is None or event in h.events]
-        return [self.deliver(hook, event, payload) for hook in hooks]
+            for hook in self._hooks:
+                if hook.events is not None and event not in hook.events:
+                    continue
+                app = self._app_hooks.get(hook.id)
+                if app is None:
+                    sends.append((hook, payload))
+                    continue
+                full_name = payload.get("repository", {}).get("full_name", "")
+                inst = next(
+                    (
+                        i
+                        for i in self._installations.values()
+                        if i.app is app and i.covers(full_name)
+                    ),
+                    None,
+                )
+                if inst is not None:  # an App hears only from where it is installed
+                    installation = {"id": inst.id, "node_id": _node_id("Installation", inst.id)}
+                    sends.append((hook, {**payload, "installation": installation}))
+        return [self.deliver(hook, event, body) for hook, body in sends]
 
     def comment(self, full_name: str, number: int, body: str, *, user: str) -> dict[str, Any]:
         """Comment on issue or pull request ``number`` as ``user``; delivers ``issue_comment``."""
@@ -1169,7 +1218,7 @@ class FakeGitHub:
                     return _Principal("installation", login, issued=issued)
             if scheme == "bearer" and looks_like_jwt(credential):
                 try:
-                    app = check_jwt(credential, self._apps)
+                    app = check_jwt(credential, self._apps, time.time() + self.clock_offset)
                 except JwtRefused as refused:
                     return _Principal("jwt_refused", error=str(refused))
                 return _Principal("app", app.bot_login, app=app)
@@ -1216,13 +1265,13 @@ class FakeGitHub:
                 permission = "pull_requests"
             if not permission or issued.allows(permission, level):
                 return
-            if (  # GitHub lets pull_requests stand in for issues on a pull request
-                permission == "issues"
-                and self._is_pull_number(repo, match)
-                and issued.allows("pull_requests", level)
-            ):
-                return
-            raise _HttpError(403, NOT_ACCESSIBLE)
+            alternative = permission == "issues" and self._is_pull_number(repo, match)
+            if alternative and issued.allows("pull_requests", level):
+                return  # GitHub lets pull_requests stand in for issues on a pull request
+            accepted = f"{permission}={level}" + (f"; pull_requests={level}" if alternative else "")
+            raise _HttpError(
+                403, NOT_ACCESSIBLE, headers={"x-accepted-github-permissions": accepted}
+            )
 
     def _is_pull_number(self, repo: FakeRepo, match: re.Match[str]) -> bool:
         """Whether an issue route's number (or its comment's) is one of ``repo``'s pulls."""
