@@ -18,9 +18,8 @@ import pytest
 
 from backspace.orchestrator.githosts.github_app import FRONT_END_PERMISSIONS, RUN_PERMISSIONS
 from tests.fakes.anthropic import FakeAnthropic, Reply, Text, ToolCall
-from tests.fakes.github import FakeApp, IssuedToken
+from tests.fakes.github import FakeApp, FakeGitHub, IssuedToken
 from tests.fakes.github_app import private_key_pem
-from tests.fakes.github_app_extra import SkewedGitHub
 from tests.helpers import backspace, cli_env, shared_server, wait_for_process, workdir
 from tests.scenarios import EDIT_SIGNUP
 from tests.server import Server
@@ -41,14 +40,13 @@ FINISH = Reply(
 
 
 @pytest.fixture(scope="module")
-def github() -> Iterator[SkewedGitHub]:
-    fake = SkewedGitHub(token=PERSONAL, login="someone")
-    with fake:
+def github() -> Iterator[FakeGitHub]:
+    with FakeGitHub(token=PERSONAL, login="someone") as fake:
         yield fake
 
 
 @pytest.fixture(scope="module")
-def app(github: SkewedGitHub) -> FakeApp:
+def app(github: FakeGitHub) -> FakeApp:
     app = github.create_app("backspace")
     names = ("widgets", "other", "scope", "scope-other", "fails", "cancels", "canary", "hooked")
     for name in (*names, "one", "two"):
@@ -80,7 +78,7 @@ def key_file(app: FakeApp) -> Iterator[Path]:
     root.rmdir()
 
 
-def env_for(github: SkewedGitHub, model: FakeAnthropic, **extra: str) -> dict[str, str]:
+def env_for(github: FakeGitHub, model: FakeAnthropic, **extra: str) -> dict[str, str]:
     return {
         "ANTHROPIC_API_KEY": ANTHROPIC_KEY,
         "ANTHROPIC_BASE_URL": model.url,
@@ -92,7 +90,7 @@ def env_for(github: SkewedGitHub, model: FakeAnthropic, **extra: str) -> dict[st
 
 @pytest.fixture(scope="module")
 def shared(
-    github: SkewedGitHub, model: FakeAnthropic, app: FakeApp, key_file: Path
+    github: FakeGitHub, model: FakeAnthropic, app: FakeApp, key_file: Path
 ) -> Iterator[Server]:
     """The App's id and the path of its key, its webhook's secret; no GITHUB_TOKEN."""
     env = env_for(
@@ -100,7 +98,7 @@ def shared(
         GITHUB_WEBHOOK_SECRET=WEBHOOK_SECRET,
     )  # fmt: skip
     with shared_server("github-app", env) as server:
-        github.webhook(f"{server.url}/github/webhook", WEBHOOK_SECRET)
+        github.app_webhook(app, f"{server.url}/github/webhook", WEBHOOK_SECRET)
         yield server
 
 
@@ -108,7 +106,7 @@ async def run(server: Server, repo: str, prompt: str, **body: Any) -> list[dict[
     return await post_run(server.url, {"repo_url": repo, "prompt": prompt, **body})
 
 
-def tokens_for(github: SkewedGitHub, repo: str, since: int = 0) -> list[IssuedToken]:
+def tokens_for(github: FakeGitHub, repo: str, since: int = 0) -> list[IssuedToken]:
     return [t for t in github.issued_tokens[since:] if t.repositories == [repo]]
 
 
@@ -136,7 +134,7 @@ def assert_a_run_token(token: IssuedToken, repo: str) -> None:
 
 
 async def test_a_run_uses_a_token_of_its_own_for_its_repository_and_revokes_it(
-    github: SkewedGitHub, model: FakeAnthropic, app: FakeApp, shared: Server
+    github: FakeGitHub, model: FakeAnthropic, app: FakeApp, shared: Server
 ) -> None:
     before = len(github.issued_tokens)
     model.scenarios["app-run"] = [Reply([EDIT_SIGNUP]), FINISH]
@@ -174,7 +172,7 @@ async def test_a_run_uses_a_token_of_its_own_for_its_repository_and_revokes_it(
 
 
 async def test_the_run_token_reaches_no_other_repository_while_the_run_holds_it(
-    github: SkewedGitHub, model: FakeAnthropic, shared: Server
+    github: FakeGitHub, model: FakeAnthropic, shared: Server
 ) -> None:
     """The App is installed on all of acme; the run's token still reaches acme/scope alone."""
     before = len(github.issued_tokens)
@@ -214,7 +212,7 @@ async def test_the_run_token_reaches_no_other_repository_while_the_run_holds_it(
 
 
 async def test_concurrent_runs_each_use_only_their_own_token(
-    github: SkewedGitHub, model: FakeAnthropic, shared: Server
+    github: FakeGitHub, model: FakeAnthropic, shared: Server
 ) -> None:
     """Two runs at once on one host: neither uses the other's token (a token kept on the host
     object rather than in the run's context would be overwritten by the second run)."""
@@ -238,7 +236,7 @@ async def test_concurrent_runs_each_use_only_their_own_token(
 
 
 async def test_the_webhook_front_end_uses_its_own_smaller_token_per_repository(
-    github: SkewedGitHub, model: FakeAnthropic, app: FakeApp, shared: Server
+    github: FakeGitHub, model: FakeAnthropic, app: FakeApp, shared: Server
 ) -> None:
     """A mention by a writer: the 👀, the status comment, the run; all as backspace[bot]."""
     repo = "acme/hooked"
@@ -271,7 +269,7 @@ async def test_the_webhook_front_end_uses_its_own_smaller_token_per_repository(
 
 
 async def test_the_token_is_revoked_after_a_failure(
-    github: SkewedGitHub, model: FakeAnthropic, shared: Server
+    github: FakeGitHub, model: FakeAnthropic, shared: Server
 ) -> None:
     before = len(github.issued_tokens)
     github.fail("POST", r"^/repos/acme/fails/pulls$", 422, "No commits between main and x")
@@ -285,7 +283,7 @@ async def test_the_token_is_revoked_after_a_failure(
 
 
 async def test_the_token_is_revoked_after_a_cancel(
-    github: SkewedGitHub, model: FakeAnthropic, shared: Server
+    github: FakeGitHub, model: FakeAnthropic, shared: Server
 ) -> None:
     before = len(github.issued_tokens)
     marker = f"slept-{uuid.uuid4().hex[:12]}"
@@ -315,7 +313,7 @@ async def test_the_token_is_revoked_after_a_cancel(
 
 
 async def test_not_installed_and_a_missing_permission_are_clear_errors(
-    github: SkewedGitHub, model: FakeAnthropic, shared: Server
+    github: FakeGitHub, model: FakeAnthropic, shared: Server
 ) -> None:
     before = len(github.issued_tokens)
     stranger = await run(shared, "stranger/widgets", "app-none")
@@ -333,7 +331,7 @@ async def test_not_installed_and_a_missing_permission_are_clear_errors(
 
 
 async def test_github_refusing_the_jwt_for_its_time_says_to_check_the_clock(
-    github: SkewedGitHub, shared: Server
+    github: FakeGitHub, shared: Server
 ) -> None:
     try:
         github.clock_offset = -3600  # GitHub an hour behind: the JWT is issued in its future
@@ -365,7 +363,7 @@ async def test_health_says_app_mode_and_that_it_authenticates(
 
 
 async def test_a_key_that_is_not_the_apps_is_a_clear_error(
-    github: SkewedGitHub, model: FakeAnthropic, app: FakeApp
+    github: FakeGitHub, model: FakeAnthropic, app: FakeApp
 ) -> None:
     other_key = private_key_pem(other=True)
     env = env_for(github, model, GITHUB_APP_ID=str(app.id), GITHUB_APP_PRIVATE_KEY=other_key)
@@ -385,7 +383,7 @@ async def test_a_key_that_is_not_the_apps_is_a_clear_error(
 
 
 def test_doctor_names_the_mode_and_an_app_id_github_does_not_know(
-    github: SkewedGitHub, app: FakeApp, key_file: Path, tmp_path: Path
+    github: FakeGitHub, app: FakeApp, key_file: Path, tmp_path: Path
 ) -> None:
     env = cli_env(
         tmp_path, GITHUB_API_URL=github.api_url, GITHUB_APP_PRIVATE_KEY=str(key_file),
@@ -414,7 +412,7 @@ def test_a_malformed_key_stops_the_server_with_a_message(tmp_path: Path) -> None
 
 
 async def test_no_app_token_nor_key_reaches_the_sandbox_an_event_or_a_log_line(
-    github: SkewedGitHub, model: FakeAnthropic, app: FakeApp, shared: Server
+    github: FakeGitHub, model: FakeAnthropic, app: FakeApp, shared: Server
 ) -> None:
     before = len(github.issued_tokens)
     key_line = app.private_key_pem.splitlines()[5]
