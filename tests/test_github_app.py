@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import shutil
 import subprocess
 import time
 import uuid
@@ -16,7 +17,15 @@ from typing import Any
 import httpx
 import pytest
 
-from backspace.orchestrator.githosts.github_app import FRONT_END_PERMISSIONS, RUN_PERMISSIONS
+from backspace.orchestrator.githosts.base import RepoRef
+from backspace.orchestrator.githosts.base_payload import BasePayloads
+from backspace.orchestrator.githosts.github import GitHubHost
+from backspace.orchestrator.githosts.github_app import (
+    FRONT_END_PERMISSIONS,
+    RUN_PERMISSIONS,
+    GitHubApp,
+)
+from backspace.orchestrator.redact import Redactor
 from tests.fakes.anthropic import FakeAnthropic, Reply, Text, ToolCall
 from tests.fakes.github import FakeApp, FakeGitHub, IssuedToken
 from tests.fakes.github_app import private_key_pem
@@ -445,3 +454,64 @@ async def test_no_app_token_nor_key_reaches_the_sandbox_an_event_or_a_log_line(
         assert "ghs_" not in place
         for secret in secrets:
             assert secret not in place
+
+
+async def test_a_run_cancelled_while_github_mints_still_has_its_token_revoked(
+    github: FakeGitHub, app: FakeApp
+) -> None:
+    """In-process, the host itself: a run cancelled while its token request is in flight; the
+    token GitHub mints all the same is revoked, not left alive for an hour."""
+    root = workdir("github-app-mint")
+    redactor = Redactor()
+    host = GitHubHost(
+        token=None,
+        api_url=github.api_url,
+        web_host="github.com",
+        cache_root=root / "cache",
+        redactor=redactor,
+        payloads=BasePayloads(root / "payloads", 10, 1),
+        app=GitHubApp(
+            app_id=app.id,
+            private_key=app.private_key_pem,
+            api_url=github.api_url,
+            web_host="github.com",
+            redactor=redactor,
+        ),
+    )
+    before = len(github.issued_tokens)
+    entered = asyncio.Event()
+
+    async def a_run() -> None:
+        async with host.run_access(
+            RepoRef(host="github", name="acme/other", location="acme/other")
+        ):
+            entered.set()
+
+    try:
+        seen = len(github.requests)
+        task = asyncio.create_task(a_run())
+        # The installation is found; GitHub then stalls (its lock taken) before it takes the
+        # token request, which is in flight when the run is cancelled: without care, GitHub
+        # mints the token after the client has gone, and no one revokes it.
+        while not any(
+            r["path"].endswith("/acme/other/installation") and r.get("status") is not None
+            for r in github.requests[seen:]
+        ):
+            await asyncio.sleep(0)
+        with github._lock:
+            await asyncio.sleep(0.3)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            minted = github.issued_tokens[before:]
+            if minted and all(t.revoked is not None for t in minted):
+                break
+            await asyncio.sleep(0.05)
+        (token,) = github.issued_tokens[before:]
+        assert token.revoked is not None, "minted after the cancel, and left alive"
+        assert not entered.is_set()
+    finally:
+        await host.aclose()
+        shutil.rmtree(root, ignore_errors=True)

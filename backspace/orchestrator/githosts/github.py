@@ -43,7 +43,11 @@ from backspace.orchestrator.githosts.base import (
 )
 from backspace.orchestrator.githosts.base_payload import BasePayload, BasePayloads, PayloadKey
 from backspace.orchestrator.githosts.gitcmd import GitError, git
-from backspace.orchestrator.githosts.github_app import RUN_PERMISSIONS, GitHubApp
+from backspace.orchestrator.githosts.github_app import (
+    RUN_PERMISSIONS,
+    GitHubApp,
+    InstallationToken,
+)
 from backspace.orchestrator.githosts.references import (
     check_branch_name,
     looks_like_github,
@@ -137,7 +141,14 @@ class GitHubHost:
         if self.app is None:
             yield
             return
-        token = await self.app.mint(ref.location, RUN_PERMISSIONS)
+        app = self.app
+        minting = asyncio.ensure_future(app.mint(ref.location, RUN_PERMISSIONS))
+        try:
+            # Shielded: a run cancelled while GitHub mints still has its token revoked.
+            token = await asyncio.shield(minting)
+        except asyncio.CancelledError:
+            minting.add_done_callback(lambda done: _revoke_minted(app, done))
+            raise
         reset = _RUN_TOKEN.set(token.value)
         try:
             yield
@@ -502,6 +513,18 @@ class GitHubHost:
 
     def _lock(self, name: str) -> asyncio.Lock:
         return self._locks.setdefault(name.lower(), asyncio.Lock())
+
+
+_REVOKING: set[asyncio.Task[None]] = set()
+"""Revocations of tokens minted for runs cancelled meanwhile (kept until done)."""
+
+
+def _revoke_minted(app: GitHubApp, minting: asyncio.Future[InstallationToken]) -> None:
+    if minting.cancelled() or minting.exception() is not None:
+        return
+    task = asyncio.ensure_future(app.revoke(minting.result()))
+    _REVOKING.add(task)
+    task.add_done_callback(_REVOKING.discard)
 
 
 def _clone_url(repo: ResolvedRepo) -> str:

@@ -372,6 +372,8 @@ class InstallationTokens:
         tokens, self._tokens = list(self._tokens.values()), {}
         for token in tokens:
             await self.app.revoke(token)
+        if tokens:  # the server may have closed the App's client already: close the new one
+            await self.app.aclose()
 
 
 def _missing(granted: dict[str, str], wanted: dict[str, str]) -> list[tuple[str, str, str]]:
