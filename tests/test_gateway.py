@@ -241,13 +241,13 @@ async def test_past_the_budget_the_model_is_not_asked_and_the_run_is_marked(
         fake.reset()
         assert "message_stop" in await tight.sh(messages(True))
         assert "message_stop" in await tight.sh(messages(True))  # under the budget when sent
-        assert tight.lease.exceeded is False
+        before = tight.lease.exceeded
         refused = await tight.sh(messages(True) + " -i")
         assert "HTTP/1.1 403" in refused and "x-should-retry: false" in refused
         error = json.loads(refused.split("\r\n\r\n", 1)[1])
         assert error["error"]["type"] == "permission_error"
         assert f"spend limit (${cost * 1.5:g}) is reached" in error["error"]["message"]
-        assert tight.lease.exceeded is True
+        assert (before, tight.lease.exceeded) == (False, True)
         assert len(fake.requests) == 2  # the refused request never reached the model
         assert tight.lease.spent_usd == pytest.approx(2 * cost)
     finally:
