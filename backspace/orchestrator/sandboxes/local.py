@@ -124,7 +124,7 @@ exec bash -c "$2" bash
 
 def _options(port: int) -> str:
     """The model's relay sends each small piece of a streamed answer at once (TCP_NODELAY):
-    with Nagle's algorithm against the client's delayed ACK, a streamed call took 40 ms more
+    with Nagle's algorithm against a client's delayed ACK (httpx's), a streamed call took 40 ms more
     (bench/gateway.py)."""
     return ",nodelay" if port == MODEL_PORT else ""
 
