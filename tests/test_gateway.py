@@ -249,6 +249,7 @@ async def test_past_the_budget_the_model_is_not_asked_and_the_run_is_marked(
         assert f"spend limit (${cost * 1.5:g}) is reached" in error["error"]["message"]
         assert (before, tight.lease.exceeded) == (False, True)
         assert len(fake.requests) == 2  # the refused request never reached the model
+        assert (tight.lease.requests, tight.lease.refused) == (2, 1)
         assert tight.lease.spent_usd == pytest.approx(2 * cost)
     finally:
         await tight.sandbox.close()

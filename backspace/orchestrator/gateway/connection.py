@@ -78,6 +78,8 @@ class Connection:
                 pass
         except (ConnectionError, TimeoutError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:  # its lease closed: this task is the connection's own
+            pass
         finally:
             lease.connections.discard(self)
             self.writer.transport.abort()
@@ -101,6 +103,8 @@ class Connection:
         body = await self._body(request)
         if body is None:
             return False
+        # 403 permission_error stops Claude Code at once (seen with the real CLI: one refused
+        # request, then the run ends with api_error); a 400 there made it try five more times.
         if request.path == "/v1/messages" and self.lease.over_budget():
             limit = f"${self.lease.budget_usd:g}"
             await self._refuse(
