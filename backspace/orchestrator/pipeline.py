@@ -17,6 +17,7 @@ import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from backspace.orchestrator.agent import Agent, AgentLimits, AgentResult, Model, prompts
@@ -333,17 +334,7 @@ class Pipeline:
         pr = await host.open_pull_request(repo, draft)
         ctx.emit(
             EventType.PR_CREATED,
-            {
-                "pr_url": pr.url,
-                "pr_number": pr.number,
-                "branch": branch,
-                "base_sha": repo.base_sha,
-                "title": title,
-                "files_changed": len(change.files),
-                "additions": change.additions,
-                "deletions": change.deletions,
-                "draft": pr.draft,
-            },
+            _published(pr.url, pr.number, branch, repo.base_sha, title, change, draft=pr.draft),
         )
         verdict = ""
         if receipt is not None and not receipt.passed:
@@ -407,21 +398,10 @@ class Pipeline:
         updated = await host.update_pull_request(
             start_repo, pr.number, body=with_run(pr.body, row), comment=comment
         )
-        ctx.emit(
-            EventType.PR_UPDATED,
-            {
-                "pr_url": updated.url,
-                "pr_number": updated.number,
-                "branch": branch,
-                "base_sha": diff_base,
-                "commit": change.head_sha,
-                "title": title,
-                "files_changed": len(change.files),
-                "additions": change.additions,
-                "deletions": change.deletions,
-                "draft": pr.draft,
-            },
+        published = _published(
+            updated.url, updated.number, branch, diff_base, title, change, draft=pr.draft
         )
+        ctx.emit(EventType.PR_UPDATED, {**published, "commit": change.head_sha})
         verdict = ""
         if receipt is not None and not receipt.passed:
             verdict = " (verification failed: see the comment)"
@@ -567,6 +547,30 @@ async def _has_commit(sandbox: Sandbox, sha: str) -> bool:
         f"git cat-file -e {shlex.quote(sha + '^{commit}')}", timeout=30, max_output=500
     )
     return result.exit_code == 0
+
+
+def _published(
+    url: str,
+    number: int,
+    branch: str,
+    base_sha: str | None,
+    title: str,
+    change: Change,
+    *,
+    draft: bool,
+) -> dict[str, Any]:
+    """What `pr_created` and `pr_updated` say about the pull request and the change."""
+    return {
+        "pr_url": url,
+        "pr_number": number,
+        "branch": branch,
+        "base_sha": base_sha,
+        "title": title,
+        "files_changed": len(change.files),
+        "additions": change.additions,
+        "deletions": change.deletions,
+        "draft": draft,
+    }
 
 
 def _verdict(receipt: Receipt | None) -> str:

@@ -33,7 +33,8 @@ from backspace.slackbot.messages import (
     status_text,
 )
 from backspace.slackbot.reporter import ChannelPacer, SlackReporter
-from backspace.slackbot.tasks import Tasks, safe
+from backspace.slackbot.tasks import safe
+from backspace.tasks import Tasks
 
 log = logging.getLogger(__name__)
 
