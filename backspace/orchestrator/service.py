@@ -99,13 +99,15 @@ class Service:
         gate: Callable[[], None] | None = None,
         context: str | None = None,
         closes_issue: int | None = None,
+        engine: str | None = None,
     ) -> Run:
         """Check the request, then record and queue the run; a `Refusal` says why not.
 
         `gate` is a front end's own last check (the API's rate limit): it is called once every
         check here has passed, right before the run is recorded, so only a request that would
         start a run counts against it. What it raises passes through. `context` is text the
-        agent sees beside the request (an issue's body); `closes_issue` goes into the PR body.
+        agent sees beside the request (an issue's body); `closes_issue` goes into the PR body;
+        `engine` picks the agent (None: the server's BACKSPACE_ENGINE).
         """
         self.check_prompt(prompt)
         try:
@@ -123,6 +125,7 @@ class Service:
             meta=dict(meta or {}),
             context=_clean_context(context),
             closes_issue=closes_issue,
+            engine=engine,
         )
         return self._submit(request, gate)
 
