@@ -154,8 +154,19 @@ class DaytonaSandboxProvider:
 
     # --- life cycle ------------------------------------------------------------------------------
     async def create(
-        self, run_id: str, *, layer: Layer | None = None, gate: Gate | None = None
+        self,
+        run_id: str,
+        *,
+        layer: Layer | None = None,
+        gate: Gate | None = None,
+        gateway: Path | None = None,
     ) -> DaytonaSandbox:
+        if gateway is not None:
+            raise SandboxError(
+                "the model gateway is bound into local sandboxes only: a Daytona sandbox cannot "
+                "reach a socket on this host; use the backspace engine with Daytona, or "
+                "BACKSPACE_SANDBOX=local"
+            )
         if layer is None:
             return await self._create(run_id, None, gate)
         if self._store is not None:
