@@ -13,13 +13,14 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from backspace import __version__
+from backspace.orchestrator.engines import DEFAULT_ENGINE, Engine
 from backspace.orchestrator.errors import Kind as Kind
 from backspace.orchestrator.errors import Reason as Reason
 from backspace.orchestrator.errors import Refusal as Refusal
@@ -83,6 +84,8 @@ class Service:
     redactor: Redactor
     public_url: str
     close_model: Callable[[], Awaitable[None]]
+    engines: Mapping[str, Engine] = field(default_factory=dict)  # name -> engine, for /health
+    default_engine: str = DEFAULT_ENGINE
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list, init=False, repr=False)
 
     # --- the door --------------------------------------------------------------------------------
@@ -375,6 +378,7 @@ class Service:
                 **_sandbox_limits(self.sandboxes),
             },
             "git_hosts": hosts,
+            "engines": self.engine_report(),
             "store": {
                 "ok": store_ok,
                 **({"path": str(self.store.path)} if show_paths else {}),
@@ -386,6 +390,18 @@ class Service:
                 "max_concurrent": self.runner.limits.max_concurrent,
             },
         }
+
+    def engine_report(self) -> dict[str, Any]:
+        """Which engine runs by default, and whether each can run here (Claude Code: whether
+        its package is installed, and its version)."""
+        report: dict[str, Any] = {"default": self.default_engine}
+        for name, engine in self.engines.items():
+            usable, message = engine.check()
+            report[name] = {"usable": usable, "message": message}
+            version = getattr(getattr(engine, "cli", None), "version", None)
+            if version is not None:
+                report[name]["version"] = version
+        return report
 
     def _paths(self) -> list[str]:
         """The server's own files and directories, as they may appear in a message."""

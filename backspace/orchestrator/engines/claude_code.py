@@ -22,24 +22,25 @@ import shlex
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from backspace.orchestrator.agent import AgentLimits, AgentResult, ModelError
-from backspace.orchestrator.agent.pricing import Usage
 from backspace.orchestrator.engines import pr_summary
 from backspace.orchestrator.engines.base import EngineJob, EngineRun
 from backspace.orchestrator.engines.claude_cli import ClaudeCli
 from backspace.orchestrator.engines.claude_stream import ClaudeStream
 from backspace.orchestrator.errors import RunFailure
 from backspace.orchestrator.events import EventType, Stage
+from backspace.orchestrator.gateway import GatewayLease, ModelGateway
 from backspace.orchestrator.run import RunContext
 
 GATEWAY_URL = "http://127.0.0.1:3129"  # the sandbox's end of the model gateway
 PLACEHOLDER_KEY = "backspace-gateway-placeholder"  # what the sandbox holds instead of a key
 TOOLS = ("Bash", "Read", "Edit", "Write", "Glob", "Grep")  # no web, no subagents, no MCP
+FINISH_LINE = "Make the change described in <task>, then call `finish`."  # prompts.first_message
 OUTPUT_KEPT = 64_000  # of the CLI's raw output, for a failure's explanation
 QUIET = {
     # No traffic but the model: no telemetry, error reports, feature flags, update checks.
@@ -64,35 +65,13 @@ STATUS_ERRORS = {
 }
 
 
-class Lease(Protocol):
-    """One run's use of the model gateway (backspace/orchestrator/gateway)."""
-
-    spent_usd: float
-    exceeded: bool
-    usage: Usage
-
-    async def close(self) -> None: ...
-
-
-class Gateway(Protocol):
-    async def open(
-        self,
-        run_id: str,
-        *,
-        budget_usd: float,
-        emit: Callable[[str, dict[str, Any]], None],
-        socket_path: Path,
-        owner_uid: int | None = None,
-    ) -> Lease: ...
-
-
 class ClaudeCode:
     name = "claude-code"
 
     def __init__(
         self,
         cli: ClaudeCli,
-        gateway: Gateway | None,
+        gateway: ModelGateway | None,
         *,
         model: str,
         retries: int = 4,
@@ -136,7 +115,7 @@ class ClaudeCode:
 
 
 class ClaudeCodeRun:
-    def __init__(self, engine: ClaudeCode, lease: Lease, options: Mapping[str, Any]) -> None:
+    def __init__(self, engine: ClaudeCode, lease: GatewayLease, options: Mapping[str, Any]) -> None:
         self.engine = engine
         self.lease = lease
         self.sandbox_options = options
@@ -172,7 +151,7 @@ class ClaudeCodeRun:
             cwd=sandbox.workdir,
             timeout=timeout,
             max_output=OUTPUT_KEPT,
-            stdin=job.first_message.encode(),
+            stdin=_first_message(job.first_message).encode(),
             on_output=stream.feed,
         )
         stream.close()
@@ -267,6 +246,15 @@ class ClaudeCodeRun:
         if summary is not None:
             result.title, result.body = summary.title, summary.body
         return result
+
+
+def _first_message(text: str) -> str:
+    """Our first message, whose last line tells our loop to call `finish`: Claude Code has no
+    such tool; it ends with the summary block its system prompt describes instead."""
+    return text.replace(
+        FINISH_LINE,
+        "Make the change described in <task>, then end with the PR title and body block.",
+    )
 
 
 def _model_error(final: dict[str, Any], retries: int) -> ModelError:
