@@ -326,3 +326,28 @@ async def test_health_and_an_unknown_engine(shared: Shared) -> None:
     assert response.status_code == 422
     assert "engine" in response.text
     assert events_of(frames) == []
+
+
+def test_slack_text_picks_the_engine_and_refuses_an_unknown_one() -> None:
+    from backspace.orchestrator.githosts.base import RepoRef, RepoRefError
+    from backspace.slackbot.commands import Invalid, StartRun, parse
+
+    def repo(text: str) -> RepoRef:
+        if text.count("/") != 1:
+            raise RepoRefError(f"{text} is not owner/name")
+        return RepoRef("github", text, text)
+
+    run = parse("acme/widgets engine=claude-code add a flag", repo, None)
+    assert isinstance(run, StartRun) and run.engine == "claude-code"
+    assert run.prompt == "add a flag"
+    assert isinstance(parse("acme/widgets engine=gpt add a flag", repo, None), Invalid)
+    plain = parse("acme/widgets add a flag", repo, None)
+    assert isinstance(plain, StartRun) and plain.engine is None
+
+
+def test_the_summary_block_is_parsed_from_the_last_message() -> None:
+    from backspace.orchestrator.engines.pr_summary import parse
+
+    found = parse("Done.\n\n**PR title:** Strip names\nPR body:\nStrips.\n- one")
+    assert found is not None and found.title == "Strip names" and found.body == "Strips.\n- one"
+    assert parse("no block here") is None
