@@ -272,7 +272,8 @@ def build_service(settings: Settings) -> Service:
 
 
 def create_app(settings: Settings) -> Starlette:
-    """The ASGI app `backspace serve` runs: the service, behind HTTP and (when set) Slack."""
+    """The ASGI app `backspace serve` runs: the service, behind HTTP and (when set) Slack and
+    the GitHub webhook."""
     service = build_service(settings)
     slack = None
     if settings.slack_configured:
@@ -280,4 +281,9 @@ def create_app(settings: Settings) -> Starlette:
         from backspace.slackbot.frontend import SlackFrontEnd
 
         slack = SlackFrontEnd(service, settings)
-    return web_app(settings, service, slack)
+    github = None
+    if settings.github_webhook_configured:
+        from backspace.githubbot.frontend import GitHubFrontEnd
+
+        github = GitHubFrontEnd(service, settings)
+    return web_app(settings, service, slack, github)

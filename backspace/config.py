@@ -70,6 +70,13 @@ class Settings(BaseSettings):
         pattern=r"^[^\s<>]+@[^\s<>]+$",
     )
 
+    # --- the GitHub webhook (issue 16) ----------------------------------------------------------
+    github_webhook_secret: SecretStr | None = Field(None, alias="GITHUB_WEBHOOK_SECRET")
+    github_mention: str = Field(
+        "@backspace", alias="GITHUB_MENTION", pattern=r"^@?[A-Za-z0-9][A-Za-z0-9_.\[\]/-]{0,79}$"
+    )
+    github_trigger_label: str = Field("", alias="GITHUB_TRIGGER_LABEL", max_length=50)
+
     # --- Slack (issue 5) -----------------------------------------------------------------------
     slack_bot_token: SecretStr | None = Field(None, alias="SLACK_BOT_TOKEN")
     slack_signing_secret: SecretStr | None = Field(None, alias="SLACK_SIGNING_SECRET")
@@ -224,6 +231,10 @@ class Settings(BaseSettings):
         return f"{host}-{digest}"
 
     @property
+    def github_webhook_configured(self) -> bool:
+        return bool(self.github_webhook_secret and self.github_webhook_secret.get_secret_value())
+
+    @property
     def slack_configured(self) -> bool:
         token = self.slack_bot_token.get_secret_value() if self.slack_bot_token else ""
         secret = self.slack_signing_secret.get_secret_value() if self.slack_signing_secret else ""
@@ -267,6 +278,7 @@ class Settings(BaseSettings):
         values = [
             self.anthropic_api_key,
             self.github_token,
+            self.github_webhook_secret,
             self.slack_bot_token,
             self.slack_signing_secret,
             self.slack_app_token,

@@ -36,7 +36,8 @@ from backspace.orchestrator.egress.hosts import AddressMap
 from backspace.orchestrator.egress.proxy import EgressProxy
 from backspace.orchestrator.events import EventType
 from backspace.orchestrator.gateway import GatewayLease, GatewayLimits, ModelGateway
-from backspace.orchestrator.gateway.request import SANDBOX_PORT
+from backspace.orchestrator.gateway.meter import MAX_LINE, UsageMeter
+from backspace.orchestrator.gateway.request import SANDBOX_PORT, Refusal, Request, parse_head
 from backspace.orchestrator.sandboxes.local import (
     MODEL_PORT,
     PLACEHOLDER_KEY,
@@ -57,7 +58,7 @@ MODEL = "claude-sonnet-4-5"
 ANSWER = "Hello from the scripted model, streamed in several deltas."
 LIMITS = GatewayLimits(
     max_head_bytes=8192,
-    max_body_bytes=1024 * 1024,
+    max_body_bytes=2 * 1024 * 1024,
     head_timeout=2.0,
     body_timeout=3.0,
     max_connections_per_run=8,
@@ -249,6 +250,7 @@ async def test_past_the_budget_the_model_is_not_asked_and_the_run_is_marked(
         assert f"spend limit (${cost * 1.5:g}) is reached" in error["error"]["message"]
         assert (before, tight.lease.exceeded) == (False, True)
         assert len(fake.requests) == 2  # the refused request never reached the model
+        assert (tight.lease.requests, tight.lease.refused) == (2, 1)
         assert tight.lease.spent_usd == pytest.approx(2 * cost)
     finally:
         await tight.sandbox.close()
@@ -309,12 +311,14 @@ async def test_too_large_a_request_is_refused_before_it_is_read(
 
 
 async def slow_client(path: Path, stop: asyncio.Event) -> float:
-    """A slowloris: a request head a byte at a time; how long the gateway kept it open."""
+    """A slowloris: a request head a byte at a time; how long until the gateway answered or
+    closed the connection."""
     started = time.monotonic()
     reader, writer = await asyncio.open_unix_connection(str(path))
+    answered = asyncio.create_task(reader.read(1))
     try:
         for byte in b"POST /v1/messages HTTP/1.1\r\nx-slow: " + b"a" * 1000:
-            if stop.is_set() or reader.at_eof():
+            if stop.is_set() or answered.done():
                 break
             writer.write(bytes([byte]))
             await writer.drain()
@@ -322,6 +326,7 @@ async def slow_client(path: Path, stop: asyncio.Event) -> float:
     except ConnectionError:
         pass
     finally:
+        answered.cancel()
         writer.close()
     return time.monotonic() - started
 
@@ -342,12 +347,12 @@ async def test_a_slowloris_client_neither_blocks_another_run_nor_holds_its_own_s
         started = time.monotonic()
         answer = await other.sh(messages(True))
         assert "message_stop" in answer
-        assert time.monotonic() - started < 3.0
-        held = await asyncio.wait_for(asyncio.gather(*slow), timeout=10)
+        assert time.monotonic() - started < 10.0  # the slow clients would hold it for minutes
+        held = await asyncio.wait_for(asyncio.gather(*slow), timeout=20)
         # Each was cut when its head was not complete within head_timeout (or at once, past
         # the per-run connection limit), not when it gave up.
-        assert max(held) < LIMITS.head_timeout + 1.0
-        assert min(held) < 1.0  # the connections over the limit were answered at once
+        assert max(held) < LIMITS.head_timeout + 4.0  # else each dribbles for 200 s
+        assert min(held) < 1.5  # the connections over the limit were answered at once
     finally:
         stop.set()
         for one in (hostile, other):
@@ -386,3 +391,65 @@ async def test_a_sandbox_without_a_gateway_has_no_model_door(
         assert result.exit_code != 0
     finally:
         await sandbox.close()
+
+
+async def test_a_large_request_within_the_cap_passes_without_waiting(
+    run: Run, fake: FakeAnthropic
+) -> None:
+    """curl sends `Expect: 100-continue` for a body over 1 MiB and waits for the go-ahead."""
+    fake.reset()
+    padding = "x" * (LIMITS.max_body_bytes * 3 // 4)  # over 1 MiB: curl sends Expect
+    big = json.dumps({**json.loads(body(False)), "metadata": {"pad": padding}})
+    await run.sh("cat > /tmp/req.json", stdin=big.encode())
+    # Without the gateway's `100 Continue`, curl would wait out the 30 s and then --max-time.
+    answer = await run.sh(
+        f"{CURL} --expect100-timeout 30 {HEADERS} {BASE}/v1/messages --data-binary @/tmp/req.json"
+    )
+    assert json.loads(answer)["type"] == "message"
+    assert fake.requests[0]["body"]["metadata"]["pad"] == padding
+
+
+def test_the_meter_reads_usage_across_any_split_and_skips_huge_lines() -> None:
+    start = {
+        "type": "message_start",
+        "message": {"model": MODEL, "usage": {**USAGE, "output_tokens": 1}},
+    }
+    delta = {"type": "message_delta", "delta": {}, "usage": {"output_tokens": 50}}
+    huge = {"type": "content_block_delta", "delta": {"text": "y" * (MAX_LINE + 10)}}
+    stream = "".join(
+        f"event: {e['type']}\ndata: {json.dumps(e)}\n\n" for e in (start, huge, delta)
+    ).encode()
+    meter = UsageMeter(stream=True, model="")
+    for i in range(0, len(stream), 7):
+        meter.feed(stream[i : i + 7])
+    assert meter.finish() == USAGE and meter.model == MODEL
+    cut = UsageMeter(stream=True, model=MODEL)  # a stream that broke after message_start
+    cut.feed(stream[: stream.index(b"\n\n") + 2])
+    assert cut.finish()["input_tokens"] == 1000 and cut.finish()["output_tokens"] == 1
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"POST /v1/messages HTTP/1.1\r\nHost : x\r\n\r\n",  # a space before the colon
+        b"POST /v1/messages HTTP/2\r\n\r\n",
+        b"POST  /v1/messages HTTP/1.1\r\n\r\n",
+        b"POST /v1/messages HTTP/1.1\r\nno colon\r\n\r\n",
+    ],
+)
+def test_a_malformed_head_is_a_400(head: bytes) -> None:
+    refused = parse_head(head, SANDBOX_PORT)
+    assert isinstance(refused, Refusal) and refused.status == 400
+
+
+def test_look_alike_paths_are_not_the_messages_api() -> None:
+    for target in (
+        "/v1/messages/",
+        "/v1/messages/../models",
+        "/v1/messages/batches",
+        "//v1/messages",
+    ):
+        refused = parse_head(f"POST {target} HTTP/1.1\r\n\r\n".encode(), SANDBOX_PORT)
+        assert isinstance(refused, Refusal) and refused.status == 404, target
+    own = parse_head(b"POST http://127.0.0.1:3129/v1/messages HTTP/1.1\r\n\r\n", SANDBOX_PORT)
+    assert isinstance(own, Request) and own.target == "/v1/messages"

@@ -97,7 +97,7 @@ def live(repos: Path, fake_model: FakeAnthropic, server_factory: ServerFactory) 
         fake_model,
         REQUIRE_AUTH="true",
         API_KEY=KEY,
-        BACKSPACE_RUNS_BURST="5",
+        BACKSPACE_RUNS_BURST="10",  # two operations start runs: /api/code and the follow-ups
         BACKSPACE_RUNS_PER_MINUTE="5",
     )
     server = server_factory(env)
@@ -149,8 +149,9 @@ def vary(live: Live) -> Any:
                     and not negative_at(case, ParameterLocation.BODY)
                 ):
                     body["repo_url"] = "local:widgets"
-                if json_wanted:
-                    case.headers["Accept"] = "application/json"
+            starts_runs = case.operation.path in ("/api/code", "/api/runs/{run_id}/followups")
+            if json_wanted and starts_runs:
+                case.headers["Accept"] = "application/json"
             return case
 
         return st.tuples(st.booleans(), st.booleans()).map(apply)
@@ -227,6 +228,14 @@ def known_cases(live: Live) -> dict[str, list[dict[str, Any]]]:
             {"path_parameters": run, "headers": {**auth, "Last-Event-ID": "\u00b2"}},
         ],
         "POST /api/runs/{run_id}/cancel": [{"path_parameters": run, "headers": auth}],
+        "POST /api/runs/{run_id}/followups": [
+            {"path_parameters": run, "body": {"prompt": "also strip it"}, "headers": auth},
+            {
+                "path_parameters": run,
+                "body": {"prompt": "and trim it", "mode": "steer"},
+                "headers": {**auth, "Accept": "application/json"},
+            },
+        ],
         "GET /api/prs/{pr_id}": pr_cases,
         "GET /prs/{pr_id}": pr_cases,
     }
@@ -312,6 +321,10 @@ def test_every_response_conforms_to_the_served_openapi_document(live: Live) -> N
         ("GET /api/runs/{run_id}/events", 200),
         ("GET /api/runs/{run_id}/events", 204),
         ("POST /api/runs/{run_id}/cancel", 409),
+        ("POST /api/runs/{run_id}/followups", 200),
+        ("POST /api/runs/{run_id}/followups", 202),
+        ("POST /api/runs/{run_id}/followups", 404),
+        ("POST /api/runs/{run_id}/followups", 422),
         ("GET /api/prs/{pr_id}", 200),
         ("GET /prs/{pr_id}", 200),
         ("POST /slack/events", 404),

@@ -26,19 +26,29 @@ log = logging.getLogger(__name__)
 
 
 class SlackEndpoint(Protocol):
-    """The Slack front end as this app serves it: /slack/events, and its own life span."""
+    """A front end as this app serves it (Slack at /slack/events, the GitHub webhook at
+    /github/webhook): one endpoint, and its own life span."""
 
     async def endpoint(self, request: Request) -> Response: ...
     async def start(self) -> None: ...
     async def aclose(self) -> None: ...
 
 
-def web_app(settings: Settings, service: Service, slack: SlackEndpoint | None) -> Starlette:
+def web_app(
+    settings: Settings,
+    service: Service,
+    slack: SlackEndpoint | None,
+    github: SlackEndpoint | None = None,
+) -> Starlette:
+    """`github` is the GitHub webhook's front end (served at /github/webhook), when enabled."""
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await service.startup()
         if slack is not None:
             await slack.start()
+        if github is not None:
+            await github.start()
         watch_children_with_pidfds()
         tune_garbage_collector()
         log.info("backspace %s ready at %s", __version__, service.public_url)
@@ -49,6 +59,8 @@ def web_app(settings: Settings, service: Service, slack: SlackEndpoint | None) -
             await service.aclose()
             if slack is not None:
                 await slack.aclose()
+            if github is not None:
+                await github.aclose()
 
     app = Starlette(
         debug=False,
@@ -65,4 +77,5 @@ def web_app(settings: Settings, service: Service, slack: SlackEndpoint | None) -
     app.state.service = service
     app.state.rate_limiter = RateLimiter(settings.runs_per_minute, settings.runs_burst)
     app.state.slack = slack
+    app.state.github = github
     return app

@@ -11,8 +11,9 @@ from typing import Any
 from pydantic import TypeAdapter
 
 from backspace import __version__
+from backspace.http.schemas import FollowUpRequest
 from backspace.orchestrator.events import EventType
-from backspace.orchestrator.store import Run
+from backspace.orchestrator.store import PullRequestRecord, Run
 
 ERROR = {"$ref": "#/components/schemas/Error"}
 MAX_SEQ = 2**63 - 1
@@ -88,9 +89,9 @@ PR_ID = {
     "schema": {"type": "integer", "minimum": 1, "maximum": MAX_SEQ},
 }
 SECURED: list[dict[str, list[str]]] = [{"bearer": []}, {"apiKey": []}]
-RUN_LINKS = ("url", "events_url", "cancel_url")
-"""What the API adds to a run's fields (`routes._run_json`): where it, its events and its
-cancellation are."""
+RUN_LINKS = ("url", "events_url", "cancel_url", "followups_url")
+"""What the API adds to a run's fields (`routes._run_json`): where it, its events, its
+cancellation and its follow-ups are."""
 
 
 EVENT_FIELDS = {
@@ -103,6 +104,8 @@ EVENT_REQUIRED = ["type", "run_id", "request_id", "seq", "timestamp"]
 PHASE = {"type": "string", "enum": ["setup", "agent", "verify"]}
 PORT = {"type": "integer", "minimum": 1, "maximum": 65535}
 COMMAND = {"type": "string", "nullable": True, "description": "the command that tried, if known"}
+NULLABLE_STRING = {"type": "string", "nullable": True}
+COUNT = {"type": "integer", "minimum": 0}
 BLOCKED_ATTEMPT: dict[str, Any] = {
     "type": "object",
     "required": ["host", "port", "phase", "command"],
@@ -143,6 +146,45 @@ TYPED_EVENTS: dict[str, dict[str, Any]] = {
             "blocked": {"type": "array", "items": BLOCKED_ATTEMPT},
         },
     },
+    EventType.PR_UPDATED: {
+        "description": "a follow-up pushed a new commit to its family's open pull request "
+        "(when that one was merged or closed, a follow-up opens a new one: `pr_created`)",
+        "required": [
+            "pr_url",
+            "pr_number",
+            "branch",
+            "commit",
+            "title",
+            "files_changed",
+            "additions",
+            "deletions",
+            "draft",
+        ],
+        "properties": {
+            "pr_url": {"type": "string"},
+            "pr_number": {"type": "integer", "minimum": 1},
+            "branch": {"type": "string"},
+            "base_sha": {"type": "string", "description": "what the PR's diff is against"},
+            "commit": {"type": "string", "description": "the new commit on the branch"},
+            "title": {"type": "string"},
+            "files_changed": COUNT,
+            "additions": COUNT,
+            "deletions": COUNT,
+            "draft": {"type": "boolean"},
+        },
+    },
+    EventType.FOLLOWUP_RECEIVED: {
+        "description": "a follow-up reached this run: steered into its agent (read at the next "
+        "turn), or queued as a new run of the family after it",
+        "required": ["prompt", "requester", "source", "mode"],
+        "properties": {
+            "prompt": {"type": "string"},
+            "requester": {**NULLABLE_STRING, "description": "who sent it, when known"},
+            "source": {"type": "string", "description": "api, slack, github, ..."},
+            "mode": {"type": "string", "enum": ["steer", "queue"]},
+            "followup_run_id": {"type": "string", "description": "the queued run (mode queue)"},
+        },
+    },
 }
 """Event types whose fields are described; any other event carries its type's fields freely."""
 
@@ -179,6 +221,66 @@ def run_schema() -> dict[str, Any]:
     """The `Run` component: the run as `Run.to_json` shows it, with its links."""
     schema = openapi_schema(TypeAdapter(Run).json_schema(mode="serialization"))
     schema["properties"].update({name: {"type": "string"} for name in RUN_LINKS})
+    return schema
+
+
+FAMILY: dict[str, Any] = {
+    "type": "object",
+    "description": "the runs of one pull request's conversation (a first run and its follow-ups)",
+    "required": ["id", "parent_id", "children", "runs", "branch", "pr_url"],
+    "properties": {
+        "id": {"type": "string", "description": "the family's id: its first run's"},
+        "parent_id": {**NULLABLE_STRING, "description": "the run this one continues"},
+        "children": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "the runs that continue this one",
+        },
+        "runs": {
+            "type": "array",
+            "description": "every run of the family, oldest first",
+            "items": {
+                "type": "object",
+                "required": ["id", "status", "prompt", "source", "created_at", "pr_url"],
+                "properties": {
+                    "id": {"type": "string"},
+                    "status": {"type": "string"},
+                    "prompt": {"type": "string"},
+                    "source": {"type": "string"},
+                    "created_at": {"type": "string"},
+                    "pr_url": NULLABLE_STRING,
+                },
+            },
+        },
+        "branch": {**NULLABLE_STRING, "description": "the branch of the newest pull request"},
+        "pr_url": {**NULLABLE_STRING, "description": "the newest pull request"},
+    },
+}
+RUN_REF = {"$ref": "#/components/schemas/Run"}
+
+
+def _with(fields: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    """The Run with more fields."""
+    return {"allOf": [RUN_REF, {"type": "object", "required": required, "properties": fields}]}
+
+
+def pull_request_schema() -> dict[str, Any]:
+    """`GET /api/prs/{id}`: the local pull request as the store keeps it, and its comments."""
+    schema = openapi_schema(TypeAdapter(PullRequestRecord).json_schema(mode="serialization"))
+    schema["properties"]["comments"] = {
+        "type": "array",
+        "description": "the follow-ups' comments, oldest first",
+        "items": {
+            "type": "object",
+            "required": ["id", "body", "created_at"],
+            "properties": {
+                "id": {"type": "integer"},
+                "body": {"type": "string"},
+                "created_at": {"type": "string"},
+            },
+        },
+    }
+    schema["required"] = [*schema.get("required", []), "comments"]
     return schema
 
 
@@ -299,12 +401,48 @@ def document(server_url: str) -> dict[str, Any]:
             },
             "/api/runs/{run_id}": {
                 "get": {
-                    "summary": "one run",
+                    "summary": "one run, with its family (the runs of its pull request)",
                     "security": SECURED,
                     "parameters": [RUN_ID],
                     "responses": {
-                        "200": _json({"$ref": "#/components/schemas/Run"}, "the run"),
+                        "200": _json({"$ref": "#/components/schemas/RunWithFamily"}, "the run"),
                         **_errors(401, 404),
+                    },
+                }
+            },
+            "/api/runs/{run_id}/followups": {
+                "post": {
+                    "summary": "a follow-up on the run's pull request: a new run of its family "
+                    "(queued behind the family's current one; its events stream, or 202 with "
+                    "Accept: application/json), or with mode `steer` words for the running "
+                    "run's agent (then that run streams)",
+                    "security": SECURED,
+                    "parameters": [RUN_ID],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {"$ref": "#/components/schemas/FollowUpRequest"}
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": SSE,
+                        "202": {
+                            **_json(
+                                {"$ref": "#/components/schemas/FollowUp"},
+                                "the run that carries the follow-up: the new one, queued, or "
+                                "the running one it was steered into",
+                            ),
+                            "headers": {
+                                "Location": {
+                                    "description": "that run: /api/runs/{run_id}",
+                                    "required": True,
+                                    "schema": {"type": "string"},
+                                }
+                            },
+                        },
+                        **_errors(400, 401, 403, 404, 413, 415, 422, 429, 503),
                     },
                 }
             },
@@ -365,7 +503,9 @@ def document(server_url: str) -> dict[str, Any]:
                     "security": SECURED,
                     "parameters": [PR_ID],
                     "responses": {
-                        "200": _json({"type": "object"}, "the pull request"),
+                        "200": _json(
+                            {"$ref": "#/components/schemas/PullRequest"}, "the pull request"
+                        ),
                         **_errors(401, 404),
                     },
                 }
@@ -412,6 +552,31 @@ def document(server_url: str) -> dict[str, Any]:
                             "SLACK_SIGNING_SECRET)",
                         ),
                         "413": _json(ERROR, "the body is too large"),
+                    },
+                }
+            },
+            "/github/webhook": {
+                "post": {
+                    "summary": "GitHub webhook deliveries (issue comments, pull request review "
+                    "comments and reviews, issues), signed with GITHUB_WEBHOOK_SECRET",
+                    "requestBody": {
+                        "content": {"application/json": {"schema": {"type": "object"}}}
+                    },
+                    "responses": {
+                        "200": _json(
+                            {"type": "object", "properties": {"ignored": {"type": "string"}}},
+                            "signed, but nothing to do (no mention, a repeated delivery): why",
+                        ),
+                        "202": _json(
+                            {"type": "object", "properties": {"accepted": {"type": "string"}}},
+                            "a request: answered now, acted on in the background",
+                        ),
+                        "400": _json(ERROR, "signed, but not JSON or without GitHub's headers"),
+                        "401": _json(ERROR, "no X-Hub-Signature-256, or a wrong one"),
+                        "403": _json(ERROR, "a browser sent it from another site"),
+                        "404": _json(ERROR, "the webhook is off (no GITHUB_WEBHOOK_SECRET)"),
+                        "413": _json(ERROR, "the body is too large"),
+                        "503": _json(ERROR, "GITHUB_TOKEN is not set"),
                     },
                 }
             },
@@ -468,7 +633,21 @@ def document(server_url: str) -> dict[str, Any]:
                         },
                     },
                 },
+                "FollowUpRequest": openapi_schema(FollowUpRequest.model_json_schema()),
                 "Run": run_schema(),
+                "RunWithFamily": _with({"family": FAMILY}, ["family"]),
+                "FollowUp": _with(
+                    {
+                        "run_id": {"type": "string", "description": "the run's id again"},
+                        "steered": {
+                            "type": "boolean",
+                            "description": "delivered into the running run (not a new run)",
+                        },
+                        "message": {"type": "string", "description": "what happened, in words"},
+                    },
+                    ["run_id", "steered", "message"],
+                ),
+                "PullRequest": pull_request_schema(),
                 "Event": event_schema(),
             },
         },

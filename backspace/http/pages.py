@@ -4,6 +4,7 @@ interface's (static/app.css)."""
 from __future__ import annotations
 
 from html import escape
+from typing import Any
 
 from backspace.orchestrator.store import PullRequestRecord
 
@@ -30,7 +31,20 @@ def _line(line: str) -> str:
     return f'<span class="l {css}">{escape(line) or " "}</span>'
 
 
-def pull_request_page(pr: PullRequestRecord) -> str:
+def _comments(comments: list[dict[str, Any]]) -> str:
+    """The follow-ups' comments, oldest first, as text (their Markdown is not rendered)."""
+    if not comments:
+        return '<p class="meta">No comments yet.</p>'
+    return "".join(
+        f'<li class="comment" id="comment-{int(c["id"])}"><p class="meta">'
+        f'{escape(str(c["created_at"]))}</p><div class="body">{escape(str(c["body"]))}</div></li>'
+        for c in comments
+    )
+
+
+def pull_request_page(pr: PullRequestRecord, comments: list[dict[str, Any]] | None = None) -> str:
+    """The pull request as its host would show it: the body (its Runs table too) and the
+    comments as text, the files, the diff."""
     rows = "".join(
         f"<tr><td><code>{escape(f['path'])}</code></td><td>{escape(f['status'])}</td>"
         f"<td>+{int(f['additions'])}</td><td>−{int(f['deletions'])}</td></tr>"
@@ -51,6 +65,8 @@ def pull_request_page(pr: PullRequestRecord) -> str:
 <p class="meta"><code>{escape(pr.branch)}</code> → <code>{escape(pr.base)}</code> ·
 {len(pr.files)} files, +{pr.additions} −{pr.deletions} · {escape(pr.created_at)}</p>
 <div class="body">{escape(pr.body)}</div>
+<h2 id="comments-heading">Comments</h2>
+<ol class="comments" id="comments" aria-labelledby="comments-heading">{_comments(comments or [])}</ol>
 <h2>Files</h2><div class="table-wrap"><table><thead><tr><th>file</th><th>status</th><th>added</th><th>removed</th></tr></thead>
 <tbody>{rows}</tbody></table></div>
 <h2>Diff</h2>{files}

@@ -255,7 +255,8 @@ async def pull_request_json(request: Request) -> Response:
 
 async def pull_request_html(request: Request) -> Response:
     record = _pull_request(request)
-    return HTMLResponse(pull_request_page(record), headers=SECURITY_HEADERS)
+    comments = _service(request).store.pull_request_comments(record.id)
+    return HTMLResponse(pull_request_page(record, comments), headers=SECURITY_HEADERS)
 
 
 async def openapi(request: Request) -> Response:
@@ -271,6 +272,20 @@ async def slack_events(request: Request) -> Response:
         )
     response: Response = await slack.endpoint(request)
     if response.status_code >= 400:  # a JSON error, like every other one of this API
+        raise HTTPProblem(response.status_code, _refusal(response))
+    return response
+
+
+async def github_webhook(request: Request) -> Response:
+    """GitHub's webhook deliveries, signed with GITHUB_WEBHOOK_SECRET (backspace/githubbot)."""
+    github = request.app.state.github
+    if github is None:
+        raise HTTPProblem(
+            404,
+            "the GitHub webhook is off: set GITHUB_WEBHOOK_SECRET (and GITHUB_TOKEN) to enable it",
+        )
+    response: Response = await github.endpoint(request)
+    if response.status_code >= 400:
         raise HTTPProblem(response.status_code, _refusal(response))
     return response
 
@@ -299,5 +314,6 @@ def routes() -> list[BaseRoute]:
         Route("/api/prs/{pr_id}", pull_request_json, methods=["GET"]),
         Route("/prs/{pr_id}", pull_request_html, methods=["GET"]),
         Route("/slack/events", slack_events, methods=["POST"]),
+        Route("/github/webhook", github_webhook, methods=["POST"]),
         *web_routes(),
     ]

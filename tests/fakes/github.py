@@ -46,7 +46,9 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
-__all__ = ["FakeGitHub", "FakeRepo"]
+from tests.fakes.github_hooks import Delivery, Hook, send
+
+__all__ = ["Delivery", "FakeGitHub", "FakeRepo"]
 
 API_PREFIX = "/api/v3"
 DOCS_URL = "https://docs.github.com/rest"
@@ -74,6 +76,15 @@ _GIT_PATH = re.compile(
     r"^/(?P<owner>[^/]+)/(?P<repo>[^/]+?)(?:\.git)?/(?P<rest>info/refs|git-upload-pack|git-receive-pack)$"
 )
 _REPO = r"^/repos/(?P<owner>[^/]+)/(?P<repo>[^/]+)"
+REACTIONS = frozenset({"+1", "-1", "laugh", "confused", "heart", "hooray", "rocket", "eyes"})
+ROLES = {  # role → (legacy ``permission``, push)
+    "admin": ("admin", True),
+    "maintain": ("write", True),
+    "write": ("write", True),
+    "triage": ("read", False),
+    "read": ("read", False),
+    "none": ("none", False),
+}
 
 
 def _now() -> str:
@@ -140,6 +151,54 @@ class _Pull:
     updated_at: str
     state: str = "open"
     closed_at: str | None = None
+    merged_at: str | None = None
+    merge_commit_sha: str | None = None
+    merged_by: str | None = None
+
+
+@dataclass
+class _Comment:
+    """An issue comment (on an issue or, since a PR is an issue, on a pull request)."""
+
+    id: int
+    repo: FakeRepo
+    number: int
+    user: str
+    body: str
+    created_at: str
+    updated_at: str
+
+
+@dataclass
+class _Issue:
+    """An issue (not a pull request: those are ``_Pull``; both share the number sequence)."""
+
+    number: int
+    id: int
+    repo: FakeRepo
+    title: str
+    body: str | None
+    user: str
+    created_at: str
+    updated_at: str
+    labels: list[str] = field(default_factory=list)
+    state: str = "open"
+
+
+@dataclass
+class _ReviewComment:
+    """A pull request review comment: on a line of a file of the diff."""
+
+    id: int
+    review_id: int
+    pull: _Pull
+    user: str
+    body: str
+    path: str
+    line: int
+    diff_hunk: str
+    commit_id: str
+    created_at: str
 
 
 @dataclass
@@ -277,6 +336,19 @@ class FakeGitHub:
         self._lock = threading.RLock()
         self._repos: dict[str, FakeRepo] = {}
         self._pulls: dict[str, list[_Pull]] = {}
+        self._comments: dict[int, _Comment] = {}
+        self._numbers: dict[str, int] = {}
+        self._issues: dict[str, list[_Issue]] = {}
+        self._review_comments: dict[int, _ReviewComment] = {}
+        self._roles: dict[tuple[str, str], str] = {}
+        self.reactions: list[dict[str, Any]] = []
+        """Every reaction made: ``{subject, id, content, user, repo, json, at}``, subject one of
+        ``issue_comment``, ``review_comment``, ``issue`` (``id`` the comment id or issue number,
+        ``at`` its ``time.perf_counter()``)."""
+        self._hooks: list[Hook] = []
+        self.deliveries: list[Delivery] = []
+        """Every webhook delivery sent, oldest first (see :meth:`webhook`)."""
+        """Last issue/PR number per repository (GitHub numbers both from one sequence)."""
         self._failures: list[_Failure] = []
         self._user_ids: dict[str, int] = {}
         self._orgs: set[str] = set()
@@ -297,6 +369,26 @@ class FakeGitHub:
             ("POST", re.compile(_REPO + r"/pulls$"), self._create_pull),
             ("GET", re.compile(_REPO + r"/pulls/(?P<number>\d+)$"), self._get_pull),
             ("PATCH", re.compile(_REPO + r"/pulls/(?P<number>\d+)$"), self._update_pull),
+            ("GET", re.compile(_REPO + r"/issues/(?P<number>\d+)/comments$"), self._list_comments),
+            ("POST", re.compile(_REPO + r"/issues/(?P<number>\d+)/comments$"), self._add_comment),
+            ("GET", re.compile(_REPO + r"/issues/comments/(?P<id>\d+)$"), self._get_comment),
+            ("PATCH", re.compile(_REPO + r"/issues/comments/(?P<id>\d+)$"), self._edit_comment),
+            (
+                "POST",
+                re.compile(_REPO + r"/(?P<kind>issues|pulls)/comments/(?P<id>\d+)/reactions$"),
+                self._react_to_comment,
+            ),
+            (
+                "POST",
+                re.compile(_REPO + r"/issues/(?P<number>\d+)/reactions$"),
+                self._react_to_issue,
+            ),
+            ("GET", re.compile(_REPO + r"/issues/(?P<number>\d+)$"), self._get_issue),
+            (
+                "GET",
+                re.compile(_REPO + r"/collaborators/(?P<user>[^/]+)/permission$"),
+                self._get_permission,
+            ),
         ]
 
     # -- lifecycle ----------------------------------------------------------
@@ -434,6 +526,213 @@ class FakeGitHub:
             repo = self._lookup(full_name)
             return [self._pull_json(p, full=True) for p in self._pulls.get(repo.full_name, [])]
 
+    def comments(self, full_name: str, number: int) -> list[dict[str, Any]]:
+        """Issue comments on issue or pull request ``number`` (GitHub's JSON), oldest first."""
+        with self._lock:
+            repo = self._lookup(full_name)
+            return [
+                self._comment_json(c)
+                for c in self._comments.values()
+                if c.repo is repo and c.number == number
+            ]
+
+    # -- test-facing: people, issues and webhook deliveries ---------------------------
+    def set_permission(self, full_name: str, login: str, role: str) -> None:
+        """``login``'s role on the repository: admin, maintain, write, triage, read or none."""
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {', '.join(ROLES)}")
+        with self._lock:
+            repo = self._lookup(full_name)
+            self._roles[(repo.full_name.lower(), login.lower())] = role
+
+    def create_issue(
+        self, full_name: str, title: str, body: str | None = None, *, user: str
+    ) -> int:
+        """Open an issue as ``user``; its number (no delivery: label it or comment on it)."""
+        with self._lock:
+            repo = self._lookup(full_name)
+            now = _now()
+            issue = _Issue(
+                self._new_number(repo), self._new_id(), repo, title, body, user, now, now
+            )
+            self._issues.setdefault(repo.full_name, []).append(issue)
+            return issue.number
+
+    def webhook(self, url: str, secret: str | None, events: set[str] | None = None) -> Hook:
+        """Add a webhook: from now on every comment, review and label made through this fake's
+        test methods is delivered to ``url`` (synchronously, after the change is made)."""
+        with self._lock:
+            hook = Hook(self._new_id(), url, secret, frozenset(events) if events else None)
+            self._hooks.append(hook)
+            return hook
+
+    def deliver(
+        self,
+        hook: Hook,
+        event: str,
+        payload: dict[str, Any],
+        *,
+        delivery_id: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Delivery:
+        """Send one delivery to ``hook`` now (``headers`` override GitHub's, for attacks)."""
+        delivery = send(hook, event, payload, delivery_id=delivery_id, headers=headers)
+        with self._lock:
+            self.deliveries.append(delivery)
+        return delivery
+
+    def redeliver(self, delivery: Delivery) -> Delivery:
+        """GitHub's "Redeliver" button: the same payload under the same ``X-GitHub-Delivery``."""
+        hook = next(h for h in self._hooks if h.id == delivery.hook_id)
+        return self.deliver(hook, delivery.event, delivery.payload, delivery_id=delivery.id)
+
+    def _broadcast(self, event: str, payload: dict[str, Any]) -> list[Delivery]:
+        with self._lock:
+            hooks = [h for h in self._hooks if h.events is None or event in h.events]
+        return [self.deliver(hook, event, payload) for hook in hooks]
+
+    def comment(self, full_name: str, number: int, body: str, *, user: str) -> dict[str, Any]:
+        """Comment on issue or pull request ``number`` as ``user``; delivers ``issue_comment``."""
+        with self._lock:
+            repo = self._lookup(full_name)
+            if not self._issue_exists(repo, number):
+                raise KeyError(f"no issue or pull request {full_name}#{number}")
+            comment = self._comment_json(self._new_comment(repo, number, user, body))
+            payload = {
+                "action": "created",
+                "issue": self._issue_json(repo, number),
+                "comment": comment,
+                **self._hook_context(repo, user),
+            }
+        self._broadcast("issue_comment", payload)
+        return comment
+
+    def review_comment(
+        self, full_name: str, number: int, body: str, *, user: str, path: str, line: int
+    ) -> dict[str, Any]:
+        """A review comment on ``path`` at ``line`` (of the head) of pull request ``number``;
+        delivers ``pull_request_review_comment`` with GitHub's ``diff_hunk``."""
+        with self._lock:
+            repo = self._lookup(full_name)
+            pull = self._pull(repo, number)
+            head = self._branches(pull.head_repo).get(pull.head_ref, pull.head_sha)
+            comment = _ReviewComment(
+                id=self._new_id(), review_id=self._new_id(), pull=pull, user=user, body=body,
+                path=path, line=line, diff_hunk=self._diff_hunk(pull, head, path, line),
+                commit_id=head, created_at=_now(),
+            )  # fmt: skip
+            self._review_comments[comment.id] = comment
+            data = self._review_comment_json(comment)
+            payload = {
+                "action": "created",
+                "comment": data,
+                "pull_request": self._pull_json(pull, full=False),
+                **self._hook_context(repo, user),
+            }
+        self._broadcast("pull_request_review_comment", payload)
+        return data
+
+    def review(
+        self, full_name: str, number: int, body: str, *, user: str, state: str = "commented"
+    ) -> dict[str, Any]:
+        """Submit a review (commented, approved, changes_requested); delivers
+        ``pull_request_review``."""
+        with self._lock:
+            repo = self._lookup(full_name)
+            pull = self._pull(repo, number)
+            review_id = self._new_id()
+            html = f"{self.git_url}/{repo.full_name}/pull/{number}"
+            review = {
+                "id": review_id,
+                "node_id": _node_id("PullRequestReview", review_id),
+                "user": self._user_json(user),
+                "body": body,
+                "commit_id": self._branches(pull.head_repo).get(pull.head_ref, pull.head_sha),
+                "submitted_at": _now(),
+                "state": state,
+                "html_url": f"{html}#pullrequestreview-{review_id}",
+                "pull_request_url": f"{self.api_url}/repos/{repo.full_name}/pulls/{number}",
+                "author_association": self._association(repo, user),
+                "_links": {
+                    "html": {"href": f"{html}#pullrequestreview-{review_id}"},
+                    "pull_request": {
+                        "href": f"{self.api_url}/repos/{repo.full_name}/pulls/{number}"
+                    },
+                },
+            }
+            payload = {
+                "action": "submitted",
+                "review": review,
+                "pull_request": self._pull_json(pull, full=False),
+                **self._hook_context(repo, user),
+            }
+        self._broadcast("pull_request_review", payload)
+        return review
+
+    def label_issue(self, full_name: str, number: int, label: str, *, user: str) -> None:
+        """Add ``label`` to issue ``number`` as ``user``; delivers ``issues`` ``labeled``."""
+        with self._lock:
+            repo = self._lookup(full_name)
+            issue = next(i for i in self._issues.get(repo.full_name, []) if i.number == number)
+            if label not in issue.labels:
+                issue.labels.append(label)
+            issue.updated_at = _now()
+            payload = {
+                "action": "labeled",
+                "issue": self._issue_json(repo, number),
+                "label": self._label_json(repo, label),
+                **self._hook_context(repo, user),
+            }
+        self._broadcast("issues", payload)
+
+    def merge_pull(self, full_name: str, number: int) -> str:
+        """Merge pull request ``number`` like the merge button: a real merge commit on the base.
+
+        Returns the merge commit's sha; the pull request becomes closed and merged.
+        Raises ValueError if it is not open or the branches conflict.
+        """
+        with self._lock:
+            pull = self._pull(self._lookup(full_name), number)
+            if pull.state != "open":
+                raise ValueError(f"{full_name}#{number} is {pull.state}, not open")
+            repo, head_repo = pull.repo, pull.head_repo
+            head_sha = self._branches(head_repo)[pull.head_ref]
+            base_sha = self._branches(repo)[pull.base_ref]
+            if head_repo is not repo:  # bring the fork's commits into the base repository
+                self._git(repo.path, "fetch", "-q", "--no-tags", str(head_repo.path), head_sha)
+            proc = self._git(
+                repo.path, "merge-tree", "--write-tree", base_sha, head_sha, check=False
+            )
+            if proc.returncode != 0:
+                raise ValueError(f"{full_name}#{number} has merge conflicts")
+            tree = proc.stdout.decode().split()[0]
+            message = (
+                f"Merge pull request #{number} from {head_repo.owner}/{pull.head_ref}\n\n"
+                f"{pull.title}"
+            )
+            merge = (
+                self._git(
+                    repo.path, "commit-tree", tree, "-p", base_sha, "-p", head_sha, "-m", message
+                )
+                .stdout.decode()
+                .strip()
+            )
+            self._git(repo.path, "update-ref", f"refs/heads/{pull.base_ref}", merge, base_sha)
+            repo.pushed_at = now = _now()
+            pull.head_sha = head_sha
+            pull.state, pull.closed_at, pull.merged_at, pull.updated_at = "closed", now, now, now
+            pull.merge_commit_sha, pull.merged_by = merge, repo.owner
+            return merge
+
+    def close_pull(self, full_name: str, number: int) -> None:
+        """Close pull request ``number`` without merging it (as someone on the web page would)."""
+        with self._lock:
+            pull = self._pull(self._lookup(full_name), number)
+            if pull.state != "open":
+                raise ValueError(f"{full_name}#{number} is {pull.state}, not open")
+            pull.state, pull.closed_at = "closed", _now()
+            pull.updated_at = pull.closed_at
+
     def fail(
         self,
         method: str,
@@ -468,6 +767,31 @@ class FakeGitHub:
     def _new_id(self) -> int:
         self._next_id += 1
         return self._next_id
+
+    def _new_number(self, repo: FakeRepo) -> int:
+        """The next issue/pull request number of ``repo`` (one sequence for both, as on GitHub)."""
+        self._numbers[repo.full_name] = self._numbers.get(repo.full_name, 0) + 1
+        return self._numbers[repo.full_name]
+
+    def _pull(self, repo: FakeRepo, number: int) -> _Pull:
+        for pull in self._pulls.get(repo.full_name, []):
+            if pull.number == number:
+                return pull
+        raise KeyError(f"no pull request {repo.full_name}#{number}")
+
+    def _is_pull(self, repo: FakeRepo, number: int) -> bool:
+        return any(p.number == number for p in self._pulls.get(repo.full_name, []))
+
+    def _issue_exists(self, repo: FakeRepo, number: int) -> bool:
+        return self._is_pull(repo, number) or any(
+            i.number == number for i in self._issues.get(repo.full_name, [])
+        )
+
+    def _new_comment(self, repo: FakeRepo, number: int, user: str, body: str) -> _Comment:
+        now = _now()
+        comment = _Comment(self._new_id(), repo, number, user, body, now, now)
+        self._comments[comment.id] = comment
+        return comment
 
     def _new_repo(
         self,
@@ -778,7 +1102,7 @@ class FakeGitHub:
             "repos_url": f"{api}/repos",
             "events_url": f"{api}/events{{/privacy}}",
             "received_events_url": f"{api}/received_events",
-            "type": "Organization" if is_org else "User",
+            "type": "Bot" if login.endswith("[bot]") else "Organization" if is_org else "User",
             "user_view_type": "public",
             "site_admin": False,
         }
@@ -935,8 +1259,8 @@ class FakeGitHub:
             "created_at": pull.created_at,
             "updated_at": pull.updated_at,
             "closed_at": pull.closed_at,
-            "merged_at": None,
-            "merge_commit_sha": None,
+            "merged_at": pull.merged_at,
+            "merge_commit_sha": pull.merge_commit_sha,
             "assignee": None,
             "assignees": [],
             "requested_reviewers": [],
@@ -984,12 +1308,16 @@ class FakeGitHub:
                     changed += 1
             data.update(
                 {
-                    "merged": False,
+                    "merged": pull.merged_at is not None,
                     "mergeable": None,
                     "rebaseable": None,
                     "mergeable_state": "unknown",
-                    "merged_by": None,
-                    "comments": 0,
+                    "merged_by": self._user_json(pull.merged_by) if pull.merged_by else None,
+                    "comments": sum(
+                        1
+                        for c in self._comments.values()
+                        if c.repo is repo and c.number == pull.number
+                    ),
                     "review_comments": 0,
                     "maintainer_can_modify": pull.maintainer_can_modify,
                     "commits": max(commits, 0),
@@ -1305,7 +1633,7 @@ class FakeGitHub:
             raise _validation("PullRequest", code="invalid", field="head")
         now = _now()
         pull = _Pull(
-            number=len(self._pulls.get(repo.full_name, [])) + 1,
+            number=0,  # numbered below, once it is valid
             id=self._new_id(),
             repo=repo,
             head_repo=head_repo,
@@ -1331,6 +1659,7 @@ class FakeGitHub:
             raise _validation(
                 "PullRequest", message="Draft pull requests are not supported in this repository."
             )
+        pull.number = self._new_number(repo)
         self._pulls.setdefault(repo.full_name, []).append(pull)
         headers = {"Location": f"{self.api_url}/repos/{repo.full_name}/pulls/{pull.number}"}
         return 201, self._pull_json(pull, full=True), headers
@@ -1363,6 +1692,10 @@ class FakeGitHub:
             state = body["state"]
             if state not in ("open", "closed"):
                 raise _validation("PullRequest", code="invalid", field="state")
+            if state == "open" and pull.merged_at is not None:
+                raise _validation(
+                    "PullRequest", message="state cannot be changed. The pull request is merged."
+                )
             if state == "open" and pull.state == "closed" and self._open_duplicate(pull):
                 raise _validation(
                     "PullRequest",
@@ -1372,6 +1705,356 @@ class FakeGitHub:
             pull.state = state
         pull.updated_at = _now()
         return 200, self._pull_json(pull, full=True), {}
+
+    # -- issue comments ---------------------------------------------------------------
+    def _association(self, repo: FakeRepo, login: str) -> str:
+        """``author_association`` of ``login`` on ``repo``, as GitHub shows it next to a comment."""
+        if login.lower() == repo.owner.lower():
+            return "OWNER"
+        if self._role(repo, login) in ("admin", "maintain", "write", "triage"):
+            return "MEMBER" if repo.owner.lower() in self._orgs else "COLLABORATOR"
+        return "NONE"
+
+    def _role(self, repo: FakeRepo, login: str) -> str:
+        """``login``'s role: set by the test; the token's user by its push access; else read."""
+        role = self._roles.get((repo.full_name.lower(), login.lower()))
+        if role is not None:
+            return role
+        if login.lower() == self.login.lower():
+            permissions = self._permissions(repo)
+            return "admin" if permissions["admin"] else "write" if permissions["push"] else "read"
+        if login.lower() == repo.owner.lower():
+            return "admin"
+        return "none" if repo.private else "read"
+
+    def _comment_json(self, comment: _Comment) -> dict[str, Any]:
+        repo = comment.repo
+        api = f"{self.api_url}/repos/{repo.full_name}"
+        kind = "pull" if self._is_pull(repo, comment.number) else "issues"
+        url = f"{api}/issues/comments/{comment.id}"
+        return {
+            "id": comment.id,
+            "node_id": _node_id("IssueComment", comment.id),
+            "url": url,
+            "html_url": (
+                f"{self.git_url}/{repo.full_name}/{kind}/{comment.number}#issuecomment-{comment.id}"
+            ),
+            "body": comment.body,
+            "user": self._user_json(comment.user),
+            "created_at": comment.created_at,
+            "updated_at": comment.updated_at,
+            "issue_url": f"{api}/issues/{comment.number}",
+            "author_association": self._association(repo, comment.user),
+            "performed_via_github_app": None,
+            "reactions": self._reactions_json(f"{url}/reactions"),
+        }
+
+    @staticmethod
+    def _reactions_json(url: str) -> dict[str, Any]:
+        counts = dict.fromkeys(
+            ("+1", "-1", "laugh", "confused", "heart", "hooray", "eyes", "rocket"), 0
+        )
+        return {"url": url, "total_count": 0, **counts}
+
+    @staticmethod
+    def _comment_body(body: Any) -> str:
+        text = body.get("body")
+        if not isinstance(text, str) or not text:
+            raise _validation("IssueComment", code="missing_field", field="body")
+        if len(text) > MAX_PR_BODY:
+            raise _validation(
+                "IssueComment", message=f"body is too long (maximum is {MAX_PR_BODY} characters)"
+            )
+        return text
+
+    def _issue_for(self, match: re.Match[str], authed: bool) -> tuple[FakeRepo, int]:
+        repo = self._repo_for(match, authed)
+        number = int(match["number"])
+        if not self._issue_exists(repo, number):
+            raise _HttpError(404, "Not Found")
+        return repo, number
+
+    def _comment_for(self, match: re.Match[str], authed: bool) -> _Comment:
+        repo = self._repo_for(match, authed)
+        comment = self._comments.get(int(match["id"]))
+        if comment is None or comment.repo is not repo:
+            raise _HttpError(404, "Not Found")
+        return comment
+
+    def _list_comments(
+        self, match: re.Match[str], query: dict[str, str], body: Any, authed: bool
+    ) -> tuple[int, Any, dict[str, str]]:
+        repo, number = self._issue_for(match, authed)
+        items = [
+            self._comment_json(c)
+            for c in self._comments.values()
+            if c.repo is repo and c.number == number
+        ]
+        return 200, *self._paginate(
+            items, query, f"/repos/{repo.full_name}/issues/{number}/comments"
+        )
+
+    def _add_comment(
+        self, match: re.Match[str], query: dict[str, str], body: Any, authed: bool
+    ) -> tuple[int, Any, dict[str, str]]:
+        self._require_token(authed)
+        repo, number = self._issue_for(match, authed)
+        if repo.archived:
+            raise _HttpError(403, "Repository was archived so is read-only.")
+        comment = self._new_comment(repo, number, self.login, self._comment_body(body))
+        data = self._comment_json(comment)
+        return 201, data, {"Location": data["url"]}
+
+    def _get_comment(
+        self, match: re.Match[str], query: dict[str, str], body: Any, authed: bool
+    ) -> tuple[int, Any, dict[str, str]]:
+        return 200, self._comment_json(self._comment_for(match, authed)), {}
+
+    def _edit_comment(
+        self, match: re.Match[str], query: dict[str, str], body: Any, authed: bool
+    ) -> tuple[int, Any, dict[str, str]]:
+        self._require_token(authed)
+        comment = self._comment_for(match, authed)
+        if (
+            comment.user.lower() != self.login.lower()
+            and not self._permissions(comment.repo)["push"]
+        ):
+            raise _HttpError(403, "Resource not accessible by personal access token")
+        comment.body = self._comment_body(body)
+        comment.updated_at = _now()
+        return 200, self._comment_json(comment), {}
+
+    # -- webhook side: issues, reactions, permissions -------------------------------------
+    def _label_json(self, repo: FakeRepo, name: str) -> dict[str, Any]:
+        label_id = self._user_id(f"label:{repo.full_name}:{name}")
+        return {
+            "id": label_id,
+            "node_id": _node_id("Label", label_id),
+            "url": f"{self.api_url}/repos/{repo.full_name}/labels/{quote(name)}",
+            "name": name,
+            "color": "ededed",
+            "default": False,
+            "description": None,
+        }
+
+    def _issue_json(self, repo: FakeRepo, number: int) -> dict[str, Any]:
+        """GitHub's issue JSON; a pull request is an issue with a ``pull_request`` key."""
+        api = f"{self.api_url}/repos/{repo.full_name}"
+        pull = next((p for p in self._pulls.get(repo.full_name, []) if p.number == number), None)
+        issue = next((i for i in self._issues.get(repo.full_name, []) if i.number == number), None)
+        if pull is not None:
+            item_id, title, body, user, state = (
+                pull.id,
+                pull.title,
+                pull.body,
+                pull.user,
+                pull.state,
+            )
+            created, updated, closed, labels = pull.created_at, pull.updated_at, pull.closed_at, []
+            html = f"{self.git_url}/{repo.full_name}/pull/{number}"
+        elif issue is not None:
+            item_id, title, body, user, state = (
+                issue.id, issue.title, issue.body, issue.user, issue.state
+            )  # fmt: skip
+            created, updated, closed = issue.created_at, issue.updated_at, None
+            labels = issue.labels
+            html = f"{self.git_url}/{repo.full_name}/issues/{number}"
+        else:
+            raise _HttpError(404, "Not Found")
+        url = f"{api}/issues/{number}"
+        data: dict[str, Any] = {
+            "id": item_id,
+            "node_id": _node_id("Issue", item_id),
+            "url": url,
+            "repository_url": api,
+            "labels_url": f"{url}/labels{{/name}}",
+            "comments_url": f"{url}/comments",
+            "events_url": f"{url}/events",
+            "html_url": html,
+            "number": number,
+            "state": state,
+            "state_reason": None,
+            "title": title,
+            "body": body,
+            "user": self._user_json(user),
+            "labels": [self._label_json(repo, name) for name in labels],
+            "assignee": None,
+            "assignees": [],
+            "milestone": None,
+            "locked": False,
+            "active_lock_reason": None,
+            "comments": sum(
+                1 for c in self._comments.values() if c.repo is repo and c.number == number
+            ),
+            "closed_at": closed,
+            "created_at": created,
+            "updated_at": updated,
+            "author_association": self._association(repo, user),
+            "reactions": self._reactions_json(f"{url}/reactions"),
+            "timeline_url": f"{url}/timeline",
+            "performed_via_github_app": None,
+        }
+        if pull is not None:
+            data["draft"] = pull.draft
+            data["pull_request"] = {
+                "url": f"{api}/pulls/{number}",
+                "html_url": html,
+                "diff_url": f"{html}.diff",
+                "patch_url": f"{html}.patch",
+                "merged_at": pull.merged_at,
+            }
+        return data
+
+    def _hook_context(self, repo: FakeRepo, sender: str) -> dict[str, Any]:
+        """What every repository webhook payload carries: the repository and the sender."""
+        return {
+            "repository": self._repo_json(repo, False, full=False),
+            "sender": self._user_json(sender),
+        }
+
+    def _diff_hunk(self, pull: _Pull, head: str, path: str, line: int) -> str:
+        """GitHub's ``diff_hunk``: the hunk of ``path`` up to ``line`` of the head's side."""
+        base = self._branches(pull.repo).get(pull.base_ref, "")
+        env = {"GIT_ALTERNATE_OBJECT_DIRECTORIES": str(pull.head_repo.path / "objects")}
+        proc = self._git(
+            pull.repo.path,
+            "diff",
+            "--no-color",
+            f"{base}...{head}",
+            "--",
+            path,
+            env=env,
+            check=False,
+        )
+        hunk: list[str] = []
+        new_line = 0
+        for text in proc.stdout.decode(errors="replace").splitlines():
+            header = re.match(r"^@@ -\d+(?:,\d+)? \+(\d+)(?:,\d+)? @@", text)
+            if header:
+                if new_line > line and hunk:
+                    break
+                hunk, new_line = [text], int(header[1])
+                continue
+            if not hunk:
+                continue
+            if new_line > line:
+                break
+            hunk.append(text)
+            if not text.startswith("-"):
+                new_line += 1
+        return "\n".join(hunk)
+
+    def _review_comment_json(self, comment: _ReviewComment) -> dict[str, Any]:
+        pull, repo = comment.pull, comment.pull.repo
+        api = f"{self.api_url}/repos/{repo.full_name}"
+        url = f"{api}/pulls/comments/{comment.id}"
+        html = f"{self.git_url}/{repo.full_name}/pull/{pull.number}#discussion_r{comment.id}"
+        return {
+            "url": url,
+            "pull_request_review_id": comment.review_id,
+            "id": comment.id,
+            "node_id": _node_id("PullRequestReviewComment", comment.id),
+            "diff_hunk": comment.diff_hunk,
+            "path": comment.path,
+            "position": max(len(comment.diff_hunk.splitlines()) - 1, 1),
+            "original_position": max(len(comment.diff_hunk.splitlines()) - 1, 1),
+            "commit_id": comment.commit_id,
+            "original_commit_id": comment.commit_id,
+            "user": self._user_json(comment.user),
+            "body": comment.body,
+            "created_at": comment.created_at,
+            "updated_at": comment.created_at,
+            "html_url": html,
+            "pull_request_url": f"{api}/pulls/{pull.number}",
+            "author_association": self._association(repo, comment.user),
+            "_links": {
+                "self": {"href": url},
+                "html": {"href": html},
+                "pull_request": {"href": f"{api}/pulls/{pull.number}"},
+            },
+            "start_line": None,
+            "original_start_line": None,
+            "start_side": None,
+            "line": comment.line,
+            "original_line": comment.line,
+            "side": "RIGHT",
+            "subject_type": "line",
+            "reactions": self._reactions_json(f"{url}/reactions"),
+        }
+
+    def _react(
+        self, repo: FakeRepo, subject: str, target: int, body: Any
+    ) -> tuple[int, Any, dict[str, str]]:
+        content = body.get("content")
+        if content not in REACTIONS:
+            raise _validation("Reaction", code="invalid", field="content")
+        for seen in self.reactions:  # one reaction of a kind per user: 200 with the existing one
+            if (seen["repo"], seen["subject"], seen["id"], seen["content"], seen["user"]) == (
+                repo.full_name, subject, target, content, self.login
+            ):  # fmt: skip
+                return 200, seen["json"], {}
+        reaction_id = self._new_id()
+        data = {
+            "id": reaction_id,
+            "node_id": _node_id("Reaction", reaction_id),
+            "user": self._user_json(self.login),
+            "content": content,
+            "created_at": _now(),
+        }
+        self.reactions.append(
+            {"subject": subject, "id": target, "content": content, "user": self.login,
+             "repo": repo.full_name, "json": data, "at": time.perf_counter()}
+        )  # fmt: skip
+        return 201, data, {}
+
+    def _react_to_comment(
+        self, match: re.Match[str], query: dict[str, str], body: Any, authed: bool
+    ) -> tuple[int, Any, dict[str, str]]:
+        self._require_token(authed)
+        repo = self._repo_for(match, authed)
+        comment_id = int(match["id"])
+        if match["kind"] == "issues":
+            comment = self._comments.get(comment_id)
+            if comment is None or comment.repo is not repo:
+                raise _HttpError(404, "Not Found")
+            return self._react(repo, "issue_comment", comment_id, body)
+        review = self._review_comments.get(comment_id)
+        if review is None or review.pull.repo is not repo:
+            raise _HttpError(404, "Not Found")
+        return self._react(repo, "review_comment", comment_id, body)
+
+    def _react_to_issue(
+        self, match: re.Match[str], query: dict[str, str], body: Any, authed: bool
+    ) -> tuple[int, Any, dict[str, str]]:
+        self._require_token(authed)
+        repo, number = self._issue_for(match, authed)
+        return self._react(repo, "issue", number, body)
+
+    def _get_issue(
+        self, match: re.Match[str], query: dict[str, str], body: Any, authed: bool
+    ) -> tuple[int, Any, dict[str, str]]:
+        repo, number = self._issue_for(match, authed)
+        return 200, self._issue_json(repo, number), {}
+
+    def _get_permission(
+        self, match: re.Match[str], query: dict[str, str], body: Any, authed: bool
+    ) -> tuple[int, Any, dict[str, str]]:
+        self._require_token(authed)
+        repo = self._repo_for(match, authed)
+        login = unquote(match["user"])
+        role = self._role(repo, login)
+        permission = ROLES[role][0]
+        user = self._user_json(login)
+        push = ROLES[role][1] or role == "admin"
+        user["permissions"] = {
+            "admin": role == "admin",
+            "maintain": role in ("admin", "maintain"),
+            "push": push,
+            "triage": push or role == "triage",
+            "pull": role != "none",
+        }
+        user["role_name"] = role
+        return 200, {"permission": permission, "role_name": role, "user": user}, {}
 
     # -- git smart HTTP --------------------------------------------------------------
     def _git_http(

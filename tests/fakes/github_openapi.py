@@ -32,6 +32,7 @@ __all__ = [
     "spec_available",
     "validate_response",
     "validation_errors",
+    "webhook_errors",
 ]
 
 SPEC_PATH = (
@@ -189,3 +190,17 @@ def validate_response(method: str, path: str, status: int, body: Any) -> None:
         template, operation = find_operation(method, path)
         head = f"{method.upper()} {path} -> {status} ({operation.get('operationId')}, {template})"
         raise AssertionError(head + " does not match GitHub's schema:\n  " + "\n  ".join(errors))
+
+
+def webhook_errors(schema_name: str, payload: Any) -> list[str]:
+    """Every violation of a webhook payload against GitHub's documented ``webhook-*`` schema
+    (e.g. ``webhook-issue-comment-created``), as readable lines (empty when valid)."""
+    if schema_name not in load_spec()["components"]["schemas"]:
+        raise OperationNotFound(f"GitHub documents no schema {schema_name}")
+    schema = {"$ref": f"{_BASE_URI}#/components/schemas/{schema_name}"}
+    validator = jsonschema.Draft4Validator(schema, registry=_registry())
+    lines = []
+    for error in sorted(validator.iter_errors(payload), key=lambda e: list(e.absolute_path)):
+        where = "/".join(str(p) for p in error.absolute_path) or "(root)"
+        lines.append(f"{where}: {error.message[:300]}")
+    return lines

@@ -4,7 +4,8 @@
 "use strict";
 
 const runId = decodeURIComponent(location.pathname.split("/").filter(Boolean).pop() || "");
-const eventsUrl = "/api/runs/" + encodeURIComponent(runId) + "/events";
+const runUrl = "/api/runs/" + encodeURIComponent(runId);
+const eventsUrl = runUrl + "/events";
 const $ = (id) => document.getElementById(id);
 const FINISHED = ["succeeded", "no_changes", "failed", "cancelled", "timed_out"];
 // The stages of a run in order (Stage in backspace/orchestrator/events.py), for the timeline.
@@ -19,6 +20,9 @@ let finished = false;
 let source = null;
 let prDraft = false;
 let blockedCount = 0;
+let family = null; // GET /api/runs/{id}'s `family`: the runs of this run's pull request
+let familyBusy = false;
+let familyAgain = false;
 
 function setStatus(status) {
   const badge = $("status");
@@ -123,6 +127,53 @@ function showReceipt(event) {
   }));
 }
 
+// The pull request conversation: every run of the family, oldest first, this one marked.
+function familyRow(run) {
+  const current = run.id === runId;
+  const status = String(run.status);
+  const request = String(run.prompt ?? "");
+  return el("li", { "data-run-id": run.id, "aria-current": current ? "page" : null },
+    el("span", { class: "status status-" + status }, status.replace("_", " ")), " ",
+    el("a", { href: "/runs/" + encodeURIComponent(run.id) }, "Run " + String(run.id).slice(0, 8)),
+    current ? el("span", { class: "meta" }, " (this run)") : null,
+    el("span", { class: "meta" }, " · from " + String(run.source) + " · " + formatTime(run.created_at)),
+    el("div", { class: "family-request" }, request.length > 300 ? request.slice(0, 300) + "…" : request));
+}
+
+function familyRunning() {
+  return Boolean(family && family.runs.some((run) => run.status === "running"));
+}
+
+function showFamily(data) {
+  if (!data || !Array.isArray(data.runs)) return;
+  family = data;
+  $("family").hidden = false;
+  $("family-runs").replaceChildren(...data.runs.map(familyRow));
+  $("family-branch").textContent = data.branch ? String(data.branch) : "–";
+  const pr = safeUrl(data.pr_url);
+  $("family-pr").replaceChildren(pr ? el("a", { href: pr }, pr)
+    : data.pr_url ? "Pull request: " + String(data.pr_url) : "no pull request yet");
+  if ($("followup-form").dataset.busy !== "true") $("followup-steer").disabled = !familyRunning();
+}
+
+// Fetch the family again (when an event says it changed); requests in a burst make one more.
+async function refreshFamily() {
+  if (familyBusy) {
+    familyAgain = true;
+    return;
+  }
+  familyBusy = true;
+  try {
+    do {
+      familyAgain = false;
+      const response = await apiFetch(runUrl, { headers: { Accept: "application/json" } });
+      if (response.ok) showFamily((await response.json()).family);
+    } while (familyAgain);
+  } catch { /* the next event tries again */ } finally {
+    familyBusy = false;
+  }
+}
+
 function item(event, kind, ...children) {
   const type = String(event.type).toLowerCase().replace(/[^a-z]+/g, "-").replace(/^-|-$/g, "");
   return el("li", { class: "ev ev-" + type, "data-seq": event.seq, "data-type": event.type },
@@ -154,6 +205,7 @@ function render(event) {
   switch (event.type) {
     case "start":
       setStatus("running");
+      refreshFamily(); // the family now has a running run: it can be steered
       return item(event, "start", el("span", { class: "ev-message" }, "Run started for " + shortRepo(event.repo_url)));
     case "progress":
       $("bar").value = Number(event.percentage) || 0;
@@ -215,6 +267,28 @@ function render(event) {
         el("span", { class: "meta" }, ` · ${event.files_changed} files, +${event.additions} −${event.deletions} · `),
         el("code", {}, event.branch));
     }
+    case "pr_updated": {
+      prDraft = event.draft === true;
+      showPullRequest(event.pr_url);
+      refreshFamily();
+      const safe = safeUrl(event.pr_url);
+      return item(event, "pull request",
+        el("span", { class: "ev-message" }, "Pull request updated with "),
+        el("code", {}, String(event.commit ?? "").slice(0, 12)), " ",
+        safe ? el("a", { href: safe }, safe) : String(event.pr_url),
+        el("span", { class: "meta" }, ` · ${event.files_changed} files, +${event.additions} −${event.deletions} · `),
+        el("code", {}, event.branch));
+    }
+    case "followup_received": {
+      refreshFamily();
+      const queued = event.mode === "queue" && event.followup_run_id;
+      const from = event.requester ? String(event.requester) + " via " + event.source : String(event.source);
+      return item(event, "follow-up",
+        el("span", { class: "ev-message" }, "Follow-up received: " + event.prompt),
+        el("span", { class: "meta" }, " (from " + from + (queued ? "), queued as " : ", steered into this run)")),
+        queued ? el("a", { href: "/runs/" + encodeURIComponent(event.followup_run_id) },
+          "run " + String(event.followup_run_id).slice(0, 8)) : null);
+    }
     case "error":
       return item(event, "error", el("span", { class: "ev-error" },
         `${event.code}: ${event.message} (stage ${event.stage}${event.retryable ? ", can be retried" : ""})`));
@@ -241,6 +315,7 @@ function handle(event) {
     finished = true;
     if (source) source.close(); // the stream ends here; do not let EventSource reconnect
     document.body.dataset.complete = "true";
+    refreshFamily();
   }
 }
 
@@ -315,7 +390,7 @@ async function readFrames(body) {
 }
 
 async function loadRun() {
-  const response = await apiFetch("/api/runs/" + encodeURIComponent(runId), { headers: { Accept: "application/json" } });
+  const response = await apiFetch(runUrl, { headers: { Accept: "application/json" } });
   if (!response.ok) {
     $("error").textContent = response.status === 401
       ? "This server requires an API key: enter it on the start page."
@@ -332,6 +407,7 @@ async function loadRun() {
   if (run.pr_url) showPullRequest(run.pr_url);
   if (run.duration_ms !== null) $("duration").textContent = formatDuration(run.duration_ms);
   showUsage(run);
+  showFamily(run.family);
   return true;
 }
 
@@ -340,7 +416,7 @@ async function cancel() {
   button.disabled = true;
   button.dataset.state = "cancelling";
   button.textContent = "Cancelling…";
-  const response = await apiFetch("/api/runs/" + encodeURIComponent(runId) + "/cancel", { method: "POST" });
+  const response = await apiFetch(runUrl + "/cancel", { method: "POST" });
   if (!response.ok) {
     $("error").textContent = await errorDetail(response);
     button.dataset.state = "";
@@ -349,6 +425,54 @@ async function cancel() {
   }
 }
 
+// The follow-up box: queue goes to the new run's page; a delivered steer stays on this one.
+async function sendFollowUp(mode) {
+  const box = $("followup-prompt");
+  const error = $("followup-error");
+  const form = $("followup-form");
+  const prompt = box.value.trim();
+  $("followup-message").textContent = "";
+  if (!prompt) {
+    error.textContent = "Enter what else to change.";
+    box.focus();
+    return;
+  }
+  error.textContent = "";
+  form.dataset.busy = "true";
+  $("followup-queue").disabled = true;
+  $("followup-steer").disabled = true;
+  try {
+    const response = await apiFetch(runUrl + "/followups", {
+      method: "POST",
+      headers: { "Content-Type": "application/json", Accept: "application/json" },
+      body: JSON.stringify({ prompt, mode }),
+    });
+    if (response.status !== 202) {
+      error.textContent = await errorDetail(response);
+      return;
+    }
+    const answer = await response.json();
+    if (!answer.steered) {
+      location.assign("/runs/" + encodeURIComponent(answer.run_id));
+      return;
+    }
+    box.value = "";
+    $("followup-message").textContent = "Follow-up " + String(answer.message || "delivered") + ".";
+    refreshFamily();
+  } catch (exc) {
+    error.textContent = "Could not reach the server: " + exc;
+  } finally {
+    form.dataset.busy = "";
+    $("followup-queue").disabled = false;
+    $("followup-steer").disabled = !familyRunning();
+  }
+}
+
+$("followup-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  sendFollowUp("queue");
+});
+$("followup-steer").addEventListener("click", () => sendFollowUp("steer"));
 $("cancel").addEventListener("click", cancel);
 drawStages();
 loadRun().then((ok) => {

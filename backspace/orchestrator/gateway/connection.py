@@ -41,6 +41,7 @@ DROPPED_REQUEST = {
     b"cookie",
     b"accept-encoding",
 }
+LINGER = 2.0  # seconds to drop a refused request's unread body before closing
 DROPPED_RESPONSE = {
     "content-length",
     "transfer-encoding",
@@ -78,6 +79,8 @@ class Connection:
                 pass
         except (ConnectionError, TimeoutError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:  # its lease closed: this task is the connection's own
+            pass
         finally:
             lease.connections.discard(self)
             self.writer.transport.abort()
@@ -101,6 +104,8 @@ class Connection:
         body = await self._body(request)
         if body is None:
             return False
+        # 403 permission_error stops Claude Code at once (seen with the real CLI: one refused
+        # request, then the run ends with api_error); a 400 there made it try five more times.
         if request.path == "/v1/messages" and self.lease.over_budget():
             limit = f"${self.lease.budget_usd:g}"
             await self._refuse(
@@ -150,6 +155,8 @@ class Connection:
         )
         async with asyncio.timeout(self.limits.body_timeout):
             if request.chunked:
+                if (request.header(b"expect") or b"").lower() == b"100-continue":
+                    self.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
                 return await self._chunked(cap, too_big)
             length_text = request.header(b"content-length") or b"0"
             if not length_text.isdigit():
@@ -161,6 +168,8 @@ class Connection:
             if length > cap:
                 await self._refuse(too_big)
                 return None
+            if length and (request.header(b"expect") or b"").lower() == b"100-continue":
+                self.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # curl waits 1 s for it
             return await self.reader.readexactly(length) if length else b""
 
     async def _chunked(self, cap: int, too_big: Refusal) -> bytes | None:
@@ -270,6 +279,19 @@ class Connection:
         self.writer.write(head.encode() + body)
         with contextlib.suppress(ConnectionError, TimeoutError):
             await self._drain()
+            if not keep:
+                await self._linger()
+
+    async def _linger(self) -> None:
+        """Close our side, then read and drop what the client still sends, for a moment: closing
+        with its body unread would reset the connection, and the client would see that instead
+        of the answer (a 413 that came before the body did)."""
+        if self.writer.can_write_eof():
+            self.writer.write_eof()
+        with contextlib.suppress(ConnectionError, TimeoutError, OSError):
+            async with asyncio.timeout(LINGER):
+                while await self.reader.read(65536):
+                    pass
 
 
 def _reason(status: int) -> str:

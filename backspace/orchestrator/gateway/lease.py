@@ -44,6 +44,7 @@ class GatewayLease:
         self.usage = Usage()
         self.exceeded = False
         self.requests = 0  # forwarded to the model
+        self.refused = 0  # refused for the budget
         self.client = client
         self.loop = loop
         self.connections: set[Connection] = set()
@@ -80,6 +81,8 @@ class GatewayLease:
         """True (and `exceeded` from now on) when the run has spent its budget."""
         if self.usage.cost_usd >= self.budget_usd:
             self.exceeded = True
+        if self.exceeded:
+            self.refused += 1
         return self.exceeded
 
     def charge(self, model: str, usage: dict[str, int]) -> None:
@@ -119,8 +122,11 @@ class GatewayLease:
     async def _shut(self) -> None:
         if self._server is not None:
             self._server.close()
+        tasks = [c.task for c in self.connections if c.task is not None]
         for connection in list(self.connections):
             connection.abort()
+        if tasks:  # let them end (their answers' usage is still counted) before the loop may stop
+            await asyncio.wait(tasks, timeout=5)
         if self.path is not None:
             with contextlib.suppress(OSError):
                 self.path.unlink()

@@ -101,8 +101,8 @@ def network_prelude(relays: list[tuple[int, str]]) -> str:
     command. socat's default 8 KiB buffer makes a large download three times slower
     (bench/egress.py)."""
     starts = "".join(
-        f'"$1" -b 262144 TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr UNIX-CONNECT:{path} \\\n'
-        "  </dev/null >/dev/null 2>&1 &\n"
+        f'"$1" -b 262144 TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr{_options(port)} '
+        f"UNIX-CONNECT:{path} \\\n  </dev/null >/dev/null 2>&1 &\n"
         for port, path in relays
     )
     ports = " ".join(f"{port:04X}" for port, _ in relays)
@@ -120,6 +120,13 @@ def network_prelude(relays: list[tuple[int, str]]) -> str:
 done
 exec bash -c "$2" bash
 """
+
+
+def _options(port: int) -> str:
+    """The model's relay sends each small piece of a streamed answer at once (TCP_NODELAY):
+    with Nagle's algorithm against a client's delayed ACK (httpx's), a streamed call took 40 ms more
+    (bench/gateway.py)."""
+    return ",nodelay" if port == MODEL_PORT else ""
 
 
 NETWORK_PRELUDE = network_prelude([(PROXY_PORT, DOOR)])
