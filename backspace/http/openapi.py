@@ -625,6 +625,12 @@ def document(server_url: str) -> dict[str, Any]:
                             "pattern": "^[^<>\\n]+ <[^<>\\s@]+@[^<>\\s@]+>$",
                             "description": "Name <email>",
                         },
+                        "engine": {
+                            "type": "string",
+                            "nullable": True,
+                            "enum": ["backspace", "claude-code", None],
+                            "description": "the agent for this run; default: BACKSPACE_ENGINE",
+                        },
                     },
                 },
                 "FollowUpRequest": openapi_schema(FollowUpRequest.model_json_schema()),

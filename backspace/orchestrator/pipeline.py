@@ -20,8 +20,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from backspace.orchestrator.agent import Agent, AgentLimits, AgentResult, Model, prompts
+from backspace.orchestrator.agent import AgentLimits, AgentResult, Model, prompts
 from backspace.orchestrator.egress.gate import Gate, Phase
+from backspace.orchestrator.engines import DEFAULT_ENGINE, Engine, EngineJob, EngineRun
+from backspace.orchestrator.engines import unknown_engine as unknown_engine
+from backspace.orchestrator.engines.backspace_loop import BackspaceLoop
 from backspace.orchestrator.environment.blocked import BlockedReporter
 from backspace.orchestrator.environment.layer import Layer
 from backspace.orchestrator.environment.policy import EnvironmentPolicy
@@ -91,6 +94,7 @@ class PipelineSettings:
     max_bundle_bytes: int = 50 * 1024 * 1024
     policy: Policy = field(default_factory=Policy)
     draft: bool = True
+    engine: str = DEFAULT_ENGINE  # BACKSPACE_ENGINE: when a request names none
 
 
 class Pipeline:
@@ -102,8 +106,12 @@ class Pipeline:
         model_factory: Callable[[], Model],
         settings: PipelineSettings,
         redactor: Redactor,
+        engines: Mapping[str, Engine] | None = None,
     ) -> None:
         self.sandboxes = sandboxes
+        self.engines: Mapping[str, Engine] = engines or {
+            DEFAULT_ENGINE: BackspaceLoop(settings.tool_mode)  # type: ignore[arg-type]
+        }
         self.hosts = hosts
         self.model_factory = model_factory
         self.settings = settings
@@ -164,7 +172,11 @@ class Pipeline:
         payload_repo = base_repo if branch_commits else head_repo
         blocked = BlockedReporter(ctx)
         gate = Gate(blocked)
-        sandbox = await self.sandboxes.create(ctx.run_id, layer=plan.layer, gate=gate)
+        # Started before the sandbox: an engine may need something bound into it (a gateway).
+        engine = await self._engine(ctx, sandboxes)
+        sandbox = await self.sandboxes.create(
+            ctx.run_id, layer=plan.layer, gate=gate, **engine.sandbox_options
+        )
         sandboxes.push_async_callback(_close, sandbox)
 
         ctx.progress(Stage.CLONING, f"Getting {request.repo.name} into the sandbox")
@@ -223,7 +235,7 @@ class Pipeline:
         ctx.progress(Stage.AGENT, "The agent is working")
         await sandbox.open_network(Phase.AGENT, plan.network.agent)
         diff = await pr_diff(sandbox, family.diff_base) if family.continuing else None
-        result = await self._agent(ctx, model, sandbox, repo, plan, prepared, family, diff)
+        result = await self._agent(ctx, model, sandbox, repo, plan, prepared, family, diff, engine)
 
         ctx.progress(Stage.VALIDATING, "Checking the change")
         # What people see (title, branch, body) never carries a secret, even one in the prompt.
@@ -456,21 +468,14 @@ class Pipeline:
         prepared: Prepared,
         family: FamilyStart,
         pr_diff: str | None,
+        engine: EngineRun,
     ) -> AgentResult:
-        limits = AgentLimits(**{**self.settings.limits.__dict__, "deadline": ctx.deadline})
-        agent = Agent(
-            model,
-            sandbox,
-            ctx.emit,
-            limits,
-            tool_mode=self.settings.tool_mode,  # type: ignore[arg-type]
-            environment=prompts.environment_note(
-                setup=prepared.ran,
-                cached=prepared.layer is not None and prepared.description.startswith("cached"),
-                agent_hosts=list(plan.network.agent),
-                verify=list(plan.verify),
-            ),
-            inbox=ctx.inbox,
+        limits = self._limits(ctx)
+        environment = prompts.environment_note(
+            setup=prepared.ran,
+            cached=prepared.layer is not None and prepared.description.startswith("cached"),
+            agent_hosts=list(plan.network.agent),
+            verify=list(plan.verify),
         )
         context, tree = await _repository_context(sandbox)
         first = prompts.first_message(
@@ -485,7 +490,9 @@ class Pipeline:
             pr_diff=pr_diff,
             branch=family.branch,
         )
-        result = await agent.run(first)
+        result = await engine.run(
+            EngineJob(sandbox, model, first, limits, environment, ctx.inbox, ctx.emit)
+        )
         if result.outcome == "refusal":
             raise RunFailure("model_refusal", result.message)
         if result.outcome in ("turn_limit", "cost_limit"):
@@ -498,6 +505,21 @@ class Pipeline:
                 },
             )
         return result
+
+    def _limits(self, ctx: RunContext) -> AgentLimits:
+        return AgentLimits(**{**self.settings.limits.__dict__, "deadline": ctx.deadline})
+
+    async def _engine(self, ctx: RunContext, cleanup: contextlib.AsyncExitStack) -> EngineRun:
+        """The run's engine (its request's, else BACKSPACE_ENGINE), started for this run."""
+        name = ctx.request.engine or self.settings.engine
+        engine = self.engines.get(name)
+        if engine is None:
+            known = ", ".join(sorted(self.engines))
+            raise RunFailure(
+                "engine_unavailable",
+                f"{unknown_engine(name)} (this server offers: {known})",
+            )
+        return await engine.start(ctx, self._limits(ctx), cleanup)
 
     async def _take_change(
         self,

@@ -214,11 +214,12 @@ class Listeners:
                     team, channel, ref.name if ref.host == "github" else reference, user
                 )
                 return f"This channel's default repository is now `{escape(ref.name)}`. Try `{command} <what to change>`."
-            case commands.StartRun(repo, repo_text, prompt):
+            case commands.StartRun(repo, repo_text, prompt, engine):
                 try:
                     run = service.admit(
                         repo_text,
                         prompt,
+                        engine=engine,
                         source="slack",
                         requester=f"<@{user}> in Slack",
                         meta={

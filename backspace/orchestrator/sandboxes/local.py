@@ -46,7 +46,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -218,8 +218,11 @@ class LocalSandboxProvider:
         layers: LocalLayerStore | None = None,
         egress: EgressProxy | None = None,
         socat: str = "socat",
+        tools: Mapping[str, Path] | None = None,
     ) -> None:
         self.root = root
+        # Read-only into every sandbox: sandbox path -> host directory (Claude Code's package).
+        self.tools = {inside: host for inside, host in (tools or {}).items() if host.is_dir()}
         self.layers = self._store = layers
         self._leases: dict[Path, tuple[LocalLayerStore, str]] = {}  # run dir -> its layer
         self.egress = egress  # None: sandboxes get no network at all, gate or not
@@ -549,7 +552,13 @@ class LocalSandboxProvider:
             binds[MODEL_DOOR] = gateway
             env |= gateway_environment()
         with bwrap_argv(
-            binds, cwd=cwd, env=env, uid=INNER_UID, home=HOME, shm_bytes=self._shm_bytes()
+            binds,
+            cwd=cwd,
+            env=env,
+            uid=INNER_UID,
+            home=HOME,
+            shm_bytes=self._shm_bytes(),
+            read_only=self.tools,
         ) as (bwrap, fds):
             yield self._argv(base, script, cwd=cwd, args=args, bwrap=bwrap), fds
 
