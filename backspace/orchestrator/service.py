@@ -125,7 +125,8 @@ class Service:
             co_author=co_author,
             source=source,
             requester=requester,
-            meta=dict(meta or {}),
+            # The engine is remembered with the run: the family's follow-ups keep it.
+            meta={**(meta or {}), **({"engine": engine} if engine else {})},
             context=_clean_context(context),
             closes_issue=closes_issue,
             engine=engine,
@@ -187,10 +188,14 @@ class Service:
             co_author=co_author,
             source=source,
             requester=requester,
-            meta=dict(meta or {}),
+            meta={
+                **(meta or {}),
+                **({"engine": parent.meta["engine"]} if parent.meta.get("engine") else {}),
+            },
             context=context,
             parent_id=newest.id,
             family_id=family_id,
+            engine=parent.meta.get("engine"),
         )
         run = self._submit(request, gate)
         executing = self.runner.executing_in_family(family_id)
