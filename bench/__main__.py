@@ -89,7 +89,7 @@ SUITE: dict[str, tuple[Bench, list[str], list[str], list[Target]]] = {
     "github_ack": (
         github_ack.main,
         ["--deliveries", "50"],
-        ["--deliveries", "5"],
+        ["--deliveries", "3"],
         [Target("GitHub webhook delivery to its reaction p99", "p99_ms", 1000, "ms")],
     ),
     "store": (
