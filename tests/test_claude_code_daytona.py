@@ -183,9 +183,12 @@ async def test_two_runs_share_the_snapshot_and_their_capabilities_die_with_them(
     # tried from inside the second run's sandbox, is refused.
     make_repo(shared.repos, "ccd-again")
     old = f"{shared.server.url}/gateway/{capability}/v1/messages"
+    # The old capability; then this run's own with a body past the gateway's 32 MiB cap.
     probe = (
         f"curl -s -o /dev/null -w 'old=%{{http_code}}\\n' -X POST -H 'content-type: "
-        f"application/json' -d '{{}}' {old}; echo \"now=$ANTHROPIC_BASE_URL\""
+        f"application/json' -d '{{}}' {old}; echo \"now=$ANTHROPIC_BASE_URL\"; "
+        "head -c 33554433 /dev/zero | curl -s -o /dev/null -w 'big=%{http_code}\\n' -X POST "
+        '--data-binary @- "$ANTHROPIC_BASE_URL/v1/messages"'
     )
     shared.model.scenarios["ccd-two"] = [
         Reply([ToolCall("Bash", {"command": probe, "description": "probe"})]),
@@ -201,7 +204,7 @@ async def test_two_runs_share_the_snapshot_and_their_capabilities_die_with_them(
     assert snapshots_made(dt) == [name]  # made once, reused
     assert sandbox_of(dt, again[0]["run_id"]).params.get("snapshot") == name
     output = next(e for e in of_type(again, "Tool: Bash") if e["command"] == probe)["output"]
-    assert "old=404" in output, output
+    assert "old=404" in output and "big=413" in output, output
     second = CAPABILITY.search(output)
     assert second and second.group(1) != capability
     assert len(shared.model.requests) == before + 4  # the second run's own four turns only
@@ -252,3 +255,24 @@ async def test_a_layer_without_the_cli_gets_it_uploaded(shared: Shared, dt: Fake
         and sandbox.id in r["path"]
     ]
     assert len(uploads) == 1, [r["path"] for r in dt.requests if "upload" in r["path"]][-5:]
+
+
+async def test_the_spend_limit_holds_over_the_network(shared: Shared) -> None:
+    """BACKSPACE_MAX_COST_USD=1.0: one turn of 400k input tokens ($1.20) spends it; the lease
+    behind the capability refuses the next request and the run ends cost_limit."""
+    make_repo(shared.repos, "ccd-spend")
+    shared.model.scenarios["ccd-spend"] = [
+        Reply(
+            [ToolCall("Bash", {"command": "echo looking"})],
+            usage={"input_tokens": 400_000, "output_tokens": 10},
+        ),
+        Reply([ToolCall("Bash", {"command": "echo never"})]),
+    ]
+    events = await post_run(
+        shared.server.url,
+        {"repo_url": "local:ccd-spend", "prompt": "ccd-spend: look", "engine": "claude-code"},
+    )
+    error = of_type(events, "error")[0]
+    assert events[-1]["status"] == "failed" and error["code"] == "cost_limit", error
+    assert len(requests_of(shared, "ccd-spend")) == 1  # the second never reached the model
+    assert not [e for e in of_type(events, "Tool: Bash") if e["command"] == "echo never"]
