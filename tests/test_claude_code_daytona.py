@@ -257,9 +257,17 @@ async def test_a_layer_without_the_cli_gets_it_uploaded(shared: Shared, dt: Fake
     assert len(uploads) == 1, [r["path"] for r in dt.requests if "upload" in r["path"]][-5:]
 
 
-async def test_the_spend_limit_holds_over_the_network(shared: Shared) -> None:
+async def test_the_spend_limit_holds_over_the_network(shared: Shared, dt: FakeDaytona) -> None:
     """BACKSPACE_MAX_COST_USD=1.0: one turn of 400k input tokens ($1.20) spends it; the lease
-    behind the capability refuses the next request and the run ends cost_limit."""
+    behind the capability refuses the next request and the run ends cost_limit. The CLI's
+    snapshot was deleted behind backspace's back first: the run makes it again."""
+    name = snapshot_name()
+    async with httpx.AsyncClient(timeout=30) as client:
+        gone = await client.delete(
+            f"{dt.api_url}/snapshots/{name}", headers={"Authorization": f"Bearer {DAYTONA_KEY}"}
+        )
+    assert gone.status_code < 300 or gone.status_code == 404, gone.text  # 404: run alone
+    made = snapshots_made(dt).count(name)
     make_repo(shared.repos, "ccd-spend")
     shared.model.scenarios["ccd-spend"] = [
         Reply(
@@ -276,3 +284,5 @@ async def test_the_spend_limit_holds_over_the_network(shared: Shared) -> None:
     assert events[-1]["status"] == "failed" and error["code"] == "cost_limit", error
     assert len(requests_of(shared, "ccd-spend")) == 1  # the second never reached the model
     assert not [e for e in of_type(events, "Tool: Bash") if e["command"] == "echo never"]
+    assert snapshots_made(dt).count(name) == made + 1  # made again, once
+    assert sandbox_of(dt, events[0]["run_id"]).params.get("snapshot") == name
