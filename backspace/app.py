@@ -119,8 +119,11 @@ def sandbox_provider(settings: Settings) -> SandboxProvider:
     )
 
 
-def engines(settings: Settings, gateway: ModelGateway | None) -> dict[str, Engine]:
-    """Every engine a run may ask for; Claude Code needs the model gateway (local sandboxes)."""
+def engines(
+    settings: Settings, gateway: ModelGateway | None, url: str | None = None
+) -> dict[str, Engine]:
+    """Every engine a run may ask for. Claude Code needs the model gateway: its socket in local
+    sandboxes; on Daytona, its network entry at `url` (the server's public URL)."""
     return {
         "backspace": BackspaceLoop(settings.tool_mode),
         "claude-code": ClaudeCode(
@@ -130,6 +133,7 @@ def engines(settings: Settings, gateway: ModelGateway | None) -> dict[str, Engin
             retries=settings.model_retries,
             # As root, sandboxes run as `nobody`, who must be able to use the gateway's socket.
             owner_uid=UNPRIVILEGED_UID if os.geteuid() == 0 else None,
+            public_url=url if settings.sandbox_backend == "daytona" else None,
         ),
     }
 
@@ -189,9 +193,10 @@ def build_service(settings: Settings) -> Service:
         )
         return shared_model[0]
 
-    # The model gateway (its thread starts with the first claude-code run): local sandboxes only.
-    gateway = ModelGateway.from_settings(settings) if settings.sandbox_backend == "local" else None
-    offered = engines(settings, gateway)
+    # The model gateway (its thread starts with the first claude-code run): a socket bound into
+    # local sandboxes; reached over the network (/gateway/<capability>) from Daytona's.
+    gateway = ModelGateway.from_settings(settings)
+    offered = engines(settings, gateway, url)
 
     async def close_model() -> None:
         for model in shared_model:
@@ -268,6 +273,7 @@ def build_service(settings: Settings) -> Service:
         close_model,
         engines=offered,
         default_engine=settings.engine,
+        gateway=gateway,
     )
 
 

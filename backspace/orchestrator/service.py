@@ -25,6 +25,7 @@ from backspace.orchestrator.errors import Kind as Kind
 from backspace.orchestrator.errors import Reason as Reason
 from backspace.orchestrator.errors import Refusal as Refusal
 from backspace.orchestrator.events import Event
+from backspace.orchestrator.gateway import ModelGateway
 from backspace.orchestrator.githosts.base import GitHost, RepoRef, RepoRefError
 from backspace.orchestrator.githosts.references import RepoAllowlist
 from backspace.orchestrator.hub import EventHub
@@ -86,6 +87,8 @@ class Service:
     close_model: Callable[[], Awaitable[None]]
     engines: Mapping[str, Engine] = field(default_factory=dict)  # name -> engine, for /health
     default_engine: str = DEFAULT_ENGINE
+    # The model gateway, whose network entry (/gateway/<capability>) the HTTP app serves.
+    gateway: ModelGateway | None = None
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list, init=False, repr=False)
 
     # --- the door --------------------------------------------------------------------------------

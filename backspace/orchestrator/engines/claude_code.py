@@ -8,6 +8,13 @@ refuses requests past the run's budget, which the CLI reports as an API error: t
 the sandbox's egress door through the proxy variables, which refuses it and reports
 `network_blocked`; the variables below also turn that traffic off.
 
+On Daytona the sandbox runs on another machine, so it gets no socket: the engine is made with
+`public_url` (BACKSPACE_PUBLIC_URL), the lease listens on a socket only this host sees, and for
+the agent stage only the run is granted a capability: the CLI's ANTHROPIC_BASE_URL is
+`<public_url>/gateway/<capability>` (backspace/http/model_gateway.py relays it to the lease).
+The capability is revoked when the CLI ends; the CLI itself comes from a Daytona snapshot
+(sandboxes/daytona_tools.py), at the path the sandbox names (`claude_code_binary`).
+
 The CLI runs as one sandboxed command (`Sandbox.exec`), its output streamed line by line into
 events (claude_stream.py). The run's wall clock is that command's timeout, and a cancelled run
 cancels the command, whose whole process group (bubblewrap's PID namespace) is killed.
@@ -26,6 +33,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from backspace.orchestrator.agent import AgentLimits, AgentResult, ModelError
 from backspace.orchestrator.engines import pr_summary
@@ -76,12 +84,15 @@ class ClaudeCode:
         model: str,
         retries: int = 4,
         owner_uid: int | None = None,
+        public_url: str | None = None,
     ) -> None:
         self.cli = cli
         self.gateway = gateway
         self.model = model
         self.retries = retries
         self.owner_uid = owner_uid  # who may connect to the gateway's socket (the sandbox user)
+        # Set for remote sandboxes (Daytona): the gateway is reached over the network there.
+        self.public_url = public_url.rstrip("/") if public_url else None
 
     def check(self) -> tuple[bool, str]:
         usable, message = self.cli.check()
@@ -90,6 +101,17 @@ class ClaudeCode:
                 f"{message}; but this server has no model gateway (it needs the local sandbox: "
                 "BACKSPACE_SANDBOX=local)"
             )
+        if usable and self.public_url is not None:
+            where = urlsplit(self.public_url).hostname or ""
+            message += (
+                f"; on Daytona: from a snapshot, reaching the model gateway at {self.public_url}"
+                "/gateway/<capability>"
+            )
+            if where in ("127.0.0.1", "localhost", "::1"):
+                message += (
+                    " (a loopback address: a remote sandbox cannot reach it; set "
+                    "BACKSPACE_PUBLIC_URL to an address Daytona's sandboxes can reach)"
+                )
         return usable, message
 
     async def start(
@@ -98,19 +120,25 @@ class ClaudeCode:
         usable, message = self.check()
         if not usable or self.gateway is None:
             raise RunFailure("engine_unavailable", f"The claude-code engine cannot run: {message}")
-        # The socket's directory: the sandbox user may pass through it, not list it.
+        remote = self.public_url is not None
+        # The socket's directory: the sandbox user may pass through it, not list it (remote:
+        # nobody but this server, which relays the network entry to it).
         directory = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="backspace-model-"))
         cleanup.push_async_callback(asyncio.to_thread, shutil.rmtree, directory, True)
-        await asyncio.to_thread(os.chmod, directory, 0o711)
+        await asyncio.to_thread(os.chmod, directory, 0o700 if remote else 0o711)
         socket_path = directory / "model.sock"
         lease = await self.gateway.open(
             ctx.run_id,
             budget_usd=limits.max_cost_usd,
             emit=ctx.emit,
             socket_path=socket_path,
-            owner_uid=self.owner_uid,
+            owner_uid=None if remote else self.owner_uid,
         )
         cleanup.push_async_callback(lease.close)
+        if remote:
+            return ClaudeCodeRun(
+                self, lease, {"model_url": self.public_url, "claude_code": self.cli}
+            )
         return ClaudeCodeRun(self, lease, {"gateway": socket_path})
 
 
@@ -146,14 +174,39 @@ class ClaudeCodeRun:
         timeout = 24 * 3600.0
         if limits.deadline is not None:
             timeout = max(1.0, limits.deadline - time.monotonic())
-        done = await sandbox.exec(
-            self._command(sandbox.workdir, sandbox.tmpdir, limits, job.environment),
-            cwd=sandbox.workdir,
-            timeout=timeout,
-            max_output=OUTPUT_KEPT,
-            stdin=_first_message(job.first_message).encode(),
-            on_output=stream.feed,
+        gateway, public_url = self.engine.gateway, self.engine.public_url
+        token: str | None = None
+        base_url, binary, home = GATEWAY_URL, self.engine.cli.sandbox_binary, None
+        if public_url is not None and gateway is not None:
+            # The capability lives as long as the CLI's command: granted now, revoked after.
+            token = gateway.grant(self.lease)
+            base_url = f"{public_url}/gateway/{token}"
+            binary = getattr(sandbox, "claude_code_binary", None) or binary
+            home = getattr(sandbox, "home", None)
+        claude_home = (
+            f"{home}/.claude-home-{self.lease.run_id[:12]}"
+            if home
+            else f"{sandbox.tmpdir}/claude-home"
         )
+        try:
+            done = await sandbox.exec(
+                self._command(
+                    sandbox.workdir,
+                    claude_home,
+                    limits,
+                    job.environment,
+                    base_url=base_url,
+                    binary=binary,
+                ),
+                cwd=sandbox.workdir,
+                timeout=timeout,
+                max_output=OUTPUT_KEPT,
+                stdin=_first_message(job.first_message).encode(),
+                on_output=stream.feed,
+            )
+        finally:
+            if token is not None and gateway is not None:
+                gateway.revoke(token)
         stream.close()
         result = await self._result(job, stream, done.exit_code, done.timed_out)
         # The PR body says which engine made the change.
@@ -161,19 +214,30 @@ class ClaudeCodeRun:
         result.body = f"{result.body.rstrip()}\n\n{footer}" if result.body else footer
         return result
 
-    def _command(self, workdir: str, tmpdir: str, limits: AgentLimits, environment: str) -> str:
-        """The CLI's command line: its home in the sandbox's tmp (gone with the sandbox), the
-        gateway and a placeholder key, the prompt on stdin."""
-        home = f"{tmpdir}/claude-home"
+    def _command(
+        self,
+        workdir: str,
+        home: str,
+        limits: AgentLimits,
+        environment: str,
+        *,
+        base_url: str,
+        binary: str,
+    ) -> str:
+        """The CLI's command line: its home in the sandbox (gone with it), the gateway and a
+        placeholder key, the prompt on stdin."""
         env = {
             "HOME": home,
-            "ANTHROPIC_BASE_URL": GATEWAY_URL,
+            "ANTHROPIC_BASE_URL": base_url,
             "ANTHROPIC_API_KEY": PLACEHOLDER_KEY,
             "CLAUDE_CODE_MAX_RETRIES": str(self.engine.retries),
+            # It is one: without this the CLI refuses --dangerously-skip-permissions as root
+            # (a Daytona sandbox's user may be root).
+            "IS_SANDBOX": "1",
             **QUIET,
         }
         argv = [
-            self.engine.cli.sandbox_binary,
+            binary,
             "-p",
             "--output-format=stream-json",
             "--verbose",

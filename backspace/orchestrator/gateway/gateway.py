@@ -8,6 +8,13 @@ API, see request.py) is forwarded to the configured ANTHROPIC_BASE_URL with the 
 the placeholder; the answer streams back unchanged while its usage is counted (meter.py), and past
 the run's budget requests are refused. The real key lives here, on the host, and nowhere else.
 
+Where the sandbox cannot be given a socket (Daytona: it runs on another machine), the same lease
+is reached over the network instead: `grant` gives the run a capability, a 128-bit random token
+the server's HTTP app accepts at `/gateway/<token>/v1/...` (backspace/http/model_gateway.py) and
+relays to the lease's socket, which stays on the host. A capability is valid from `grant` to
+`revoke` (the run's agent stage) and never after its lease closes; it reaches only its own lease,
+with that run's budget, paths and reports.
+
 One per server. Like the egress proxy, it serves on its own thread and event loop, so a slow or
 hostile client (or a large answer) never loads the server's loop; every connection is a task
 with its own timeouts, so one run's clients cannot hold up another's. Upstream goes through one
@@ -17,6 +24,9 @@ pooled httpx client.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
+import secrets
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -65,6 +75,9 @@ class ModelGateway:
         self._thread: threading.Thread | None = None
         self._client: httpx.AsyncClient | None = None
         self._leases: set[GatewayLease] = set()
+        # sha256(token) -> (token, lease): looked up by digest, so the dictionary's timing says
+        # nothing about the token; then compared in constant time.
+        self._capabilities: dict[bytes, tuple[str, GatewayLease]] = {}
         upstream = httpx.URL(self.base_url)
         self.upstream_host = upstream.host
         self.upstream_port = upstream.port or (443 if upstream.scheme == "https" else 80)
@@ -178,3 +191,35 @@ class ModelGateway:
 
     def forget(self, lease: GatewayLease) -> None:
         self._leases.discard(lease)
+        with self._lock:
+            for digest, (_, holder) in list(self._capabilities.items()):
+                if holder is lease:
+                    del self._capabilities[digest]
+
+    # --- capabilities: the lease over the network -------------------------------------------------
+    def grant(self, lease: GatewayLease) -> str:
+        """A new capability for `lease` (128 random bits, hex): whoever holds it reaches that
+        lease, and nothing else, until `revoke` or the lease's close."""
+        if lease.closed:
+            raise ValueError(f"the lease of run {lease.run_id} is closed")
+        token = secrets.token_hex(16)
+        with self._lock:
+            self._capabilities[_digest(token)] = (token, lease)
+        return token
+
+    def revoke(self, token: str) -> None:
+        with self._lock:
+            self._capabilities.pop(_digest(token), None)
+
+    def lease_for(self, token: str) -> GatewayLease | None:
+        """The open lease `token` was granted for; None for an unknown, revoked or expired one."""
+        with self._lock:
+            found = self._capabilities.get(_digest(token))
+        if found is None or not hmac.compare_digest(found[0].encode(), token.encode()):
+            return None
+        lease = found[1]
+        return None if lease.closed or lease.path is None else lease
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8", "replace")).digest()

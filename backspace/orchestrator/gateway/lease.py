@@ -56,6 +56,10 @@ class GatewayLease:
         self._closed = False
 
     @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
     def spent_usd(self) -> float:
         return self.usage.cost_usd
 
@@ -138,6 +142,7 @@ class GatewayLease:
         if self._closed:
             return
         self._closed = True
+        self.gateway.forget(self)  # its capabilities die with it, before its socket does
         if self.loop.is_closed():
             return
         future = asyncio.run_coroutine_threadsafe(self._shut(), self.loop)
