@@ -8,6 +8,7 @@ entry point) imports it; tests/test_boundaries.py keeps it so.
 from __future__ import annotations
 
 import math
+import os
 import threading
 from pathlib import Path
 
@@ -18,8 +19,13 @@ from backspace.http.application import web_app
 from backspace.orchestrator.agent import AgentLimits, AnthropicModel, Model
 from backspace.orchestrator.egress.hosts import HostList
 from backspace.orchestrator.egress.proxy import EgressProxy
+from backspace.orchestrator.engines import Engine
+from backspace.orchestrator.engines.backspace_loop import BackspaceLoop
+from backspace.orchestrator.engines.claude_cli import SANDBOX_DIR, ClaudeCli
+from backspace.orchestrator.engines.claude_code import ClaudeCode
 from backspace.orchestrator.environment.local_layers import LocalLayerStore
 from backspace.orchestrator.environment.policy import EnvironmentPolicy
+from backspace.orchestrator.gateway import ModelGateway
 from backspace.orchestrator.githosts.base import GitHost
 from backspace.orchestrator.githosts.base_payload import BasePayloads, default_base_cache
 from backspace.orchestrator.githosts.github import GitHubHost
@@ -35,6 +41,7 @@ from backspace.orchestrator.runner import Runner, RunnerLimits
 from backspace.orchestrator.sandboxes.base import SandboxProvider
 from backspace.orchestrator.sandboxes.bwrap import exposed
 from backspace.orchestrator.sandboxes.local import (
+    UNPRIVILEGED_UID,
     LocalLimits,
     LocalSandboxProvider,
     default_env_cache,
@@ -109,6 +116,7 @@ def sandbox_provider(settings: Settings) -> SandboxProvider:
             settings.env_cache_dir or default_env_cache(settings.db), settings.env_cache_mb
         ),
         egress=EgressProxy(settings.egress_addresses),  # its thread starts with the first door
+        tools={SANDBOX_DIR: ClaudeCli().directory},  # read-only: the claude-code engine's CLI
     )
 
 
@@ -123,6 +131,25 @@ def github_app(settings: Settings, redactor: Redactor) -> GitHubApp | None:
         web_host=settings.github_host,
         redactor=redactor,
     )
+
+
+def engines(
+    settings: Settings, gateway: ModelGateway | None, url: str | None = None
+) -> dict[str, Engine]:
+    """Every engine a run may ask for. Claude Code needs the model gateway: its socket in local
+    sandboxes; on Daytona, its network entry at `url` (the server's public URL)."""
+    return {
+        "backspace": BackspaceLoop(settings.tool_mode),
+        "claude-code": ClaudeCode(
+            ClaudeCli(),
+            gateway,
+            model=settings.model,
+            retries=settings.model_retries,
+            # As root, sandboxes run as `nobody`, who must be able to use the gateway's socket.
+            owner_uid=UNPRIVILEGED_UID if os.geteuid() == 0 else None,
+            public_url=url if settings.sandbox_backend == "daytona" else None,
+        ),
+    }
 
 
 def build_service(settings: Settings) -> Service:
@@ -182,9 +209,16 @@ def build_service(settings: Settings) -> Service:
         )
         return shared_model[0]
 
+    # The model gateway (its thread starts with the first claude-code run): a socket bound into
+    # local sandboxes; reached over the network (/gateway/<capability>) from Daytona's.
+    gateway = ModelGateway.from_settings(settings)
+    offered = engines(settings, gateway, url)
+
     async def close_model() -> None:
         for model in shared_model:
             await model.close()
+        if gateway is not None:
+            await gateway.aclose()
 
     pipeline = Pipeline(
         sandboxes=sandboxes,
@@ -216,8 +250,10 @@ def build_service(settings: Settings) -> Service:
                 protected=ProtectedPaths(settings.protected_path_patterns),
             ),
             draft=settings.draft_prs,
+            engine=settings.engine,
         ),
         redactor=redactor,
+        engines=offered,
     )
     runner = Runner(
         store,
@@ -241,7 +277,20 @@ def build_service(settings: Settings) -> Service:
         local_repos=settings.local_repos,
         janitor_interval=settings.janitor_interval,
     )
-    return Service(config, store, hub, runner, sandboxes, hosts, redactor, url, close_model)
+    return Service(
+        config,
+        store,
+        hub,
+        runner,
+        sandboxes,
+        hosts,
+        redactor,
+        url,
+        close_model,
+        engines=offered,
+        default_engine=settings.engine,
+        gateway=gateway,
+    )
 
 
 def create_app(settings: Settings) -> Starlette:

@@ -301,6 +301,13 @@ async def doctor_command(settings: Settings, wiring: Wiring) -> int:
             continue
         label = f"git host ({name}, {mode})" if mode else f"git host ({name})"
         row(label, usable if usable else None, detail)
+    engines = services.engine_report()
+    default = engines.pop("default")
+    for name, engine in engines.items():
+        chosen = " (the default: BACKSPACE_ENGINE)" if name == default else ""
+        # An engine that is not the default and cannot run is off, not a problem.
+        ready: bool | None = True if engine["usable"] else (False if name == default else None)
+        row(f"engine ({name})", ready, escape(engine["message"] + chosen))
     room, room_message = services.store.headroom()
     row("store", services.store.ping() and room, f"{settings.db}: {room_message}")
     row(

@@ -97,6 +97,7 @@ class Settings(BaseSettings):
     anthropic_base_url: str | None = Field(None, alias="ANTHROPIC_BASE_URL")
     model: str = Field("claude-sonnet-4-6", alias="BACKSPACE_MODEL", min_length=1)
     tool_mode: Literal["builtin", "schema"] = Field("builtin", alias="BACKSPACE_TOOL_MODE")
+    engine: Literal["backspace", "claude-code"] = Field("backspace", alias="BACKSPACE_ENGINE")
     max_turns: int = Field(60, alias="BACKSPACE_MAX_TURNS", ge=1, le=1000)
     max_cost_usd: float = Field(5.0, alias="BACKSPACE_MAX_COST_USD", gt=0)
     max_tokens: int = Field(16000, alias="BACKSPACE_MAX_TOKENS", ge=256, le=128000)

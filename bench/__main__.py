@@ -20,6 +20,7 @@ from bench import (
     fanout,
     first_event,
     followup,
+    github_ack,
     layers,
     overhead,
     slack_ack,
@@ -80,7 +81,16 @@ SUITE: dict[str, tuple[Bench, list[str], list[str], list[Target]]] = {
         slack_ack.main,
         ["--commands", "50"],
         ["--commands", "5"],
-        [Target("Slack ack p99", "p99_ms", 100, "ms")],
+        [
+            Target("Slack ack p99", "p99_ms", 100, "ms"),
+            Target("Slack thread mention to its reaction p99", "mention_p99_ms", 1000, "ms"),
+        ],
+    ),
+    "github_ack": (
+        github_ack.main,
+        ["--deliveries", "50"],
+        ["--deliveries", "3"],
+        [Target("GitHub webhook delivery to its reaction p99", "p99_ms", 1000, "ms")],
     ),
     "store": (
         store.main,

@@ -195,7 +195,12 @@ class FakeRemoteSandboxProvider:
         }
 
     async def create(
-        self, run_id: str, *, layer: Layer | None = None, gate: Gate | None = None
+        self,
+        run_id: str,
+        *,
+        layer: Layer | None = None,
+        gate: Gate | None = None,
+        gateway: Path | None = None,
     ) -> FakeRemoteSandbox:
         await asyncio.sleep(self.latency)
         self.calls += 1

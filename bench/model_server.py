@@ -78,6 +78,8 @@ def scenarios() -> dict[str, Sequence[Step]]:
             Reply([ToolCall("bash", {"command": THREE_FILES})]),
             _finish(),
         ],
+        # one streamed answer of about 100 tokens, no delay: the gateway's own cost per call
+        "gateway-bench": [Reply([Text("The gateway forwards this answer. " * 12)])],
         "overhead-bench": [
             Reply([Text("Looking."), ToolCall("bash", {"command": "cat app.py"})]),
             Reply([ToolCall("str_replace_based_edit_tool", EDIT)]),

@@ -123,6 +123,9 @@ LONGEST_FIRST = (
     "test_schemathesis",
     "test_web_ui",
     "test_bench",
+    "test_followups",
+    "test_claude_code",
+    "test_web_followups",
     "test_big_repos",
     "test_import_cost",
     "test_environments",
@@ -133,7 +136,36 @@ LONGEST_FIRST = (
 )
 
 
+# The serial phase (`-m serial`) imports only the modules that say `mark.serial`: importing all
+# of them costs about 10 s of CPU (and of wall time, with nothing else running) to deselect 895
+# tests. The check below keeps that honest: every other run (the parallel phase too) fails if a
+# test is marked serial in a module without those words, which that phase would skip.
+SERIAL_MARK = "mark.serial"
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    if str(config.option.markexpr).strip() != "serial":
+        return None
+    if collection_path.suffix != ".py" or not collection_path.name.startswith("test_"):
+        return None
+    return SERIAL_MARK not in collection_path.read_text(errors="replace") or None
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects any
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    hidden = sorted(
+        {
+            str(item.path)
+            for item in items
+            if item.get_closest_marker("serial") is not None
+            and SERIAL_MARK not in item.path.read_text(errors="replace")
+        }
+    )
+    if hidden:
+        raise pytest.UsageError(
+            f"{', '.join(hidden)}: a test is marked serial without the words {SERIAL_MARK!r} in "
+            "its module, so the serial phase would not collect it: mark it `pytest.mark.serial`"
+        )
     rank = {name: place for place, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.stem, len(LONGEST_FIRST)))
 

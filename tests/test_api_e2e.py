@@ -303,7 +303,7 @@ async def test_the_wall_clock_limit_ends_the_run_timed_out(
 ) -> None:
     make_repo(repos, "widgets")
     fake_model.scenarios["timeout-e2e"], _ = slow_scenario(121)
-    server = server_factory(base_env(repos, fake_model, MAX_SANDBOX_DURATION="3"))
+    server = server_factory(base_env(repos, fake_model, MAX_SANDBOX_DURATION="6"))
     started = time.monotonic()
     events = await run_to_end(server, "timeout-e2e")
     assert time.monotonic() - started < 15

@@ -23,7 +23,7 @@ from backspace.config import SettingsError, load_settings
 from backspace.orchestrator.githosts.base import FileChange
 from backspace.orchestrator.protected_paths import DEFAULT_PROTECTED, ProtectedPaths
 from backspace.orchestrator.publish import Policy, PolicyError, check_policy
-from backspace.orchestrator.pull_request import title_for
+from backspace.orchestrator.pull_request import RUNS_END, RUNS_START, title_for
 from backspace.orchestrator.sanitiser import sanitise
 from tests.conftest import git, make_repo
 from tests.fakes.anthropic import FakeAnthropic, Reply, ToolCall
@@ -346,12 +346,20 @@ async def test_the_pull_request_on_github_carries_nothing_that_acts(
     (pr,) = [p for p in github.pulls("acme/widgets") if "pp-gh-text" in p["body"]]
     run_url = events[0]["run_url"]
     assert_inert(pr["title"])
-    body = pr["body"].replace(f"<!-- backspace:run={events[0]['run_id']} -->", "")
+    body = without_markers(pr["body"], events[0]["run_id"])
     assert_inert(body.replace(run_url, "https://github.com/run"), own=("https://github.com/",))
-    assert pr["body"].count("<!--") == 1, "the agent cannot forge backspace's marker"
+    assert pr["body"].count("<!--") == 3, "the agent cannot forge backspace's markers"
     assert of_type(events, "pr_created")[0]["title"] == pr["title"]
     log = git_log(github.bare_path("acme/widgets"), of_type(events, "pr_created")[0]["branch"])
     assert not CLOSING.search(log) and not MENTION.search(log), log
+
+
+def without_markers(body: str, run_id: str) -> str:
+    """The body without backspace's own HTML comments: its run marker and the Runs table's."""
+    for marker in (f"<!-- backspace:run={run_id} -->", RUNS_START, RUNS_END):
+        assert body.count(marker) == 1, marker
+        body = body.replace(marker, "")
+    return body
 
 
 def git_log(bare: Path, branch: str) -> str:
@@ -373,8 +381,9 @@ async def test_the_local_pull_request_carries_nothing_that_acts(
         record = (await client.get(f"{server.url}/api/prs/{number}")).json()
     assert_inert(record["title"])
     run_url = events[0]["run_url"]
-    body = record["body"].replace(f"<!-- backspace:run={events[0]['run_id']} -->", "")
+    body = without_markers(record["body"], events[0]["run_id"])
     assert_inert(body.replace(run_url, "https://local/run"), own=("https://local/run",))
+    assert record["body"].count("<!--") == 3, "the agent cannot forge backspace's markers"
 
 
 def test_a_pattern_that_would_unprotect_is_refused_at_start_naming_the_setting() -> None:

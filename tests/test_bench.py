@@ -31,10 +31,11 @@ TABLES = {
     "layers": "layer",
     "clone": "big repositories",
     "followup": "follow-ups: submission to a ready sandbox",
+    "github_ack": "GitHub ack",
 }
 # About 12 s each at quick sizes on 2 cores.
 GROUPS = (
-    ("concurrent", "store", "layers", "egress"),
+    ("concurrent", "store", "layers", "egress", "github_ack"),
     ("overhead", "fanout", "followup"),
     ("first_event", "slack_ack", "startup", "clone"),
 )

@@ -5,13 +5,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import anthropic
 import httpx
 import pytest
-from anthropic import AsyncAnthropic
-from anthropic.types import MessageParam, UserMessageParam
 
 from tests.fakes.anthropic import (
     CutStream,
@@ -31,6 +28,13 @@ TOOL_INPUT: dict[str, Any] = {
 }
 BASH_TOOL: list[Any] = [{"type": "bash_20250124", "name": "bash"}]
 
+if TYPE_CHECKING:
+    # The SDK is imported by the tests that run (about 1.2 s of CPU): every pytest-xdist worker
+    # imports this module to collect it, and most of them run none of its tests.
+    import anthropic
+    from anthropic import AsyncAnthropic
+    from anthropic.types import MessageParam, UserMessageParam
+
 
 @pytest.fixture
 def fake() -> Iterator[FakeAnthropic]:
@@ -39,6 +43,8 @@ def fake() -> Iterator[FakeAnthropic]:
 
 
 def client_for(fake: FakeAnthropic, **kwargs: Any) -> AsyncAnthropic:
+    from anthropic import AsyncAnthropic
+
     opts: dict[str, Any] = {"max_retries": 0}
     opts.update(kwargs)
     return AsyncAnthropic(api_key="test-key", base_url=fake.url, **opts)
@@ -145,6 +151,8 @@ async def test_turn_progression_and_no_more_turns(fake: FakeAnthropic) -> None:
 
 
 async def test_scenario_selection_default_and_responder() -> None:
+    import anthropic
+
     seen: list[dict[str, Any]] = []
 
     def responder(body: dict[str, Any]) -> Reply:
@@ -203,6 +211,8 @@ async def test_concurrent_scenarios(fake: FakeAnthropic) -> None:
 
 
 async def test_http_errors_map_to_sdk_classes(fake: FakeAnthropic) -> None:
+    import anthropic
+
     fake.scenarios["overloaded"] = [Fail(529)]
     fake.scenarios["ratelimited"] = [Fail(429, retry_after_ms=250)]
     client = client_for(fake)
@@ -221,6 +231,8 @@ async def test_http_errors_map_to_sdk_classes(fake: FakeAnthropic) -> None:
 
 
 async def test_fail_times_then_success(fake: FakeAnthropic) -> None:
+    import anthropic
+
     fake.scenarios["flaky"] = [[Fail(500, times=2), Reply([Text("finally")])]]
     client = client_for(fake)
     for _ in range(2):
@@ -243,6 +255,8 @@ async def test_sdk_retries_through_fail(fake: FakeAnthropic) -> None:
 
 
 async def test_mid_stream_error(fake: FakeAnthropic) -> None:
+    import anthropic
+
     fake.scenarios["midstream"] = [[MidStreamError(), Reply([Text("recovered")])]]
     client = client_for(fake)
     with pytest.raises(anthropic.APIStatusError) as info:
@@ -264,6 +278,8 @@ async def test_cut_stream_looks_like_success_without_stop_reason(fake: FakeAnthr
 
 
 async def test_hang_triggers_client_timeout_and_stop_does_not_block() -> None:
+    import anthropic
+
     fake = FakeAnthropic({"hang": [Hang(30)]}).start()
     try:
         client = client_for(fake, timeout=0.5)  # a float: the SDK rejects httpx.Timeout
@@ -276,6 +292,9 @@ async def test_hang_triggers_client_timeout_and_stop_does_not_block() -> None:
 
 
 async def test_auth_recording_and_other_endpoints(fake: FakeAnthropic) -> None:
+    import anthropic
+    from anthropic import AsyncAnthropic
+
     fake.scenarios["rec"] = [Reply([Text("hi")])]
     bad = AsyncAnthropic(api_key="wrong-key", base_url=fake.url, max_retries=0)
     with pytest.raises(anthropic.AuthenticationError) as info:

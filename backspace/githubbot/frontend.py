@@ -10,10 +10,10 @@ from backspace.githubbot.access import Access
 from backspace.githubbot.api import GitHubApi
 from backspace.githubbot.endpoint import Endpoint
 from backspace.githubbot.responder import Options, Responder
-from backspace.githubbot.tasks import Tasks
 from backspace.githubbot.triggers import Trigger, normalise_mention
 from backspace.orchestrator.githosts.github_app import InstallationTokens
 from backspace.orchestrator.service import Service
+from backspace.tasks import Tasks
 
 
 class GitHubFrontEnd:
@@ -24,7 +24,7 @@ class GitHubFrontEnd:
         tokens = InstallationTokens(app) if app is not None else None
         self.api = GitHubApi(token, settings.github_api_url, tokens=tokens)
         self.access = Access(self.api.permission, self.api.own_login)
-        self.tasks = Tasks()
+        self.tasks = Tasks("GitHub webhook")
         mention = normalise_mention(settings.github_mention)
         self.responder = Responder(
             service, self.api, self.access, Options(web_host=settings.github_host, mention=mention)

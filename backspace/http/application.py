@@ -17,6 +17,7 @@ from backspace.config import Settings
 from backspace.http.crosssite import CrossSiteCheck
 from backspace.http.errors import exception_handlers
 from backspace.http.hosts import HostCheck, allowed_hosts
+from backspace.http.model_gateway import gateway_routes
 from backspace.http.ratelimit import RateLimiter
 from backspace.http.routes import routes
 from backspace.orchestrator.service import Service
@@ -64,7 +65,7 @@ def web_app(
 
     app = Starlette(
         debug=False,
-        routes=routes(),
+        routes=[*routes(), *gateway_routes()],
         lifespan=lifespan,
         middleware=[
             # Outermost first: the Host is checked before the Origin is compared with it.

@@ -16,6 +16,10 @@ from backspace.orchestrator.events import EventType
 from backspace.orchestrator.store import PullRequestRecord, Run
 
 ERROR = {"$ref": "#/components/schemas/Error"}
+ANTHROPIC_ERROR = {
+    "type": "object",
+    "properties": {"type": {"type": "string"}, "error": {"type": "object"}},
+}
 MAX_SEQ = 2**63 - 1
 """The largest integer SQLite stores: the largest `after` (and pull request id) there can be."""
 
@@ -580,6 +584,66 @@ def document(server_url: str) -> dict[str, Any]:
                     },
                 }
             },
+            "/gateway/{capability}/v1/messages": {
+                "post": {
+                    "summary": "The model gateway for a remote sandbox's Claude Code (Messages "
+                    "API only): no API key; the path's capability, valid during one run's agent "
+                    "stage, is the authorisation",
+                    "parameters": [
+                        {
+                            "name": "capability",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        },
+                    ],
+                    "requestBody": {
+                        "content": {"application/json": {"schema": {"type": "object"}}}
+                    },
+                    "responses": {
+                        "200": {"description": "the model's answer, relayed as it streams"},
+                        "400": _json(ANTHROPIC_ERROR, "not a request the gateway can read"),
+                        "403": _json(ANTHROPIC_ERROR, "the run's spend limit is reached"),
+                        "404": _json(
+                            ANTHROPIC_ERROR,
+                            "an unknown or expired capability (nothing starts), or a path "
+                            "that is not the Messages API",
+                        ),
+                        "413": _json(ANTHROPIC_ERROR, "the body is too large"),
+                        "431": _json(ANTHROPIC_ERROR, "the head is too large"),
+                    },
+                }
+            },
+            "/gateway/{capability}/v1/messages/count_tokens": {
+                "post": {
+                    "summary": "The model gateway for a remote sandbox's Claude Code (Messages "
+                    "API only): no API key; the path's capability, valid during one run's agent "
+                    "stage, is the authorisation",
+                    "parameters": [
+                        {
+                            "name": "capability",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        },
+                    ],
+                    "requestBody": {
+                        "content": {"application/json": {"schema": {"type": "object"}}}
+                    },
+                    "responses": {
+                        "200": {"description": "the model's answer, relayed as it streams"},
+                        "400": _json(ANTHROPIC_ERROR, "not a request the gateway can read"),
+                        "403": _json(ANTHROPIC_ERROR, "the run's spend limit is reached"),
+                        "404": _json(
+                            ANTHROPIC_ERROR,
+                            "an unknown or expired capability (nothing starts), or a path "
+                            "that is not the Messages API",
+                        ),
+                        "413": _json(ANTHROPIC_ERROR, "the body is too large"),
+                        "431": _json(ANTHROPIC_ERROR, "the head is too large"),
+                    },
+                }
+            },
         },
         "components": {
             "securitySchemes": {
@@ -624,6 +688,12 @@ def document(server_url: str) -> dict[str, Any]:
                             "maxLength": 300,
                             "pattern": "^[^<>\\n]+ <[^<>\\s@]+@[^<>\\s@]+>$",
                             "description": "Name <email>",
+                        },
+                        "engine": {
+                            "type": "string",
+                            "nullable": True,
+                            "enum": ["backspace", "claude-code", None],
+                            "description": "the agent for this run; default: BACKSPACE_ENGINE",
                         },
                     },
                 },

@@ -133,6 +133,7 @@ async def create_run(request: Request) -> Response:
         base_branch=body.base_branch,
         co_author=body.co_author,
         source="api",
+        engine=body.engine,
         gate=lambda: _limit_rate(request),  # only requests that would start a run count
     )
     if _wants_json(request):

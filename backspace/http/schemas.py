@@ -29,6 +29,9 @@ class CodeRequest(BaseModel):
         pattern=r"^[^<>\n]+ <[^<>\s@]+@[^<>\s@]+>$",
         description="the requester's git identity, 'Name <email>', credited as Co-authored-by",
     )
+    engine: Literal["backspace", "claude-code"] | None = Field(
+        None, description="the agent for this run; default: the server's BACKSPACE_ENGINE"
+    )
 
     @field_validator("repo_url", "base_branch", "co_author")
     @classmethod

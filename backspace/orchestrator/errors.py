@@ -76,6 +76,8 @@ class RunFailure(BackspaceError):
             "bad_repo_file",
             "clone_failed",
             "cost_limit",
+            "engine_failed",
+            "engine_unavailable",
             "interrupted",
             "model_not_configured",
             "model_refusal",

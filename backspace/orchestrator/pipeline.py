@@ -17,10 +17,14 @@ import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
-from backspace.orchestrator.agent import Agent, AgentLimits, AgentResult, Model, prompts
+from backspace.orchestrator.agent import AgentLimits, AgentResult, Model, prompts
 from backspace.orchestrator.egress.gate import Gate, Phase
+from backspace.orchestrator.engines import DEFAULT_ENGINE, Engine, EngineJob, EngineRun
+from backspace.orchestrator.engines import unknown_engine as unknown_engine
+from backspace.orchestrator.engines.backspace_loop import BackspaceLoop
 from backspace.orchestrator.environment.blocked import BlockedReporter
 from backspace.orchestrator.environment.layer import Layer
 from backspace.orchestrator.environment.policy import EnvironmentPolicy
@@ -90,6 +94,7 @@ class PipelineSettings:
     max_bundle_bytes: int = 50 * 1024 * 1024
     policy: Policy = field(default_factory=Policy)
     draft: bool = True
+    engine: str = DEFAULT_ENGINE  # BACKSPACE_ENGINE: when a request names none
 
 
 class Pipeline:
@@ -101,8 +106,12 @@ class Pipeline:
         model_factory: Callable[[], Model],
         settings: PipelineSettings,
         redactor: Redactor,
+        engines: Mapping[str, Engine] | None = None,
     ) -> None:
         self.sandboxes = sandboxes
+        self.engines: Mapping[str, Engine] = engines or {
+            DEFAULT_ENGINE: BackspaceLoop(settings.tool_mode)  # type: ignore[arg-type]
+        }
         self.hosts = hosts
         self.model_factory = model_factory
         self.settings = settings
@@ -166,7 +175,11 @@ class Pipeline:
         payload_repo = base_repo if branch_commits else head_repo
         blocked = BlockedReporter(ctx)
         gate = Gate(blocked)
-        sandbox = await self.sandboxes.create(ctx.run_id, layer=plan.layer, gate=gate)
+        # Started before the sandbox: an engine may need something bound into it (a gateway).
+        engine = await self._engine(ctx, sandboxes)
+        sandbox = await self.sandboxes.create(
+            ctx.run_id, layer=plan.layer, gate=gate, **engine.sandbox_options
+        )
         sandboxes.push_async_callback(_close, sandbox)
 
         ctx.progress(Stage.CLONING, f"Getting {request.repo.name} into the sandbox")
@@ -225,7 +238,7 @@ class Pipeline:
         ctx.progress(Stage.AGENT, "The agent is working")
         await sandbox.open_network(Phase.AGENT, plan.network.agent)
         diff = await pr_diff(sandbox, family.diff_base) if family.continuing else None
-        result = await self._agent(ctx, model, sandbox, repo, plan, prepared, family, diff)
+        result = await self._agent(ctx, model, sandbox, repo, plan, prepared, family, diff, engine)
 
         ctx.progress(Stage.VALIDATING, "Checking the change")
         # What people see (title, branch, body) never carries a secret, even one in the prompt.
@@ -336,17 +349,7 @@ class Pipeline:
         pr = await host.open_pull_request(repo, draft)
         ctx.emit(
             EventType.PR_CREATED,
-            {
-                "pr_url": pr.url,
-                "pr_number": pr.number,
-                "branch": branch,
-                "base_sha": repo.base_sha,
-                "title": title,
-                "files_changed": len(change.files),
-                "additions": change.additions,
-                "deletions": change.deletions,
-                "draft": pr.draft,
-            },
+            _published(pr.url, pr.number, branch, repo.base_sha, title, change, draft=pr.draft),
         )
         verdict = ""
         if receipt is not None and not receipt.passed:
@@ -410,21 +413,10 @@ class Pipeline:
         updated = await host.update_pull_request(
             start_repo, pr.number, body=with_run(pr.body, row), comment=comment
         )
-        ctx.emit(
-            EventType.PR_UPDATED,
-            {
-                "pr_url": updated.url,
-                "pr_number": updated.number,
-                "branch": branch,
-                "base_sha": diff_base,
-                "commit": change.head_sha,
-                "title": title,
-                "files_changed": len(change.files),
-                "additions": change.additions,
-                "deletions": change.deletions,
-                "draft": pr.draft,
-            },
+        published = _published(
+            updated.url, updated.number, branch, diff_base, title, change, draft=pr.draft
         )
+        ctx.emit(EventType.PR_UPDATED, {**published, "commit": change.head_sha})
         verdict = ""
         if receipt is not None and not receipt.passed:
             verdict = " (verification failed: see the comment)"
@@ -479,21 +471,14 @@ class Pipeline:
         prepared: Prepared,
         family: FamilyStart,
         pr_diff: str | None,
+        engine: EngineRun,
     ) -> AgentResult:
-        limits = AgentLimits(**{**self.settings.limits.__dict__, "deadline": ctx.deadline})
-        agent = Agent(
-            model,
-            sandbox,
-            ctx.emit,
-            limits,
-            tool_mode=self.settings.tool_mode,  # type: ignore[arg-type]
-            environment=prompts.environment_note(
-                setup=prepared.ran,
-                cached=prepared.layer is not None and prepared.description.startswith("cached"),
-                agent_hosts=list(plan.network.agent),
-                verify=list(plan.verify),
-            ),
-            inbox=ctx.inbox,
+        limits = self._limits(ctx)
+        environment = prompts.environment_note(
+            setup=prepared.ran,
+            cached=prepared.layer is not None and prepared.description.startswith("cached"),
+            agent_hosts=list(plan.network.agent),
+            verify=list(plan.verify),
         )
         context, tree = await _repository_context(sandbox)
         first = prompts.first_message(
@@ -508,7 +493,9 @@ class Pipeline:
             pr_diff=pr_diff,
             branch=family.branch,
         )
-        result = await agent.run(first)
+        result = await engine.run(
+            EngineJob(sandbox, model, first, limits, environment, ctx.inbox, ctx.emit)
+        )
         if result.outcome == "refusal":
             raise RunFailure("model_refusal", result.message)
         if result.outcome in ("turn_limit", "cost_limit"):
@@ -521,6 +508,21 @@ class Pipeline:
                 },
             )
         return result
+
+    def _limits(self, ctx: RunContext) -> AgentLimits:
+        return AgentLimits(**{**self.settings.limits.__dict__, "deadline": ctx.deadline})
+
+    async def _engine(self, ctx: RunContext, cleanup: contextlib.AsyncExitStack) -> EngineRun:
+        """The run's engine (its request's, else BACKSPACE_ENGINE), started for this run."""
+        name = ctx.request.engine or self.settings.engine
+        engine = self.engines.get(name)
+        if engine is None:
+            known = ", ".join(sorted(self.engines))
+            raise RunFailure(
+                "engine_unavailable",
+                f"{unknown_engine(name)} (this server offers: {known})",
+            )
+        return await engine.start(ctx, self._limits(ctx), cleanup)
 
     async def _take_change(
         self,
@@ -573,6 +575,30 @@ async def _has_commit(sandbox: Sandbox, sha: str) -> bool:
         f"git cat-file -e {shlex.quote(sha + '^{commit}')}", timeout=30, max_output=500
     )
     return result.exit_code == 0
+
+
+def _published(
+    url: str,
+    number: int,
+    branch: str,
+    base_sha: str | None,
+    title: str,
+    change: Change,
+    *,
+    draft: bool,
+) -> dict[str, Any]:
+    """What `pr_created` and `pr_updated` say about the pull request and the change."""
+    return {
+        "pr_url": url,
+        "pr_number": number,
+        "branch": branch,
+        "base_sha": base_sha,
+        "title": title,
+        "files_changed": len(change.files),
+        "additions": change.additions,
+        "deletions": change.deletions,
+        "draft": draft,
+    }
 
 
 def _verdict(receipt: Receipt | None) -> str:

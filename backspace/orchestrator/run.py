@@ -31,6 +31,7 @@ class RunRequest:
     closes_issue: int | None = None  # the PR body says `Closes #N`
     parent_id: str | None = None  # a follow-up: the run it continues
     family_id: str | None = None  # a follow-up: the family it belongs to
+    engine: str | None = None  # "backspace" or "claude-code"; None: the server's BACKSPACE_ENGINE
 
 
 @dataclass(frozen=True)

@@ -13,17 +13,19 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from backspace import __version__
+from backspace.orchestrator.engines import DEFAULT_ENGINE, Engine
 from backspace.orchestrator.errors import Kind as Kind
 from backspace.orchestrator.errors import Reason as Reason
 from backspace.orchestrator.errors import Refusal as Refusal
 from backspace.orchestrator.events import Event
+from backspace.orchestrator.gateway import ModelGateway
 from backspace.orchestrator.githosts.base import GitHost, RepoRef, RepoRefError
 from backspace.orchestrator.githosts.references import RepoAllowlist
 from backspace.orchestrator.hub import EventHub
@@ -83,6 +85,10 @@ class Service:
     redactor: Redactor
     public_url: str
     close_model: Callable[[], Awaitable[None]]
+    engines: Mapping[str, Engine] = field(default_factory=dict)  # name -> engine, for /health
+    default_engine: str = DEFAULT_ENGINE
+    # The model gateway, whose network entry (/gateway/<capability>) the HTTP app serves.
+    gateway: ModelGateway | None = None
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list, init=False, repr=False)
 
     # --- the door --------------------------------------------------------------------------------
@@ -99,13 +105,15 @@ class Service:
         gate: Callable[[], None] | None = None,
         context: str | None = None,
         closes_issue: int | None = None,
+        engine: str | None = None,
     ) -> Run:
         """Check the request, then record and queue the run; a `Refusal` says why not.
 
         `gate` is a front end's own last check (the API's rate limit): it is called once every
         check here has passed, right before the run is recorded, so only a request that would
         start a run counts against it. What it raises passes through. `context` is text the
-        agent sees beside the request (an issue's body); `closes_issue` goes into the PR body.
+        agent sees beside the request (an issue's body); `closes_issue` goes into the PR body;
+        `engine` picks the agent (None: the server's BACKSPACE_ENGINE).
         """
         self.check_prompt(prompt)
         try:
@@ -120,9 +128,11 @@ class Service:
             co_author=co_author,
             source=source,
             requester=requester,
-            meta=dict(meta or {}),
+            # The engine is remembered with the run: the family's follow-ups keep it.
+            meta={**(meta or {}), **({"engine": engine} if engine else {})},
             context=_clean_context(context),
             closes_issue=closes_issue,
+            engine=engine,
         )
         return self._submit(request, gate)
 
@@ -181,10 +191,14 @@ class Service:
             co_author=co_author,
             source=source,
             requester=requester,
-            meta=dict(meta or {}),
+            meta={
+                **(meta or {}),
+                **({"engine": parent.meta["engine"]} if parent.meta.get("engine") else {}),
+            },
             context=context,
             parent_id=newest.id,
             family_id=family_id,
+            engine=parent.meta.get("engine"),
         )
         run = self._submit(request, gate)
         executing = self.runner.executing_in_family(family_id)
@@ -383,6 +397,7 @@ class Service:
                 **_sandbox_limits(self.sandboxes),
             },
             "git_hosts": hosts,
+            "engines": self.engine_report(),
             "store": {
                 "ok": store_ok,
                 **({"path": str(self.store.path)} if show_paths else {}),
@@ -394,6 +409,18 @@ class Service:
                 "max_concurrent": self.runner.limits.max_concurrent,
             },
         }
+
+    def engine_report(self) -> dict[str, Any]:
+        """Which engine runs by default, and whether each can run here (Claude Code: whether
+        its package is installed, and its version)."""
+        report: dict[str, Any] = {"default": self.default_engine}
+        for name, engine in self.engines.items():
+            usable, message = engine.check()
+            report[name] = {"usable": usable, "message": message}
+            version = getattr(getattr(engine, "cli", None), "version", None)
+            if version is not None:
+                report[name]["version"] = version
+        return report
 
     def _paths(self) -> list[str]:
         """The server's own files and directories, as they may appear in a message."""

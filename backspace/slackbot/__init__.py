@@ -12,5 +12,5 @@ each run's events like any other subscriber; the orchestrator learns nothing of 
   commands.py   what a command's text asks for
   messages.py   how runs and refusals read in Slack
   reporter.py   a run's status message and thread, from its events
-  tasks.py      the front end's background work
+  tasks.py      Slack calls whose failure never stops a run (the background work: backspace/tasks.py)
 """

@@ -11,6 +11,8 @@ from backspace.orchestrator.githosts.base import RepoRef, RepoRefError
 
 MENTION = re.compile(r"<@[A-Z0-9]+(?:\|[^>]*)?>")
 STEER = re.compile(r"steer\s*:\s*", re.IGNORECASE)
+ENGINE = re.compile(r"(?:^|\s)engine=(\S*)", re.IGNORECASE)
+ENGINES = ("backspace", "claude-code")
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,7 @@ class StartRun:
     repo: RepoRef
     repo_text: str
     prompt: str
+    engine: str | None = None  # `engine=claude-code` in the text; None: the server's default
 
 
 @dataclass(frozen=True)
@@ -48,8 +51,23 @@ def parse(
     parse_repo: Callable[[str], RepoRef],
     channel_default: str | None,
 ) -> Command:
-    """`help`, `repo <repo>`, `status`, `<repo> <prompt>`, or `<prompt>` with a channel default."""
+    """`help`, `repo <repo>`, `status`, `<repo> <prompt>`, or `<prompt>` with a channel default;
+    `engine=NAME` anywhere picks the run's engine (and is not part of the prompt)."""
     text = MENTION.sub(" ", text).strip()
+    engines = ENGINE.findall(text)
+    if engines:
+        engine = engines[-1].lower()
+        if engine not in ENGINES:
+            return Invalid(
+                f"{_plain(engines[-1])!r} is not an engine: say `engine=backspace` or "
+                "`engine=claude-code`"
+            )
+        run = parse(ENGINE.sub(" ", text), parse_repo, channel_default)
+        return (
+            StartRun(run.repo, run.repo_text, run.prompt, engine)
+            if isinstance(run, StartRun)
+            else run
+        )
     words = text.split(maxsplit=1)
     first = words[0].lower() if words else ""
     rest = words[1].strip() if len(words) > 1 else ""

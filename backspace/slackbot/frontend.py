@@ -25,7 +25,7 @@ from backspace.config import Settings
 from backspace.orchestrator.service import Service
 from backspace.slackbot.endpoint import Endpoint
 from backspace.slackbot.listeners import Listeners
-from backspace.slackbot.tasks import Tasks
+from backspace.tasks import Tasks
 
 
 class SlackFrontEnd:
@@ -54,7 +54,7 @@ class SlackFrontEnd:
             process_before_response=True,
             raise_error_for_unhandled_request=False,
         )
-        self.tasks = Tasks()
+        self.tasks = Tasks("Slack")
         Listeners(service, settings, self.client, self.tasks).register(self.app)
         self._endpoint = Endpoint(self.app, secret)
         self._socket: Any = None

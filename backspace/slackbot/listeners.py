@@ -33,7 +33,8 @@ from backspace.slackbot.messages import (
     status_text,
 )
 from backspace.slackbot.reporter import ChannelPacer, SlackReporter
-from backspace.slackbot.tasks import Tasks, safe
+from backspace.slackbot.tasks import safe
+from backspace.tasks import Tasks
 
 log = logging.getLogger(__name__)
 
@@ -213,11 +214,12 @@ class Listeners:
                     team, channel, ref.name if ref.host == "github" else reference, user
                 )
                 return f"This channel's default repository is now `{escape(ref.name)}`. Try `{command} <what to change>`."
-            case commands.StartRun(repo, repo_text, prompt):
+            case commands.StartRun(repo, repo_text, prompt, engine):
                 try:
                     run = service.admit(
                         repo_text,
                         prompt,
+                        engine=engine,
                         source="slack",
                         requester=f"<@{user}> in Slack",
                         meta={

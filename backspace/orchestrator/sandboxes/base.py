@@ -95,10 +95,17 @@ class SandboxProvider(Protocol):
         ...
 
     async def create(
-        self, run_id: str, *, layer: Layer | None = None, gate: Gate | None = None
+        self,
+        run_id: str,
+        *,
+        layer: Layer | None = None,
+        gate: Gate | None = None,
+        gateway: Path | None = None,
     ) -> Sandbox:
         """A new sandbox, started from `layer` when given. Its network is closed until
-        `open_network`; `gate` decides and records its attempts to reach outside."""
+        `open_network`; `gate` decides and records its attempts to reach outside. `gateway`,
+        the host side of a model gateway socket, is the engine's way to the model
+        (ANTHROPIC_BASE_URL inside); a provider that cannot bind one in refuses it."""
         ...
 
     async def cleanup_orphans(self, live_run_ids: set[str]) -> int:

@@ -178,12 +178,14 @@ def bwrap_argv(
     uid: int,
     home: str,
     shm_bytes: int | None = None,
+    read_only: Mapping[str, Path] | None = None,
 ) -> Iterator[tuple[list[str], tuple[int, ...]]]:
     """`bwrap --args N` and the descriptors it reads: the options, passwd, group, the filter.
 
     `binds` maps sandbox paths to the host directories bound writable there. The descriptors
     are closed when the block ends: start the process inside it. `shm_bytes` sizes /dev/shm
-    (bubblewrap 0.5 or newer); without it /dev/shm is part of /dev's tmpfs.
+    (bubblewrap 0.5 or newer); without it /dev/shm is part of /dev's tmpfs. `read_only` maps
+    sandbox paths to host directories bound read-only (tools such as Claude Code).
     """
     fds: list[int] = []
     try:
@@ -208,6 +210,8 @@ def bwrap_argv(
             options += ["--size", str(shm_bytes), "--tmpfs", "/dev/shm"]  # noqa: S108 - its own
         for inside, host in binds.items():
             options += ["--bind", str(host), inside]
+        for inside, host in (read_only or {}).items():
+            options += ["--ro-bind", str(host), inside]
         options += ["--remount-ro", "/", "--chdir", cwd, "--clearenv"]
         for key, value in env.items():
             options += ["--setenv", key, value]

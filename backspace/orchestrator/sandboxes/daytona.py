@@ -14,6 +14,10 @@
   created from one; each phase's network is set through `update_network_settings` as IPv4 /32s
   (daytona_network.py). Daytona reports no refused connection, so no `network_blocked` event
   comes from the sandbox itself: only the hosts refused before any connection is tried.
+- Claude Code (`claude_code=`): the sandbox starts from the CLI's snapshot (daytona_tools.py), or
+  from an environment snapshot with the CLI uploaded when it lacks it; `model_url`, the server's
+  public URL, is where its model gateway is (backspace/http/model_gateway.py): its host is
+  allowed, resolved and vetted like any other, in the agent phase only.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import daytona
 from daytona import (
@@ -40,6 +45,7 @@ from daytona import (
 
 from backspace.orchestrator.egress.gate import Gate, Phase
 from backspace.orchestrator.egress.hosts import HostList
+from backspace.orchestrator.engines.claude_cli import ClaudeCli
 from backspace.orchestrator.environment.layer import Layer, LayerStore
 from backspace.orchestrator.errors import (
     SandboxError,
@@ -61,6 +67,7 @@ from backspace.orchestrator.sandboxes.daytona_network import (
     plan,
     system_resolver,
 )
+from backspace.orchestrator.sandboxes.daytona_tools import ClaudeCodeSnapshot, binary_in, install
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +119,9 @@ class DaytonaSandboxProvider:
                 timeout=options.snapshot_timeout,
             )
             self.layers = self._store
+        self.claude_code = ClaudeCodeSnapshot(
+            lambda: self.client, base=options.snapshot, timeout=options.snapshot_timeout
+        )
 
     def check(self) -> tuple[bool, str]:
         where = self.options.api_url
@@ -154,23 +164,49 @@ class DaytonaSandboxProvider:
 
     # --- life cycle ------------------------------------------------------------------------------
     async def create(
-        self, run_id: str, *, layer: Layer | None = None, gate: Gate | None = None
+        self,
+        run_id: str,
+        *,
+        layer: Layer | None = None,
+        gate: Gate | None = None,
+        gateway: Path | None = None,
+        model_url: str | None = None,
+        claude_code: ClaudeCli | None = None,
     ) -> DaytonaSandbox:
-        if layer is None:
-            return await self._create(run_id, None, gate)
-        if self._store is not None:
+        """`claude_code`: the CLI the run's sandbox must have; `model_url`: the server's public
+        URL, where the sandbox reaches the model gateway in the agent phase."""
+        if gateway is not None:
+            raise SandboxError(
+                "a Daytona sandbox cannot reach a socket on this host: the model gateway is "
+                "reached over the network there (model_url, from BACKSPACE_PUBLIC_URL)"
+            )
+        base = self.options.snapshot
+        if claude_code is not None and layer is None:
+            base = await self.claude_code.ensure(claude_code)
+        if layer is not None and self._store is not None:
             self._store.acquire(layer)
         try:
-            return await self._create(run_id, layer, gate)
+            sandbox = await self._create(run_id, layer, gate, base)
         except BaseException:
-            if self._store is not None:
+            if layer is not None and self._store is not None:
                 self._store.release(layer)
             raise
+        try:
+            if model_url is not None:
+                sandbox.model_host = urlsplit(model_url).hostname
+            if claude_code is not None:
+                sandbox.claude_code_binary = await sandbox.has_claude_code(claude_code)
+        except BaseException:
+            await asyncio.shield(sandbox.close())
+            raise
+        return sandbox
 
-    async def _create(self, run_id: str, layer: Layer | None, gate: Gate | None) -> DaytonaSandbox:
+    async def _create(
+        self, run_id: str, layer: Layer | None, gate: Gate | None, base: str | None
+    ) -> DaytonaSandbox:
         labels = {RUN_LABEL: run_id, INSTANCE_LABEL: self.options.instance}
         params = CreateSandboxFromSnapshotParams(
-            snapshot=layer.location if layer is not None else self.options.snapshot,
+            snapshot=layer.location if layer is not None else base,
             labels=labels,
             env_vars={},
             auto_stop_interval=self.options.auto_stop_minutes,
@@ -267,6 +303,9 @@ class DaytonaSandbox:
         self.layer = layer
         self.gate = gate
         self.network: NetworkPlan | None = None  # what the last open_network allowed and dropped
+        self.model_host: str | None = None  # the model gateway's host, allowed in the agent phase
+        self.claude_code_binary: str | None = None  # where the CLI is, for a Claude Code run
+        self.home = "/home/daytona"
         self.id = f"daytona-{remote.id}"
         self.workdir = "/home/daytona/workspace"
         self.tmpdir = "/tmp"  # noqa: S108 - the remote machine's, deleted with it
@@ -275,7 +314,8 @@ class DaytonaSandbox:
 
     async def start(self) -> None:
         home = await self._call(self.remote.get_user_home_dir)
-        self.workdir = f"{home.rstrip('/')}/workspace"
+        self.home = home.rstrip("/")
+        self.workdir = f"{self.home}/workspace"
         await self._new_session()
         result = await self.exec(f"mkdir -p {shlex.quote(self.workdir)}", cwd="/", timeout=60)
         if result.exit_code != 0:
@@ -369,6 +409,21 @@ class DaytonaSandbox:
         with contextlib.suppress(daytona.DaytonaError, SandboxError):
             await self.remote.process.delete_session(session)
 
+    async def has_claude_code(self, cli: ClaudeCli) -> str:
+        """The CLI's path here: in the snapshot this sandbox came from, or uploaded now (an
+        environment snapshot made by a run of the backspace engine has none)."""
+        target = binary_in(self.home, cli.version or "unknown")
+        found = await self.exec(f"test -x {shlex.quote(target)}", cwd="/", timeout=60)
+        if found.exit_code == 0:
+            return target
+        log.info(
+            "sandbox %s has no Claude Code (an environment snapshot without it): uploading", self.id
+        )
+        try:
+            return await install(self.remote, self.home, cli)
+        except daytona.DaytonaError as exc:
+            raise self._error(exc, "could not upload Claude Code") from exc
+
     # --- files ----------------------------------------------------------------------------------
     async def read_file(self, path: str, *, max_bytes: int | None = None) -> bytes:
         if max_bytes is not None:
@@ -434,8 +489,14 @@ class DaytonaSandbox:
             self.gate.enter(phase, hosts)
         if not self.provider.options.network_block_all:
             return  # DAYTONA_NETWORK_BLOCK_ALL=false: the operator leaves the network open
-        network = await plan(hosts, self.provider.options.resolver or system_resolver)
-        for host, reason in network.dropped:
+        # The model gateway's host (BACKSPACE_PUBLIC_URL's) in the agent phase only, first, so
+        # the five-address limit never drops it; resolved and vetted like every other host.
+        first = self.model_host if phase == Phase.AGENT else None
+        network = await plan(hosts, self.provider.options.resolver or system_resolver, first=first)
+        for host, why in network.dropped:
+            reason = why
+            if host == first:
+                reason = f"the model gateway (BACKSPACE_PUBLIC_URL): {why}"
             log.warning("%s phase: %s", phase, reason)
             if self.gate is not None:
                 self.gate.refuse(host, 0, reason)

@@ -40,10 +40,14 @@ class NetworkPlan:
     dropped: tuple[tuple[str, str], ...]
 
 
-async def plan(hosts: HostList, resolve: Resolver, limit: int = MAX_CIDRS) -> NetworkPlan:
+async def plan(
+    hosts: HostList, resolve: Resolver, limit: int = MAX_CIDRS, *, first: str | None = None
+) -> NetworkPlan:
+    """`first`: a host (or an address) planned before `hosts`: the model gateway's, which may
+    be an address (BACKSPACE_PUBLIC_URL's host), so it is no HostList entry."""
     cidrs: list[str] = []
     dropped: list[tuple[str, str]] = []
-    for host in hosts:
+    for host in [*([first] if first else []), *hosts]:
         if host.startswith("*."):
             dropped.append((host, "Daytona allows addresses, and a wildcard names no address"))
             continue

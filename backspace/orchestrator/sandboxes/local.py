@@ -4,7 +4,10 @@ Each command runs as `prlimit ... [setpriv ...] bwrap ... bash -c COMMAND`:
 - no network (`--unshare-all` gives a fresh network namespace with only its own loopback);
   a sandbox created with a gate gets one door out: the egress proxy's Unix socket for this run,
   bound in at /run/backspace/egress.sock and relayed by socat to 127.0.0.1:3128, where the
-  HTTP(S)_PROXY variables point (see egress/proxy.py),
+  HTTP(S)_PROXY variables point (see egress/proxy.py); a sandbox created with a model gateway
+  socket (for an engine such as Claude Code) gets a second one, /run/backspace/model.sock,
+  relayed to 127.0.0.1:3129, where ANTHROPIC_BASE_URL points, with a placeholder key: the real
+  key stays with the gateway on the host (see gateway/gateway.py),
 - its own PID namespace (the whole tree dies with the command), a private /tmp and home,
 - `/usr` and a short list of `/etc` files read-only and nothing else of the host: not the
   server's files, its `.env`, its database or its environment (`--clearenv` plus a short
@@ -43,7 +46,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -85,21 +88,48 @@ DOOR = "/run/backspace/egress.sock"  # the run's egress socket, inside the sandb
 PROXY_PORT = 3128
 MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes, the last one a NUL
 PROXY_URL = f"http://127.0.0.1:{PROXY_PORT}"
-# A gated sandbox's commands start here: socat relays loopback:3128 to the door (the sandbox's
-# own network namespace has nothing else), and the command starts once it listens, seen in
-# /proc/net/tcp (connecting to test it would be a request of its own). $1 is socat, $2 the command.
-# socat's default 8 KiB buffer makes a large download three times slower (bench/egress.py).
-NETWORK_PRELUDE = f"""\
-"$1" -b 262144 TCP-LISTEN:{PROXY_PORT},bind=127.0.0.1,fork,reuseaddr UNIX-CONNECT:{DOOR} \
-  </dev/null >/dev/null 2>&1 &
-for _ in {{1..500}}; do
-  while read -r _ local _ state _; do
-    [ "$local $state" = "0100007F:{PROXY_PORT:04X} 0A" ] && break 2
-  done </proc/net/tcp
+MODEL_DOOR = "/run/backspace/model.sock"  # the run's model gateway socket, inside the sandbox
+MODEL_PORT = 3129  # gateway/request.py SANDBOX_PORT
+MODEL_URL = f"http://127.0.0.1:{MODEL_PORT}"
+PLACEHOLDER_KEY = "backspace-gateway-placeholder"  # all the key a sandbox ever holds
+
+
+def network_prelude(relays: list[tuple[int, str]]) -> str:
+    """A script that starts a socat relay from loopback:PORT to each SOCKET (the sandbox's own
+    network namespace has nothing else), then the command once every relay listens, seen in
+    /proc/net/tcp (connecting to test it would be a request of its own). $1 is socat, $2 the
+    command. socat's default 8 KiB buffer makes a large download three times slower
+    (bench/egress.py)."""
+    starts = "".join(
+        f'"$1" -b 262144 TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr{_options(port)} '
+        f"UNIX-CONNECT:{path} \\\n  </dev/null >/dev/null 2>&1 &\n"
+        for port, path in relays
+    )
+    ports = " ".join(f"{port:04X}" for port, _ in relays)
+    return f"""{starts}for _ in {{1..500}}; do
+  missing=0
+  for port in {ports}; do
+    found=0
+    while read -r _ local _ state _; do
+      [ "$local $state" = "0100007F:$port 0A" ] && found=1 && break
+    done </proc/net/tcp
+    [ $found = 1 ] || missing=1
+  done
+  [ $missing = 0 ] && break
   sleep 0.01
 done
 exec bash -c "$2" bash
 """
+
+
+def _options(port: int) -> str:
+    """The model's relay sends each small piece of a streamed answer at once (TCP_NODELAY):
+    with Nagle's algorithm against a client's delayed ACK (httpx's), a streamed call took 40 ms more
+    (bench/gateway.py)."""
+    return ",nodelay" if port == MODEL_PORT else ""
+
+
+NETWORK_PRELUDE = network_prelude([(PROXY_PORT, DOOR)])
 
 
 @dataclass(frozen=True)
@@ -132,6 +162,11 @@ def sandbox_environment(home: str, path: str = SANDBOX_PATH) -> dict[str, str]:
         "TQDM_DISABLE": "1",
         "PYTHONDONTWRITEBYTECODE": "1",
     }
+
+
+def gateway_environment() -> dict[str, str]:
+    """What points an engine at the model gateway: a loopback URL and a key that is not one."""
+    return {"ANTHROPIC_BASE_URL": MODEL_URL, "ANTHROPIC_API_KEY": PLACEHOLDER_KEY}
 
 
 def proxy_environment() -> dict[str, str]:
@@ -183,8 +218,11 @@ class LocalSandboxProvider:
         layers: LocalLayerStore | None = None,
         egress: EgressProxy | None = None,
         socat: str = "socat",
+        tools: Mapping[str, Path] | None = None,
     ) -> None:
         self.root = root
+        # Read-only into every sandbox: sandbox path -> host directory (Claude Code's package).
+        self.tools = {inside: host for inside, host in (tools or {}).items() if host.is_dir()}
         self.layers = self._store = layers
         self._leases: dict[Path, tuple[LocalLayerStore, str]] = {}  # run dir -> its layer
         self.egress = egress  # None: sandboxes get no network at all, gate or not
@@ -330,11 +368,31 @@ class LocalSandboxProvider:
 
     # --- life cycle -----------------------------------------------------------------------------
     async def create(
-        self, run_id: str, *, layer: Layer | None = None, gate: Gate | None = None
+        self,
+        run_id: str,
+        *,
+        layer: Layer | None = None,
+        gate: Gate | None = None,
+        gateway: Path | None = None,
     ) -> LocalSandbox:
+        """`gateway`: the host side of the run's model gateway socket (ModelGateway.open),
+        bound in at /run/backspace/model.sock and relayed to 127.0.0.1:3129 for every command;
+        its directory must be one the sandbox user can traverse."""
         usable, message = self.check()
         if not usable:
             raise SandboxUnavailable(message)
+        if gateway is not None:
+            if not self.isolated:
+                raise SandboxError(
+                    "the model gateway needs an isolated sandbox (bubblewrap): an engine that "
+                    "runs unsandboxed would share the host's loopback; install bubblewrap or "
+                    "use the backspace engine"
+                )
+            if len(os.fsencode(gateway)) > MAX_SOCKET_PATH:
+                raise SandboxError(
+                    f"the model gateway's socket path is longer than the {MAX_SOCKET_PATH} bytes "
+                    "a Unix socket allows: set BACKSPACE_SANDBOX_ROOT to a shorter directory"
+                )
         base = self.root / run_id
         try:
             await asyncio.to_thread(self._make_run_dir, base)
@@ -380,7 +438,7 @@ class LocalSandboxProvider:
                 raise SandboxError(
                     f"could not open the sandbox's network door: {exc}{hint}"
                 ) from exc
-        return LocalSandbox(self, run_id, base, cgroup, gate=gate, door=door)
+        return LocalSandbox(self, run_id, base, cgroup, gate=gate, door=door, gateway=gateway)
 
     def _start_from(self, base: Path, layer: Layer) -> None:
         """Lease the layer, then mount it under the run's workspace and home (copy it in when
@@ -477,9 +535,11 @@ class LocalSandboxProvider:
         cwd: str,
         args: tuple[str, ...] = (),
         door: Path | None = None,
+        gateway: Path | None = None,
     ) -> Iterator[tuple[list[str], tuple[int, ...]]]:
         """The argv and the descriptors it needs (closed after the block: start it inside).
-        With a `door` (the run's egress socket), it is bound in and the proxy variables set."""
+        With a `door` (the run's egress socket), it is bound in and the proxy variables set;
+        with a `gateway` (the run's model socket), that one and the model's variables."""
         if not self.isolated:
             yield self._argv(base, script, cwd=cwd, args=args), ()
             return
@@ -488,8 +548,17 @@ class LocalSandboxProvider:
         if door is not None:
             binds[DOOR] = door
             env |= proxy_environment()
+        if gateway is not None:
+            binds[MODEL_DOOR] = gateway
+            env |= gateway_environment()
         with bwrap_argv(
-            binds, cwd=cwd, env=env, uid=INNER_UID, home=HOME, shm_bytes=self._shm_bytes()
+            binds,
+            cwd=cwd,
+            env=env,
+            uid=INNER_UID,
+            home=HOME,
+            shm_bytes=self._shm_bytes(),
+            read_only=self.tools,
         ) as (bwrap, fds):
             yield self._argv(base, script, cwd=cwd, args=args, bwrap=bwrap), fds
 
@@ -550,11 +619,13 @@ class LocalSandbox:
         *,
         gate: Gate | None = None,
         door: Door | None = None,
+        gateway: Path | None = None,
     ) -> None:
         self.provider = provider
         self.cgroup = cgroup
         self.gate = gate
         self.door = door
+        self.gateway = gateway
         self.id = f"local-{run_id}"
         self.base = base
         self.isolated = provider.isolated
@@ -581,8 +652,12 @@ class LocalSandbox:
         script: str = command
         args: tuple[str, ...] = ()
         socat = self.provider.socat
-        if self.door is not None and socat is not None:
-            script, args = NETWORK_PRELUDE, (socat, command)
+        relays = [(PROXY_PORT, DOOR)] if self.door is not None else []
+        if self.gateway is not None:
+            relays.append((MODEL_PORT, MODEL_DOOR))
+        if relays and socat is not None:
+            script = NETWORK_PRELUDE if relays == [(PROXY_PORT, DOOR)] else network_prelude(relays)
+            args = (socat, command)
         if self.gate is not None:
             self.gate.running(command)
         try:
@@ -696,7 +771,12 @@ class LocalSandbox:
         try:
             door_path = self.door.path if door and self.door is not None else None
             with self.provider._command(
-                self.base, script, cwd=inner_cwd, args=args, door=door_path
+                self.base,
+                script,
+                cwd=inner_cwd,
+                args=args,
+                door=door_path,
+                gateway=self.gateway if door else None,
             ) as (argv, fds):
                 if self.cgroup is not None:
                     argv = self.cgroup.enter_argv() + argv

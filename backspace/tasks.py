@@ -1,4 +1,4 @@
-"""The GitHub front end's background work, after the webhook was answered."""
+"""A front end's background work (after it answered Slack or GitHub): owned, never raised."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ log = logging.getLogger(__name__)
 
 
 class Tasks:
-    """Tasks the front end owns: a failure is logged, never raised; `aclose` cancels the rest."""
+    """Tasks a front end owns: a failure is logged, never raised; `aclose` cancels the rest."""
 
-    def __init__(self) -> None:
+    def __init__(self, owner: str) -> None:
+        self.owner = owner  # "Slack", "GitHub webhook": named in the log line of a failure
         self._tasks: set[asyncio.Task[None]] = set()
 
     def spawn(self, work: Awaitable[Any]) -> None:
@@ -23,7 +24,7 @@ class Tasks:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("a GitHub webhook task failed")
+                log.exception("a %s task failed", self.owner)
 
         task = asyncio.create_task(run())
         self._tasks.add(task)
