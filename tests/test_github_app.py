@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import shutil
 import subprocess
 import time
@@ -17,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from backspace.orchestrator.engines.claude_cli import ClaudeCli
 from backspace.orchestrator.githosts.base import RepoRef
 from backspace.orchestrator.githosts.base_payload import BasePayloads
 from backspace.orchestrator.githosts.github import GitHubHost
@@ -57,7 +59,17 @@ def github() -> Iterator[FakeGitHub]:
 @pytest.fixture(scope="module")
 def app(github: FakeGitHub) -> FakeApp:
     app = github.create_app("backspace")
-    names = ("widgets", "other", "scope", "scope-other", "fails", "cancels", "canary", "hooked")
+    names = (
+        "widgets",
+        "other",
+        "scope",
+        "scope-other",
+        "fails",
+        "cancels",
+        "canary",
+        "hooked",
+        "cc",
+    )
     for name in (*names, "one", "two"):
         github.create_repo(f"acme/{name}", files=FILES, private=True)
     # On every repository of acme: a run's token must still reach only its own.
@@ -451,6 +463,51 @@ async def test_no_app_token_nor_key_reaches_the_sandbox_an_event_or_a_log_line(
     places = [output, sent_back, repr(events), repr(stranger), shared.logs()]
     places.append(repr(github.pulls("acme/canary")))
     for place in places:
+        assert "ghs_" not in place
+        for secret in secrets:
+            assert secret not in place
+
+
+async def test_with_claude_code_too_no_app_token_nor_key_reaches_the_sandbox(
+    github: FakeGitHub, model: FakeAnthropic, app: FakeApp, shared: Server
+) -> None:
+    """The claude-code engine (the real CLI, in the sandbox) under the App: same canary."""
+    usable, message = ClaudeCli().check()
+    assert usable, f"{message}: run scripts/bootstrap --dev"
+    before = len(github.issued_tokens)
+    probe = (
+        "env; cat /proc/*/environ 2>/dev/null | tr '\\0' '\\n'; git config --list; "
+        "grep -rsl -e 'ghs''_' -e 'PRIVATE'' KEY' / --exclude-dir=proc --exclude-dir=sys "
+        "--exclude-dir=dev --exclude-dir=usr --exclude-dir=opt 2>/dev/null; echo probe-done"
+    )
+    model.scenarios["app-cc"] = [
+        Reply([ToolCall("Bash", {"command": probe, "description": "look around"})]),
+        Reply(
+            [
+                ToolCall(
+                    "Edit",
+                    {
+                        "file_path": "/workspace/app.py",
+                        "old_string": "    return name\n",
+                        "new_string": "    return name.strip()\n",
+                    },
+                )
+            ]
+        ),
+        Reply([Text("PR title: Strip the name\nPR body:\nStrips it.")]),
+    ]
+    events = await run(shared, "acme/cc", "app-cc: strip", engine="claude-code")
+    assert events[-1]["status"] == "succeeded", events[-3:]
+    output = next(e for e in of_type(events, "Tool: Bash") if e["command"] == probe)["output"]
+    assert "probe-done" in output
+    (token,) = tokens_for(github, "acme/cc", before)
+    assert_a_run_token(token, "acme/cc")
+    assert uses(token, "git-receive-pack acme/cc")
+    secrets = [t.token for t in github.issued_tokens] + [
+        line for line in app.private_key_pem.splitlines() if not line.startswith("-----")
+    ]
+    sent = json.dumps(model.requests_for("app-cc"))
+    for place in (output, sent, json.dumps(events), shared.logs()):
         assert "ghs_" not in place
         for secret in secrets:
             assert secret not in place
