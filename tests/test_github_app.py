@@ -70,7 +70,7 @@ def app(github: FakeGitHub) -> FakeApp:
         "hooked",
         "cc",
     )
-    for name in (*names, "one", "two"):
+    for name in (*names, "one", "two", "stopping"):
         github.create_repo(f"acme/{name}", files=FILES, private=True)
     # On every repository of acme: a run's token must still reach only its own.
     github.install_app(app, "acme", "all")
@@ -287,6 +287,40 @@ async def test_the_webhook_front_end_uses_its_own_smaller_token_per_repository(
             break
         await asyncio.sleep(0.1)
     assert len(github.pulls(repo)) == 1
+
+
+async def test_a_stopping_server_revokes_the_front_ends_tokens(
+    github: FakeGitHub, model: FakeAnthropic, app: FakeApp, key_file: Path
+) -> None:
+    """The front end keeps a token per repository for most of an hour: not past the server.
+    An App of its own, so the module's server (which gets the module App's deliveries) mints
+    none of the tokens looked at here."""
+    repo = "acme/stopping"
+    stopper = github.create_app("backspace-stopping")
+    github.install_app(stopper, "acme", ["stopping"])
+    env = env_for(
+        github, model, GITHUB_APP_ID=str(stopper.id), GITHUB_APP_PRIVATE_KEY=str(key_file),
+        GITHUB_WEBHOOK_SECRET=WEBHOOK_SECRET,
+    )  # fmt: skip
+    number = github.create_issue(repo, "Question", "not for backspace", user="zed")
+    github.set_permission(repo, "alice", "read")  # a reader: 👀 never comes, but the check does
+
+    def minted() -> list[IssuedToken]:
+        return [t for t in github.issued_tokens if t.installation.app.id == stopper.id]
+
+    with shared_server("github-app-stopping", env) as server:
+        # (A dead hook afterwards: the fake records a refused connection, nothing more.)
+        github.app_webhook(stopper, f"{server.url}/github/webhook", WEBHOOK_SECRET)
+        github.comment(repo, number, "@backspace app-stop: hello", user="alice")
+        deadline = time.monotonic() + 20
+        while not minted() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        (token,) = minted()
+        assert token.permissions == FRONT_END_PERMISSIONS and token.alive
+        while not uses(token, "permission") and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert uses(token, f"GET /repos/{repo}/collaborators/alice/permission"), token.used_for
+    assert token.revoked is not None, "the front end's token outlived the server"
 
 
 async def test_the_token_is_revoked_after_a_failure(
