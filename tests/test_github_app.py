@@ -606,3 +606,50 @@ async def test_a_run_cancelled_while_github_mints_still_has_its_token_revoked(
     finally:
         await host.aclose()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_the_app_settings_take_a_path_or_the_pem_and_say_what_is_wrong(
+    app: FakeApp, key_file: Path, tmp_path: Path
+) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from backspace.config import SettingsError, load_settings
+
+    pem = app.private_key_pem
+    by_path = load_settings(GITHUB_APP_ID=str(app.id), GITHUB_APP_PRIVATE_KEY=str(key_file))
+    escaped = pem.strip().replace("\n", "\\n")  # one .env line
+    inline = load_settings(GITHUB_APP_ID=str(app.id), GITHUB_APP_PRIVATE_KEY=escaped)
+    assert by_path.github_app_pem == inline.github_app_pem == pem.strip() + "\n"
+    assert by_path.github_app_configured and not by_path.github_identity_set
+    assert load_settings(
+        GITHUB_APP_ID="1", GITHUB_APP_PRIVATE_KEY=pem, GITHUB_EMAIL="a@b.c"
+    ).github_identity_set
+    ec_pem = (
+        ec.generate_private_key(ec.SECP256R1())
+        .private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        .decode()
+    )
+    cases = {
+        "GITHUB_APP_ID (the App's numeric id": {"GITHUB_APP_PRIVATE_KEY": pem},
+        "and GITHUB_APP_PRIVATE_KEY (its private key": {"GITHUB_APP_ID": "1"},
+        "nor the path of a readable .pem file": {
+            "GITHUB_APP_ID": "1",
+            "GITHUB_APP_PRIVATE_KEY": str(tmp_path / "missing.pem"),
+        },
+        "is not an RSA key": {"GITHUB_APP_ID": "1", "GITHUB_APP_PRIVATE_KEY": ec_pem},
+        "GITHUB_APP_ID: Input should be a valid integer": {
+            "GITHUB_APP_ID": "backspace",
+            "GITHUB_APP_PRIVATE_KEY": pem,
+        },
+    }
+    for expected, settings in cases.items():
+        with pytest.raises(SettingsError) as refused:
+            load_settings(**settings)
+        assert expected in str(refused.value), str(refused.value)
+        for line in (pem + ec_pem).splitlines()[1:-1]:
+            assert line not in str(refused.value)
