@@ -29,6 +29,7 @@ from backspace.orchestrator.gateway import ModelGateway
 from backspace.orchestrator.githosts.base import GitHost
 from backspace.orchestrator.githosts.base_payload import BasePayloads, default_base_cache
 from backspace.orchestrator.githosts.github import GitHubHost
+from backspace.orchestrator.githosts.github_app import GitHubApp
 from backspace.orchestrator.githosts.local import LocalGitHost
 from backspace.orchestrator.hub import EventHub
 from backspace.orchestrator.pipeline import Pipeline, PipelineSettings
@@ -119,6 +120,19 @@ def sandbox_provider(settings: Settings) -> SandboxProvider:
     )
 
 
+def github_app(settings: Settings, redactor: Redactor) -> GitHubApp | None:
+    """The GitHub App, when GITHUB_APP_ID and GITHUB_APP_PRIVATE_KEY are set."""
+    if not settings.github_app_configured or settings.github_app_id is None:
+        return None
+    return GitHubApp(
+        app_id=settings.github_app_id,
+        private_key=settings.github_app_pem or "",
+        api_url=settings.github_api_url,
+        web_host=settings.github_host,
+        redactor=redactor,
+    )
+
+
 def engines(
     settings: Settings, gateway: ModelGateway | None, url: str | None = None
 ) -> dict[str, Engine]:
@@ -156,6 +170,8 @@ def build_service(settings: Settings) -> Service:
     hosts: dict[str, GitHost] = {
         "local": LocalGitHost(settings.local_repos, store, url, payloads),
         "github": GitHubHost(
+            app=github_app(settings, redactor),
+            app_identity=not settings.github_identity_set,
             token=settings.github_token.get_secret_value() if settings.github_token else None,
             api_url=settings.github_api_url,
             web_host=settings.github_host,

@@ -294,7 +294,13 @@ async def doctor_command(settings: Settings, wiring: Wiring) -> int:
         table.add_row("sandbox limits", state, escape("\n".join(lines)))
     for name, host in services.hosts.items():
         usable, detail = host.check()
-        row(f"git host ({name})", usable if usable else None, detail)
+        mode = getattr(host, "mode", None)
+        if mode == "app":  # ask GitHub whether the App can sign in (the key is never shown)
+            usable, detail = await host.probe()  # type: ignore[attr-defined]
+            row(f"git host ({name}, GitHub App)", usable, detail)
+            continue
+        label = f"git host ({name}, {mode})" if mode else f"git host ({name})"
+        row(label, usable if usable else None, detail)
     engines = services.engine_report()
     default = engines.pop("default")
     for name, engine in engines.items():

@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from backspace.orchestrator.egress.hosts import AddressMap, HostList, HostListError
@@ -34,7 +41,48 @@ DEFAULT_EGRESS_ALLOW = (
 """BACKSPACE_EGRESS_ALLOW's default: the common package registries, and nothing else."""
 
 
+def read_private_key(value: str) -> str:
+    """GITHUB_APP_PRIVATE_KEY as PEM text: the value itself (a `.env` line may hold it with
+    literal \\n), or the file it names. ValueError says what is wrong; the key is never quoted."""
+    text = value.strip()
+    if "-----BEGIN" not in text:
+        path = Path(text).expanduser()
+        if "\n" in text or len(text) > 4096 or not path.is_file():
+            raise ValueError(
+                "GITHUB_APP_PRIVATE_KEY is neither a PEM private key (-----BEGIN RSA PRIVATE KEY-----"
+                " ...) nor the path of a readable .pem file: give the key GitHub generated for "
+                "the App, or its path"
+            )
+        try:
+            text = path.read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(
+                f"GITHUB_APP_PRIVATE_KEY names a file that cannot be read ({type(exc).__name__})"
+            ) from None
+    if "\\n" in text and "\n" not in text:
+        text = text.replace("\\n", "\n")
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    try:
+        key = load_pem_private_key(text.encode(), password=None)
+    except (ValueError, TypeError):
+        raise ValueError(
+            "GITHUB_APP_PRIVATE_KEY is not a readable PEM private key (malformed, truncated or "
+            "password-protected): download a new private key from the App's settings page"
+        ) from None
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise ValueError("GITHUB_APP_PRIVATE_KEY is not an RSA key: GitHub Apps sign with RSA keys")
+    return text + "\n"
+
+
+def pem_body_lines(pem: str) -> list[str]:
+    """The base64 lines of a PEM: a log line or an error could hold one alone."""
+    return [line for line in pem.splitlines() if line and not line.startswith("-----")]
+
+
 class Settings(BaseSettings):
+    _github_app_pem: str | None = PrivateAttr(None)
     model_config = SettingsConfigDict(
         env_file=".env",
         env_file_encoding="utf-8",
@@ -69,6 +117,10 @@ class Settings(BaseSettings):
         alias="GITHUB_EMAIL",
         pattern=r"^[^\s<>]+@[^\s<>]+$",
     )
+
+    # --- the GitHub App (issue 17): used instead of GITHUB_TOKEN when both are set ---------------
+    github_app_id: int | None = Field(None, alias="GITHUB_APP_ID", ge=1)
+    github_app_private_key: SecretStr | None = Field(None, alias="GITHUB_APP_PRIVATE_KEY")
 
     # --- the GitHub webhook (issue 16) ----------------------------------------------------------
     github_webhook_secret: SecretStr | None = Field(None, alias="GITHUB_WEBHOOK_SECRET")
@@ -198,6 +250,15 @@ class Settings(BaseSettings):
     def _consistent(self) -> Settings:
         if self.require_auth and not (self.api_key and self.api_key.get_secret_value()):
             raise ValueError("REQUIRE_AUTH=true needs API_KEY: set API_KEY to a long random value")
+        app_key = self.github_app_private_key
+        if bool(self.github_app_id) != bool(app_key and app_key.get_secret_value()):
+            raise ValueError(
+                "a GitHub App needs both GITHUB_APP_ID (the App's numeric id, on its settings page) "
+                "and GITHUB_APP_PRIVATE_KEY (its private key: the PEM text, or the path of the "
+                ".pem file GitHub gave you)"
+            )
+        if app_key is not None and app_key.get_secret_value():
+            self._github_app_pem = read_private_key(app_key.get_secret_value())
         if self.sandbox == "daytona" and not (
             self.daytona_api_key and self.daytona_api_key.get_secret_value()
         ):
@@ -229,6 +290,26 @@ class Settings(BaseSettings):
         digest = hashlib.sha256(str(self.db.resolve()).encode()).hexdigest()[:8]
         host = re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname())[:40] or "host"
         return f"{host}-{digest}"
+
+    @property
+    def github_app_configured(self) -> bool:
+        """GITHUB_APP_ID and GITHUB_APP_PRIVATE_KEY are set: runs use the App, not GITHUB_TOKEN."""
+        return self.github_app_id is not None and self._github_app_pem is not None
+
+    @property
+    def github_app_pem(self) -> str | None:
+        """The App's private key as PEM text (read from its file when the setting is a path)."""
+        return self._github_app_pem
+
+    @property
+    def github_identity_set(self) -> bool:
+        """GITHUB_USERNAME or GITHUB_EMAIL differs from its default: commits use them even with
+        an App. Compared with the defaults, not "was it set": .env.example sets both to them."""
+        fields = type(self).model_fields
+        return bool(
+            self.github_username != fields["github_username"].default
+            or self.github_email != fields["github_email"].default
+        )
 
     @property
     def github_webhook_configured(self) -> bool:
@@ -278,6 +359,7 @@ class Settings(BaseSettings):
         values = [
             self.anthropic_api_key,
             self.github_token,
+            self.github_app_private_key,
             self.github_webhook_secret,
             self.slack_bot_token,
             self.slack_signing_secret,
@@ -285,7 +367,11 @@ class Settings(BaseSettings):
             self.daytona_api_key,
             self.api_key,
         ]
-        return [v.get_secret_value() for v in values if v and v.get_secret_value()]
+        found = [v.get_secret_value() for v in values if v and v.get_secret_value()]
+        if self._github_app_pem:  # the key read from its file, and its base64 body alone
+            found.append(self._github_app_pem.strip())
+            found.extend(pem_body_lines(self._github_app_pem))
+        return found
 
 
 def _describe(error: dict[str, object]) -> str:

@@ -146,11 +146,29 @@ def test_every_invalid_variable_of_the_environment_is_named_at_once(
     ]
 
 
+def _rsa_pem() -> str:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    ).decode()
+
+
 def test_secrets_lists_every_secret_that_is_set() -> None:
     assert len(SECRET_FIELDS) >= 7, SECRET_FIELDS
-    values = {name: f"secret-{name}-0123456789" for name in SECRET_FIELDS}
+    # The App's private key must be a key (and comes with GITHUB_APP_ID): tested below.
+    plain = [name for name in SECRET_FIELDS if name != "github_app_private_key"]
+    values = {name: f"secret-{name}-0123456789" for name in plain}
     settings = Settings(**values)  # type: ignore[arg-type]
     assert sorted(settings.secrets()) == sorted(values.values())
+    pem = _rsa_pem()
+    with_app = load_settings(**values, GITHUB_APP_ID=7, GITHUB_APP_PRIVATE_KEY=pem)
+    body = [line for line in pem.splitlines() if line and not line.startswith("-----")]
+    assert set(with_app.secrets()) >= {*values.values(), pem.strip(), *body}
     # Unset and empty secrets are not listed.
     partial = load_settings(GITHUB_TOKEN="ghp_0123456789", API_KEY="", SLACK_BOT_TOKEN=None)
     assert partial.secrets() == ["ghp_0123456789"]

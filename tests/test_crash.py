@@ -124,7 +124,12 @@ async def test_sigkill_mid_run_then_restart_keeps_history_fails_the_run_and_resu
         # The finished run is intact: the same bytes, the same record, the same pull request.
         assert await raw_events(client, f"{restarted.url}/api/runs/{done_id}/events") == done_bytes
         record = (await client.get(f"{restarted.url}/api/runs/{done_id}")).json()
-        links = ("url", "events_url", "cancel_url", "followups_url")  # built from this server's (new) address
+        links = (
+            "url",
+            "events_url",
+            "cancel_url",
+            "followups_url",
+        )  # built from this server's (new) address
         assert {k: v for k, v in record.items() if k not in links} == {
             k: v for k, v in done_run.items() if k not in links
         }

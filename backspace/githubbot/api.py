@@ -4,6 +4,11 @@ Lazy objects: a reaction, a permission, a comment is one request each (no GET of
 repository or the issue first). Short retries only: a GitHub error must never hold the front
 end for long, and it never reaches a run. The calls have threads of their own: the runs' work
 fills the loop's default executor, and an acknowledgement must not wait behind it.
+
+With a GitHub App, each call uses the installation token of its repository (issues: write,
+pull_requests: read, metadata: read: the front end never pushes), minted on the loop and kept
+until a few minutes before it expires (github_app.InstallationTokens); backspace's own login is
+the App's bot user.
 """
 
 from __future__ import annotations
@@ -16,12 +21,22 @@ from typing import TYPE_CHECKING, TypeVar
 if TYPE_CHECKING:
     from github import Github
 
+    from backspace.orchestrator.githosts.github_app import InstallationTokens
+
 T = TypeVar("T")
 
 
 class GitHubApi:
-    def __init__(self, token: str, api_url: str, timeout: float = 15.0, threads: int = 8) -> None:
+    def __init__(
+        self,
+        token: str,
+        api_url: str,
+        timeout: float = 15.0,
+        threads: int = 8,
+        tokens: InstallationTokens | None = None,
+    ) -> None:
         self._token = token
+        self._tokens = tokens
         self.api_url = api_url
         self.timeout = timeout
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="github-webhook")
@@ -32,11 +47,16 @@ class GitHubApi:
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._acks.shutdown(wait=False, cancel_futures=True)
 
-    def _client(self) -> Github:
+    async def aclose(self) -> None:
+        self.close()
+        if self._tokens is not None:
+            await self._tokens.aclose()
+
+    def _client(self, token: str) -> Github:
         from github import Auth, Github, GithubRetry
 
         return Github(
-            auth=Auth.Token(self._token),
+            auth=Auth.Token(token) if token else None,
             base_url=self.api_url,
             timeout=int(self.timeout),
             retry=GithubRetry(total=2, backoff_factor=0.2, secondary_rate_wait=5),
@@ -45,23 +65,33 @@ class GitHubApi:
             lazy=True,
         )
 
-    async def _call(self, work: Callable[[Github], T], *, ack: bool = False) -> T:
+    async def _call(self, work: Callable[[Github], T], *, repo: str, ack: bool = False) -> T:
+        token = self._token if self._tokens is None else await self._tokens.get(repo)
+
         def run() -> T:  # a client per call: no kept-alive socket that may have gone stale
-            with self._client() as client:
+            with self._client(token) as client:
                 return work(client)
 
         pool = self._acks if ack else self._pool
         return await asyncio.get_running_loop().run_in_executor(pool, run)
 
     async def own_login(self) -> str:
-        """The token's own login (``GET /user``): its comments never trigger."""
-        return await self._call(lambda g: str(g.get_user().login), ack=True)
+        """The token's own login (``GET /user``), or the App's bot user: its comments never
+        trigger."""
+        if self._tokens is not None:
+            return f"{await self._tokens.app.slug()}[bot]"
+
+        def work() -> str:
+            with self._client(self._token) as client:
+                return str(client.get_user().login)
+
+        return await asyncio.get_running_loop().run_in_executor(self._acks, work)
 
     async def permission(self, repo: str, login: str) -> str:
         """``login``'s permission on ``repo`` as GitHub sums it up: admin, write, read or none
         (maintain counts as write, triage as read)."""
         return await self._call(
-            lambda g: g.get_repo(repo).get_collaborator_permission(login), ack=True
+            lambda g: g.get_repo(repo).get_collaborator_permission(login), repo=repo, ack=True
         )
 
     async def react(self, repo: str, target: tuple[str, int], number: int, content: str) -> None:
@@ -77,15 +107,16 @@ class GitHubApi:
             else:
                 repository.get_issue(ident).create_reaction(content)
 
-        await self._call(work, ack=True)
+        await self._call(work, repo=repo, ack=True)
 
     async def comment(self, repo: str, number: int, body: str) -> int:
         """Post a comment on issue or pull request ``number``; its id."""
         return await self._call(
-            lambda g: g.get_repo(repo).get_issue(number).create_comment(body).id
+            lambda g: g.get_repo(repo).get_issue(number).create_comment(body).id, repo=repo
         )
 
     async def edit_comment(self, repo: str, number: int, comment_id: int, body: str) -> None:
         await self._call(
-            lambda g: g.get_repo(repo).get_issue(number).get_comment(comment_id).edit(body)
+            lambda g: g.get_repo(repo).get_issue(number).get_comment(comment_id).edit(body),
+            repo=repo,
         )

@@ -11,6 +11,7 @@ from backspace.githubbot.api import GitHubApi
 from backspace.githubbot.endpoint import Endpoint
 from backspace.githubbot.responder import Options, Responder
 from backspace.githubbot.triggers import Trigger, normalise_mention
+from backspace.orchestrator.githosts.github_app import InstallationTokens
 from backspace.orchestrator.service import Service
 from backspace.tasks import Tasks
 
@@ -19,7 +20,9 @@ class GitHubFrontEnd:
     def __init__(self, service: Service, settings: Settings) -> None:
         secret = settings.github_webhook_secret
         token = settings.github_token.get_secret_value() if settings.github_token else ""
-        self.api = GitHubApi(token, settings.github_api_url)
+        app = getattr(service.hosts.get("github"), "app", None)  # the runs' GitHub App
+        tokens = InstallationTokens(app) if app is not None else None
+        self.api = GitHubApi(token, settings.github_api_url, tokens=tokens)
         self.access = Access(self.api.permission, self.api.own_login)
         self.tasks = Tasks("GitHub webhook")
         mention = normalise_mention(settings.github_mention)
@@ -33,9 +36,9 @@ class GitHubFrontEnd:
             mention=mention,
             label=settings.github_trigger_label,
             problem=None
-            if token
-            else "GITHUB_TOKEN is not set: backspace cannot react, comment or open pull "
-            "requests on GitHub",
+            if token or tokens
+            else "GITHUB_TOKEN is not set (nor a GitHub App): backspace cannot react, comment "
+            "or open pull requests on GitHub",
         )
 
     def dispatch(self, trigger: Trigger) -> None:
@@ -49,4 +52,4 @@ class GitHubFrontEnd:
 
     async def aclose(self) -> None:
         await self.tasks.aclose()
-        self.api.close()
+        await self.api.aclose()

@@ -130,10 +130,13 @@ class Pipeline:
         # never stops the event loop.
         scratch = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="backspace-run-"))
         try:
-            # `held` ends the run's use of the cached base payload: until then it is not evicted.
-            with contextlib.ExitStack() as held:
-                async with contextlib.AsyncExitStack() as sandboxes:
-                    return await self._stages(ctx, host, model, scratch, sandboxes, held)
+            # The run's own credentials (a GitHub App's token for this repository), revoked
+            # when the run ends however it ends; `held` ends the run's use of the cached base
+            # payload: until then it is not evicted.
+            async with host.run_access(ctx.request.repo):
+                with contextlib.ExitStack() as held:
+                    async with contextlib.AsyncExitStack() as sandboxes:
+                        return await self._stages(ctx, host, model, scratch, sandboxes, held)
         finally:
             await asyncio.shield(asyncio.to_thread(shutil.rmtree, scratch, True))
 
@@ -534,6 +537,9 @@ class Pipeline:
         index: str | None = None,
     ) -> Change | None:
         identity = self.settings.identity
+        author = await self.hosts[repo.ref.host].author()
+        if author is not None:  # a GitHub App's bot user, unless GITHUB_USERNAME/EMAIL are set
+            identity = Identity(*author)
         tree = await commit_in_sandbox(
             sandbox,
             start,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import threading
 from collections.abc import Iterable
 from typing import Any
 
@@ -14,17 +15,30 @@ class Redactor:
     """Replaces known secret values (and the encodings git and HTTP put them in) with a marker."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
-        variants: set[str] = set()
+        self._fixed: set[str] = set()
         for secret in secrets:
-            if len(secret) < MIN_SECRET_LENGTH:
-                continue
-            variants.add(secret)
-            for user in ("x-access-token", "git", ""):
-                pair = f"{user}:{secret}".encode()
-                variants.add(base64.b64encode(pair).decode())
-            variants.add(base64.b64encode(secret.encode()).decode())
-        # Longest first, so a secret that contains another is replaced whole.
-        self._secrets = sorted(variants, key=len, reverse=True)
+            self._fixed |= _variants(secret)
+        self._passing: dict[str, set[str]] = {}
+        self._lock = threading.Lock()
+        self._secrets: list[str] = []
+        self._sort()
+
+    def add(self, secret: str) -> None:
+        """A secret known for a while only (a run's GitHub App token), until `discard`."""
+        with self._lock:
+            self._passing[secret] = _variants(secret)
+            self._sort()
+
+    def discard(self, secret: str) -> None:
+        with self._lock:
+            if self._passing.pop(secret, None) is not None:
+                self._sort()
+
+    def _sort(self) -> None:
+        # Longest first, so a secret that contains another is replaced whole. The list is
+        # replaced, never changed in place: a reader on another thread sees one or the other.
+        every = self._fixed.union(*self._passing.values())
+        self._secrets = sorted(every, key=len, reverse=True)
 
     @property
     def values(self) -> list[str]:
@@ -49,3 +63,13 @@ class Redactor:
         if isinstance(value, list | tuple):
             return [self.data(v) for v in value]
         return value
+
+
+def _variants(secret: str) -> set[str]:
+    """The secret and the encodings git and HTTP put it in (Basic credentials)."""
+    if len(secret) < MIN_SECRET_LENGTH:
+        return set()
+    variants = {secret, base64.b64encode(secret.encode()).decode()}
+    for user in ("x-access-token", "git", ""):
+        variants.add(base64.b64encode(f"{user}:{secret}".encode()).decode())
+    return variants

@@ -318,6 +318,10 @@ class Service:
             log.error("the %s sandbox cannot be used: %s", self.sandboxes.name, message)
         await self.runner.start()
         self._tasks.append(asyncio.create_task(self._janitor(), name="sandbox-janitor"))
+        for host in self.hosts.values():  # a GitHub App signs in once, so /health can say so
+            probe = getattr(host, "probe", None)
+            if probe is not None and getattr(host, "mode", "") == "app":
+                self._tasks.append(asyncio.create_task(_probe(host.name, probe), name="probe"))
 
     def preload_model_sdk(self) -> None:
         """Import the model SDK ahead of the first run, in a worker thread (it takes about a
@@ -329,7 +333,7 @@ class Service:
     async def aclose(self) -> None:
         """Stop the runner (grace period, then cancel), close the clients and the store."""
         for task in self._tasks:
-            if task.get_name() == "sandbox-janitor":
+            if task.get_name() in ("sandbox-janitor", "probe"):
                 task.cancel()
             with contextlib.suppress(BaseException):
                 await task
@@ -339,6 +343,10 @@ class Service:
         close = getattr(self.sandboxes, "aclose", None)
         if close is not None:
             await close()
+        for host in self.hosts.values():
+            close_host = getattr(host, "aclose", None)
+            if close_host is not None:
+                await close_host()
         self.store.close()
 
     async def _janitor(self) -> None:
@@ -366,6 +374,9 @@ class Service:
         for name, host in self.hosts.items():
             usable, message = host.check()
             hosts[name] = {"usable": usable, "message": hide(message)}
+            mode = getattr(host, "mode", None)
+            if mode is not None:  # GitHub: "token" or "app" (a GitHub App, a token per run)
+                hosts[name]["mode"] = mode
         ready = sandbox_ok and store_ok and config.model_configured
         return {
             "status": "ok" if ready else "degraded",
@@ -452,3 +463,12 @@ def _import_model_sdk() -> None:
     import anthropic  # noqa: F401
 
     gc.freeze()
+
+
+async def _probe(name: str, probe: Callable[[], Awaitable[tuple[bool, str]]]) -> None:
+    """A git host's start-up sign-in (a GitHub App's `GET /app`): logged, and kept for /health."""
+    ok, message = await probe()
+    if ok:
+        log.info("git host %s: %s", name, message)
+    else:
+        log.error("git host %s cannot authenticate: %s", name, message)

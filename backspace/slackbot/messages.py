@@ -22,6 +22,10 @@ STATUS_ICON = {
 NEXT_STEP = {
     "model_not_configured": "An operator has to set ANTHROPIC_API_KEY.",
     "github_bad_token": "An operator has to renew GITHUB_TOKEN.",
+    "github_app_not_installed": "Install the GitHub App on the repository (the link is above).",
+    "github_app_permission": "An owner has to grant the GitHub App the permission named above.",
+    "github_app_bad_key": "An operator has to fix GITHUB_APP_ID or GITHUB_APP_PRIVATE_KEY.",
+    "github_app_clock": "An operator has to fix the server's clock.",
     "github_no_access": "Give the bot's GitHub account access to the repository.",
     "repo_not_found": "Check the repository name, and that the bot's token can see it.",
     "github_rate_limited": "GitHub is rate limiting us; try again in a few minutes.",

@@ -16,6 +16,11 @@ Usage::
         Github(auth=Auth.Token("ghp_x"), base_url=gh.api_url, retry=None, ...)
         git clone f"{gh.git_url}/acme/widgets.git"
 
+A GitHub App (``create_app``, ``install_app``, ``app_webhook``) authenticates with a JWT on
+the App routes only, and its installation tokens reach only their repositories with their
+permissions, on REST and on git smart HTTP; the rules and the records tests assert on
+(``issued_tokens``) are in ``tests/fakes/github_app.py``.
+
 Every request (REST and git) is recorded in :attr:`FakeGitHub.requests` as
 ``{method, path, query, headers, body, status, response}`` (``path`` is the raw
 URL path, e.g. ``/api/v3/repos/acme/widgets``; ``headers`` lower-case; ``body``
@@ -30,6 +35,7 @@ import gzip
 import json
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import tempfile
@@ -46,9 +52,23 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
+from tests.fakes.github_app import (
+    FakeApp,
+    FakeInstallation,
+    IssuedToken,
+    JwtRefused,
+    app_json,
+    check_jwt,
+    installation_json,
+    looks_like_jwt,
+    new_token,
+    private_key_pem,
+    public_key_pem,
+    satisfies,
+)
 from tests.fakes.github_hooks import Delivery, Hook, send
 
-__all__ = ["Delivery", "FakeGitHub", "FakeRepo"]
+__all__ = ["Delivery", "FakeApp", "FakeGitHub", "FakeInstallation", "FakeRepo", "IssuedToken"]
 
 API_PREFIX = "/api/v3"
 DOCS_URL = "https://docs.github.com/rest"
@@ -311,6 +331,41 @@ _Commit = tuple[str, str | None, Mapping[str, str | bytes | None], str]
 
 Route = Callable[[re.Match[str], dict[str, str], Any, bool], tuple[int, Any, dict[str, str]]]
 
+APP_PERMISSIONS = {
+    "contents": "write",
+    "pull_requests": "write",
+    "issues": "write",
+    "metadata": "read",
+}
+"""What :meth:`FakeGitHub.create_app` registers when no permissions are given."""
+NOT_ACCESSIBLE = "Resource not accessible by integration"
+NOT_A_JWT = "A JSON web token could not be decoded"
+NOT_GRANTED = "The permissions requested are not granted to this installation."
+NOT_IN_INSTALLATION = (
+    "There is at least one repository that does not exist or is not accessible to the parent "
+    "installation."
+)
+
+
+@dataclass
+class _Principal:
+    """Who a request authenticates as.
+
+    ``kind``: ``token`` (the personal token), ``anonymous``, ``bad`` (unknown credentials),
+    ``installation`` (an installation token, ``issued``), ``app`` (a valid JWT of ``app``) or
+    ``jwt_refused`` (a JWT GitHub would refuse: ``error`` is GitHub's message).
+    """
+
+    kind: str
+    login: str = ""
+    issued: IssuedToken | None = None
+    app: FakeApp | None = None
+    error: str = ""
+
+
+_Scope = tuple[str, str] | None
+"""(permission, level) an installation token needs for a route; None: refused to tokens."""
+
 
 class FakeGitHub:
     """GitHub REST + git smart HTTP on 127.0.0.1; ``token`` is the only accepted token.
@@ -355,6 +410,19 @@ class FakeGitHub:
         self._next_id = 1000
         self._used = {"token": 0, "anonymous": 0}
         self._reset_at = int(time.time()) + 3600
+        self._apps: dict[int, FakeApp] = {}
+        self._installations: dict[int, FakeInstallation] = {}
+        self._tokens: dict[str, IssuedToken] = {}
+        self.clock_offset = 0.0
+        """Seconds GitHub's clock is ahead of this machine's (negative: behind); JWTs are
+        judged by it, so a test can play a server whose clock is skewed."""
+        self._app_hooks: dict[int, FakeApp] = {}
+        """Hook id → the App whose webhook it is (see :meth:`app_webhook`)."""
+        self.issued_tokens: list[IssuedToken] = []
+        """Every installation token issued, oldest first: scope, expiry, revocation and uses."""
+        self._default = _Principal("token", login)
+        self._current = self._default
+        """The principal of the REST request being handled (set and read under ``_lock``)."""
         self._server: _Server | None = None
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -389,7 +457,42 @@ class FakeGitHub:
                 re.compile(_REPO + r"/collaborators/(?P<user>[^/]+)/permission$"),
                 self._get_permission,
             ),
+            ("GET", re.compile(r"^/users/(?P<user>[^/]+)$"), self._get_user_by_name),
+            ("GET", re.compile(r"^/app$"), self._get_app),
+            ("GET", re.compile(_REPO + r"/installation$"), self._get_repo_installation),
+            (
+                "POST",
+                re.compile(r"^/app/installations/(?P<id>\d+)/access_tokens$"),
+                self._create_access_token,
+            ),
+            ("DELETE", re.compile(r"^/installation/token$"), self._revoke_token),
         ]
+        self._app_routes = {self._get_app, self._get_repo_installation, self._create_access_token}
+        """Routes that take a JWT, and only a JWT."""
+        self._scopes: dict[Route, _Scope] = {
+            self._get_repo: ("metadata", "read"),
+            self._get_permission: ("metadata", "read"),
+            self._get_branch: ("contents", "read"),
+            self._get_ref: ("contents", "read"),
+            self._merge_upstream: ("contents", "write"),
+            self._create_fork: ("administration", "write"),
+            self._list_pulls: ("pull_requests", "read"),
+            self._get_pull: ("pull_requests", "read"),
+            self._create_pull: ("pull_requests", "write"),
+            self._update_pull: ("pull_requests", "write"),
+            self._list_comments: ("issues", "read"),
+            self._get_comment: ("issues", "read"),
+            self._get_issue: ("issues", "read"),
+            self._add_comment: ("issues", "write"),
+            self._edit_comment: ("issues", "write"),
+            self._react_to_issue: ("issues", "write"),
+            self._react_to_comment: ("issues", "write"),
+            self._get_user: None,  # GitHub: an installation token has no user
+            self._revoke_token: ("", ""),
+            self._get_user_by_name: ("", ""),
+        }
+        """What an installation token needs per route (``("", "")``: nothing); a route missing
+        here is refused to installation tokens (fail closed: a new route must say)."""
 
     # -- lifecycle ----------------------------------------------------------
     @property
@@ -566,6 +669,19 @@ class FakeGitHub:
             self._hooks.append(hook)
             return hook
 
+    def app_webhook(
+        self, app: FakeApp, url: str, secret: str | None, events: set[str] | None = None
+    ) -> Hook:
+        """The App's webhook: events (default: the App's) on repositories one of its
+        installations covers, each payload carrying ``installation`` (``id``, ``node_id``) and
+        the ``X-GitHub-Hook-Installation-Target-Type: integration`` header, as GitHub sends."""
+        with self._lock:
+            chosen = frozenset(events or app.events)
+            hook = Hook(self._new_id(), url, secret, chosen)
+            self._hooks.append(hook)
+            self._app_hooks[hook.id] = app
+            return hook
+
     def deliver(
         self,
         hook: Hook,
@@ -576,6 +692,13 @@ class FakeGitHub:
         headers: dict[str, str] | None = None,
     ) -> Delivery:
         """Send one delivery to ``hook`` now (``headers`` override GitHub's, for attacks)."""
+        app = self._app_hooks.get(hook.id)
+        if app is not None:
+            target = {
+                "X-GitHub-Hook-Installation-Target-Type": "integration",
+                "X-GitHub-Hook-Installation-Target-ID": str(app.id),
+            }
+            headers = {**target, **(headers or {})}
         delivery = send(hook, event, payload, delivery_id=delivery_id, headers=headers)
         with self._lock:
             self.deliveries.append(delivery)
@@ -587,9 +710,28 @@ class FakeGitHub:
         return self.deliver(hook, delivery.event, delivery.payload, delivery_id=delivery.id)
 
     def _broadcast(self, event: str, payload: dict[str, Any]) -> list[Delivery]:
+        sends: list[tuple[Hook, dict[str, Any]]] = []
         with self._lock:
-            hooks = [h for h in self._hooks if h.events is None or event in h.events]
-        return [self.deliver(hook, event, payload) for hook in hooks]
+            for hook in self._hooks:
+                if hook.events is not None and event not in hook.events:
+                    continue
+                app = self._app_hooks.get(hook.id)
+                if app is None:
+                    sends.append((hook, payload))
+                    continue
+                full_name = payload.get("repository", {}).get("full_name", "")
+                inst = next(
+                    (
+                        i
+                        for i in self._installations.values()
+                        if i.app is app and i.covers(full_name)
+                    ),
+                    None,
+                )
+                if inst is not None:  # an App hears only from where it is installed
+                    installation = {"id": inst.id, "node_id": _node_id("Installation", inst.id)}
+                    sends.append((hook, {**payload, "installation": installation}))
+        return [self.deliver(hook, event, body) for hook, body in sends]
 
     def comment(self, full_name: str, number: int, body: str, *, user: str) -> dict[str, Any]:
         """Comment on issue or pull request ``number`` as ``user``; delivers ``issue_comment``."""
@@ -755,6 +897,83 @@ class FakeGitHub:
         )
         with self._lock:
             self._failures.append(failure)
+
+    # -- test-facing: the GitHub App ----------------------------------------------------
+    def create_app(
+        self,
+        slug: str = "backspace",
+        permissions: Mapping[str, str] | None = None,
+        *,
+        name: str | None = None,
+        owner: str | None = None,
+        events: list[str] | None = None,
+    ) -> FakeApp:
+        """Register a GitHub App; its RSA key is the process's test key (see ``github_app``).
+
+        ``permissions`` are what the App asks for (default :data:`APP_PERMISSIONS`); an
+        installation is granted at most these.
+        """
+        private, public = private_key_pem(), public_key_pem()
+        with self._lock:
+            if any(a.slug == slug for a in self._apps.values()):
+                raise ValueError(f"an App {slug!r} already exists")
+            app = FakeApp(
+                id=self._new_id(), slug=slug, name=name or slug, owner=owner or self.login,
+                permissions=dict(APP_PERMISSIONS if permissions is None else permissions),
+                events=list(events or ["issue_comment", "pull_request_review_comment"]),
+                private_key_pem=private, public_key=public, bot_id=0,
+                client_id=f"Iv1.{secrets.token_hex(8)}", created_at=_now(),
+            )  # fmt: skip
+            self._apps[app.id] = app
+            app.bot_id = self._user_id(app.bot_login)
+            return app
+
+    def install_app(
+        self,
+        app: FakeApp,
+        account: str,
+        repositories: list[str] | str = "all",
+        permissions: Mapping[str, str] | None = None,
+    ) -> int:
+        """Install ``app`` on ``account``: on ``repositories`` (names or ``owner/name``) or on
+        "all" of them (present and future). ``permissions`` (default: all the App asks for)
+        must be a subset of the App's. Returns the installation id."""
+        granted = dict(app.permissions if permissions is None else permissions)
+        for permission, level in granted.items():
+            if not satisfies(app.permissions, permission, level):
+                raise ValueError(f"{app.slug} does not ask for {permission}: {level}")
+        with self._lock:
+            if repositories == "all":
+                names: list[str] | None = None
+            elif isinstance(repositories, str):
+                raise ValueError('repositories must be a list of names or "all"')
+            else:
+                names = []
+                for repo_name in repositories:
+                    full = repo_name if "/" in repo_name else f"{account}/{repo_name}"
+                    if full.partition("/")[0].lower() != account.lower():
+                        raise ValueError(f"{full} does not belong to {account}")
+                    names.append(self._lookup(full).full_name.lower())
+            inst = FakeInstallation(self._new_id(), app, account, names, granted, _now())
+            self._installations[inst.id] = inst
+            return inst.id
+
+    def installation(self, installation_id: int) -> FakeInstallation:
+        with self._lock:
+            return self._installations[installation_id]
+
+    def uninstall_app(self, installation_id: int) -> None:
+        """Remove an installation: its tokens die with it, as on GitHub."""
+        with self._lock:
+            self._installations.pop(installation_id)
+            for issued in self.issued_tokens:
+                if issued.installation.id == installation_id and issued.revoked is None:
+                    issued.revoked = time.time()
+
+    def issued_token(self, token: str) -> IssuedToken:
+        """The record of an installation token this fake issued (KeyError if it did not)."""
+        with self._lock:
+            return self._tokens[token]
 
     # -- internals: repositories and git -----------------------------------------
     @staticmethod
@@ -972,22 +1191,95 @@ class FakeGitHub:
         self._git_http(h, record, match, split.query, raw)
 
     # -- REST -------------------------------------------------------------------
-    def _auth(self, headers: Mapping[str, str]) -> str:
-        """``token`` (the accepted token), ``anonymous`` or ``bad`` (wrong credentials)."""
+    def _principal(self, headers: Mapping[str, str]) -> _Principal:
+        """Who the ``Authorization`` header says the caller is (see :class:`_Principal`)."""
         value = headers.get("authorization", "")
         if not value:
-            return "anonymous"
+            return _Principal("anonymous")
         scheme, _, credential = value.strip().partition(" ")
-        scheme = scheme.lower()
+        scheme, credential = scheme.lower(), credential.strip()
         if scheme == "basic":
             try:
                 user, _, password = base64.b64decode(credential).decode().partition(":")
             except ValueError:
-                return "bad"
-            ok = self.token in (user, password)
+                return _Principal("bad")
+            candidates = [password, user]
+        elif scheme in ("token", "bearer"):
+            candidates = [credential]
         else:
-            ok = scheme in ("token", "bearer") and credential.strip() == self.token
-        return "token" if ok else "bad"
+            return _Principal("bad")
+        if self.token in candidates:
+            return self._default
+        with self._lock:
+            for candidate in candidates:
+                issued = self._tokens.get(candidate)
+                if issued is not None:
+                    login = issued.installation.app.bot_login
+                    return _Principal("installation", login, issued=issued)
+            if scheme == "bearer" and looks_like_jwt(credential):
+                try:
+                    app = check_jwt(credential, self._apps, time.time() + self.clock_offset)
+                except JwtRefused as refused:
+                    return _Principal("jwt_refused", error=str(refused))
+                return _Principal("app", app.bot_login, app=app)
+        return _Principal("bad")
+
+    def _auth(self, headers: Mapping[str, str]) -> str:
+        """``token`` (the accepted token), ``anonymous`` or ``bad`` (anything else)."""
+        kind = self._principal(headers).kind
+        return kind if kind in ("token", "anonymous") else "bad"
+
+    @property
+    def _actor(self) -> str:
+        """The login acting in the request being handled (the token's user or the App's bot)."""
+        return self._current.login or self.login
+
+    def _gate(self, principal: _Principal, handler: Route, match: re.Match[str]) -> None:
+        """GitHub's rules for Apps: a JWT only on App routes, an installation token only
+        within its repositories and permissions (raises the error GitHub answers)."""
+        if handler in self._app_routes:
+            if principal.kind == "app":
+                return
+            raise _HttpError(401, principal.error or NOT_A_JWT)
+        if principal.kind == "app":
+            raise _HttpError(403, NOT_ACCESSIBLE)
+        if principal.kind == "jwt_refused":
+            raise _HttpError(401, principal.error)
+        if handler == self._revoke_token and principal.kind != "installation":
+            raise _HttpError(401 if principal.kind == "anonymous" else 403, NOT_ACCESSIBLE)
+        issued = principal.issued
+        if issued is None:
+            return
+        if not issued.alive:
+            raise _HttpError(401, "Bad credentials")
+        scope = self._scopes.get(handler)
+        if scope is None:
+            raise _HttpError(403, NOT_ACCESSIBLE)
+        if "owner" in match.re.groupindex:
+            full_name = f"{unquote(match['owner'])}/{unquote(match['repo'])}"
+            repo = self._repos.get(full_name.lower())
+            if repo is None or not issued.reaches(repo.full_name):
+                raise _HttpError(404, "Not Found")
+            permission, level = scope
+            if match.groupdict().get("kind") == "pulls":  # a reaction to a review comment
+                permission = "pull_requests"
+            if not permission or issued.allows(permission, level):
+                return
+            alternative = permission == "issues" and self._is_pull_number(repo, match)
+            if alternative and issued.allows("pull_requests", level):
+                return  # GitHub lets pull_requests stand in for issues on a pull request
+            accepted = f"{permission}={level}" + (f"; pull_requests={level}" if alternative else "")
+            raise _HttpError(
+                403, NOT_ACCESSIBLE, headers={"x-accepted-github-permissions": accepted}
+            )
+
+    def _is_pull_number(self, repo: FakeRepo, match: re.Match[str]) -> bool:
+        """Whether an issue route's number (or its comment's) is one of ``repo``'s pulls."""
+        groups = match.groupdict()
+        if groups.get("number"):
+            return self._is_pull(repo, int(groups["number"]))
+        comment = self._comments.get(int(groups.get("id") or 0))
+        return comment is not None and comment.repo is repo and self._is_pull(repo, comment.number)
 
     def _rate_headers(self, kind: str) -> dict[str, str]:
         limit = RATE_LIMIT if kind == "token" else ANONYMOUS_RATE_LIMIT
@@ -1006,13 +1298,15 @@ class FakeGitHub:
         self, h: _Handler, record: dict[str, Any], path: str, body: Any, bad_json: bool
     ) -> None:
         headers: dict[str, str] = record["headers"]
-        auth = self._auth(headers)
+        principal = self._principal(headers)
+        auth = principal.kind if principal.kind in ("token", "anonymous") else "bad"
+        authed = principal.kind in ("token", "installation", "app")
         base_headers = {
             "Content-Type": "application/json; charset=utf-8",
             "x-github-media-type": "github.v3; format=json",
             "x-github-api-version-selected": "2022-11-28",
             "x-github-request-id": f"FAKE:{len(self.requests):08X}",
-            **self._rate_headers("token" if auth == "token" else "anonymous"),
+            **self._rate_headers("token" if authed else "anonymous"),
         }
         if auth == "token":
             base_headers["x-oauth-scopes"] = "repo, workflow"
@@ -1023,7 +1317,7 @@ class FakeGitHub:
         try:
             if failure is not None:
                 raise self._injected(failure, path)
-            if auth == "bad":
+            if principal.kind == "bad":
                 raise _HttpError(401, "Bad credentials")
             if bad_json or (body is not None and not isinstance(body, dict)):
                 raise _HttpError(400, "Problems parsing JSON")
@@ -1032,9 +1326,16 @@ class FakeGitHub:
                 if match is not None and method == h.command:
                     query: dict[str, str] = record["query"]
                     with self._lock:
-                        status, payload, extra = handler(match, query, body or {}, auth == "token")
+                        self._gate(principal, handler, match)
+                        self._current = principal
+                        try:
+                            status, payload, extra = handler(match, query, body or {}, authed)
+                        finally:
+                            self._current = self._default
                     break
             else:
+                if principal.kind == "jwt_refused":
+                    raise _HttpError(401, principal.error)
                 raise _HttpError(404, "Not Found")
         except _HttpError as err:
             status, extra = err.status, err.headers
@@ -1044,7 +1345,14 @@ class FakeGitHub:
         if h.command == "GET" and status == 202:  # PyGithub would retry forever
             raise AssertionError("the fake must never answer a GET with 202")
         record["status"], record["response"] = status, payload
-        data = json.dumps(payload).encode()
+        if principal.issued is not None:
+            with self._lock:
+                use = f"{h.command} {path}"
+                if status < 400:
+                    principal.issued.used_for.append(use)
+                else:
+                    principal.issued.refused.append(f"{use} -> {status}")
+        data = b"" if status == 204 else json.dumps(payload).encode()
         h.respond(status, {**base_headers, **extra}, data)
 
     @staticmethod
@@ -1108,6 +1416,10 @@ class FakeGitHub:
         }
 
     def _permissions(self, repo: FakeRepo) -> dict[str, bool]:
+        issued = self._current.issued
+        if issued is not None:  # an installation token: what it may do there
+            push = issued.reaches(repo.full_name) and issued.allows("contents", "write")
+            return {"admin": False, "maintain": False, "push": push, "triage": push, "pull": True}
         admin = repo.owner.lower() == self.login.lower()
         push = repo.push or admin
         return {"admin": admin, "maintain": admin, "push": push, "triage": push, "pull": True}
@@ -1458,7 +1770,7 @@ class FakeGitHub:
         self._require_token(authed)
         repo = self._repo_for(match, authed)
         org = body.get("organization")
-        owner = org if isinstance(org, str) and org else self.login
+        owner = org if isinstance(org, str) and org else self._actor
         if owner.lower() == repo.owner.lower():
             raise _validation("Repository", message="Cannot fork a repository to its own owner.")
         for existing in self._repos.values():  # idempotent: the owner's fork in this network
@@ -1643,7 +1955,7 @@ class FakeGitHub:
             title=title,
             body=text if isinstance(text, str) else None,
             draft=bool(body.get("draft")),
-            user=self.login,
+            user=self._actor,
             maintainer_can_modify=bool(body.get("maintainer_can_modify", head_repo is not repo)),
             created_at=now,
             updated_at=now,
@@ -1801,7 +2113,7 @@ class FakeGitHub:
         repo, number = self._issue_for(match, authed)
         if repo.archived:
             raise _HttpError(403, "Repository was archived so is read-only.")
-        comment = self._new_comment(repo, number, self.login, self._comment_body(body))
+        comment = self._new_comment(repo, number, self._actor, self._comment_body(body))
         data = self._comment_json(comment)
         return 201, data, {"Location": data["url"]}
 
@@ -1816,7 +2128,7 @@ class FakeGitHub:
         self._require_token(authed)
         comment = self._comment_for(match, authed)
         if (
-            comment.user.lower() != self.login.lower()
+            comment.user.lower() != self._actor.lower()
             and not self._permissions(comment.repo)["push"]
         ):
             raise _HttpError(403, "Resource not accessible by personal access token")
@@ -1990,19 +2302,19 @@ class FakeGitHub:
             raise _validation("Reaction", code="invalid", field="content")
         for seen in self.reactions:  # one reaction of a kind per user: 200 with the existing one
             if (seen["repo"], seen["subject"], seen["id"], seen["content"], seen["user"]) == (
-                repo.full_name, subject, target, content, self.login
+                repo.full_name, subject, target, content, self._actor
             ):  # fmt: skip
                 return 200, seen["json"], {}
         reaction_id = self._new_id()
         data = {
             "id": reaction_id,
             "node_id": _node_id("Reaction", reaction_id),
-            "user": self._user_json(self.login),
+            "user": self._user_json(self._actor),
             "content": content,
             "created_at": _now(),
         }
         self.reactions.append(
-            {"subject": subject, "id": target, "content": content, "user": self.login,
+            {"subject": subject, "id": target, "content": content, "user": self._actor,
              "repo": repo.full_name, "json": data, "at": time.perf_counter()}
         )  # fmt: skip
         return 201, data, {}
@@ -2056,6 +2368,125 @@ class FakeGitHub:
         user["role_name"] = role
         return 200, {"permission": permission, "role_name": role, "user": user}, {}
 
+    # -- the GitHub App's routes --------------------------------------------------------
+    def _get_user_by_name(
+        self, match: re.Match[str], query: dict[str, str], body: Any, authed: bool
+    ) -> tuple[int, Any, dict[str, str]]:
+        """A user, an organisation or an App's bot user (``<slug>[bot]``), as anyone sees it."""
+        login = unquote(match["user"])
+        app = next((a for a in self._apps.values() if a.bot_login.lower() == login.lower()), None)
+        known = (
+            app is not None
+            or login.lower() in self._user_ids
+            or login.lower() in self._orgs
+            or login.lower() == self.login.lower()
+            or any(r.owner.lower() == login.lower() for r in self._repos.values())
+        )
+        if not known:
+            raise _HttpError(404, "Not Found")
+        user = self._user_json(app.bot_login if app is not None else login)
+        if app is not None:
+            user["html_url"] = f"{self.git_url}/apps/{app.slug}"
+        user.update(
+            {
+                "name": None, "company": None, "blog": "", "location": None, "email": None,
+                "hireable": None, "bio": None, "twitter_username": None, "public_repos": 0,
+                "public_gists": 0, "followers": 0, "following": 0,
+                "created_at": app.created_at if app is not None else "2024-01-01T00:00:00Z",
+                "updated_at": app.created_at if app is not None else "2024-01-01T00:00:00Z",
+            }
+        )  # fmt: skip
+        return 200, user, {}
+
+    def _get_app(
+        self, match: re.Match[str], query: dict[str, str], body: Any, authed: bool
+    ) -> tuple[int, Any, dict[str, str]]:
+        app = self._current.app
+        assert app is not None  # _gate let only a JWT through
+        installs = sum(1 for i in self._installations.values() if i.app is app)
+        owner = self._user_json(app.owner)
+        return 200, app_json(app, self.api_url, self.git_url, owner, installs), {}
+
+    def _installation_json(self, inst: FakeInstallation) -> dict[str, Any]:
+        return installation_json(inst, self.api_url, self.git_url, self._user_json(inst.account))
+
+    def _get_repo_installation(
+        self, match: re.Match[str], query: dict[str, str], body: Any, authed: bool
+    ) -> tuple[int, Any, dict[str, str]]:
+        """The App's installation that covers the repository; 404 when it is not installed."""
+        full_name = f"{unquote(match['owner'])}/{unquote(match['repo'])}"
+        repo = self._repos.get(full_name.lower())
+        for inst in self._installations.values():
+            if repo is not None and inst.app is self._current.app and inst.covers(repo.full_name):
+                return 200, self._installation_json(inst), {}
+        raise _HttpError(404, "Not Found")
+
+    def _create_access_token(
+        self, match: re.Match[str], query: dict[str, str], body: Any, authed: bool
+    ) -> tuple[int, Any, dict[str, str]]:
+        """An installation token, narrowed to ``repositories``/``repository_ids`` and
+        ``permissions`` when asked; 422 when asked for more than the installation has."""
+        inst = self._installations.get(int(match["id"]))
+        if inst is None or inst.app is not self._current.app:
+            raise _HttpError(404, "Not Found")
+        names, ids, wanted = (
+            body.get("repositories"), body.get("repository_ids"), body.get("permissions")
+        )  # fmt: skip
+        for key, value, kind in (("repositories", names, str), ("repository_ids", ids, int)):
+            if value is not None and (
+                not isinstance(value, list) or not all(type(v) is kind for v in value)
+            ):
+                raise _HttpError(422, f"Invalid request.\n\nFor '{key}', {value!r} is invalid.")
+        if wanted is not None and not (
+            isinstance(wanted, dict) and all(isinstance(v, str) for v in wanted.values())
+        ):
+            raise _HttpError(422, f"Invalid request.\n\nFor 'permissions', {wanted!r} is invalid.")
+        reach: list[FakeRepo] | None = None
+        if names or ids:
+            by_id = {r.id: r for r in self._repos.values()}
+            found = [self._repos.get(f"{inst.account}/{name}".lower()) for name in names or []]
+            found += [by_id.get(i) for i in ids or []]
+            reach = [r for r in found if r is not None and inst.covers(r.full_name)]
+            if len(reach) != len(found):
+                raise _HttpError(422, NOT_IN_INSTALLATION)
+        permissions = dict(wanted) if wanted else dict(inst.permissions)
+        for permission, level in permissions.items():
+            if level not in ("read", "write", "admin") or not satisfies(
+                inst.permissions, permission, level
+            ):
+                raise _HttpError(422, NOT_GRANTED)
+        now = time.time()
+        issued = IssuedToken(
+            token=new_token(), installation=inst,
+            repositories=None if reach is None else sorted({r.full_name.lower() for r in reach}),
+            permissions=permissions, issued=now, expires=now + 3600,
+        )  # fmt: skip
+        self._tokens[issued.token] = issued
+        self.issued_tokens.append(issued)
+        payload: dict[str, Any] = {
+            "token": issued.token,
+            "expires_at": issued.expires_at,
+            "permissions": dict(permissions),
+            "repository_selection": "selected" if reach is not None else (
+                "all" if inst.repositories is None else "selected"
+            ),
+        }  # fmt: skip
+        if reach is not None:
+            unique = {r.full_name: r for r in reach}
+            payload["repositories"] = [
+                self._repo_json(r, True, full=False) for r in unique.values()
+            ]
+        return 201, payload, {}
+
+    def _revoke_token(
+        self, match: re.Match[str], query: dict[str, str], body: Any, authed: bool
+    ) -> tuple[int, Any, dict[str, str]]:
+        """``DELETE /installation/token``: the calling token is dead from now on."""
+        issued = self._current.issued
+        assert issued is not None  # _gate let only an installation token through
+        issued.revoked = time.time()
+        return 204, None, {}
+
     # -- git smart HTTP --------------------------------------------------------------
     def _git_http(
         self, h: _Handler, record: dict[str, Any], match: re.Match[str], query: str, body: bytes
@@ -2079,29 +2510,56 @@ class FakeGitHub:
         if (rest == "info/refs") != (h.command == "GET"):
             deny(405, "Method Not Allowed\n")
             return
-        auth = self._auth(headers)
-        if auth == "bad":
+        principal = self._principal(headers)
+        issued = principal.issued
+        if principal.kind not in ("token", "anonymous", "installation") or (
+            issued is not None and not issued.alive
+        ):
             deny(401, "Invalid username or token.\n", challenge)
             return
+        auth = "anonymous" if principal.kind == "anonymous" else "token"
+        actor = principal.login or self.login
+        full_name = f"{unquote(match['owner'])}/{unquote(match['repo'])}"
         with self._lock:
-            repo = self._repos.get(f"{unquote(match['owner'])}/{unquote(match['repo'])}".lower())
+            repo = self._repos.get(full_name.lower())
             if repo is not None and (repo.not_ready > 0 or (repo.private and auth != "token")):
                 repo = None
-            can_push = repo is not None and self._permissions(repo)["push"] and not repo.archived
+            if repo is not None and issued is not None and not issued.reaches(repo.full_name):
+                repo = None  # a token answers as if a repository out of its reach did not exist
+            if issued is not None:
+                can_push = issued.allows("contents", "write")
+                can_pull = issued.allows("contents", "read")
+            else:
+                can_push = repo is not None and self._permissions(repo)["push"]
+                can_pull = True
+            can_push = can_push and repo is not None and not repo.archived
+
+        def refuse(status: int, message: str, extra: Mapping[str, str] | None = None) -> None:
+            if issued is not None:
+                with self._lock:
+                    issued.refused.append(f"{service} {full_name} -> {status}")
+            deny(status, message, extra)
+
         if repo is None:  # GitHub asks anonymous clients to log in rather than reveal existence
             if auth == "anonymous":
-                deny(401, "Authentication required.\n", challenge)
+                refuse(401, "Authentication required.\n", challenge)
             else:
-                deny(404, "Repository not found.\n")
+                refuse(404, "Repository not found.\n")
             return
         if service == "git-receive-pack":
             if auth == "anonymous":
-                deny(401, "Authentication required to push.\n", challenge)
+                refuse(401, "Authentication required to push.\n", challenge)
                 return
             if not can_push:
-                deny(403, f"Permission to {repo.full_name}.git denied to {self.login}.\n")
+                refuse(403, f"Permission to {repo.full_name}.git denied to {actor}.\n")
                 return
-        self._run_backend(h, record, repo, rest, query, body, auth == "token")
+        elif not can_pull:
+            refuse(403, f"Permission to {repo.full_name}.git denied to {actor}.\n")
+            return
+        if issued is not None:
+            with self._lock:
+                issued.used_for.append(f"{service} {repo.full_name}")
+        self._run_backend(h, record, repo, rest, query, body, actor if auth == "token" else "")
 
     def _run_backend(
         self,
@@ -2111,9 +2569,9 @@ class FakeGitHub:
         rest: str,
         query: str,
         body: bytes,
-        authed: bool,
+        user: str,
     ) -> None:
-        """Run ``git http-backend`` as a CGI and relay its answer."""
+        """Run ``git http-backend`` as a CGI and relay its answer (``user``: who, if anyone)."""
         config = {
             "http.receivepack": "true",
             "uploadpack.allowFilter": "true",  # partial clones, like GitHub
@@ -2137,8 +2595,8 @@ class FakeGitHub:
             env[f"GIT_CONFIG_KEY_{i}"], env[f"GIT_CONFIG_VALUE_{i}"] = key, value
         if h.command == "POST":
             env["CONTENT_LENGTH"] = str(len(body))
-        if authed:
-            env["REMOTE_USER"] = self.login
+        if user:
+            env["REMOTE_USER"] = user
         if "git-protocol" in record["headers"]:
             env["GIT_PROTOCOL"] = record["headers"]["git-protocol"]
         proc = self._git(self._repos_root, "http-backend", stdin=body, env=env, check=False)

@@ -28,6 +28,7 @@ __all__ = [
     "OperationNotFound",
     "find_operation",
     "load_spec",
+    "request_errors",
     "response_schema",
     "spec_available",
     "validate_response",
@@ -190,6 +191,22 @@ def validate_response(method: str, path: str, status: int, body: Any) -> None:
         template, operation = find_operation(method, path)
         head = f"{method.upper()} {path} -> {status} ({operation.get('operationId')}, {template})"
         raise AssertionError(head + " does not match GitHub's schema:\n  " + "\n  ".join(errors))
+
+
+def request_errors(method: str, path: str, body: Any) -> list[str]:
+    """Every violation of a request body against the schema GitHub documents for the
+    operation's JSON request body (empty when valid; a body where none is documented is one)."""
+    template, operation = find_operation(method, path)
+    content = operation.get("requestBody", {}).get("content", {})
+    media = content.get("application/json")
+    if media is None or "schema" not in media:
+        return [] if body in (None, {}, b"", "") else [f"{template} documents no request body"]
+    validator = jsonschema.Draft4Validator(_convert(media["schema"]), registry=_registry())
+    lines = []
+    for error in sorted(validator.iter_errors(body), key=lambda e: list(e.absolute_path)):
+        where = "/".join(str(p) for p in error.absolute_path) or "(root)"
+        lines.append(f"{where}: {error.message[:300]}")
+    return lines
 
 
 def webhook_errors(schema_name: str, payload: Any) -> list[str]:

@@ -7,6 +7,7 @@ back a bundle; everything that talks to a remote runs here, on the host.
 
 from __future__ import annotations
 
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -107,6 +108,16 @@ class GitHost(Protocol):
 
     def check(self) -> tuple[bool, str]:
         """(usable, a sentence for /health and `backspace doctor`)."""
+        ...
+
+    def run_access(self, ref: RepoRef) -> AbstractAsyncContextManager[None]:
+        """Around a whole run: the credentials of that run alone (a GitHub App's token for the
+        one repository, revoked at the end); nothing for a host with standing credentials."""
+        ...
+
+    async def author(self) -> tuple[str, str] | None:
+        """(name, email) the host wants commits authored as (a GitHub App's bot), or None for
+        the configured GITHUB_USERNAME/GITHUB_EMAIL."""
         ...
 
     async def resolve(self, ref: RepoRef, base_branch: str | None = None) -> ResolvedRepo: ...

@@ -11,16 +11,23 @@
   never a URL, a file, a command line, the sandbox or the payload.
 - Without push access the repository is forked (to the token's account or GITHUB_FORK_OWNER),
   the fork is synced with the base, and the pull request is opened from `owner:branch`.
+- With a GitHub App (github_app.py) there is no standing token: `run_access` mints one for the
+  run's repository, holds it in a context variable for the run's task, and revokes it when the
+  run ends, however it ends. A context variable, not an attribute: concurrent runs share this
+  host, and each run's task (and the worker threads `asyncio.to_thread` starts for it, which
+  copy the task's context) sees only its own token. Outside a run the App mode has no token.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
@@ -36,6 +43,11 @@ from backspace.orchestrator.githosts.base import (
 )
 from backspace.orchestrator.githosts.base_payload import BasePayload, BasePayloads, PayloadKey
 from backspace.orchestrator.githosts.gitcmd import GitError, git
+from backspace.orchestrator.githosts.github_app import (
+    RUN_PERMISSIONS,
+    GitHubApp,
+    InstallationToken,
+)
 from backspace.orchestrator.githosts.references import (
     check_branch_name,
     looks_like_github,
@@ -53,6 +65,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 FORK_WAIT = 120.0
 
+_RUN_TOKEN: ContextVar[str | None] = ContextVar("backspace_github_run_token", default=None)
+"""The App token of the run whose task reads it (see `GitHubHost.run_access`)."""
+
 
 class GitHubHost:
     name = "github"
@@ -69,8 +84,13 @@ class GitHubHost:
         fork_owner: str | None = None,
         timeout: int = 30,
         fork_wait: float = FORK_WAIT,
+        app: GitHubApp | None = None,
+        app_identity: bool = True,
     ) -> None:
-        self.token = token
+        self.app = app
+        self.app_identity = app_identity
+        self.token = None if app else token
+        self._who = "the GitHub App's token for this run" if app else "GITHUB_TOKEN"
         self.api_url = api_url.rstrip("/")
         self.web_host = web_host.lower()
         self.cache_root = cache_root
@@ -84,9 +104,68 @@ class GitHubHost:
         self._allow_http = urlsplit(self.api_url).scheme == "http"
 
     def check(self) -> tuple[bool, str]:
+        if self.app is not None:
+            # Usable even when the last JWT was refused: a fixed clock or key must not need a
+            # restart, and each run's own attempt fails with the error that says what to do.
+            status = self.app.status
+            state = {None: "not checked yet", True: "authenticates", False: "cannot authenticate"}
+            detail = f": {status.message}" if status.ok is False else ""
+            return True, (
+                f"GitHub App {self.app.app_id} {state[status.ok]}{detail}; a token per run; "
+                f"API at {self.api_url}"
+            )
         if not self.token:
             return False, "GITHUB_TOKEN is not set: pull requests on GitHub cannot be opened"
         return True, f"token set; API at {self.api_url}; repositories on {self.web_host}"
+
+    @property
+    def mode(self) -> str:
+        return "app" if self.app is not None else "token"
+
+    async def probe(self) -> tuple[bool, str]:
+        """Ask GitHub now (`backspace doctor`): the App signs in (`GET /app`), or the token."""
+        if self.app is None:
+            return self.check()
+        ok, message = await self.app.probe()
+        return ok, f"GitHub App {self.app.app_id}: {message}"
+
+    async def aclose(self) -> None:
+        if self.app is not None:
+            await self.app.aclose()
+
+    # --- a run's credentials ----------------------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def run_access(self, ref: RepoRef) -> AsyncIterator[None]:
+        """The run's own App token for `ref` (that repository, `RUN_PERMISSIONS`), revoked when
+        the block ends: success, failure or cancellation. Nothing to do with a plain token."""
+        if self.app is None:
+            yield
+            return
+        app = self.app
+        minting = asyncio.ensure_future(app.mint(ref.location, RUN_PERMISSIONS))
+        try:
+            # Shielded: a run cancelled while GitHub mints still has its token revoked.
+            token = await asyncio.shield(minting)
+        except asyncio.CancelledError:
+            minting.add_done_callback(lambda done: _revoke_minted(app, done))
+            raise
+        reset = _RUN_TOKEN.set(token.value)
+        try:
+            yield
+        finally:
+            _RUN_TOKEN.reset(reset)
+            # Shielded: a cancelled run still revokes (the revocation outlives the cancel).
+            await asyncio.shield(self.app.revoke(token))
+
+    async def author(self) -> tuple[str, str] | None:
+        """Who commits: the App's bot user (unless GITHUB_USERNAME/GITHUB_EMAIL were set)."""
+        if self.app is None or not self.app_identity:
+            return None
+        return await self.app.bot_identity()
+
+    def _token(self) -> str | None:
+        """The credential of the run in progress: its App token, or the configured token."""
+        return _RUN_TOKEN.get() if self.app is not None else self.token
 
     # --- references -----------------------------------------------------------------------------
     def parse(self, reference: str) -> RepoRef | None:
@@ -118,7 +197,8 @@ class GitHubHost:
             ),
             base_branch=info["branch"],
             base_sha=info["sha"],
-            can_push=info["push"],
+            # An App token minted with contents: write pushes; the API says nothing of it.
+            can_push=info["push"] or self.app is not None,
             web_url=info["html_url"],
             clone_url=info["clone_url"],
         )
@@ -281,8 +361,9 @@ class GitHubHost:
         retry = GithubRetry(
             total=2, backoff_factor=0.3, secondary_rate_wait=5, max_rate_limit_wait=5
         )
+        token = self._token()
         return Github(
-            auth=Auth.Token(self.token) if self.token else None,
+            auth=Auth.Token(token) if token else None,
             base_url=self.api_url,
             timeout=self.timeout,
             retry=retry,
@@ -310,7 +391,8 @@ class GitHubHost:
         if isinstance(exc, github.BadCredentialsException):
             return GitHostError(
                 "github_bad_token",
-                "GitHub rejected GITHUB_TOKEN (401 Bad credentials): set a valid token",
+                f"GitHub rejected {self._who} (401 Bad credentials)"
+                + ("" if self.app else ": set a valid token"),
             )
         if isinstance(exc, github.RateLimitExceededException):
             return GitHostError(
@@ -321,7 +403,7 @@ class GitHubHost:
         if isinstance(exc, github.UnknownObjectException):
             return GitHostError(
                 "repo_not_found",
-                f"{name} was not found on GitHub, or GITHUB_TOKEN cannot see it (a private repository needs a token with access)",
+                f"{name} was not found on GitHub, or {self._who} cannot see it (a private repository needs a token with access)",
             )
         if isinstance(exc, GithubException):
             message = self.redactor.text(_github_message(exc))
@@ -331,9 +413,15 @@ class GitHubHost:
                     f"GitHub is rate limiting requests to {what}; try again later",
                     retryable=True,
                 )
+            if exc.status == 403 and self.app is not None and "integration" in message.lower():
+                return GitHostError(
+                    "github_app_permission",
+                    f"the GitHub App may not {what} (403: {message}): its installation lacks a "
+                    f"permission this needs; grant it in the App's settings",
+                )
             if exc.status == 403:
                 return GitHostError(
-                    "github_no_access", f"GITHUB_TOKEN may not {what} (403: {message})"
+                    "github_no_access", f"{self._who} may not {what} (403: {message})"
                 )
             if exc.status >= 500:
                 return GitHostError(
@@ -375,18 +463,18 @@ class GitHubHost:
                 f"branch protection on {name} refused the push: {said}",
             )
         if re.search(r"\b401\b|authentication failed|could not read username", lowered):
-            if not self.token:
+            if not self._token():
                 return GitHostError(
                     "github_no_token", f"GITHUB_TOKEN is not set, and {name} needs one to {verb}"
                 )
             return GitHostError(
-                "github_bad_token", f"GitHub refused GITHUB_TOKEN when trying to {verb} {name}"
+                "github_bad_token", f"GitHub refused {self._who} when trying to {verb} {name}"
             )
         if re.search(r"\b403\b", lowered) or ("permission" in lowered and "denied" in lowered):
-            return GitHostError("github_no_access", f"GITHUB_TOKEN may not {verb} {name}: {said}")
+            return GitHostError("github_no_access", f"{self._who} may not {verb} {name}: {said}")
         if "workflow" in lowered and "scope" in lowered:
             return GitHostError(
-                "github_no_access", f"GITHUB_TOKEN lacks the workflow scope needed to {verb} {name}"
+                "github_no_access", f"{self._who} lacks the workflow scope needed to {verb} {name}"
             )
         if re.search(r"\b404\b|not found", lowered):
             return GitHostError("repo_not_found", f"{name} was not found when trying to {verb} it")
@@ -407,11 +495,12 @@ class GitHubHost:
 
     def _auth_env(self, url: str) -> dict[str, str]:
         """The token as an HTTP header for exactly this URL's origin, through the environment."""
-        if not self.token:
+        token = self._token()
+        if not token:
             return {}
         parts = urlsplit(url)
         origin = f"{parts.scheme}://{parts.netloc}/"
-        basic = base64.b64encode(f"x-access-token:{self.token}".encode()).decode()
+        basic = base64.b64encode(f"x-access-token:{token}".encode()).decode()
         return {
             "GIT_CONFIG_COUNT": "1",
             "GIT_CONFIG_KEY_0": f"http.{origin}.extraheader",
@@ -424,6 +513,18 @@ class GitHubHost:
 
     def _lock(self, name: str) -> asyncio.Lock:
         return self._locks.setdefault(name.lower(), asyncio.Lock())
+
+
+_REVOKING: set[asyncio.Task[None]] = set()
+"""Revocations of tokens minted for runs cancelled meanwhile (kept until done)."""
+
+
+def _revoke_minted(app: GitHubApp, minting: asyncio.Future[InstallationToken]) -> None:
+    if minting.cancelled() or minting.exception() is not None:
+        return
+    task = asyncio.ensure_future(app.revoke(minting.result()))
+    _REVOKING.add(task)
+    task.add_done_callback(_REVOKING.discard)
 
 
 def _clone_url(repo: ResolvedRepo) -> str:

@@ -8,7 +8,9 @@ touches) and in host-owned bare repositories, never in a directory that came fro
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from backspace.orchestrator.errors import RunFailure
@@ -47,6 +49,14 @@ class LocalGitHost:
         if not self.root.is_dir():
             return False, f"BACKSPACE_LOCAL_REPOS={self.root} is not a directory"
         return True, f"repositories under {self.root}"
+
+    @contextlib.asynccontextmanager
+    async def run_access(self, ref: RepoRef) -> AsyncIterator[None]:
+        """Local repositories need no credentials."""
+        yield
+
+    async def author(self) -> tuple[str, str] | None:
+        return None
 
     # --- references -----------------------------------------------------------------------------
     def parse(self, reference: str) -> RepoRef | None:
