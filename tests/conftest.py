@@ -115,24 +115,36 @@ async def sandbox(provider: LocalSandboxProvider) -> AsyncIterator[LocalSandbox]
 SERVERS_ON_WORKERS: list[int] = []  # on the xdist controller: each worker's count
 
 
-# The longest modules first (wall time alone on 2 cores, longest first): `--dist loadfile` hands
-# whole modules to the workers in collection order, so a long one started last would keep one
-# worker busy while the others sit idle at the end.
+# The longest modules first (wall time on one of four workers, measured): `--dist loadfile`
+# hands whole modules to the workers in collection order (scripts/test passes
+# `--no-loadscope-reorder`: xdist would otherwise order them by their number of tests, and a
+# module of two long tests started last), so a long one started last would keep one worker busy
+# while the others sit idle at the end.
 LONGEST_FIRST = (
     "test_faults",
+    "test_hostile",
     "test_schemathesis",
-    "test_web_ui",
-    "test_bench",
-    "test_followups",
-    "test_claude_code",
-    "test_web_followups",
-    "test_big_repos",
-    "test_import_cost",
-    "test_environments",
-    "test_attack_limits",
-    "test_cli",
     "test_daytona_e2e",
     "test_api_e2e",
+    "test_followups",
+    "test_github_app",
+    "test_github_e2e",
+    "test_claude_code_daytona",
+    "test_bench",
+    "test_import_cost",
+    "test_slack_e2e",
+    "test_big_repos",
+    "test_web_ui",
+    "test_environments",
+    "test_cli",
+    "test_web_followups",
+    "test_fake_github_app",
+    "test_claude_code",
+    "test_slack_followups",
+    "test_github_webhook",
+    "test_attack_git",
+    "test_slack_socket_mode",
+    "test_attack_limits",
 )
 
 
