@@ -584,66 +584,8 @@ def document(server_url: str) -> dict[str, Any]:
                     },
                 }
             },
-            "/gateway/{capability}/v1/messages": {
-                "post": {
-                    "summary": "The model gateway for a remote sandbox's Claude Code (Messages "
-                    "API only): no API key; the path's capability, valid during one run's agent "
-                    "stage, is the authorisation",
-                    "parameters": [
-                        {
-                            "name": "capability",
-                            "in": "path",
-                            "required": True,
-                            "schema": {"type": "string"},
-                        },
-                    ],
-                    "requestBody": {
-                        "content": {"application/json": {"schema": {"type": "object"}}}
-                    },
-                    "responses": {
-                        "200": {"description": "the model's answer, relayed as it streams"},
-                        "400": _json(ANTHROPIC_ERROR, "not a request the gateway can read"),
-                        "403": _json(ANTHROPIC_ERROR, "the run's spend limit is reached"),
-                        "404": _json(
-                            ANTHROPIC_ERROR,
-                            "an unknown or expired capability (nothing starts), or a path "
-                            "that is not the Messages API",
-                        ),
-                        "413": _json(ANTHROPIC_ERROR, "the body is too large"),
-                        "431": _json(ANTHROPIC_ERROR, "the head is too large"),
-                    },
-                }
-            },
-            "/gateway/{capability}/v1/messages/count_tokens": {
-                "post": {
-                    "summary": "The model gateway for a remote sandbox's Claude Code (Messages "
-                    "API only): no API key; the path's capability, valid during one run's agent "
-                    "stage, is the authorisation",
-                    "parameters": [
-                        {
-                            "name": "capability",
-                            "in": "path",
-                            "required": True,
-                            "schema": {"type": "string"},
-                        },
-                    ],
-                    "requestBody": {
-                        "content": {"application/json": {"schema": {"type": "object"}}}
-                    },
-                    "responses": {
-                        "200": {"description": "the model's answer, relayed as it streams"},
-                        "400": _json(ANTHROPIC_ERROR, "not a request the gateway can read"),
-                        "403": _json(ANTHROPIC_ERROR, "the run's spend limit is reached"),
-                        "404": _json(
-                            ANTHROPIC_ERROR,
-                            "an unknown or expired capability (nothing starts), or a path "
-                            "that is not the Messages API",
-                        ),
-                        "413": _json(ANTHROPIC_ERROR, "the body is too large"),
-                        "431": _json(ANTHROPIC_ERROR, "the head is too large"),
-                    },
-                }
-            },
+            "/gateway/{capability}/v1/messages": {"post": _gateway_operation()},
+            "/gateway/{capability}/v1/messages/count_tokens": {"post": _gateway_operation()},
         },
         "components": {
             "securitySchemes": {
@@ -714,5 +656,29 @@ def document(server_url: str) -> dict[str, Any]:
                 "PullRequest": pull_request_schema(),
                 "Event": event_schema(),
             },
+        },
+    }
+
+
+def _gateway_operation() -> dict[str, Any]:
+    """Both model gateway paths (Messages and count_tokens) take and answer the same."""
+    return {
+        "summary": "The model gateway for a remote sandbox's Claude Code (Messages API only): no "
+        "API key; the path's capability, valid during one run's agent stage, is the authorisation",
+        "parameters": [
+            {"name": "capability", "in": "path", "required": True, "schema": {"type": "string"}},
+        ],
+        "requestBody": {"content": {"application/json": {"schema": {"type": "object"}}}},
+        "responses": {
+            "200": {"description": "the model's answer, relayed as it streams"},
+            "400": _json(ANTHROPIC_ERROR, "not a request the gateway can read"),
+            "403": _json(ANTHROPIC_ERROR, "the run's spend limit is reached"),
+            "404": _json(
+                ANTHROPIC_ERROR,
+                "an unknown or expired capability (nothing starts), or a path that is not the "
+                "Messages API",
+            ),
+            "413": _json(ANTHROPIC_ERROR, "the body is too large"),
+            "431": _json(ANTHROPIC_ERROR, "the head is too large"),
         },
     }
