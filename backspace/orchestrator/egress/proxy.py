@@ -26,7 +26,6 @@ import ipaddress
 import os
 import re
 import socket
-import threading
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ from backspace.orchestrator.egress.addresses import refusal
 from backspace.orchestrator.egress.gate import Gate
 from backspace.orchestrator.egress.hosts import NAME, AddressMap, normalise
 from backspace.orchestrator.egress.splice import AVAILABLE, SpliceTunnel
+from backspace.orchestrator.loop_thread import LoopThread
 
 Resolver = Callable[[str, int], Awaitable[Sequence[str]]]
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -116,57 +116,31 @@ class EgressProxy:
         self.max_tunnels_per_door = max_tunnels_per_door
         self.max_reports_per_door = max_reports_per_door
         self.splice = splice  # tunnels moved in the kernel (Linux); else by the Protocols
-        self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._thread = LoopThread("backspace-egress")
         self._doors: set[Door] = set()
 
     # --- life cycle -----------------------------------------------------------------------------
     def start(self) -> None:
         """Start the proxy's thread (once; later calls do nothing)."""
-        with self._lock:
-            if self._thread is not None:
-                return
-            loop = asyncio.new_event_loop()
-            ready = threading.Event()
-            thread = threading.Thread(
-                target=self._serve, args=(loop, ready), name="backspace-egress", daemon=True
-            )
-            thread.start()
-            ready.wait()
-            self._loop, self._thread = loop, thread
+        self._thread.start()
 
     @property
     def running(self) -> bool:
-        return self._thread is not None
-
-    def _serve(self, loop: asyncio.AbstractEventLoop, ready: threading.Event) -> None:
-        asyncio.set_event_loop(loop)
-        loop.call_soon(ready.set)
-        try:
-            loop.run_forever()
-        finally:
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.close()
+        return self._thread.loop is not None
 
     def stop(self) -> None:
         """Close every door and its tunnels, then stop the thread."""
-        with self._lock:
-            loop, thread = self._loop, self._thread
-            self._loop = self._thread = None
-        if loop is None or thread is None:
+        taken = self._thread.take()
+        if taken is None:
             return
         for door in list(self._doors):
             door.close()
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
+        LoopThread.finish(*taken)
 
     def open(self, socket_path: Path, gate: Gate, *, owner_uid: int | None = None) -> Door:
         """Listen at `socket_path` for one sandbox, deciding with `gate`. The socket is mode
         0600, owned by `owner_uid` when given (the user the sandbox runs as)."""
-        self.start()
-        loop = self._loop
-        assert loop is not None
+        loop, _ = self._thread.start()
         door = Door(self, loop, socket_path, gate)
         future = asyncio.run_coroutine_threadsafe(door._listen(owner_uid), loop)
         future.result(timeout=30)

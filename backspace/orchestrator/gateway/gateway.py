@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from backspace.orchestrator.gateway.lease import GatewayLease
+from backspace.orchestrator.loop_thread import LoopThread
 
 if TYPE_CHECKING:
     from backspace.config import Settings
@@ -71,8 +72,7 @@ class ModelGateway:
         self.limits = limits or GatewayLimits()
         self._api_key = api_key or None
         self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._thread = LoopThread("backspace-gateway")
         self._client: httpx.AsyncClient | None = None
         self._leases: set[GatewayLease] = set()
         # sha256(token) -> (token, lease): looked up by digest, so the dictionary's timing says
@@ -92,19 +92,12 @@ class ModelGateway:
 
     # --- life cycle -----------------------------------------------------------------------------
     def start(self) -> None:
-        """Start the gateway's thread (once; later calls do nothing)."""
+        """Start the gateway's thread and its upstream pool (once; later calls do nothing)."""
         with self._lock:
-            if self._thread is not None:
-                return
-            loop = asyncio.new_event_loop()
-            ready = threading.Event()
-            thread = threading.Thread(
-                target=self._serve, args=(loop, ready), name="backspace-gateway", daemon=True
-            )
-            thread.start()
-            ready.wait()
-            self._loop, self._thread = loop, thread
-            self._client = asyncio.run_coroutine_threadsafe(self._make_client(), loop).result(30)
+            loop, started = self._thread.start()
+            if started:
+                future = asyncio.run_coroutine_threadsafe(self._make_client(), loop)
+                self._client = future.result(30)
 
     async def _make_client(self) -> httpx.AsyncClient:
         limits = self.limits
@@ -120,33 +113,24 @@ class ModelGateway:
             trust_env=False,  # the model's URL is the operator's setting, not the environment's
         )
 
-    def _serve(self, loop: asyncio.AbstractEventLoop, ready: threading.Event) -> None:
-        asyncio.set_event_loop(loop)
-        loop.call_soon(ready.set)
-        try:
-            loop.run_forever()
-        finally:
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.close()
-
     @property
     def running(self) -> bool:
-        return self._thread is not None
+        return self._thread.loop is not None
 
     def stop(self) -> None:
         """Close every lease and the upstream pool, then stop the thread."""
         with self._lock:
-            loop, thread, client = self._loop, self._thread, self._client
-            self._loop = self._thread = self._client = None
-        if loop is None or thread is None:
+            taken, client = self._thread.take(), self._client
+            self._client = None
+        if taken is None:
             return
+        loop, _ = taken
         for lease in list(self._leases):
             future = asyncio.run_coroutine_threadsafe(lease._shut(), loop)
             future.result(timeout=10)
         if client is not None:
             asyncio.run_coroutine_threadsafe(client.aclose(), loop).result(timeout=10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
+        LoopThread.finish(*taken)
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self.stop)
@@ -166,7 +150,7 @@ class ModelGateway:
         if budget_usd <= 0:
             raise ValueError(f"the run's budget must be positive, not {budget_usd}")
         await asyncio.to_thread(self.start)
-        loop, client = self._loop, self._client
+        loop, client = self._thread.loop, self._client
         assert loop is not None and client is not None
         lease = GatewayLease(
             self,
