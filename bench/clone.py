@@ -26,6 +26,7 @@ from pathlib import Path
 from backspace.app import build_service
 from backspace.config import load_settings
 from backspace.orchestrator.run import RunRequest
+from backspace.orchestrator.service import Service
 from backspace.runtime import tune_garbage_collector, watch_children_with_pidfds
 from bench.common import GIT_ENV, print_table, summary
 from bench.model_server import start_model
@@ -121,9 +122,10 @@ def local_host_repos(work: Path, repo: Path) -> Path:
     return repos
 
 
-async def pipeline_runs(
-    work: Path, repos: Path, model_url: str, runs: int
-) -> list[dict[str, float]]:
+async def warm_service(work: Path, repos: Path, model_url: str) -> Service:
+    """The service in-process on the local host's `repos`, one run at a time, warmed as
+    `backspace serve` is at start-up: the model SDK is imported before any run, so no run (the
+    first included) pays for that import in time or memory."""
     settings = load_settings(
         ANTHROPIC_API_KEY="bench-key",
         ANTHROPIC_BASE_URL=model_url,
@@ -133,11 +135,16 @@ async def pipeline_runs(
     )
     services = build_service(settings)
     services.sandboxes.check()
-    # As `backspace serve` does at start-up: the model SDK is imported before any run, so no
-    # run (the first included) pays for that import in time or memory.
     await asyncio.to_thread(importlib.import_module, "anthropic")
     watch_children_with_pidfds()
     tune_garbage_collector()
+    return services
+
+
+async def pipeline_runs(
+    work: Path, repos: Path, model_url: str, runs: int
+) -> list[dict[str, float]]:
+    services = await warm_service(work, repos, model_url)
     ref = services.parse_repo("local:big.git")
     rss = PeakRss()
     results = []

@@ -15,18 +15,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
-from backspace.app import build_service
-from backspace.config import load_settings
 from backspace.orchestrator.run import RunRequest
 from backspace.orchestrator.service import Service
-from backspace.runtime import tune_garbage_collector, watch_children_with_pidfds
-from bench.clone import generated_repo, local_host_repos
+from bench.clone import generated_repo, local_host_repos, warm_service
 from bench.common import print_table, summary
 from bench.model_server import start_model
 
@@ -50,18 +46,7 @@ async def _to_agent(services: Service, run_id: str, started: float) -> float:
 
 
 async def rounds(work: Path, repos: Path, model_url: str, count: int) -> list[tuple[float, float]]:
-    settings = load_settings(
-        ANTHROPIC_API_KEY="bench-key",
-        ANTHROPIC_BASE_URL=model_url,
-        BACKSPACE_LOCAL_REPOS=str(repos),
-        BACKSPACE_DB=str(work / "bench.db"),
-        MAX_CONCURRENT_RUNS=1,
-    )
-    services = build_service(settings)
-    services.sandboxes.check()
-    await asyncio.to_thread(importlib.import_module, "anthropic")
-    watch_children_with_pidfds()
-    tune_garbage_collector()
+    services = await warm_service(work, repos, model_url)
     ref = services.parse_repo("local:big.git")
     results = []
     try:
