@@ -219,33 +219,31 @@ class Connection:
         stream = response.headers.get("content-type", "").startswith("text/event-stream")
         meter = UsageMeter(stream=stream, model=_model_of(body))
         try:
-            return await self._relay(response, meter, keep)
+            whole = await self._relay(response, meter, keep)
         finally:
             await response.aclose()
             if request.path == "/v1/messages":
                 lease.charge(meter.model, meter.finish())
+        # The answer ends only now (its last chunk, or the connection's close), after it was
+        # charged: a client that has the whole answer sees the run's spend with it.
+        if whole and keep:
+            self.writer.write(b"0\r\n\r\n")
+            await self._drain()
+        return whole and keep
 
     async def _relay(self, response: httpx.Response, meter: UsageMeter, keep: bool) -> bool:
+        """Relay the answer's head and body, chunked on a kept-alive connection (never sized:
+        its end is written by the caller once it is charged); False when it broke off."""
         lines = [f"HTTP/1.1 {response.status_code} {_reason(response.status_code)}"]
         for key, value in response.headers.multi_items():
             if key.lower() not in DROPPED_RESPONSE:
                 lines.append(f"{key}: {value}")
-        length = response.headers.get("content-length")
-        sized = (
-            length is not None and length.isdigit() and "content-encoding" not in response.headers
-        )
-        if sized:
-            lines.append(f"content-length: {length}")
-        elif keep:
-            lines.append("transfer-encoding: chunked")
-        if not keep:
-            lines.append("connection: close")
+        lines.append("transfer-encoding: chunked" if keep else "connection: close")
         self.writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
-        chunked = not sized and keep
         try:
             async for data in response.aiter_raw():
                 meter.feed(data)
-                if chunked:
+                if keep:
                     self.writer.write(b"%x\r\n%s\r\n" % (len(data), data))
                 else:
                     self.writer.write(data)
@@ -253,10 +251,7 @@ class Connection:
         except httpx.HTTPError:
             # The model's answer broke off: so does ours (no final chunk), as the client expects.
             return False
-        if chunked:
-            self.writer.write(b"0\r\n\r\n")
-        await self._drain()
-        return keep
+        return True
 
     async def _drain(self) -> None:
         async with asyncio.timeout(self.limits.write_timeout):
