@@ -14,6 +14,7 @@ import logging
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -45,7 +46,12 @@ class RunnerLimits:
     shutdown_grace: float = 20.0
 
 
+EventObserver = Callable[[str, Event], None]  # telemetry: (the run's source, an event)
+
+
 class Runner:
+    observer: EventObserver | None = None  # telemetry: sees every event stored
+
     def __init__(
         self,
         store: Store,
@@ -425,9 +431,14 @@ class Runner:
             Event(run_id, seq, EventType.COMPLETE, now_iso(), self.redactor.data(final))
         )
 
+    def _source(self, run_id: str) -> str:  # telemetry
+        ctx = self._contexts.get(run_id)
+        return ctx.request.source if ctx is not None else "unknown"
+
     def _emit(self, run_id: str, type_: str, data: dict[str, Any]) -> None:
         clean = self.redactor.data(data) if self.redactor else data
         event = self.store.append_event(run_id, type_, clean)
+        self.observer and self.observer(self._source(run_id), event)  # telemetry
         if type_ == EventType.USAGE:
             self.store.update_run(
                 run_id,
