@@ -81,7 +81,7 @@ async def test_one_trace_per_run_with_its_stages_and_the_sdks_model_spans_inside
                         assert event.data["status"] == "succeeded", event.data
         finally:
             await service.aclose()
-    spans = exporter.get_finished_spans()
+    spans: list[Any] = list(exporter.get_finished_spans())
     roots = [s for s in spans if s.name == "run"]
     assert sorted(str(s.attributes["backspace.run.id"]) for s in roots) == sorted(run_ids)
     assert len({s.context.trace_id for s in roots}) == 2, "one trace per run"
@@ -100,9 +100,9 @@ async def test_one_trace_per_run_with_its_stages_and_the_sdks_model_spans_inside
         for call in model_calls:
             assert call.attributes["gen_ai.operation.name"] == "chat"
             assert call.attributes["gen_ai.usage.output_tokens"] == 20
-            turn = by_id[call.parent.span_id]  # type: ignore[union-attr]
+            turn = by_id[call.parent.span_id]
             assert turn.name == "agent.turn"
-            assert by_id[turn.parent.span_id].name == "agent"  # type: ignore[union-attr]
+            assert by_id[turn.parent.span_id].name == "agent"
         tool = next(s for s in mine if s.name == "execute_tool bash")
         assert tool.attributes["gen_ai.operation.name"] == "execute_tool"
         assert tool.attributes["gen_ai.tool.name"] == "bash"
