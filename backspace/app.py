@@ -49,6 +49,7 @@ from backspace.orchestrator.sandboxes.local import (
 )
 from backspace.orchestrator.service import Service, ServiceConfig
 from backspace.orchestrator.store import SqliteStore
+from backspace.telemetry import Metrics, Telemetry, Tracing
 
 
 def public_url(settings: Settings) -> str:
@@ -152,7 +153,7 @@ def engines(
     }
 
 
-def build_service(settings: Settings) -> Service:
+def build_service(settings: Settings, telemetry: Telemetry | None = None) -> Service:
     check_outside_sandbox_view(settings)
     redactor = Redactor(settings.secrets())
     max_bytes = int(settings.db_max_mb * 1024 * 1024) if settings.db_max_mb else None
@@ -205,6 +206,7 @@ def build_service(settings: Settings) -> Service:
                 retries=settings.model_retries,
                 retry_delay=settings.model_retry_delay,
                 timeout=settings.model_timeout,
+                tracer_provider=telemetry.tracing.provider if telemetry else None,
             )
         )
         return shared_model[0]
@@ -254,6 +256,7 @@ def build_service(settings: Settings) -> Service:
         ),
         redactor=redactor,
         engines=offered,
+        telemetry=telemetry,
     )
     runner = Runner(
         store,
@@ -268,7 +271,12 @@ def build_service(settings: Settings) -> Service:
         ),
         public_url=url,
         janitor=sandboxes,
+        observer=telemetry.metrics if telemetry is not None else None,
     )
+    if telemetry is not None:
+        github_host = hosts["github"]
+        if isinstance(github_host, GitHubHost):
+            github_host.on_api_error = telemetry.metrics.github_error
     config = ServiceConfig(
         allowed_repos=settings.allowed_repo_patterns,
         max_prompt_chars=settings.max_prompt_chars,
@@ -297,16 +305,23 @@ def build_service(settings: Settings) -> Service:
 def create_app(settings: Settings) -> Starlette:
     """The ASGI app `backspace serve` runs: the service, behind HTTP and (when set) Slack and
     the GitHub webhook."""
-    service = build_service(settings)
+    telemetry = Telemetry(
+        Tracing.from_environment(), Metrics(settings.model, queue_counts=lambda: counts())
+    )
+    service = build_service(settings, telemetry)
+
+    def counts() -> dict[str, int]:  # across the fleet, as last counted (the store's counts)
+        return service.runner.last_counts()
+
     slack = None
     if settings.slack_configured:
         # slack-bolt takes a while to import: only a server with Slack configured pays.
         from backspace.slackbot.frontend import SlackFrontEnd
 
-        slack = SlackFrontEnd(service, settings)
+        slack = SlackFrontEnd(service, settings, telemetry.metrics.slack_error)
     github = None
     if settings.github_webhook_configured:
         from backspace.githubbot.frontend import GitHubFrontEnd
 
         github = GitHubFrontEnd(service, settings)
-    return web_app(settings, service, slack, github)
+    return web_app(settings, service, slack, github, telemetry)

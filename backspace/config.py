@@ -214,6 +214,7 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "json", "text"] = Field("auto", alias="BACKSPACE_LOG_FORMAT")
     host: str = Field("127.0.0.1", alias="HOST", min_length=1)
     port: int = Field(8000, alias="PORT", ge=0, le=65535)
+    metrics_port: int | None = Field(None, alias="BACKSPACE_METRICS_PORT", ge=1, le=65535)
 
     @field_validator("egress_allow")
     @classmethod

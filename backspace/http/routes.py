@@ -21,11 +21,12 @@ from backspace.http.openapi import MAX_SEQ, document
 from backspace.http.pages import pull_request_page
 from backspace.http.ratelimit import RateLimiter, key_id
 from backspace.http.schemas import CodeRequest, FollowUpRequest, read_json, validate
-from backspace.http.sse import event_stream
+from backspace.http.sse import Viewers, event_stream
 from backspace.http.web import SECURITY_HEADERS, web_routes
 from backspace.orchestrator.events import RunStatus
 from backspace.orchestrator.service import Service
 from backspace.orchestrator.store import Run
+from backspace.telemetry import Telemetry
 
 MAX_LIST = 200
 
@@ -38,6 +39,16 @@ def _service(request: Request) -> Service:
 def _settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
+
+
+def _telemetry(request: Request) -> Telemetry:
+    telemetry: Telemetry = request.app.state.telemetry
+    return telemetry
+
+
+def _viewers(request: Request) -> Viewers:
+    """The open-streams gauge an event stream moves while it is open."""
+    return _telemetry(request).metrics.sse_viewers
 
 
 def _authenticate(request: Request) -> Service:
@@ -134,13 +145,16 @@ async def create_run(request: Request) -> Response:
         co_author=body.co_author,
         source="api",
         engine=body.engine,
+        meta=_telemetry(request).tracing.traceparent(),  # the run's trace links to this request
         gate=lambda: _limit_rate(request),  # only requests that would start a run count
     )
     if _wants_json(request):
         return JSONResponse(
             _run_json(service, run), status_code=202, headers={"Location": f"/api/runs/{run.id}"}
         )
-    return event_stream(service.hub, run.id, 0, ping_after=settings.sse_ping)
+    return event_stream(
+        service.hub, run.id, 0, ping_after=settings.sse_ping, viewers=_viewers(request)
+    )
 
 
 def _limit_rate(request: Request) -> None:
@@ -193,6 +207,7 @@ async def create_followup(request: Request) -> Response:
         mode=body.mode,
         co_author=body.co_author,
         source="api",
+        meta=_telemetry(request).tracing.traceparent(),
         gate=lambda: _limit_rate(request),
     )
     target = followup.run
@@ -209,7 +224,13 @@ async def create_followup(request: Request) -> Response:
         )
     # A steer streams the running run from now on; a new run, from its start.
     after = await service.store.last_seq(target.id) if followup.steered else 0
-    return event_stream(service.hub, target.id, max(0, after - 1), ping_after=settings.sse_ping)
+    return event_stream(
+        service.hub,
+        target.id,
+        max(0, after - 1),
+        ping_after=settings.sse_ping,
+        viewers=_viewers(request),
+    )
 
 
 async def run_events(request: Request) -> Response:
@@ -228,7 +249,13 @@ async def run_events(request: Request) -> Response:
         # The run ended and its `complete` was seen: a stream would wait forever for nothing.
         # 204 also tells an EventSource to stop reconnecting.
         return Response(status_code=204)
-    return event_stream(service.hub, run.id, after, ping_after=_settings(request).sse_ping)
+    return event_stream(
+        service.hub,
+        run.id,
+        after,
+        ping_after=_settings(request).sse_ping,
+        viewers=_viewers(request),
+    )
 
 
 async def cancel_run(request: Request) -> Response:

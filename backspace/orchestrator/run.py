@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -86,6 +87,10 @@ class RunContext:
     cancel_reason: str | None = None  # "cancel" or "shutdown" once the runner stops the task
     inbox: Inbox = field(default_factory=Inbox)  # follow-ups steered into the running agent
     continuation: Continuation | None = None  # set for a follow-up when it starts
+    # When the run was queued (wall clock; the trace's queue wait starts here) and which
+    # attempt at it this is: a queue that hands a run to another worker sets both.
+    created_at: float = field(default_factory=time.time)
+    attempt: int = 1
 
     def progress(self, stage: Stage, message: str, percentage: int | None = None) -> None:
         self.stage = stage

@@ -23,6 +23,7 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol
 
 from backspace.logs import run_id_var
@@ -57,9 +58,12 @@ class SandboxJanitor(Protocol):
 
 
 class RunObserver(Protocol):
-    """Sees every stored event of the runs this process executes (telemetry)."""
+    """Sees the runs this process submits and executes (telemetry): every event it stores,
+    and each claim with how long the run waited in the queue."""
 
     def on_event(self, source: str, event: Event) -> None: ...
+
+    def on_claimed(self, source: str, run_id: str, waited: float) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -175,6 +179,10 @@ class Runner:
         self._counts = await self.store.counts()
         return dict(self._counts)
 
+    def last_counts(self) -> dict[str, int]:
+        """`counts` as last read (the worker loop reads them at every look at the queue)."""
+        return dict(self._counts)
+
     def local_run_ids(self) -> set[str]:
         return set(self._runs)
 
@@ -215,7 +223,7 @@ class Runner:
         )
         if self._own is not None:
             self._own.add(run.id)
-        self.hub.publish([event])
+        self._publish(request.source, [event])
         self._wake.set()
         return run
 
@@ -302,6 +310,7 @@ class Runner:
             try:
                 await self._claim_while_free()
                 self.hub.publish(await self.store.announce_positions())
+                self._counts = await self.store.counts()
             except StoreError as exc:
                 log.error("the queue could not be read: %s", exc)
             except Exception:
@@ -327,13 +336,18 @@ class Runner:
             self.redactor,
             lambda exc: self._store_failed(run_id, exc),
         )
+        queued_at = _epoch(claim.created_at)
         ctx = RunContext(
             run_id=run_id,
             request=request,
             emit=sink.emit,
             deadline=0.0,
             run_url=self.run_url(run_id),
+            created_at=queued_at,
+            attempt=claim.fence.attempt,
         )
+        if self.observer is not None:
+            self.observer.on_claimed(request.source, run_id, max(0.0, time.time() - queued_at))
         execution = _Execution(ctx, sink, claim)
         self._runs[run_id] = execution
         execution.task = asyncio.create_task(self._execute(execution), name=f"run-{run_id}")
@@ -576,3 +590,8 @@ class Runner:
         """The store failed: live viewers here still get the `complete` (it is not stored)."""
         data = {**complete.data, "recorded": False}
         self.hub.publish([Event(run_id, last_seq + 1, EventType.COMPLETE, now_iso(), data)])
+
+
+def _epoch(iso: str) -> float:
+    """An ISO timestamp (`...Z`) as Unix seconds."""
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()

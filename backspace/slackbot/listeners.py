@@ -32,7 +32,7 @@ from backspace.slackbot.messages import (
     refusal_text,
     status_text,
 )
-from backspace.slackbot.reporter import ChannelPacer, SlackReporter
+from backspace.slackbot.reporter import ApiErrorHook, ChannelPacer, SlackReporter
 from backspace.slackbot.tasks import safe
 from backspace.tasks import Tasks
 
@@ -56,7 +56,9 @@ class Listeners:
         settings: Settings,
         client: AsyncWebClient,
         tasks: Tasks,
+        on_api_error: ApiErrorHook | None = None,
     ) -> None:
+        self.on_api_error = on_api_error  # telemetry: (method, error) of a failed Slack call
         self.service = service
         self.settings = settings
         self.client = client
@@ -300,7 +302,7 @@ class Listeners:
     async def _report(self, view: RunView, channel: str, thread: str | None, respond: Any) -> None:
         reporter = SlackReporter(
             self.client, self.pacer, view, channel=channel, thread_ts=thread,
-            status_interval=self.settings.slack_status_interval,
+            status_interval=self.settings.slack_status_interval, on_error=self.on_api_error,
         )  # fmt: skip
         error = await reporter.open()
         if thread is None and reporter.status_ts is not None:
