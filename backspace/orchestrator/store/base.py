@@ -37,6 +37,7 @@ from backspace.orchestrator.store.records import (
 
 OnEvents = Callable[[str, int], None]
 OnControl = Callable[[str], None]
+OnReconnect = Callable[[], None]
 
 
 class LeaseLost(StoreError):
@@ -133,8 +134,13 @@ class RunStore(Protocol):
     async def last_seq(self, run_id: str) -> int: ...
 
     # --- the bell ------------------------------------------------------------------------------
-    async def listen(self, on_events: OnEvents, on_control: OnControl) -> None:
-        """Call back on other processes' appends and control messages, until `aclose`."""
+    async def listen(
+        self, on_events: OnEvents, on_control: OnControl, on_reconnect: OnReconnect | None = None
+    ) -> None:
+        """Call back on other processes' appends and control messages, until `aclose`.
+        `on_reconnect` is called after the bell's connection dropped and came back: what was
+        rung meanwhile is lost, so the caller reads what it follows again (SQLite never
+        calls it: its bell cannot drop)."""
 
     async def ring(self, message: str) -> None:
         """Send a control message to every process (`cancel:<run id>`, `queued`)."""
@@ -143,7 +149,9 @@ class RunStore(Protocol):
     async def claim_delivery(self, source: str, delivery_id: str) -> bool:
         """True the first time `(source, delivery_id)` is seen; False for a repeat."""
 
-    async def set_channel_repo(self, team_id: str, channel_id: str, repo: str, set_by: str) -> None: ...
+    async def set_channel_repo(
+        self, team_id: str, channel_id: str, repo: str, set_by: str
+    ) -> None: ...
 
     async def channel_repo(self, team_id: str, channel_id: str) -> str | None: ...
 
@@ -163,4 +171,4 @@ class RunStore(Protocol):
     async def pull_request_comments(self, pr_id: int) -> list[dict[str, Any]]: ...
 
 
-__all__ = ["Fence", "LeaseLost", "OnControl", "OnEvents", "RunStore"]
+__all__ = ["Fence", "LeaseLost", "OnControl", "OnEvents", "OnReconnect", "RunStore"]

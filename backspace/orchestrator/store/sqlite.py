@@ -22,7 +22,7 @@ from typing import Any
 from backspace.orchestrator.errors import StoreError as StoreError
 from backspace.orchestrator.errors import StoreFull as StoreFull
 from backspace.orchestrator.events import Event, EventType, RunStatus, Stage, now_iso
-from backspace.orchestrator.store.base import LeaseLost, OnControl, OnEvents
+from backspace.orchestrator.store.base import LeaseLost, OnControl, OnEvents, OnReconnect
 from backspace.orchestrator.store.migrations import migrations, statements
 from backspace.orchestrator.store.records import (
     CANCELLED_BEFORE_START,
@@ -348,7 +348,9 @@ class SqliteStore:
                     "UPDATE runs SET queue_position = ? WHERE id = ?", (position, row["id"])
                 )
                 seq = self._bump(row["id"], 1)
-                written += self._insert_events(row["id"], seq, [waiting_event(position, row["behind"])])
+                written += self._insert_events(
+                    row["id"], seq, [waiting_event(position, row["behind"])]
+                )
         return written
 
     async def queue_position(self, run_id: str) -> int | None:
@@ -393,7 +395,9 @@ class SqliteStore:
         return int(row[0]) if row else 0
 
     # --- the bell: one process, so it rings within it ------------------------------------------
-    async def listen(self, on_events: OnEvents, on_control: OnControl) -> None:
+    async def listen(
+        self, on_events: OnEvents, on_control: OnControl, on_reconnect: OnReconnect | None = None
+    ) -> None:
         self._on_control.append(on_control)
 
     async def ring(self, message: str) -> None:
@@ -553,9 +557,7 @@ class SqliteStore:
         )
 
     def _insert_events(self, run_id: str, first: int, events: Sequence[NewEvent]) -> list[Event]:
-        rows = [
-            (run_id, first + i, e.type, e.timestamp, e.encoded()) for i, e in enumerate(events)
-        ]
+        rows = [(run_id, first + i, e.type, e.timestamp, e.encoded()) for i, e in enumerate(events)]
         self._db.executemany(
             "INSERT INTO events (run_id, seq, type, ts, data) VALUES (?, ?, ?, ?, ?)", rows
         )
@@ -596,4 +598,6 @@ class SqliteStore:
 
 
 def _event(run_id: str, seq: int, event: NewEvent) -> Event:
-    return Event(run_id=run_id, seq=seq, type=event.type, timestamp=event.timestamp, data=event.data)
+    return Event(
+        run_id=run_id, seq=seq, type=event.type, timestamp=event.timestamp, data=event.data
+    )
