@@ -165,9 +165,11 @@ class PostgresStore:
     # --- life cycle ----------------------------------------------------------------------------
     async def open(self, migrations_folder: Path | None = None) -> None:
         """Connect the pool and apply the pending migrations (`migrations_folder`: a test's own)."""
-        try:
+        try:  # one connection first: a wrong URL fails now, saying why, not after the pool's wait
+            probe = await psycopg.AsyncConnection.connect(self._url)
+            await probe.close()
             await self._pool.open(wait=True, timeout=10.0)
-        except Exception as exc:  # PoolTimeout, OperationalError: say where, not the password
+        except Exception as exc:  # OperationalError, PoolTimeout: say where, not the password
             await self._pool.close()
             raise StoreError(self._clean(f"cannot connect to the {self._where}: {exc}")) from None
         await self.migrate(migrations_folder)
