@@ -48,7 +48,7 @@ from backspace.orchestrator.sandboxes.local import (
     default_root,
 )
 from backspace.orchestrator.service import Service, ServiceConfig
-from backspace.orchestrator.store import Store
+from backspace.orchestrator.store import SqliteStore
 
 
 def public_url(settings: Settings) -> str:
@@ -156,7 +156,7 @@ def build_service(settings: Settings) -> Service:
     check_outside_sandbox_view(settings)
     redactor = Redactor(settings.secrets())
     max_bytes = int(settings.db_max_mb * 1024 * 1024) if settings.db_max_mb else None
-    store = Store(
+    store = SqliteStore(
         settings.db, max_bytes=max_bytes, headroom_bytes=settings.db_headroom_mb * 1024 * 1024
     )
     hub = EventHub(store)
@@ -264,6 +264,7 @@ def build_service(settings: Settings) -> Service:
             max_concurrent=settings.max_concurrent_runs,
             max_duration=settings.max_sandbox_duration,
             shutdown_grace=settings.shutdown_grace,
+            lease_seconds=settings.lease_seconds,
         ),
         public_url=url,
         janitor=sandboxes,

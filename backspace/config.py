@@ -202,6 +202,7 @@ class Settings(BaseSettings):
     max_sandbox_duration: float = Field(600.0, alias="MAX_SANDBOX_DURATION", gt=0)
     max_concurrent_runs: int = Field(4, alias="MAX_CONCURRENT_RUNS", ge=1, le=10000)
     shutdown_grace: float = Field(20.0, alias="BACKSPACE_SHUTDOWN_GRACE", ge=0)
+    lease_seconds: float = Field(30.0, alias="BACKSPACE_LEASE_SECONDS", ge=1, le=3600)
     max_prompt_chars: int = Field(20000, alias="BACKSPACE_MAX_PROMPT_CHARS", ge=1)
     max_body_bytes: int = Field(65536, alias="BACKSPACE_MAX_BODY_BYTES", ge=1024)
     sse_ping: float = Field(15.0, alias="BACKSPACE_SSE_PING", gt=0, le=300)

@@ -612,3 +612,20 @@ async def test_a_password_in_the_url_is_never_shown(
     with pytest.raises(StoreError, match="PostgreSQL URL"):
         open_store("mysql://u:p@h/db", tmp_path / "x.db")
     assert isinstance(open_store(None, tmp_path / "x.db"), SqliteStore)
+
+
+async def test_a_claim_among_given_runs_takes_only_those(stores: StoreFactory) -> None:
+    store = await stores()
+    base = datetime.now(UTC)
+    older = await submit(store, created=base)
+    mine = await submit(store, created=base + timedelta(seconds=1))
+    assert await store.claim("one-shot", 30, among=[]) is None
+    assert await store.claim("one-shot", 30, among=["unknown"]) is None
+    assert (await claimed_among(store, [mine.id])).run_id == mine.id
+    assert (await claimed_among(store, None)).run_id == older.id
+
+
+async def claimed_among(store: RunStore, among: list[str] | None) -> Fence:
+    claim = await store.claim("w", 30, among=among)
+    assert claim is not None
+    return claim.fence

@@ -59,9 +59,9 @@ def _run_json(services: Service, run: Run) -> dict[str, Any]:
     }
 
 
-def _family_json(service: Service, run: Run) -> dict[str, Any]:
+async def _family_json(service: Service, run: Run) -> dict[str, Any]:
     """The run's family: its parent and children, every run of it, the branch and the PR."""
-    family = service.family(run.id)
+    family = await service.family(run.id)
     published = [r for r in family if r.pr_url]
     return {
         "id": run.family_id or run.id,
@@ -93,8 +93,8 @@ def _whole_number(raw: str) -> int | None:
     return int(raw)
 
 
-def _get_run(service: Service, run_id: str) -> Run:
-    run = service.get_run(run_id)
+async def _get_run(service: Service, run_id: str) -> Run:
+    run = await service.get_run(run_id)
     if run is None:
         raise HTTPProblem(404, f"no run with id {run_id!r}")
     return run
@@ -103,7 +103,7 @@ def _get_run(service: Service, run_id: str) -> Run:
 async def health(request: Request) -> Response:
     """Public liveness; where the database lives only for a caller with the API key."""
     settings = _settings(request)
-    report = _service(request).health(show_paths=_has_key(request, settings))
+    report = await _service(request).health(show_paths=_has_key(request, settings))
     report["auth"] = settings.require_auth
     report["slack"] = {
         "configured": settings.slack_configured,
@@ -127,7 +127,7 @@ async def create_run(request: Request) -> Response:
     service = _authenticate(request)
     settings = _settings(request)
     body = validate(CodeRequest, await read_json(request, settings.max_body_bytes))
-    run = service.admit(
+    run = await service.admit(
         body.repo_url,
         body.prompt,
         base_branch=body.base_branch,
@@ -170,14 +170,14 @@ async def list_runs(request: Request) -> Response:
     limit = _whole_number(request.query_params.get("limit", "50"))
     if limit is None or not 1 <= limit <= MAX_LIST:
         raise HTTPProblem(422, f"invalid request: limit: a whole number from 1 to {MAX_LIST}")
-    runs = service.list_runs(limit, before=request.query_params.get("before"))
+    runs = await service.list_runs(limit, before=request.query_params.get("before"))
     return JSONResponse({"runs": [_run_json(service, run) for run in runs]})
 
 
 async def get_run(request: Request) -> Response:
     service = _authenticate(request)
-    run = _get_run(service, request.path_params["run_id"])
-    return JSONResponse({**_run_json(service, run), "family": _family_json(service, run)})
+    run = await _get_run(service, request.path_params["run_id"])
+    return JSONResponse({**_run_json(service, run), "family": await _family_json(service, run)})
 
 
 async def create_followup(request: Request) -> Response:
@@ -185,9 +185,9 @@ async def create_followup(request: Request) -> Response:
     stream, or 202), or with `mode: steer` the words delivered into the running run."""
     service = _authenticate(request)
     settings = _settings(request)
-    run = _get_run(service, request.path_params["run_id"])
+    run = await _get_run(service, request.path_params["run_id"])
     body = validate(FollowUpRequest, await read_json(request, settings.max_body_bytes))
-    followup = service.follow_up(
+    followup = await service.follow_up(
         run.id,
         body.prompt,
         mode=body.mode,
@@ -208,21 +208,23 @@ async def create_followup(request: Request) -> Response:
             headers={"Location": f"/api/runs/{target.id}"},
         )
     # A steer streams the running run from now on; a new run, from its start.
-    after = service.store.next_seq(target.id) - 1 if followup.steered else 0
+    after = await service.store.last_seq(target.id) if followup.steered else 0
     return event_stream(service.hub, target.id, max(0, after - 1), ping_after=settings.sse_ping)
 
 
 async def run_events(request: Request) -> Response:
     """Stream a run's events after `Last-Event-ID` (or `?after=N`): the past, then live ones."""
     service = _authenticate(request)
-    run = _get_run(service, request.path_params["run_id"])
+    run = await _get_run(service, request.path_params["run_id"])
     raw = request.headers.get("last-event-id") or request.query_params.get("after") or "0"
     after = _whole_number(raw.strip())
     if after is None:
         raise HTTPProblem(
             422, "invalid request: Last-Event-ID / after: a whole number (the last seq seen)"
         )
-    if RunStatus(run.status).finished and not service.store.events_after(run.id, after, limit=1):
+    if RunStatus(run.status).finished and not await service.store.events_after(
+        run.id, after, limit=1
+    ):
         # The run ended and its `complete` was seen: a stream would wait forever for nothing.
         # 204 also tells an EventSource to stop reconnecting.
         return Response(status_code=204)
@@ -231,31 +233,31 @@ async def run_events(request: Request) -> Response:
 
 async def cancel_run(request: Request) -> Response:
     service = _authenticate(request)
-    run = _get_run(service, request.path_params["run_id"])
+    run = await _get_run(service, request.path_params["run_id"])
     if not await service.cancel(run.id):
         raise HTTPProblem(409, f"the run already ended with status {run.status}; nothing to cancel")
     return JSONResponse({"id": run.id, "status": "cancelling"}, status_code=202)
 
 
-def _pull_request(request: Request) -> Any:
+async def _pull_request(request: Request) -> Any:
     service = _authenticate(request)
     raw = request.path_params["pr_id"]
     pr_id = _whole_number(raw)
-    record = service.store.get_pull_request(pr_id) if pr_id is not None else None
+    record = await service.store.get_pull_request(pr_id) if pr_id is not None else None
     if record is None:
         raise HTTPProblem(404, f"no pull request with id {raw!r}")
     return record
 
 
 async def pull_request_json(request: Request) -> Response:
-    record = _pull_request(request)
-    comments = _service(request).store.pull_request_comments(record.id)
+    record = await _pull_request(request)
+    comments = await _service(request).store.pull_request_comments(record.id)
     return JSONResponse({**record.__dict__, "comments": comments})
 
 
 async def pull_request_html(request: Request) -> Response:
-    record = _pull_request(request)
-    comments = _service(request).store.pull_request_comments(record.id)
+    record = await _pull_request(request)
+    comments = await _service(request).store.pull_request_comments(record.id)
     return HTMLResponse(pull_request_page(record, comments), headers=SECURITY_HEADERS)
 
 

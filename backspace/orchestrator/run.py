@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,16 @@ class RunRequest:
     parent_id: str | None = None  # a follow-up: the run it continues
     family_id: str | None = None  # a follow-up: the family it belongs to
     engine: str | None = None  # "backspace" or "claude-code"; None: the server's BACKSPACE_ENGINE
+
+    def to_json(self) -> dict[str, Any]:
+        """What the store keeps, so that any worker (another replica) can execute the run."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, values: dict[str, Any]) -> RunRequest:
+        known = {f.name for f in dataclasses.fields(cls)}
+        fields = {name: value for name, value in values.items() if name in known}
+        return cls(**{**fields, "repo": RepoRef(**fields["repo"])})
 
 
 @dataclass(frozen=True)

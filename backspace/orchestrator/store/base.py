@@ -90,8 +90,11 @@ class RunStore(Protocol):
         """How many runs are queued and running, across every worker."""
 
     # --- the queue -----------------------------------------------------------------------------
-    async def claim(self, worker: str, lease_seconds: float) -> Claim | None:
-        """Take the oldest queued run this worker may start, or None."""
+    async def claim(
+        self, worker: str, lease_seconds: float, among: Collection[str] | None = None
+    ) -> Claim | None:
+        """Take the oldest queued run this worker may start (one of `among`, when given: a
+        one-shot process takes only its own), or None."""
 
     async def heartbeat(
         self, worker: str, run_ids: Collection[str], lease_seconds: float

@@ -313,22 +313,28 @@ class PostgresStore:
         return found
 
     # --- the queue -----------------------------------------------------------------------------
-    async def claim(self, worker: str, lease_seconds: float) -> Claim | None:
+    async def claim(
+        self, worker: str, lease_seconds: float, among: Collection[str] | None = None
+    ) -> Claim | None:
         # The oldest queued run whose family has no run executing and no older run waiting,
         # taken with SKIP LOCKED. The check ran in this statement's snapshot; a sibling claimed
         # or submitted by another replica meanwhile is invisible to it. So the family's advisory
         # lock is taken (claimers of one family queue there, for microseconds) and the rule is
         # checked again in a fresh snapshot, which sees every claim committed before the lock.
+        if among is not None and not among:
+            return None
+        only = list(among) if among is not None else None
         rejected: list[str] = []
         async with self._transaction() as cur:
             for _ in range(8):
                 await cur.execute(
                     "SELECT q.id, q.family_id, q.created_at FROM runs q WHERE q.status = 'queued' AND q.request IS NOT NULL "
-                    "AND q.id <> ALL(%(rejected)s) AND NOT EXISTS (SELECT 1 FROM runs o "
+                    "AND q.id <> ALL(%(rejected)s) AND (%(only)s::text[] IS NULL OR q.id = ANY(%(only)s)) "
+                    "AND NOT EXISTS (SELECT 1 FROM runs o "
                     "  WHERE o.family_id = q.family_id AND o.id <> q.id AND (o.status = 'running' "
                     "    OR (o.status = 'queued' AND (o.created_at, o.id) < (q.created_at, q.id)))) "
                     "ORDER BY q.created_at, q.id LIMIT 1 FOR UPDATE OF q SKIP LOCKED",
-                    {"rejected": rejected},
+                    {"rejected": rejected, "only": only},
                 )
                 row = await cur.fetchone()
                 if row is None:

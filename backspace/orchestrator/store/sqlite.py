@@ -21,7 +21,7 @@ from typing import Any
 
 from backspace.orchestrator.errors import StoreError as StoreError
 from backspace.orchestrator.errors import StoreFull as StoreFull
-from backspace.orchestrator.events import Event, EventType, RunStatus, Stage, now_iso
+from backspace.orchestrator.events import Event, RunStatus, Stage, now_iso
 from backspace.orchestrator.store.base import LeaseLost, OnControl, OnEvents, OnReconnect
 from backspace.orchestrator.store.migrations import migrations, statements
 from backspace.orchestrator.store.records import (
@@ -121,7 +121,7 @@ class SqliteStore:
             return
         for table, column, definition in LEGACY_COLUMNS:
             have = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
-            if column not in have:
+            if have and column not in have:  # (a table it lacks is made whole below)
                 self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
         for statement in statements(migrations("sqlite")[0].sql):
             self._db.execute(statement)  # CREATE ... IF NOT EXISTS: the tables it lacks
@@ -239,9 +239,14 @@ class SqliteStore:
         return found
 
     # --- the queue -----------------------------------------------------------------------------
-    async def claim(self, worker: str, lease_seconds: float) -> Claim | None:
+    async def claim(
+        self, worker: str, lease_seconds: float, among: Collection[str] | None = None
+    ) -> Claim | None:
         # The oldest queued run whose family has no run executing and no older run waiting: a
         # family's runs build on each other's branch, one at a time, in order.
+        if among is not None and not among:
+            return None
+        only = json.dumps(list(among)) if among is not None else None
         with self._transaction():
             row = self._db.execute(
                 "UPDATE runs SET status = 'running', worker_id = ?, attempt = attempt + 1, "
@@ -250,9 +255,10 @@ class SqliteStore:
                 "  AND q.request IS NOT NULL AND NOT EXISTS (SELECT 1 FROM runs o "
                 "    WHERE o.family_id = q.family_id AND o.id != q.id AND (o.status = 'running' "
                 "      OR (o.status = 'queued' AND (o.created_at, o.id) < (q.created_at, q.id)))) "
+                "  AND (? IS NULL OR q.id IN (SELECT value FROM json_each(?))) "
                 "  ORDER BY q.created_at, q.id LIMIT 1) "
                 "RETURNING id, attempt, request, created_at",
-                (worker, now_iso(), time.time() + lease_seconds, now_iso()),
+                (worker, now_iso(), time.time() + lease_seconds, now_iso(), only, only),
             ).fetchone()
         if row is None:
             return None
@@ -365,11 +371,9 @@ class SqliteStore:
     async def append(self, fence: Fence, events: Sequence[NewEvent]) -> list[Event]:
         if not events:
             return []
+        changes = stored(derived_changes(list(events)))
         with self._transaction():
-            last = self._fenced_bump(fence, len(events))
-            changes = derived_changes(list(events))
-            if changes:
-                self._update(fence.run_id, changes)
+            last = self._fenced_bump(fence, len(events), changes)
             return self._insert_events(fence.run_id, last - len(events) + 1, events)
 
     async def finish(self, fence: Fence, end: RunEnd, events: Sequence[NewEvent]) -> list[Event]:
@@ -514,11 +518,14 @@ class SqliteStore:
         return [dict(row) for row in rows]
 
     # --- inside a transaction ------------------------------------------------------------------
-    def _fenced_bump(self, fence: Fence, count: int) -> int:
+    def _fenced_bump(self, fence: Fence, count: int, changes: dict[str, Any] | None = None) -> int:
+        """Take `count` seqs for the owner of `fence` (and set the columns its events change),
+        or raise LeaseLost: one statement, the run's row locked by the transaction."""
+        assignments = "".join(f", {name} = ?" for name in changes or {})
         row = self._db.execute(
-            "UPDATE runs SET last_seq = last_seq + ? WHERE id = ? AND worker_id = ? "
-            "AND attempt = ? AND status = 'running' RETURNING last_seq",
-            (count, fence.run_id, fence.worker, fence.attempt),
+            f"UPDATE runs SET last_seq = last_seq + ?{assignments} WHERE id = ? "  # noqa: S608
+            "AND worker_id = ? AND attempt = ? AND status = 'running' RETURNING last_seq",
+            (count, *(changes or {}).values(), fence.run_id, fence.worker, fence.attempt),
         ).fetchone()
         if row is None:
             raise LeaseLost(f"run {fence.run_id} is no longer held by {fence.worker}")
@@ -571,11 +578,11 @@ class SqliteStore:
             raise StoreError(f"the run store could not be written: {exc}") from exc
         try:
             yield
-        except sqlite3.Error as exc:
-            self._db.execute("ROLLBACK")
-            raise StoreError(f"the run store could not be written: {exc}") from exc
-        except BaseException:
-            self._db.execute("ROLLBACK")
+        except BaseException as exc:
+            if self._db.in_transaction:  # SQLite itself rolls back on a full disk
+                self._db.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(f"the run store could not be written: {exc}") from exc
             raise
         try:
             self._db.execute("COMMIT")
