@@ -48,7 +48,7 @@ from backspace.orchestrator.sandboxes.local import (
     default_root,
 )
 from backspace.orchestrator.service import Service, ServiceConfig
-from backspace.orchestrator.store import SqliteStore
+from backspace.orchestrator.store import open_store
 from backspace.telemetry import Metrics, Telemetry, Tracing
 
 
@@ -157,8 +157,14 @@ def build_service(settings: Settings, telemetry: Telemetry | None = None) -> Ser
     check_outside_sandbox_view(settings)
     redactor = Redactor(settings.secrets())
     max_bytes = int(settings.db_max_mb * 1024 * 1024) if settings.db_max_mb else None
-    store = SqliteStore(
-        settings.db, max_bytes=max_bytes, headroom_bytes=settings.db_headroom_mb * 1024 * 1024
+    database_url = settings.database_url.get_secret_value() if settings.database_url else None
+    store = open_store(
+        database_url,
+        settings.db,
+        max_bytes=max_bytes,
+        headroom_bytes=settings.db_headroom_mb * 1024 * 1024,
+        # A sink per running run, the API's reads and the workers' loops share the pool.
+        pool_max=max(10, settings.max_concurrent_runs + 6),
     )
     hub = EventHub(store)
     url = public_url(settings)

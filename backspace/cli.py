@@ -131,13 +131,14 @@ async def run_command(
     service = wiring.service(settings)
     service.runner.own_runs_only()
     try:
-        await service.startup()
+        await service.store.open()
         try:
             run = await service.admit(repo, prompt, base_branch=base, source="cli")
         except Refusal as refusal:
             text, code = refusal_message(refusal)
             console.print(text)
             return code
+        await service.startup()  # the run waits in the queue for this process's worker
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(
             signal.SIGINT, lambda: asyncio.ensure_future(service.cancel(run.id))

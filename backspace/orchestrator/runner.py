@@ -125,7 +125,7 @@ class Runner:
         A lone server (SQLite) ends every run it does not hold: nobody else can be running it.
         A replica of a fleet ends only runs whose lease expired: the others' runs are theirs.
         """
-        await self.store.listen(self.hub.notified, self._control)
+        await self.store.listen(self.hub.notified, self._control, self._reconnected)
         if self._own is None:
             await self._reap(every_other_worker=not self.store.shared)
         self._loops = [
@@ -292,6 +292,12 @@ class Runner:
             return
         execution.ctx.cancel_reason = reason
         execution.task.cancel()
+
+    def _reconnected(self) -> None:
+        """The bell was deaf for a while: what it missed is read (viewers' runs, the queue);
+        a missed cancel is caught by the next heartbeat."""
+        self.hub.catch_up()
+        self._wake.set()
 
     def _control(self, message: str) -> None:
         """The bell: `queued` (a run waits), `cancel:<run id>` (stop it, if it runs here)."""

@@ -406,7 +406,12 @@ class Service:
             "store": {
                 "ok": store_ok,
                 "kind": self.store.kind,
-                **({"where": self.store.describe()} if show_paths else {}),
+                # Where it is (a path; a host and database): for a caller with the key only.
+                **(
+                    {"path": str(getattr(self.store, "path", self.store.describe()))}
+                    if show_paths
+                    else {}
+                ),
                 "message": hide(store_message),
             },
             "runs": {

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Sequence
 from typing import Any, Protocol
 
-from backspace.orchestrator.errors import StoreError
+from backspace.orchestrator.errors import LeaseLost as LeaseLost
 from backspace.orchestrator.events import Event
 from backspace.orchestrator.store.records import (
     Cancel,
@@ -37,13 +37,7 @@ from backspace.orchestrator.store.records import (
 
 OnEvents = Callable[[str, int], None]
 OnControl = Callable[[str], None]
-
-
-class LeaseLost(StoreError):
-    """This worker's claim on a run is gone (its lease expired and another worker reaped it):
-    it must stop the run at once and write nothing more."""
-
-    code = "lease_lost"
+OnReconnect = Callable[[], None]
 
 
 class RunStore(Protocol):
@@ -136,8 +130,13 @@ class RunStore(Protocol):
     async def last_seq(self, run_id: str) -> int: ...
 
     # --- the bell ------------------------------------------------------------------------------
-    async def listen(self, on_events: OnEvents, on_control: OnControl) -> None:
-        """Call back on other processes' appends and control messages, until `aclose`."""
+    async def listen(
+        self, on_events: OnEvents, on_control: OnControl, on_reconnect: OnReconnect | None = None
+    ) -> None:
+        """Call back on other processes' appends and control messages, until `aclose`.
+        `on_reconnect` is called after the bell's connection dropped and came back: what was
+        rung meanwhile is lost, so the caller reads what it follows again (SQLite never
+        calls it: its bell cannot drop)."""
 
     async def ring(self, message: str) -> None:
         """Send a control message to every process (`cancel:<run id>`, `queued`)."""
@@ -168,4 +167,4 @@ class RunStore(Protocol):
     async def pull_request_comments(self, pr_id: int) -> list[dict[str, Any]]: ...
 
 
-__all__ = ["Fence", "LeaseLost", "OnControl", "OnEvents", "RunStore"]
+__all__ = ["Fence", "LeaseLost", "OnControl", "OnEvents", "OnReconnect", "RunStore"]

@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from importlib import resources
+from importlib.abc import Traversable
+from pathlib import Path
 
 NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
@@ -23,9 +25,11 @@ class Migration:
     sql: str
 
 
-def migrations(dialect: str) -> list[Migration]:
-    """The dialect's migrations, oldest first."""
-    folder = resources.files("backspace.orchestrator.store") / "migrations" / dialect
+def migrations(dialect: str, folder: Path | Traversable | None = None) -> list[Migration]:
+    """The dialect's migrations, oldest first: the shipped ones, or those in `folder` (a test's
+    own set, e.g. one that fails half-way)."""
+    if folder is None:
+        folder = resources.files("backspace.orchestrator.store") / "migrations" / dialect
     found = []
     for entry in folder.iterdir():
         match = NAME.match(entry.name)

@@ -22,7 +22,7 @@ from typing import Any
 from backspace.orchestrator.errors import StoreError as StoreError
 from backspace.orchestrator.errors import StoreFull as StoreFull
 from backspace.orchestrator.events import Event, RunStatus, Stage, now_iso
-from backspace.orchestrator.store.base import LeaseLost, OnControl, OnEvents
+from backspace.orchestrator.store.base import LeaseLost, OnControl, OnEvents, OnReconnect
 from backspace.orchestrator.store.migrations import migrations, statements
 from backspace.orchestrator.store.records import (
     CANCELLED_BEFORE_START,
@@ -399,7 +399,9 @@ class SqliteStore:
         return int(row[0]) if row else 0
 
     # --- the bell: one process, so it rings within it ------------------------------------------
-    async def listen(self, on_events: OnEvents, on_control: OnControl) -> None:
+    async def listen(
+        self, on_events: OnEvents, on_control: OnControl, on_reconnect: OnReconnect | None = None
+    ) -> None:
         self._on_control.append(on_control)
 
     async def ring(self, message: str) -> None:
