@@ -38,7 +38,8 @@ from tests.postgres import PostgresServer
 
 StoreFactory = Callable[[], Awaitable[RunStore]]
 TABLES = (
-    "runs, events, deliveries, channel_repos, pull_requests, pull_request_comments, rate_buckets"
+    "runs, events, deliveries, channel_repos, pull_requests, pull_request_comments, rate_buckets, "
+    "steers"
 )
 
 
@@ -445,6 +446,40 @@ async def test_cancel_a_queued_run_ends_it_and_a_running_one_reaches_its_owner(
     ] == [True]
     assert (await api.request_cancel(queued.id)).outcome == CancelOutcome.NOT_LIVE
     assert (await api.request_cancel("unknown")).outcome == CancelOutcome.NOT_LIVE
+
+
+async def test_a_steer_reaches_the_runs_owner_once_or_is_withdrawn(
+    stores: StoreFactory, backend: str
+) -> None:
+    owner, api = await stores(), await stores()
+    controls: list[str] = []
+    listener = owner if backend == "postgres" else api
+    await listener.listen(lambda run, seq: None, controls.append)
+    running = await submit(api)
+    await claimed(owner, "owner")
+
+    first = await api.send_steer(running.id, {"prompt": "also the docs", "source": "slack"})
+    for _ in range(100):
+        if f"steer:{running.id}" in controls:
+            break
+        await asyncio.sleep(0.01)
+    assert f"steer:{running.id}" in controls
+    assert await api.steer_state(first) == "pending"
+    assert await owner.take_steers(running.id) == [
+        (first, {"prompt": "also the docs", "source": "slack"})
+    ]
+    assert await owner.take_steers(running.id) == []  # taken once
+    assert await api.steer_state(first, withdraw=True) == "taken"  # too late to withdraw
+    await owner.settle_steer(first, delivered=True)
+    assert await api.steer_state(first) == "delivered"
+
+    late = await api.send_steer(running.id, {"prompt": "nobody takes this"})
+    assert await api.steer_state(late, withdraw=True) == "withdrawn"
+    assert await owner.take_steers(running.id) == []  # a withdrawn steer is never delivered
+    refused = await api.send_steer(running.id, {"prompt": "the agent has finished"})
+    ((taken, _),) = await owner.take_steers(running.id)
+    await owner.settle_steer(taken, delivered=False)
+    assert await api.steer_state(refused) == "refused"
 
 
 async def test_queue_positions_are_announced_once_across_two_replicas(stores: StoreFactory) -> None:

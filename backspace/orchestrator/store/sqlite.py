@@ -414,6 +414,38 @@ class SqliteStore:
         for callback in self._on_control:
             loop.call_soon(callback, message)
 
+    # --- a follow-up steered into a run executing elsewhere --------------------------------------
+    async def send_steer(self, run_id: str, message: dict[str, Any]) -> int:
+        cursor = self._write(
+            "INSERT INTO steers (run_id, message, created_at) VALUES (?, ?, ?)",
+            (run_id, json.dumps(message), now_iso()),
+        )
+        self._ring_local(f"steer:{run_id}")
+        return int(cursor.lastrowid or 0)
+
+    async def take_steers(self, run_id: str) -> list[tuple[int, dict[str, Any]]]:
+        rows = self._write(
+            "UPDATE steers SET state = 'taken' WHERE run_id = ? AND state = 'pending' "
+            "RETURNING id, message",
+            (run_id,),
+        ).fetchall()
+        return sorted((int(r[0]), json.loads(r[1])) for r in rows)
+
+    async def settle_steer(self, steer_id: int, delivered: bool) -> None:
+        self._write(
+            "UPDATE steers SET state = ? WHERE id = ? AND state = 'taken'",
+            ("delivered" if delivered else "refused", steer_id),
+        )
+
+    async def steer_state(self, steer_id: int, *, withdraw: bool = False) -> str:
+        if withdraw:
+            self._write(
+                "UPDATE steers SET state = 'withdrawn' WHERE id = ? AND state = 'pending'",
+                (steer_id,),
+            )
+        row = self._read("SELECT state FROM steers WHERE id = ?", (steer_id,)).fetchone()
+        return str(row[0]) if row else "withdrawn"
+
     # --- a webhook's deliveries, a channel's repository, rate limits -----------------------------
     async def claim_delivery(self, source: str, delivery_id: str) -> bool:
         cutoff = datetime.now(UTC) - timedelta(days=DELIVERY_DAYS)
