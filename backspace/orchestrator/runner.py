@@ -118,7 +118,8 @@ class Runner:
         self.observer = observer
         self._own: set[str] | None = None  # see `own_runs_only`
         self._runs: dict[str, _Execution] = {}
-        self._accepting = True
+        self._accepting = True  # takes new runs (submit)
+        self._claiming = True  # takes runs from the queue to execute
         self._wake = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
         self._counts = {"queued": 0, "running": 0}
@@ -140,11 +141,17 @@ class Runner:
             asyncio.create_task(self._reaper(), name="runner-reaper"),
         ]
 
+    def stop_claiming(self) -> None:
+        """Take no new run from the queue (the process is told to stop); submitting still
+        works, for the other workers to run."""
+        self._claiming = False
+        self._wake.set()
+
     async def shutdown(self) -> None:
         """Drain: take no new run (the queued ones stay for the other workers, or for this
         server's next start); give running ones the grace period; then stop the rest."""
         self._accepting = False
-        self._wake.set()
+        self.stop_claiming()
         tasks = [e.task for e in self._runs.values() if e.task is not None]
         if tasks:
             log.info(
@@ -358,7 +365,7 @@ class Runner:
     # --- the worker's loops ----------------------------------------------------------------------
     async def _work(self) -> None:
         """Claim runs while slots are free; then sleep until the bell, a run's end, or a poll."""
-        while self._accepting:
+        while self._claiming:
             self._wake.clear()
             try:
                 await self._claim_while_free()
@@ -373,7 +380,7 @@ class Runner:
                     await self._wake.wait()
 
     async def _claim_while_free(self) -> None:
-        while self._accepting and len(self._runs) < self.limits.max_concurrent:
+        while self._claiming and len(self._runs) < self.limits.max_concurrent:
             claim = await self.store.claim(self.worker, self.limits.lease_seconds, self._own)
             if claim is None:
                 return
