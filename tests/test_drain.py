@@ -36,12 +36,12 @@ async def test_a_stopping_server_leaves_its_queued_runs_for_the_next_one(
     env = base_env(repos, fake_model, MAX_CONCURRENT_RUNS="1", BACKSPACE_SHUTDOWN_GRACE="20")
     server = server_factory(env, name="drain")
     async with httpx.AsyncClient(timeout=30) as client:
-        post = {"headers": {"Accept": "application/json"}}
+        json_please = {"Accept": "application/json"}
         first = (
             await client.post(
                 f"{server.url}/api/code",
                 json={"repo_url": "local:widgets", "prompt": "drain-first"},
-                **post,
+                headers=json_please,
             )
         ).json()
         await wait_for_process(marker)
@@ -49,7 +49,7 @@ async def test_a_stopping_server_leaves_its_queued_runs_for_the_next_one(
             await client.post(
                 f"{server.url}/api/code",
                 json={"repo_url": "local:widgets", "prompt": "drain-second"},
-                **post,
+                headers=json_please,
             )
         ).json()
         # A viewer's open stream (of the queued run) keeps uvicorn waiting before the app's
