@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -228,6 +229,10 @@ def unique_sleep(seconds: int) -> str:
     return f"sleep {seconds}.{uuid.uuid4().int % 10**9:09d}"
 
 
+def _epoch(stamp: str) -> float:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
 def assert_once(events: list[dict[str, Any]], status: str) -> None:
     """Exactly one `complete` (the last), seqs 1..n with no gap, the final status."""
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
@@ -238,7 +243,9 @@ def assert_once(events: list[dict[str, Any]], status: str) -> None:
 # --- three replicas, local bubblewrap sandboxes --------------------------------------------------
 @pytest.fixture(scope="module")
 def local(postgres_server: PostgresServer) -> Iterator[Fleet]:
-    with fleet_of("fleet", postgres_server, lambda: {"MAX_CONCURRENT_RUNS": "2"}) as fleet:
+    # A long lease: the heartbeat (a third of it) cannot stand in for the bell's cancel here.
+    settings = {"MAX_CONCURRENT_RUNS": "2", "BACKSPACE_LEASE_SECONDS": "30"}
+    with fleet_of("fleet", postgres_server, lambda: settings) as fleet:
         fleet.start("A", "B", "C")
         yield fleet
 
@@ -280,8 +287,10 @@ async def test_a_viewer_on_another_replica_gets_every_event_live_and_can_resume(
     viewer, resumer = local.alive(executor)[:2]
     got: list[tuple[float, dict[str, Any]]] = []
     resumed: asyncio.Task[list[tuple[float, dict[str, Any]]]] | None = None
+    walls: list[tuple[float, dict[str, Any]]] = []
     async for arrival, event in watch(local, viewer, run_id):
         got.append((arrival, event))
+        walls.append((time.time(), event))
         if resumed is None and event["type"] == "Tool: Bash":  # mid-run: resume on the third
             resumed = asyncio.create_task(read_all(local, resumer, run_id, after=event["seq"]))
     assert resumed is not None
@@ -293,6 +302,9 @@ async def test_a_viewer_on_another_replica_gets_every_event_live_and_can_resume(
     assert events == afterwards, "the viewer's events are the stored log, once each, in order"
     first_bash = next(t for t, e in got if e["type"] == "Tool: Bash")
     assert got[-1][0] - first_bash > 0.4, "events arrived live, not all at the end"
+    # Woken by NOTIFY, not found by the hub's 2 s poll: each event soon after it was stamped.
+    lags = sorted(wall - _epoch(e["timestamp"]) for wall, e in walls if e["seq"] > 1)
+    assert lags[len(lags) // 2] < 0.5, f"median delivery lag {lags[len(lags) // 2]:.2f} s"
     cut = next(e["seq"] for e in events if e["type"] == "Tool: Bash")
     assert [e for _, e in tail] == events[cut:]
     assert local.owner(run_id) is executor and executor is not viewer
