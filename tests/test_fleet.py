@@ -476,6 +476,14 @@ async def test_sigterm_drains_stops_claiming_and_leaves_the_queue_to_others(
     signalled = time.monotonic()
     await asyncio.sleep(0.3)
     assert health(drained)["accepting_runs"] is False, "a draining replica says so"
+    async with httpx.AsyncClient(timeout=10) as client:
+        refused = await client.post(
+            f"{drained.url}/api/code",
+            json={"repo_url": "local:dt", "prompt": "fleet-drain-later"},
+            headers={"Accept": "application/json"},
+        )
+    assert refused.status_code == 503 and "shutting down" in refused.text, refused.text
+    assert refused.headers.get("retry-after"), "a load balancer may try another replica"
     later = await submit(other, "fleet-drain-later", "local:dt")
     assert_once([e for _, e in await asyncio.wait_for(mine_stream, 30)], "succeeded")
     assert_once([e for _, e in await read_all(fleet, other, later)], "succeeded")
