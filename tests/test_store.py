@@ -24,7 +24,6 @@ QUEUE_COLUMNS = {
     "started_at",
     "lease_expires_at",
     "cancel_requested_at",
-    "last_seq",
     "queue_position",
 }
 

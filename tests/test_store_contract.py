@@ -33,12 +33,14 @@ from backspace.orchestrator.store import (
     StoreError,
     open_store,
 )
+from backspace.orchestrator.store.migrations import migrations
 from backspace.orchestrator.store.postgres import PostgresStore
 from tests.postgres import PostgresServer
 
 StoreFactory = Callable[[], Awaitable[RunStore]]
 TABLES = (
-    "runs, events, deliveries, channel_repos, pull_requests, pull_request_comments, rate_buckets"
+    "runs, events, deliveries, channel_repos, pull_requests, pull_request_comments, rate_buckets, "
+    "steers"
 )
 
 
@@ -447,6 +449,40 @@ async def test_cancel_a_queued_run_ends_it_and_a_running_one_reaches_its_owner(
     assert (await api.request_cancel("unknown")).outcome == CancelOutcome.NOT_LIVE
 
 
+async def test_a_steer_reaches_the_runs_owner_once_or_is_withdrawn(
+    stores: StoreFactory, backend: str
+) -> None:
+    owner, api = await stores(), await stores()
+    controls: list[str] = []
+    listener = owner if backend == "postgres" else api
+    await listener.listen(lambda run, seq: None, controls.append)
+    running = await submit(api)
+    await claimed(owner, "owner")
+
+    first = await api.send_steer(running.id, {"prompt": "also the docs", "source": "slack"})
+    for _ in range(100):
+        if f"steer:{running.id}" in controls:
+            break
+        await asyncio.sleep(0.01)
+    assert f"steer:{running.id}" in controls
+    assert await api.steer_state(first) == "pending"
+    assert await owner.take_steers(running.id) == [
+        (first, {"prompt": "also the docs", "source": "slack"})
+    ]
+    assert await owner.take_steers(running.id) == []  # taken once
+    assert await api.steer_state(first, withdraw=True) == "taken"  # too late to withdraw
+    await owner.settle_steer(first, delivered=True)
+    assert await api.steer_state(first) == "delivered"
+
+    late = await api.send_steer(running.id, {"prompt": "nobody takes this"})
+    assert await api.steer_state(late, withdraw=True) == "withdrawn"
+    assert await owner.take_steers(running.id) == []  # a withdrawn steer is never delivered
+    refused = await api.send_steer(running.id, {"prompt": "the agent has finished"})
+    ((taken, _),) = await owner.take_steers(running.id)
+    await owner.settle_steer(taken, delivered=False)
+    assert await api.steer_state(refused) == "refused"
+
+
 async def test_queue_positions_are_announced_once_across_two_replicas(stores: StoreFactory) -> None:
     a, b = await stores(), await stores()
     base = datetime.now(UTC)
@@ -564,9 +600,11 @@ async def test_migrations_race_once_and_a_failing_one_leaves_nothing(
         racers = [PostgresStore(url, pool_max=2) for _ in range(3)]
         await asyncio.gather(*(s._pool.open(wait=True) for s in racers))
         applied = await asyncio.gather(*(s.migrate() for s in racers))
-        assert sorted(applied) == [[], [], [1]]
+        every = [m.version for m in migrations("postgres")]
+        assert sorted(applied) == [[], [], every]
         with psycopg.connect(url) as conn:
-            assert conn.execute("SELECT version FROM schema_migrations").fetchall() == [(1,)]
+            done = conn.execute("SELECT version FROM schema_migrations ORDER BY version")
+            assert [version for (version,) in done.fetchall()] == every
         for store in racers:
             await store.aclose()
 

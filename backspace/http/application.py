@@ -15,6 +15,7 @@ from starlette.responses import Response
 from backspace import __version__
 from backspace.config import Settings
 from backspace.http.crosssite import CrossSiteCheck
+from backspace.http.drain import drain_on_signal
 from backspace.http.errors import exception_handlers
 from backspace.http.hosts import HostCheck, allowed_hosts
 from backspace.http.metrics import metrics_route, metrics_server
@@ -58,6 +59,7 @@ def web_app(
             await github.start()
         watch_children_with_pidfds()
         tune_garbage_collector()
+        drain_on_signal(service.runner)
         log.info("backspace %s ready at %s", __version__, service.public_url)
         service.preload_model_sdk()  # after the freeze above: it freezes what it imports too
         try:

@@ -8,6 +8,9 @@ refused connection instead of `accepting_runs: false`. So the first SIGTERM (or 
 `drain` while the server still answers: no new claims, /health says not accepting, new runs are
 refused with 503 (another replica takes them), the running runs get the grace period and their
 viewers see them end. Then uvicorn stops as usual. A second signal stops it at once.
+
+http/drain.py chains onto this server's handler: the runner stops claiming at the signal itself,
+before this handler runs.
 """
 
 from __future__ import annotations

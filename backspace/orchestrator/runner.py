@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import os
 import socket
 import time
 import uuid
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -75,6 +77,9 @@ class RunnerLimits:
     poll_seconds: float = 2.0  # how often an idle worker looks at the queue without a bell
 
 
+STEER_WAIT = 3.0  # seconds a steer waits for the worker running its run to take it
+
+
 def worker_name() -> str:
     """This process's name as an owner of runs: its host, its pid and a random part."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -113,11 +118,13 @@ class Runner:
         self.observer = observer
         self._own: set[str] | None = None  # see `own_runs_only`
         self._runs: dict[str, _Execution] = {}
-        self._accepting = True
-        self._drain_started: float | None = None
+        self._accepting = True  # takes new runs (submit)
+        self._claiming = True  # takes runs from the queue to execute
+        self._drain_started: float | None = None  # when the grace period began
         self._wake = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
         self._counts = {"queued": 0, "running": 0}
+        self._chores: set[asyncio.Task[None]] = set()  # steers being taken
 
     # --- life cycle ------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -135,14 +142,21 @@ class Runner:
             asyncio.create_task(self._reaper(), name="runner-reaper"),
         ]
 
+    def stop_claiming(self) -> None:
+        """Take no new run from the queue (the process is told to stop); submitting still
+        works, for the other workers to run."""
+        self._claiming = False
+        self._wake.set()
+
     async def drain(self) -> None:
-        """Take no new run (the queued ones stay for the other workers, or for this server's
-        next start) and give the running ones the grace period, while the server still
-        answers: its /health says it is not accepting, its viewers keep their streams."""
+        """Take no new run, neither from the queue nor submitted (the queued ones stay for
+        the other workers, or for this server's next start), and give the running ones the
+        grace period, while the server still answers: its /health says it is not accepting,
+        its viewers keep their streams."""
         if self._drain_started is None:
             self._drain_started = time.monotonic()
         self._accepting = False
-        self._wake.set()
+        self.stop_claiming()
         tasks = [e.task for e in self._runs.values() if e.task is not None]
         if tasks:
             grace = self._grace_left()
@@ -158,7 +172,7 @@ class Runner:
         if self._drain_started is None:
             self._drain_started = time.monotonic()
         self._accepting = False
-        self._wake.set()
+        self.stop_claiming()
         tasks = [e.task for e in self._runs.values() if e.task is not None]
         if tasks:
             grace = self._grace_left()
@@ -184,6 +198,10 @@ class Runner:
     @property
     def accepting(self) -> bool:
         return self._accepting
+
+    @property
+    def claiming(self) -> bool:
+        return self._claiming
 
     def active_count(self) -> int:
         """Runs this process executes now."""
@@ -249,26 +267,56 @@ class Runner:
     def run_url(self, run_id: str) -> str:
         return f"{self.public_url}/api/runs/{run_id}"
 
-    def steer(self, family_id: str, message: Steer) -> str | None:
-        """Deliver a follow-up into the family's run while its agent works here; that run's id,
-        or None when no agent of the family listens in this process."""
+    async def steer(self, family_id: str, message: Steer) -> str | None:
+        """Deliver a follow-up into the family's executing run while its agent works, wherever
+        it runs; that run's id, or None when no agent of the family listens (the caller queues
+        the follow-up instead)."""
         for execution in self._runs.values():
             ctx = execution.ctx
-            if (ctx.request.family_id or ctx.run_id) != family_id:
-                continue
-            if not ctx.inbox.put(message):
-                return None
-            ctx.emit(
-                EventType.FOLLOWUP_RECEIVED,
-                {
-                    "prompt": message.prompt,
-                    "requester": message.requester,
-                    "source": message.source,
-                    "mode": "steer",
-                },
-            )
-            return ctx.run_id
-        return None
+            if (ctx.request.family_id or ctx.run_id) == family_id:
+                return ctx.run_id if self._deliver(execution, message) else None
+        run_id = await self.store.running_in_family(family_id)
+        if run_id is None:
+            return None
+        return run_id if await self._steer_elsewhere(run_id, message) else None
+
+    async def _steer_elsewhere(self, run_id: str, message: Steer) -> bool:
+        """Hand a steer to the worker that runs `run_id` through the store and its bell, and
+        wait (briefly) for its answer. A steer nobody took in time is withdrawn: it is then
+        never delivered, so the caller may queue it as a run of its own."""
+        steer_id = await self.store.send_steer(run_id, dataclasses.asdict(message))
+        deadline = time.monotonic() + STEER_WAIT
+        while True:
+            late = time.monotonic() >= deadline
+            state = await self.store.steer_state(steer_id, withdraw=late)
+            if state in ("delivered", "refused", "withdrawn"):
+                return state == "delivered"
+            await asyncio.sleep(0.05)
+
+    def _deliver(self, execution: _Execution, message: Steer) -> bool:
+        ctx = execution.ctx
+        if not ctx.inbox.put(message):
+            return False
+        ctx.emit(
+            EventType.FOLLOWUP_RECEIVED,
+            {
+                "prompt": message.prompt,
+                "requester": message.requester,
+                "source": message.source,
+                "mode": "steer",
+            },
+        )
+        return True
+
+    async def _take_steers(self, run_id: str) -> None:
+        """Steers sent to a run this process executes, from another process."""
+        try:
+            for steer_id, message in await self.store.take_steers(run_id):
+                execution = self._runs.get(run_id)
+                delivered = execution is not None and self._deliver(execution, Steer(**message))
+                await self.store.settle_steer(steer_id, delivered)
+        except StoreError as exc:
+            log.error("run %s: steers could not be read: %s", run_id, exc)
 
     def note_queued_followup(self, run_id: str, followup: Run, request: RunRequest) -> None:
         """Tell the viewers of a run executing here that a follow-up waits behind it."""
@@ -317,6 +365,8 @@ class Runner:
         a missed cancel is caught by the next heartbeat."""
         self.hub.catch_up()
         self._wake.set()
+        for run_id in self._runs:
+            self._spawn(self._take_steers(run_id))
 
     def _control(self, message: str) -> None:
         """The bell: `queued` (a run waits), `cancel:<run id>` (stop it, if it runs here)."""
@@ -326,11 +376,20 @@ class Runner:
             execution = self._runs.get(message.removeprefix("cancel:"))
             if execution is not None:
                 self._stop(execution, "cancel")
+        elif message.startswith("steer:"):
+            run_id = message.removeprefix("steer:")
+            if run_id in self._runs:
+                self._spawn(self._take_steers(run_id))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._chores.add(task)
+        task.add_done_callback(self._chores.discard)
 
     # --- the worker's loops ----------------------------------------------------------------------
     async def _work(self) -> None:
         """Claim runs while slots are free; then sleep until the bell, a run's end, or a poll."""
-        while self._accepting:
+        while self._claiming:
             self._wake.clear()
             try:
                 await self._claim_while_free()
@@ -345,11 +404,11 @@ class Runner:
                     await self._wake.wait()
 
     async def _claim_while_free(self) -> None:
-        while self._accepting and len(self._runs) < self.limits.max_concurrent:
+        while self._claiming and len(self._runs) < self.limits.max_concurrent:
             claim = await self.store.claim(self.worker, self.limits.lease_seconds, self._own)
             if claim is None:
                 return
-            if self._drain_started is not None:  # the drain began while the claim was on its way
+            if not self.claiming:  # told to stop while the claim was on its way
                 await self.store.hand_back(claim.fence)
                 return
             self._begin(claim)

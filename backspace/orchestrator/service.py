@@ -169,7 +169,7 @@ class Service:
         if mode == "steer":
             if gate is not None:
                 gate()
-            steered = self.runner.steer(
+            steered = await self.runner.steer(
                 family_id, Steer(prompt=prompt, requester=requester, source=source, context=context)
             )
             if steered is not None:

@@ -141,6 +141,20 @@ class RunStore(Protocol):
     async def ring(self, message: str) -> None:
         """Send a control message to every process (`cancel:<run id>`, `queued`)."""
 
+    # --- a follow-up steered into a run executing elsewhere --------------------------------------
+    async def send_steer(self, run_id: str, message: dict[str, Any]) -> int:
+        """Record a steer for the run's owner and ring `steer:<run id>`; its id."""
+
+    async def take_steers(self, run_id: str) -> list[tuple[int, dict[str, Any]]]:
+        """The owner takes the run's pending steers (each once)."""
+
+    async def settle_steer(self, steer_id: int, delivered: bool) -> None:
+        """The owner says whether its agent got the steer (`delivered`) or not (`refused`)."""
+
+    async def steer_state(self, steer_id: int, *, withdraw: bool = False) -> str:
+        """`pending`, `taken`, `delivered`, `refused` or `withdrawn`; `withdraw`: a pending
+        steer becomes `withdrawn` (the sender gives up on it) and can no longer be taken."""
+
     # --- a webhook's deliveries, a channel's repository ------------------------------------------
     async def claim_delivery(self, source: str, delivery_id: str) -> bool:
         """True the first time `(source, delivery_id)` is seen; False for a repeat."""

@@ -614,6 +614,41 @@ class PostgresStore:
             log.exception("the store's listener callback failed on %s", channel)
 
     # --- a webhook's deliveries, a channel's repository, rate limits -----------------------------
+    # --- a follow-up steered into a run executing elsewhere --------------------------------------
+    async def send_steer(self, run_id: str, message: dict[str, Any]) -> int:
+        async with self._transaction() as cur:
+            await cur.execute(
+                "INSERT INTO steers (run_id, message) VALUES (%s, %s::jsonb) RETURNING id",
+                (run_id, json.dumps(message)),
+            )
+            row = await cur.fetchone()
+            assert row is not None
+            await cur.execute("SELECT pg_notify(%s, %s)", (CONTROL_CHANNEL, f"steer:{run_id}"))
+        return int(row["id"])
+
+    async def take_steers(self, run_id: str) -> list[tuple[int, dict[str, Any]]]:
+        rows = await self._fetchall(
+            "UPDATE steers SET state = 'taken' WHERE run_id = %s AND state = 'pending' "
+            "RETURNING id, message",
+            (run_id,),
+        )
+        return sorted((int(r["id"]), dict(r["message"])) for r in rows)
+
+    async def settle_steer(self, steer_id: int, delivered: bool) -> None:
+        await self._execute(
+            "UPDATE steers SET state = %s WHERE id = %s AND state = 'taken'",
+            ("delivered" if delivered else "refused", steer_id),
+        )
+
+    async def steer_state(self, steer_id: int, *, withdraw: bool = False) -> str:
+        if withdraw:
+            await self._execute(
+                "UPDATE steers SET state = 'withdrawn' WHERE id = %s AND state = 'pending'",
+                (steer_id,),
+            )
+        row = await self._fetchone("SELECT state FROM steers WHERE id = %s", (steer_id,))
+        return str(row["state"]) if row else "withdrawn"
+
     async def claim_delivery(self, source: str, delivery_id: str) -> bool:
         async with self._transaction() as cur:
             await cur.execute(

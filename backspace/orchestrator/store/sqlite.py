@@ -4,6 +4,12 @@ One connection, used from the event loop's thread only: a statement takes micros
 mode with `synchronous=NORMAL`, cheaper than a thread hop, so the `async` methods run their SQL
 inline. One process holds the file, so its clock is the lease clock and the bell rings within
 the process.
+
+An owner's append is one fenced `INSERT ... SELECT` numbered after the log's `MAX(seq)`: SQLite
+has one writer at a time, so that is gapless without a counter, and a commit writes the events'
+page alone. The run columns its events change (stage, spend, PR) are set first, in a statement
+of their own, as the runner always did: a crash between the two leaves the run's columns one
+event ahead of its log, and the run is then ended as interrupted anyway.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from backspace.orchestrator.errors import StoreError as StoreError
 from backspace.orchestrator.errors import StoreFull as StoreFull
 from backspace.orchestrator.events import Event, RunStatus, Stage, now_iso
 from backspace.orchestrator.store.base import LeaseLost, OnControl, OnEvents, OnReconnect
-from backspace.orchestrator.store.migrations import migrations, statements
+from backspace.orchestrator.store.migrations import migrations
 from backspace.orchestrator.store.records import (
     CANCELLED_BEFORE_START,
     COLUMNS,
@@ -104,7 +110,7 @@ class SqliteStore:
             for migration in migrations("sqlite"):
                 if migration.version in done:
                     continue
-                for statement in statements(migration.sql):
+                for statement in _statements(migration.sql):
                     self._db.execute(statement)
                 self._db.execute(
                     "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
@@ -123,7 +129,7 @@ class SqliteStore:
             have = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
             if have and column not in have:  # (a table it lacks is made whole below)
                 self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
-        for statement in statements(migrations("sqlite")[0].sql):
+        for statement in _statements(migrations("sqlite")[0].sql):
             self._db.execute(statement)  # CREATE ... IF NOT EXISTS: the tables it lacks
         self._db.execute(
             "INSERT INTO schema_migrations (version, applied_at) VALUES (1, ?)", (now_iso(),)
@@ -171,7 +177,7 @@ class SqliteStore:
         if not room:
             raise StoreFull(message)
         values = stored({name: getattr(run, name) for name in FIELDS})
-        values.update(request=json.dumps(request), last_seq=1)
+        values.update(request=json.dumps(request))
         columns = ", ".join(values)
         marks = ", ".join("?" for _ in values)
         with self._transaction():
@@ -353,7 +359,7 @@ class SqliteStore:
                 self._db.execute(
                     "UPDATE runs SET queue_position = ? WHERE id = ?", (position, row["id"])
                 )
-                seq = self._bump(row["id"], 1)
+                seq = self._next_seq(row["id"])
                 written += self._insert_events(
                     row["id"], seq, [waiting_event(position, row["behind"])]
                 )
@@ -372,13 +378,46 @@ class SqliteStore:
         if not events:
             return []
         changes = stored(derived_changes(list(events)))
-        with self._transaction():
-            last = self._fenced_bump(fence, len(events), changes)
-            return self._insert_events(fence.run_id, last - len(events) + 1, events)
+        if changes:  # the columns its events change (the run's stage, spend, PR): set first
+            try:
+                self._hold(fence, changes)
+            except sqlite3.Error as exc:
+                raise StoreError(f"the run store could not be written: {exc}") from exc
+        # One statement, atomic alone (the common case): numbered after the log's last event,
+        # only while `fence` holds the run. One writer at a time (SQLite's lock) keeps the seqs
+        # gapless; the run's row is only read, so a commit writes the events' page alone.
+        if len(events) == 1:  # an idle run's event: the cheapest form
+            (event,) = events
+            row = self._write(
+                "INSERT INTO events (run_id, seq, type, ts, data) SELECT r.id, "
+                "(SELECT COALESCE(MAX(seq), 0) FROM events WHERE run_id = r.id) + 1, ?, ?, ? "
+                "FROM runs r WHERE r.id = ? AND r.worker_id = ? AND r.attempt = ? "
+                "AND r.status = 'running' RETURNING seq",
+                (event.type, event.timestamp, event.encoded(), *_fenced(fence)),
+            ).fetchone()
+            if row is None:
+                raise LeaseLost(f"run {fence.run_id} is no longer held by {fence.worker}")
+            return [_event(fence.run_id, int(row[0]), event)]
+        marks = ", ".join("(?, ?, ?, ?)" for _ in events)
+        values = [v for i, e in enumerate(events, 1) for v in (i, e.type, e.timestamp, e.encoded())]
+        rows = self._write(
+            "WITH head (n) AS MATERIALIZED "  # noqa: S608 (`marks` holds placeholders)
+            "(SELECT COALESCE(MAX(seq), 0) FROM events WHERE run_id = ?), "
+            f"batch (i, type, ts, data) AS (VALUES {marks}) "
+            "INSERT INTO events (run_id, seq, type, ts, data) "
+            "SELECT r.id, head.n + b.i, b.type, b.ts, b.data FROM runs r, head, batch b "
+            "WHERE r.id = ? AND r.worker_id = ? AND r.attempt = ? AND r.status = 'running' "
+            "ORDER BY b.i RETURNING seq",
+            (fence.run_id, *values, *_fenced(fence)),
+        ).fetchall()
+        if not rows:
+            raise LeaseLost(f"run {fence.run_id} is no longer held by {fence.worker}")
+        first = min(int(r[0]) for r in rows)
+        return [_event(fence.run_id, first + i, e) for i, e in enumerate(events)]
 
     async def finish(self, fence: Fence, end: RunEnd, events: Sequence[NewEvent]) -> list[Event]:
         with self._transaction():
-            self._fenced_bump(fence, 0)
+            self._hold(fence, {})
             return self._end(fence.run_id, end, events)
 
     async def events_after(
@@ -395,8 +434,10 @@ class SqliteStore:
         ]
 
     async def last_seq(self, run_id: str) -> int:
-        row = self._read("SELECT last_seq FROM runs WHERE id = ?", (run_id,)).fetchone()
-        return int(row[0]) if row else 0
+        row = self._read(
+            "SELECT COALESCE(MAX(seq), 0) FROM events WHERE run_id = ?", (run_id,)
+        ).fetchone()
+        return int(row[0])
 
     # --- the bell: one process, so it rings within it ------------------------------------------
     async def listen(
@@ -413,6 +454,38 @@ class SqliteStore:
         loop = asyncio.get_running_loop()
         for callback in self._on_control:
             loop.call_soon(callback, message)
+
+    # --- a follow-up steered into a run executing elsewhere --------------------------------------
+    async def send_steer(self, run_id: str, message: dict[str, Any]) -> int:
+        cursor = self._write(
+            "INSERT INTO steers (run_id, message, created_at) VALUES (?, ?, ?)",
+            (run_id, json.dumps(message), now_iso()),
+        )
+        self._ring_local(f"steer:{run_id}")
+        return int(cursor.lastrowid or 0)
+
+    async def take_steers(self, run_id: str) -> list[tuple[int, dict[str, Any]]]:
+        rows = self._write(
+            "UPDATE steers SET state = 'taken' WHERE run_id = ? AND state = 'pending' "
+            "RETURNING id, message",
+            (run_id,),
+        ).fetchall()
+        return sorted((int(r[0]), json.loads(r[1])) for r in rows)
+
+    async def settle_steer(self, steer_id: int, delivered: bool) -> None:
+        self._write(
+            "UPDATE steers SET state = ? WHERE id = ? AND state = 'taken'",
+            ("delivered" if delivered else "refused", steer_id),
+        )
+
+    async def steer_state(self, steer_id: int, *, withdraw: bool = False) -> str:
+        if withdraw:
+            self._write(
+                "UPDATE steers SET state = 'withdrawn' WHERE id = ? AND state = 'pending'",
+                (steer_id,),
+            )
+        row = self._read("SELECT state FROM steers WHERE id = ?", (steer_id,)).fetchone()
+        return str(row[0]) if row else "withdrawn"
 
     # --- a webhook's deliveries, a channel's repository, rate limits -----------------------------
     async def claim_delivery(self, source: str, delivery_id: str) -> bool:
@@ -518,25 +591,22 @@ class SqliteStore:
         return [dict(row) for row in rows]
 
     # --- inside a transaction ------------------------------------------------------------------
-    def _fenced_bump(self, fence: Fence, count: int, changes: dict[str, Any] | None = None) -> int:
-        """Take `count` seqs for the owner of `fence` (and set the columns its events change),
-        or raise LeaseLost: one statement, the run's row locked by the transaction."""
-        assignments = "".join(f", {name} = ?" for name in changes or {})
+    def _hold(self, fence: Fence, changes: dict[str, Any]) -> None:
+        """Raise LeaseLost unless `fence` still holds the run; set `changes` on it if it does."""
+        assignments = ", ".join(f"{name} = ?" for name in {**changes, "updated_at": ""})
         row = self._db.execute(
-            f"UPDATE runs SET last_seq = last_seq + ?{assignments} WHERE id = ? "  # noqa: S608
-            "AND worker_id = ? AND attempt = ? AND status = 'running' RETURNING last_seq",
-            (count, *(changes or {}).values(), fence.run_id, fence.worker, fence.attempt),
+            f"UPDATE runs SET {assignments} WHERE id = ? "  # noqa: S608 (names, not values)
+            "AND worker_id = ? AND attempt = ? AND status = 'running' RETURNING id",
+            (*changes.values(), now_iso(), fence.run_id, fence.worker, fence.attempt),
         ).fetchone()
         if row is None:
             raise LeaseLost(f"run {fence.run_id} is no longer held by {fence.worker}")
-        return int(row[0])
 
-    def _bump(self, run_id: str, count: int) -> int:
+    def _next_seq(self, run_id: str) -> int:
         row = self._db.execute(
-            "UPDATE runs SET last_seq = last_seq + ? WHERE id = ? RETURNING last_seq",
-            (count, run_id),
+            "SELECT COALESCE(MAX(seq), 0) FROM events WHERE run_id = ?", (run_id,)
         ).fetchone()
-        return int(row[0]) - count + 1
+        return int(row[0]) + 1
 
     def _end(self, run_id: str, end: RunEnd, events: Sequence[NewEvent]) -> list[Event]:
         """The run's final columns and its last events (whoever ends it: its owner, a cancel
@@ -552,8 +622,7 @@ class SqliteStore:
         if end.summary:
             changes["summary"] = end.summary
         self._update(run_id, changes, "worker_id = NULL, lease_expires_at = NULL, request = NULL")
-        seq = self._bump(run_id, len(events))
-        return self._insert_events(run_id, seq, events)
+        return self._insert_events(run_id, self._next_seq(run_id), events)
 
     def _update(self, run_id: str, changes: dict[str, Any], extra: str = "") -> None:
         columns = stored({**changes, "updated_at": now_iso()})
@@ -608,3 +677,20 @@ def _event(run_id: str, seq: int, event: NewEvent) -> Event:
     return Event(
         run_id=run_id, seq=seq, type=event.type, timestamp=event.timestamp, data=event.data
     )
+
+
+def _statements(sql: str) -> list[str]:
+    """A migration file's statements, as SQLite parses them (a trigger's body holds `;`)."""
+    found, pending = [], ""
+    for line in sql.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            found.append(pending.strip())
+            pending = ""
+    if pending.strip():
+        found.append(pending.strip())
+    return [statement for statement in found if statement.rstrip(";").strip()]
+
+
+def _fenced(fence: Fence) -> tuple[str, str, int]:
+    return (fence.run_id, fence.worker, fence.attempt)
