@@ -40,7 +40,7 @@ from tests.postgres import PostgresServer
 StoreFactory = Callable[[], Awaitable[RunStore]]
 TABLES = (
     "runs, events, deliveries, channel_repos, pull_requests, pull_request_comments, rate_buckets, "
-    "steers"
+    "steers, duties"
 )
 
 
@@ -525,6 +525,59 @@ async def test_token_buckets_are_shared_between_replicas(stores: StoreFactory) -
     assert await b.take_tokens(["user:2", "global"], 0.001, 3) > 0  # global is empty
     assert await a.take_tokens(["user:3"], 0, 1) == 0
     assert await b.take_tokens(["user:3"], 0, 1) == float("inf")
+
+
+async def test_a_fast_bucket_never_refills_a_slow_one(stores: StoreFactory) -> None:
+    """Two limiters share the table (Slack's pacing refills in a second, the API's in minutes):
+    the pacing's clean-up of full buckets must not judge the API's by its own rate and forget
+    an empty one (which would hand the client a fresh burst)."""
+    store = await stores()
+    assert await store.take_tokens(["api:slow"], 0.001, 2) == 0
+    assert await store.take_tokens(["api:slow"], 0.001, 2) == 0
+    assert await store.take_tokens(["api:slow"], 0.001, 2) > 0
+    assert await store.take_tokens(["slack:C1"], 100.0, 1) == 0
+    await asyncio.sleep(0.05)
+    assert await store.take_tokens(["slack:C1"], 100.0, 1) == 0
+    assert await store.take_tokens(["api:slow"], 0.001, 2) > 100, "still empty"
+
+
+# --- a front end's duty to report a run (Slack), held like a lease -----------------------------
+async def test_a_duty_is_held_by_one_replica_and_adopted_once_its_lease_expires(
+    stores: StoreFactory,
+) -> None:
+    a, b = await stores(), await stores()
+    run = await submit(a)
+    duty = await a.take_duty("slack", run.id, "A", 30)
+    assert duty is not None and (duty.holder, duty.cursor) == ("A", 0)
+    assert await b.take_duty("slack", run.id, "B", 30) is None, "held by A"
+    assert await b.adopt_duties("slack", "B", 30) == [], "A's lease is live"
+    assert await a.keep_duty(duty, 5, 30)
+    assert await a.keep_duty(duty, 3, 30), "renewed; the cursor never goes back"
+    assert await a.keep_duty(duty, 7, 0)  # released: its lease ends now (a replica stopping)
+    await asyncio.sleep(0.01)
+    found = await asyncio.gather(b.adopt_duties("slack", "B", 30), a.adopt_duties("slack", "C", 30))
+    (adopted,) = [d for got in found for d in got]
+    assert adopted.run_id == run.id and adopted.cursor == 7 and adopted.attempt == duty.attempt + 1
+    assert not await a.keep_duty(duty, 9, 30), "the old holder's fence is stale"
+    assert not await a.end_duty(duty), "so it cannot post the final message"
+    assert await b.end_duty(adopted)
+    assert not await b.end_duty(adopted), "the final message is claimed once"
+    assert not await b.keep_duty(adopted, 10, 30)
+    assert await b.adopt_duties("slack", "B", 0) == []
+    assert await a.take_duty("slack", run.id, "A", 30) is None, "an ended duty stays ended"
+    assert await a.take_duty("github", run.id, "A", 30) is not None, "kinds are separate"
+
+
+async def test_only_expired_duties_are_adopted(stores: StoreFactory) -> None:
+    a, b = await stores(), await stores()
+    runs = [await submit(a) for _ in range(3)]
+    duties = [await a.take_duty("slack", r.id, "A", 30 if i else 0) for i, r in enumerate(runs)]
+    assert all(duties)
+    await asyncio.sleep(0.01)
+    (adopted,) = await b.adopt_duties("slack", "B", 30)
+    assert adopted.run_id == runs[0].id and adopted.holder == "B"
+    taken = await b.take_duty("slack", runs[0].id, "C", 30)
+    assert taken is None, "B holds it now"
 
 
 async def test_pull_request_records(stores: StoreFactory) -> None:

@@ -95,7 +95,9 @@ def web_app(
     )
     app.state.settings = settings
     app.state.service = service
-    app.state.rate_limiter = RateLimiter(settings.runs_per_minute, settings.runs_burst)
+    app.state.rate_limiter = RateLimiter(
+        settings.runs_per_minute, settings.runs_burst, service.store
+    )  # in the database when the store is shared by replicas
     app.state.slack = slack
     app.state.github = github
     app.state.telemetry = telemetry

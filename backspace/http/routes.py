@@ -157,14 +157,14 @@ async def create_run(request: Request) -> Response:
     )
 
 
-def _limit_rate(request: Request) -> None:
+async def _limit_rate(request: Request) -> None:
     """429 when this client (by API key, and by address) starts runs too fast."""
     limiter: RateLimiter = request.app.state.rate_limiter
     keys = [f"addr:{request.client.host if request.client else 'unknown'}"]
     given = request.headers.get("x-api-key") or request.headers.get("authorization", "")[7:]
     if given:
         keys.append(key_id(given))
-    wait = limiter.take_all(keys)
+    wait = await limiter.take_all(keys)
     if wait > 0:
         raise HTTPProblem(
             429,

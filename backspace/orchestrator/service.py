@@ -37,6 +37,15 @@ from backspace.orchestrator.sandboxes.base import SandboxProvider
 from backspace.orchestrator.store import Run, RunStore, StoreError, StoreFull
 
 log = logging.getLogger(__name__)
+Gate = Callable[[], Awaitable[None] | None]  # a front end's last check: may ask the database
+
+
+async def _passed(gate: Gate) -> None:
+    """Run a front end's gate, awaiting it when it is a coroutine (the shared rate limit)."""
+    checked = gate()
+    if checked is not None:
+        await checked
+
 
 PROMPT_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 CONTEXT_LIMIT = 20_000  # characters of a front end's context (an issue body) the agent is shown
@@ -102,7 +111,7 @@ class Service:
         source: str = "api",
         requester: str | None = None,
         meta: dict[str, Any] | None = None,
-        gate: Callable[[], None] | None = None,
+        gate: Gate | None = None,
         context: str | None = None,
         closes_issue: int | None = None,
         engine: str | None = None,
@@ -146,7 +155,7 @@ class Service:
         requester: str | None = None,
         co_author: str | None = None,
         meta: dict[str, Any] | None = None,
-        gate: Callable[[], None] | None = None,
+        gate: Gate | None = None,
         context: str | None = None,
     ) -> FollowUp:
         """Continue the family of `run_id` (any run of it): a new run on the same branch and PR,
@@ -168,7 +177,7 @@ class Service:
         context = _clean_context(context)
         if mode == "steer":
             if gate is not None:
-                gate()
+                await _passed(gate)
             steered = await self.runner.steer(
                 family_id, Steer(prompt=prompt, requester=requester, source=source, context=context)
             )
@@ -211,7 +220,7 @@ class Service:
             note = "started as a new run on the same pull request"
         return FollowUp(run, False, note)
 
-    async def _submit(self, request: RunRequest, gate: Callable[[], None] | None) -> Run:
+    async def _submit(self, request: RunRequest, gate: Gate | None) -> Run:
         """The checks every run shares (host, model, sandbox, the front end's gate), then the
         runner; one `Refusal` for whatever stops it."""
         ref = request.repo
@@ -227,7 +236,7 @@ class Service:
         if not usable:
             raise Refusal(Reason.SANDBOX, message, subject=self.sandboxes.name)
         if gate is not None:
-            gate()
+            await _passed(gate)
         try:
             return await self.runner.submit(request)
         except NotAccepting as exc:

@@ -58,7 +58,8 @@ class SlackFrontEnd:
             raise_error_for_unhandled_request=False,
         )
         self.tasks = Tasks("Slack")
-        Listeners(service, settings, self.client, self.tasks, on_api_error).register(self.app)
+        self.listeners = Listeners(service, settings, self.client, self.tasks, on_api_error)
+        self.listeners.register(self.app)
         self._endpoint = Endpoint(self.app, secret)
         self._socket: Any = None
         logging.getLogger("slack_bolt").setLevel(logging.ERROR)  # some of its logs carry bodies
@@ -68,7 +69,9 @@ class SlackFrontEnd:
         return await self._endpoint(request)
 
     async def start(self) -> None:
-        """Socket Mode, when SLACK_APP_TOKEN is set: connected in the background (it retries)."""
+        """Carry on the reports of replicas that stopped (always); Socket Mode, when
+        SLACK_APP_TOKEN is set: connected in the background (it retries)."""
+        self.tasks.spawn(self.listeners.adopt_forever())
         if not self.settings.slack_app_token:
             return
         # Only a server in Socket Mode imports its client.

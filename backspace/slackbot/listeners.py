@@ -4,10 +4,15 @@ Every listener acks first (Slack wants an answer within 3 s) and does its networ
 in the front end's tasks. The allowlists of teams, channels and users refuse politely; a run
 starts through the orchestrator's door (`Service.admit`), whose refusals are worded here for
 Slack and shown only to the asker.
+
+Each run started here is reported by the replica that holds its reporting duty: first this one;
+if it stops, whichever replica adopts the duty (`adopt_forever`), which finds the status message
+and the thread in the run's meta (backspace/slackbot/duty.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import Awaitable, Callable
@@ -21,9 +26,10 @@ from slack_sdk.web.async_client import AsyncWebClient
 from backspace.config import Settings
 from backspace.orchestrator.githosts.base import RepoRefError
 from backspace.orchestrator.service import FollowUp, Refusal, Service
-from backspace.orchestrator.store import Run
+from backspace.orchestrator.store import Run, StoreError
 from backspace.slackbot import commands
 from backspace.slackbot.allowlist import Allowlist
+from backspace.slackbot.duty import ReportingDuty
 from backspace.slackbot.messages import (
     CANCEL_ACTION,
     RunView,
@@ -65,7 +71,9 @@ class Listeners:
         self.tasks = tasks
         self.command = settings.slack_command
         self.allowlist = Allowlist.from_settings(settings)
-        self.pacer = ChannelPacer(settings.slack_post_interval)
+        self.pacer = ChannelPacer(settings.slack_post_interval, service.store)
+        self.holder = service.runner.worker  # this replica, as the holder of reporting duties
+        self.lease_seconds = settings.lease_seconds
 
     def register(self, app: AsyncApp) -> None:
         app.middleware(self._allowlist)
@@ -300,13 +308,20 @@ class Listeners:
         self.tasks.spawn(self._report(view, where.channel, thread, None))
 
     async def _report(self, view: RunView, channel: str, thread: str | None, respond: Any) -> None:
-        reporter = SlackReporter(
-            self.client, self.pacer, view, channel=channel, thread_ts=thread,
-            status_interval=self.settings.slack_status_interval, on_error=self.on_api_error,
-        )  # fmt: skip
+        try:
+            duty = await ReportingDuty.take(
+                self.service.store, view.run_id, self.holder, self.lease_seconds
+            )
+        except StoreError as exc:  # reported from here regardless, by nobody else
+            log.warning("run %s: its Slack report holds no duty: %s", view.run_id, exc)
+            duty = None
+        else:
+            if duty is None:
+                return  # another replica reports it already
+        reporter = self._reporter(view, channel, thread, duty)
         error = await reporter.open()
-        if thread is None and reporter.status_ts is not None:
-            await self._remember_thread(view.run_id, reporter.status_ts)
+        if reporter.status_ts is not None:
+            await self._remember_status(view.run_id, reporter.status_ts, new_thread=thread is None)
         if error in ("not_in_channel", "channel_not_found") and respond is not None:
             await safe(
                 respond(
@@ -317,10 +332,68 @@ class Listeners:
             )
         await reporter.follow(self.service.subscribe(view.run_id))
 
-    async def _remember_thread(self, run_id: str, thread: str) -> None:
-        """A slash command's run is reported in its status message's thread: a mention there
-        is a follow-up."""
-        await self.service.store.set_meta(run_id, slack_thread=thread)
+    def _reporter(
+        self,
+        view: RunView,
+        channel: str,
+        thread: str | None,
+        duty: ReportingDuty | None,
+        status_ts: str | None = None,
+    ) -> SlackReporter:
+        return SlackReporter(
+            self.client, self.pacer, view, channel=channel, thread_ts=thread,
+            status_interval=self.settings.slack_status_interval, on_error=self.on_api_error,
+            duty=duty, status_ts=status_ts,
+        )  # fmt: skip
+
+    async def _remember_status(self, run_id: str, ts: str, *, new_thread: bool) -> None:
+        """The status message's id, for a replica that carries the report on; a slash
+        command's run is reported in its status message's thread: a mention there is a
+        follow-up."""
+        thread = {"slack_thread": ts} if new_thread else {}
+        try:
+            await self.service.store.set_meta(run_id, slack_status_ts=ts, **thread)
+        except StoreError as exc:
+            log.warning("run %s: its Slack status message was not recorded: %s", run_id, exc)
+
+    # --- carrying on the reports of a replica that stopped ---------------------------------------
+    async def adopt_forever(self) -> None:
+        """Every third of a lease, adopt the reporting duties whose holder stopped renewing
+        them (a replica deployed away or killed), and carry each report on."""
+        while True:
+            await asyncio.sleep(self.lease_seconds / 3)
+            try:
+                duties = await ReportingDuty.adopt(
+                    self.service.store, self.holder, self.lease_seconds
+                )
+            except StoreError as exc:
+                log.warning("Slack reports of stopped replicas cannot be adopted now: %s", exc)
+                continue
+            for duty in duties:
+                self.tasks.spawn(self._carry_on(duty))
+
+    async def _carry_on(self, duty: ReportingDuty) -> None:
+        """Resume a run's report from its meta (the channel, the thread, the status message)
+        and the duty's cursor (what the thread already has)."""
+        run = await self.service.get_run(duty.run_id)
+        channel = _text(run.meta.get("slack_channel")) if run is not None else ""
+        if run is None or not channel:
+            await duty.end()  # nothing to report in Slack
+            return
+        try:
+            repo = self.service.parse_repo(run.repo_url).name
+        except RepoRefError:
+            repo = run.repo_url
+        log.info("run %s: carrying on its Slack report after event %d", run.id, duty.cursor)
+        view = self._view(run, _text(run.meta.get("slack_user")), repo, run.prompt)
+        thread = _text(run.meta.get("slack_thread")) or None
+        status_ts = _text(run.meta.get("slack_status_ts")) or None
+        reporter = self._reporter(view, channel, thread, duty, status_ts)
+        if status_ts is None:  # its replica stopped before it posted one
+            await reporter.open()
+            if reporter.status_ts is not None:
+                await self._remember_status(run.id, reporter.status_ts, new_thread=thread is None)
+        await reporter.follow(self.service.subscribe(run.id))
 
     async def _ephemeral(self, channel: str, user: str, text: str) -> None:
         await safe(self.client.chat_postEphemeral(channel=channel, user=user, text=text))

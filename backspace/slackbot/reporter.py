@@ -2,9 +2,13 @@
 one broadcast reply at the end.
 
 Within Slack's limits: thread posts go through a per-channel pacer shared by every run (about one
-post a second per channel), the status message is updated at most every SLACK_STATUS_INTERVAL
-seconds with the latest state, and 429 answers are retried after Retry-After by the client. A
-Slack error is logged and never reaches the run.
+post a second per channel; in a fleet, by every replica: its buckets are in the database), the
+status message is updated at most every SLACK_STATUS_INTERVAL seconds with the latest state, and
+429 answers are retried after Retry-After by the client. A Slack error is logged and never
+reaches the run.
+
+In a fleet the reporter holds the run's reporting duty (backspace/slackbot/duty.py): it records
+how far it has told the thread, and a replica that adopts the duty resumes from there.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from backspace.orchestrator.events import Event, EventType
+from backspace.orchestrator.store import RunStore, StoreError
+from backspace.slackbot.duty import ReportingDuty
 from backspace.slackbot.messages import (
     STAGE_LABEL,
     RunView,
@@ -45,24 +51,41 @@ class Alone(str):
 
 
 class ChannelPacer:
-    """At most one post per `interval` seconds per channel, for every run in it."""
+    """At most one post per `interval` seconds per channel, for every run in it.
 
-    def __init__(self, interval: float) -> None:
+    With a shared store (a fleet), a post takes a token from the channel's bucket in the
+    database: every replica's posts count. Alone (SQLite), this process's clock is enough. A
+    store that fails falls back to this process's own pacing."""
+
+    def __init__(self, interval: float, store: RunStore | None = None) -> None:
         self.interval = interval
+        self.store = store if store is not None and store.shared else None
         self._locks: dict[str, asyncio.Lock] = {}
         self._last: dict[str, float] = {}
 
     @contextlib.asynccontextmanager
     async def slot(self, channel: str) -> AsyncIterator[None]:
         lock = self._locks.setdefault(channel, asyncio.Lock())
-        async with lock:
+        async with lock:  # this process's posts queue here, not on the database
             wait = self._last.get(channel, 0.0) + self.interval - time.monotonic()
             if wait > 0:
+                await asyncio.sleep(wait)
+            while (wait := await self._shared_wait(channel)) > 0:  # noqa: ASYNC110 (a bucket)
                 await asyncio.sleep(wait)
             try:
                 yield
             finally:
                 self._last[channel] = time.monotonic()
+
+    async def _shared_wait(self, channel: str) -> float:
+        """Seconds until the fleet's bucket for `channel` has a post (0: taken now)."""
+        if self.store is None:
+            return 0.0
+        try:
+            return await self.store.take_tokens([f"slack:{channel}"], 1 / self.interval, 1.0)
+        except StoreError as exc:
+            log.warning("the shared Slack pacing is unavailable, pacing here: %s", exc)
+            return 0.0
 
 
 ApiErrorHook = Callable[[str, str], None]  # (method, error): counted by the metrics
@@ -79,15 +102,21 @@ class SlackReporter:
         thread_ts: str | None,
         status_interval: float,
         on_error: ApiErrorHook | None = None,
+        duty: ReportingDuty | None = None,
+        status_ts: str | None = None,
     ) -> None:
         self.on_error = on_error
+        self.duty = duty  # None: nobody else could carry it on (tests of the reporter alone)
+        self.resume_after = duty.cursor if duty is not None else 0  # told by an earlier holder
+        self._taken = 0  # the last event seq taken
+        self._lost = False
         self.client = client
         self.pacer = pacer
         self.view = view
         self.channel = channel
         self.thread_ts = thread_ts  # a mention's ts: everything goes in its thread
         self.status_interval = status_interval
-        self.status_ts: str | None = None
+        self.status_ts = status_ts  # known when another replica posted it (the run's meta)
         self._pending: list[str] = []
         self._commands: list[str] = []
         self._edits: list[str] = []
@@ -100,14 +129,42 @@ class SlackReporter:
         return await self._post_status()
 
     async def follow(self, events: AsyncIterator[Event]) -> None:
-        """Keep the status message and the thread current, and finish the run's story."""
+        """Keep the status message and the thread current, and finish the run's story; with a
+        duty, only while it is this replica's (given up at once when this replica stops)."""
+        if self.duty is None:
+            await self._follow(events)
+            return
+        keeper = asyncio.create_task(self.duty.keeper())
+        story = asyncio.create_task(self._follow(events))
+        try:
+            await asyncio.wait({keeper, story}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped, lost = not story.done(), keeper.done()
+            for task in (keeper, story):
+                if not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+            if stopped and not lost:  # this replica stops: another carries on at once
+                with contextlib.suppress(Exception):
+                    await self.duty.release()
+        if not story.cancelled():
+            story.result()  # its exception, if any
+
+    async def _follow(self, events: AsyncIterator[Event]) -> None:
         flusher = asyncio.create_task(self._flush_loop())
         try:
             async for event in events:
                 self._take(event)
-                self._dirty.set()
-                if event.is_terminal:
+                self._taken = event.seq
+                if event.seq <= self.resume_after:  # already in the thread: the state only
+                    self._forget_lines()
+                else:
+                    self._dirty.set()
+                if event.is_terminal or self._lost:
                     break
+            if self._lost:
+                return
             self._fold_activity()
             if self._blocked > BLOCKED_SHOWN:
                 more = self._blocked - BLOCKED_SHOWN
@@ -121,7 +178,21 @@ class SlackReporter:
                 with contextlib.suppress(asyncio.CancelledError):
                     await flusher
         await self._update_status()
-        await self._post(self.view.final_text(), broadcast=True)
+        if self.duty is None or await self.duty.end():  # once, by the duty's holder
+            await self._post(self.view.final_text(), broadcast=True)
+
+    def _forget_lines(self) -> None:
+        self._pending.clear()
+        self._commands.clear()
+        self._edits.clear()
+
+    async def _told(self) -> None:
+        """Every event taken is in the thread when nothing waits to be posted: record it."""
+        if self.duty is None or self._pending or self._commands or self._edits:
+            return
+        self.duty.told(self._taken)
+        if not await self.duty.save():
+            self._lost = True
 
     def _take(self, event: Event) -> None:
         data, view = event.data, self.view
@@ -201,7 +272,8 @@ class SlackReporter:
             await self._dirty.wait()
             self._dirty.clear()
             await self._post_thread()
-            if self._closing:
+            await self._told()
+            if self._closing or self._lost:
                 return
             wait = last_update + self.status_interval - time.monotonic()
             if wait > 0:

@@ -27,6 +27,7 @@ from backspace.orchestrator.events import Event
 from backspace.orchestrator.store.records import (
     Cancel,
     Claim,
+    Duty,
     Fence,
     Lease,
     NewEvent,
@@ -168,6 +169,26 @@ class RunStore(Protocol):
     async def take_tokens(self, keys: Sequence[str], per_second: float, burst: float) -> float:
         """Token buckets shared by every process: one token from each of `keys` when all have
         one (0 then), else nothing is taken and the answer is the seconds until they will."""
+
+    # --- a front end's duty to report a run, held like a lease ---------------------------------
+    async def take_duty(
+        self, kind: str, run_id: str, holder: str, lease_seconds: float
+    ) -> Duty | None:
+        """Hold the duty to report `run_id` (made on first use); None while another holder's
+        lease is live, or once the duty ended."""
+
+    async def adopt_duties(
+        self, kind: str, holder: str, lease_seconds: float, limit: int = 20
+    ) -> list[Duty]:
+        """Take over the duties whose holder's lease expired (a replica that stopped), each
+        by one process; their cursors say what was already told."""
+
+    async def keep_duty(self, duty: Duty, cursor: int, lease_seconds: float) -> bool:
+        """Renew a held duty for `lease_seconds` (0: release it now) and record how far it has
+        told (the cursor never goes back); False once it is no longer this holder's."""
+
+    async def end_duty(self, duty: Duty) -> bool:
+        """Mark the duty done: True once, for its holder only (who then posts the end)."""
 
     # --- pull requests (the local git host's records) ------------------------------------------
     async def create_pull_request(self, **fields: Any) -> int: ...

@@ -49,6 +49,7 @@ from backspace.orchestrator.store.records import (
     Cancel,
     CancelOutcome,
     Claim,
+    Duty,
     Fence,
     Lease,
     NewEvent,
@@ -94,6 +95,22 @@ INSERT_EVENTS = (
 NOTIFY_EVENTS = (
     f"SELECT h.last_seq, pg_notify('{EVENTS_CHANNEL}', %(run)s || ':' || h.last_seq) FROM head h"
 )
+
+
+DUTY = "run_id, kind, holder, attempt, cursor"
+DUTY_OF_D = "d.run_id, d.kind, d.holder, d.attempt, d.cursor"
+DUTY_FENCE = (
+    "run_id = %(run)s AND kind = %(kind)s AND holder = %(holder)s AND attempt = %(attempt)s "
+    "AND NOT done"
+)
+
+
+def _duty(row: dict[str, Any]) -> Duty:
+    return Duty(row["run_id"], row["kind"], row["holder"], int(row["attempt"]), int(row["cursor"]))
+
+
+def _fence(duty: Duty) -> dict[str, Any]:
+    return {"run": duty.run_id, "kind": duty.kind, "holder": duty.holder, "attempt": duty.attempt}
 
 
 def _time(value: str | None) -> datetime | None:
@@ -683,10 +700,10 @@ class PostgresStore:
             # Make the missing buckets (full), then lock them all: two processes taking the
             # first token of a new key queue on its row instead of both starting from full.
             await cur.execute(
-                "INSERT INTO rate_buckets (key, tokens, updated) "
-                "SELECT k, %s, clock_timestamp() FROM unnest(%s::text[]) AS k "
-                "ORDER BY k ON CONFLICT (key) DO NOTHING",
-                (burst, names),
+                "INSERT INTO rate_buckets (key, tokens, updated, per_second, burst) "
+                "SELECT k, %(burst)s, clock_timestamp(), %(rate)s, %(burst)s "
+                "FROM unnest(%(keys)s::text[]) AS k ORDER BY k ON CONFLICT (key) DO NOTHING",
+                {"burst": burst, "rate": per_second, "keys": names},
             )
             await cur.execute(
                 "SELECT key, LEAST(%(burst)s::float8, tokens + GREATEST(0, extract(epoch FROM "
@@ -699,17 +716,65 @@ class PostgresStore:
             if short:
                 return float("inf") if per_second <= 0 else max((1 - t) / per_second for t in short)
             await cur.execute(
-                "UPDATE rate_buckets b SET tokens = v.level - 1, updated = clock_timestamp() "
+                "UPDATE rate_buckets b SET tokens = v.level - 1, updated = clock_timestamp(), "
+                "per_second = %s, burst = %s "
                 "FROM unnest(%s::text[], %s::float8[]) AS v(key, level) WHERE b.key = v.key",
-                (list(levels), list(levels.values())),
+                (per_second, burst, list(levels), list(levels.values())),
             )
-            # Full buckets carry no state: forget those, so the table stays small.
+            # Full buckets carry no state: forget those, so the table stays small. Each by its
+            # own rate: another limiter's buckets refill at theirs. SKIP LOCKED: a bucket
+            # another process is taking from is busy, not full.
             await cur.execute(
-                "DELETE FROM rate_buckets WHERE tokens + extract(epoch FROM clock_timestamp() "
-                "- updated) * %s >= %s",
-                (per_second, burst),
+                "DELETE FROM rate_buckets WHERE key IN (SELECT key FROM rate_buckets "
+                "WHERE tokens + extract(epoch FROM clock_timestamp() - updated) * per_second "
+                ">= burst FOR UPDATE SKIP LOCKED)",
+                (),
             )
         return 0.0
+
+    # --- a front end's duty to report a run ------------------------------------------------------
+    async def take_duty(
+        self, kind: str, run_id: str, holder: str, lease_seconds: float
+    ) -> Duty | None:
+        row = await self._fetchone(
+            "INSERT INTO duties (run_id, kind, holder, attempt, lease_expires_at) "
+            "VALUES (%(run)s, %(kind)s, %(holder)s, 1, now() + make_interval(secs => %(lease)s)) "
+            "ON CONFLICT (run_id, kind) DO UPDATE SET holder = excluded.holder, "
+            "attempt = duties.attempt + 1, lease_expires_at = excluded.lease_expires_at "
+            "WHERE NOT duties.done AND duties.lease_expires_at <= now() "
+            f"RETURNING {DUTY}",
+            {"run": run_id, "kind": kind, "holder": holder, "lease": lease_seconds},
+        )
+        return _duty(row) if row else None
+
+    async def adopt_duties(
+        self, kind: str, holder: str, lease_seconds: float, limit: int = 20
+    ) -> list[Duty]:
+        # SKIP LOCKED: two replicas adopting at once take each duty once.
+        rows = await self._fetchall(
+            "WITH expired AS (SELECT run_id FROM duties WHERE kind = %(kind)s AND NOT done "
+            "  AND lease_expires_at <= now() ORDER BY lease_expires_at LIMIT %(limit)s "
+            "  FOR UPDATE SKIP LOCKED) "
+            "UPDATE duties d SET holder = %(holder)s, attempt = d.attempt + 1, "
+            "lease_expires_at = now() + make_interval(secs => %(lease)s) FROM expired "
+            f"WHERE d.kind = %(kind)s AND d.run_id = expired.run_id RETURNING {DUTY_OF_D}",
+            {"kind": kind, "holder": holder, "lease": lease_seconds, "limit": limit},
+        )
+        return [_duty(row) for row in rows]
+
+    async def keep_duty(self, duty: Duty, cursor: int, lease_seconds: float) -> bool:
+        row = await self._fetchone(
+            "UPDATE duties SET lease_expires_at = now() + make_interval(secs => %(lease)s), "
+            f"cursor = GREATEST(cursor, %(cursor)s) WHERE {DUTY_FENCE} RETURNING run_id",
+            {"lease": lease_seconds, "cursor": cursor, **_fence(duty)},
+        )
+        return row is not None
+
+    async def end_duty(self, duty: Duty) -> bool:
+        row = await self._fetchone(
+            f"UPDATE duties SET done = true WHERE {DUTY_FENCE} RETURNING run_id", _fence(duty)
+        )
+        return row is not None
 
     # --- pull requests (the local git host's records) ------------------------------------------
     async def create_pull_request(self, **fields: Any) -> int:

@@ -196,6 +196,19 @@ class Lease:
     cancel_requested: bool
 
 
+@dataclass(frozen=True, slots=True)
+class Duty:
+    """A front end's duty to report one run (its Slack thread), held like a lease: `attempt`
+    fences the holder (a holder that lost it can neither renew it nor end it), `cursor` is the
+    last event seq already told."""
+
+    run_id: str
+    kind: str
+    holder: str
+    attempt: int
+    cursor: int
+
+
 CANCELLED_BEFORE_START = "Cancelled before it started"
 INTERRUPTED = (
     "the worker running this run stopped (a crash, or a deploy that could not wait for it); "

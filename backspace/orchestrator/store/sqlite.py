@@ -39,6 +39,7 @@ from backspace.orchestrator.store.records import (
     Cancel,
     CancelOutcome,
     Claim,
+    Duty,
     Fence,
     Lease,
     NewEvent,
@@ -532,17 +533,72 @@ class SqliteStore:
                 return float("inf") if per_second <= 0 else max((1 - t) / per_second for t in short)
             for key, tokens in levels.items():
                 self._db.execute(
-                    "INSERT INTO rate_buckets (key, tokens, updated) VALUES (?, ?, ?) "
-                    "ON CONFLICT (key) DO UPDATE SET tokens = excluded.tokens, "
-                    "updated = excluded.updated",
-                    (key, tokens - 1, now),
+                    "INSERT INTO rate_buckets (key, tokens, updated, per_second, burst) "
+                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET "
+                    "tokens = excluded.tokens, updated = excluded.updated, "
+                    "per_second = excluded.per_second, burst = excluded.burst",
+                    (key, tokens - 1, now, per_second, burst),
                 )
-            # Full buckets carry no state: forget those, so the table stays small.
+            # Full buckets carry no state: forget those, so the table stays small. Each by its
+            # own rate: another limiter's buckets refill at theirs.
             self._db.execute(
-                "DELETE FROM rate_buckets WHERE tokens + (? - updated) * ? >= ?",
-                (now, per_second, burst),
+                "DELETE FROM rate_buckets WHERE tokens + (? - updated) * per_second >= burst",
+                (now,),
             )
         return 0.0
+
+    # --- a front end's duty to report a run ------------------------------------------------------
+    async def take_duty(
+        self, kind: str, run_id: str, holder: str, lease_seconds: float
+    ) -> Duty | None:
+        now = time.time()
+        row = self._write(
+            "INSERT INTO duties (run_id, kind, holder, attempt, lease_expires_at) "
+            "VALUES (?, ?, ?, 1, ?) ON CONFLICT (run_id, kind) DO UPDATE SET "
+            "holder = excluded.holder, attempt = duties.attempt + 1, "
+            "lease_expires_at = excluded.lease_expires_at "
+            "WHERE duties.done = 0 AND duties.lease_expires_at <= ? "
+            "RETURNING run_id, kind, holder, attempt, cursor",
+            (run_id, kind, holder, now + lease_seconds, now),
+        ).fetchone()
+        return _duty(row) if row else None
+
+    async def adopt_duties(
+        self, kind: str, holder: str, lease_seconds: float, limit: int = 20
+    ) -> list[Duty]:
+        now = time.time()
+        with self._transaction():
+            rows = self._db.execute(
+                "UPDATE duties SET holder = ?, attempt = attempt + 1, lease_expires_at = ? "
+                "WHERE kind = ? AND run_id IN (SELECT run_id FROM duties WHERE kind = ? "
+                "  AND done = 0 AND lease_expires_at <= ? ORDER BY lease_expires_at LIMIT ?) "
+                "RETURNING run_id, kind, holder, attempt, cursor",
+                (holder, now + lease_seconds, kind, kind, now, limit),
+            ).fetchall()
+        return [_duty(row) for row in rows]
+
+    async def keep_duty(self, duty: Duty, cursor: int, lease_seconds: float) -> bool:
+        cursor_row = self._write(
+            "UPDATE duties SET lease_expires_at = ?, cursor = max(cursor, ?) "
+            "WHERE run_id = ? AND kind = ? AND holder = ? AND attempt = ? AND done = 0",
+            (
+                time.time() + lease_seconds,
+                cursor,
+                duty.run_id,
+                duty.kind,
+                duty.holder,
+                duty.attempt,
+            ),
+        )
+        return cursor_row.rowcount == 1
+
+    async def end_duty(self, duty: Duty) -> bool:
+        cursor = self._write(
+            "UPDATE duties SET done = 1 "
+            "WHERE run_id = ? AND kind = ? AND holder = ? AND attempt = ? AND done = 0",
+            (duty.run_id, duty.kind, duty.holder, duty.attempt),
+        )
+        return cursor.rowcount == 1
 
     # --- pull requests (the local git host's records) ------------------------------------------
     async def create_pull_request(self, **fields: Any) -> int:
@@ -671,6 +727,10 @@ class SqliteStore:
             return self._db.execute(sql, params)
         except sqlite3.Error as exc:
             raise StoreError(f"the run store could not be read: {exc}") from exc
+
+
+def _duty(row: sqlite3.Row) -> Duty:
+    return Duty(row[0], row[1], row[2], int(row[3]), int(row[4]))
 
 
 def _event(run_id: str, seq: int, event: NewEvent) -> Event:
