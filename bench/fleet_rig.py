@@ -86,6 +86,8 @@ def fleet(**settings: str) -> Iterator[Rig]:
                 "DAYTONA_API_KEY": DAYTONA_KEY,
                 "DAYTONA_API_URL": daytona.api_url,
                 "BACKSPACE_INSTANCE": "bench-fleet",
+                "BACKSPACE_RUNS_PER_MINUTE": "6000",  # the API's limit is shared by the replicas
+                "BACKSPACE_RUNS_BURST": "100",
                 **settings,
             }
             rig = Rig(env["BACKSPACE_DATABASE_URL"], model, env, root)

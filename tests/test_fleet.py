@@ -166,6 +166,9 @@ def fleet_of(
                 "ANTHROPIC_API_KEY": MODEL_KEY,
                 "BACKSPACE_DATABASE_URL": url,
                 "BACKSPACE_LEASE_SECONDS": str(LEASE),
+                # The API's rate limit is shared by the replicas: 30 runs at once from here.
+                "BACKSPACE_RUNS_PER_MINUTE": "6000",
+                "BACKSPACE_RUNS_BURST": "100",
                 **(extra() if extra else {}),
             }
             fleet = Fleet(url, model, repos, env, root, sampler, daytona=daytona)
