@@ -474,6 +474,7 @@ async def test_sigterm_drains_stops_claiming_and_leaves_the_queue_to_others(
     # A viewer on the draining replica: its connection stays open while the replica drains.
     held = asyncio.create_task(read_all(fleet, drained, long_run))
     mine_stream = asyncio.create_task(read_all(fleet, other, mine))
+    own_viewer = asyncio.create_task(read_all(fleet, drained, mine))  # kept through the drain
     await asyncio.sleep(0.3)
     drained.process.send_signal(signal.SIGTERM)
     signalled = time.monotonic()
@@ -489,6 +490,7 @@ async def test_sigterm_drains_stops_claiming_and_leaves_the_queue_to_others(
     assert refused.headers.get("retry-after"), "a load balancer may try another replica"
     later = await submit(other, "fleet-drain-later", "local:dt")
     assert_once([e for _, e in await asyncio.wait_for(mine_stream, 30)], "succeeded")
+    assert_once([e for _, e in await asyncio.wait_for(own_viewer, 30)], "succeeded")
     assert_once([e for _, e in await read_all(fleet, other, later)], "succeeded")
     assert fleet.owner(later) is other, "the run queued during the drain ran elsewhere"
     assert fleet.owner(mine) is drained
