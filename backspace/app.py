@@ -315,6 +315,9 @@ def create_app(settings: Settings) -> Starlette:
         Tracing.from_environment(), Metrics(settings.model, queue_counts=lambda: counts())
     )
     service = build_service(settings, telemetry)
+    telemetry.metrics.listener_up.set_function(
+        lambda: float(getattr(service.store, "listening", True))
+    )
 
     def counts() -> dict[str, int]:  # across the fleet, as last counted (the store's counts)
         return service.runner.last_counts()

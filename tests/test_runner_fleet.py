@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import psycopg
 import pytest
 
 from backspace.orchestrator.events import Event, EventType, RunStatus
@@ -134,3 +135,54 @@ async def test_a_cancel_sent_to_another_replica_stops_the_run_within_a_second(
     assert got[-1].type == EventType.COMPLETE and got[-1].data["status"] == "cancelled"
     assert took < 1.0, f"the cancel took {took:.2f} s to reach the viewer on the other replica"
     assert not await other.runner.cancel(run.id)  # it is over
+
+
+class Counting:
+    """An observer (as telemetry's metrics are) that counts reaped runs and lost leases."""
+
+    def __init__(self) -> None:
+        self.reaped = 0
+        self.lost = 0
+
+    def on_event(self, source: str, event: Event) -> None: ...
+
+    def on_claimed(self, source: str, run_id: str, waited: float) -> None: ...
+
+    def on_reaped(self, count: int) -> None:
+        self.reaped += count
+
+    def on_lease_lost(self) -> None:
+        self.lost += 1
+
+
+async def test_a_run_whose_lease_expired_is_reaped_elsewhere_and_its_owner_stops_writing(
+    replicas: tuple[Replica, Replica], postgres_url: str
+) -> None:
+    """The owner is alive but its lease ran out (a long pause, a partition): another replica ends
+    the run `interrupted`, once; the owner, at its next write, finds it lost and stops."""
+    running, other = replicas
+    running.runner.observer = owner_saw = Counting()
+    other.runner.observer = reaper_saw = Counting()
+    run = await running.runner.submit(REQUEST)
+    await until_running(running, run.id)
+    seen = asyncio.ensure_future(events(other.hub, run.id))
+    async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as conn:
+        await conn.execute(
+            "UPDATE runs SET lease_expires_at = now() - interval '1 second' WHERE id = %s",
+            (run.id,),
+        )
+    got = await asyncio.wait_for(seen, 10)  # a reaper ended it
+    assert [e.type for e in got[-2:]] == [EventType.ERROR, EventType.COMPLETE]
+    assert got[-2].data["code"] == "interrupted" and got[-1].data["status"] == "failed"
+    assert reaper_saw.reaped + owner_saw.reaped == 1  # whichever reaper looked first
+    execution = running.runner._runs.get(run.id)
+    assert execution is not None  # the owner does not know yet: it writes next
+    execution.ctx.emit(EventType.AI_MESSAGE, {"message": "written after the reap"})
+    async with asyncio.timeout(5):
+        while run.id in running.runner.local_run_ids():
+            await asyncio.sleep(0.01)
+    stored = await other.store.events_after(run.id)
+    assert stored[-1].type == EventType.COMPLETE  # nothing after the reaper's end
+    assert not any(e.data.get("message") == "written after the reap" for e in stored)
+    assert sum(e.type == EventType.COMPLETE for e in stored) == 1
+    assert owner_saw.lost == 1

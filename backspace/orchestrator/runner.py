@@ -67,6 +67,10 @@ class RunObserver(Protocol):
 
     def on_claimed(self, source: str, run_id: str, waited: float) -> None: ...
 
+    def on_reaped(self, count: int) -> None: ...
+
+    def on_lease_lost(self) -> None: ...
+
 
 @dataclass(frozen=True)
 class RunnerLimits:
@@ -451,10 +455,15 @@ class Runner:
             return
         if isinstance(exc, LeaseLost):
             log.warning("run %s: this worker lost its lease; it stops the run", run_id)
-            self._stop(execution, "lease_lost")
+            self._lease_lost(execution)
         else:
             log.error("run %s could not be recorded: %s", run_id, exc)
             self._stop(execution, "store")
+
+    def _lease_lost(self, execution: _Execution) -> None:
+        if execution.ctx.cancel_reason is None and self.observer is not None:
+            self.observer.on_lease_lost()
+        self._stop(execution, "lease_lost")
 
     async def _heartbeat(self) -> None:
         """Renew this worker's leases; stop the runs it no longer holds (reaped), and the ones
@@ -474,7 +483,7 @@ class Runner:
                 log.error("the leases could not be renewed: %s", exc)
                 if time.monotonic() - renewed > self.limits.lease_seconds:
                     for execution in held.values():
-                        self._stop(execution, "lease_lost")
+                        self._lease_lost(execution)
                 continue
             renewed = time.monotonic()
             kept = {lease.run_id: lease for lease in leases}
@@ -483,7 +492,7 @@ class Runner:
                 if lease is None:
                     if run_id in self._runs:  # not finished meanwhile
                         log.warning("run %s was taken from this worker; it stops", run_id)
-                        self._stop(execution, "lease_lost")
+                        self._lease_lost(execution)
                 elif lease.cancel_requested:
                     self._stop(execution, "cancel")
 
@@ -504,6 +513,8 @@ class Runner:
             return
         ended = sorted({e.run_id for e in events if e.is_terminal})
         log.warning("ended %d runs whose worker stopped: %s", len(ended), ", ".join(ended))
+        if self.observer is not None:
+            self.observer.on_reaped(len(ended))
         self.hub.publish(events)
         self._wake.set()
         await self._sweep(

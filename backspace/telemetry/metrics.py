@@ -144,6 +144,23 @@ class Metrics:
             ["method", "error"],
             registry=r,
         )
+        self.runs_reaped = Counter(
+            "backspace_runs_reaped",
+            "Runs another worker ended as interrupted after their worker's lease expired",
+            registry=r,
+        )
+        self.lease_lost = Counter(
+            "backspace_lease_lost",
+            "Runs this worker stopped because its lease on them was lost (reaped elsewhere, or "
+            "the database unreachable for a whole lease)",
+            registry=r,
+        )
+        self.listener_up = Gauge(
+            "backspace_store_listener_up",
+            "1 while this process hears the store's bell (PostgreSQL LISTEN); always 1 on SQLite",
+            registry=r,
+        )
+        self.listener_up.set(1)
         self.events = Counter(
             "backspace_events_appended", "Run events stored, by type", ["type"], registry=r
         )
@@ -189,6 +206,12 @@ class Metrics:
             self._live[run_id] = _Live(label(source or "unknown"))
         except Exception:
             log.exception("metrics: could not count a claim")
+
+    def on_reaped(self, count: int) -> None:
+        self.runs_reaped.inc(count)
+
+    def on_lease_lost(self) -> None:
+        self.lease_lost.inc()
 
     def _stage(self, live: _Live, stage: str | None, now: float) -> None:
         if stage == live.stage:

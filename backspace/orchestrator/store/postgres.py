@@ -167,6 +167,7 @@ class PostgresStore:
             f"on {params.get('host') or 'localhost'}:{params.get('port') or 5432}"
         )
         self._opened = False
+        self.listening = False  # the bell's connection is up (for /metrics)
         self._pool = AsyncConnectionPool(
             url,
             min_size=pool_min,
@@ -582,6 +583,7 @@ class PostgresStore:
         except psycopg.Error as exc:
             raise StoreError(self._clean(f"cannot listen on the {self._where}: {exc}")) from None
         self._listen_conn = conn
+        self.listening = True
         return conn
 
     async def _listen(
@@ -600,6 +602,7 @@ class PostgresStore:
                     await conn.execute("SELECT 1")  # an idle connection may be dead: find out
             except psycopg.Error as exc:
                 log.warning(self._clean(f"the store's listener lost its connection: {exc}"))
+            self.listening = False
             with contextlib.suppress(Exception):
                 await conn.close()
             while not self._closed:  # reconnect, with backoff
