@@ -11,7 +11,7 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -88,6 +88,7 @@ def serve_command(settings: Settings, wiring: Wiring) -> int:
     import uvicorn
 
     from backspace.http.deadlines import with_deadlines
+    from backspace.http.draining import DrainingServer
     from backspace.runtime import DESCRIPTOR_RESERVE, raise_descriptor_limit
 
     json_format = None if settings.log_format == "auto" else settings.log_format == "json"
@@ -103,7 +104,7 @@ def serve_command(settings: Settings, wiring: Wiring) -> int:
             settings.max_connections,
         )
     app = wiring.web_app(settings)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -120,7 +121,23 @@ def serve_command(settings: Settings, wiring: Wiring) -> int:
         # Past this many connections and requests at once, uvicorn answers 503.
         limit_concurrency=connections,
     )
+    # SIGTERM drains the runner while the server still answers (backspace/http/draining.py).
+    server = DrainingServer(config, _drain_of(app))
+    server.run()
+    if not server.started:  # as uvicorn.run: a failed start-up is a failed command
+        return 3
     return 0
+
+
+def _drain_of(app: ASGIApp) -> Callable[[], Awaitable[None]]:
+    """The drain of the app's runner (an app without a service has nothing to drain)."""
+    runner = getattr(getattr(getattr(app, "state", None), "service", None), "runner", None)
+    drain: Callable[[], Awaitable[None]] | None = getattr(runner, "drain", None)
+    return drain if drain is not None else _nothing_to_drain
+
+
+async def _nothing_to_drain() -> None:
+    return None
 
 
 async def run_command(

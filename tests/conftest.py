@@ -147,6 +147,7 @@ SERVERS_ON_WORKERS: list[int] = []  # on the xdist controller: each worker's cou
 # module of two long tests started last), so a long one started last would keep one worker busy
 # while the others sit idle at the end.
 LONGEST_FIRST = (
+    "test_fleet",
     "test_faults",
     "test_hostile",
     "test_schemathesis",

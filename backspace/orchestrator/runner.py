@@ -124,6 +124,7 @@ class Runner:
         self._runs: dict[str, _Execution] = {}
         self._accepting = True  # takes new runs (submit)
         self._claiming = True  # takes runs from the queue to execute
+        self._drain_started: float | None = None  # when the grace period began
         self._wake = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
         self._counts = {"queued": 0, "running": 0}
@@ -151,17 +152,36 @@ class Runner:
         self._claiming = False
         self._wake.set()
 
-    async def shutdown(self) -> None:
-        """Drain: take no new run (the queued ones stay for the other workers, or for this
-        server's next start); give running ones the grace period; then stop the rest."""
+    async def drain(self) -> None:
+        """Take no new run, neither from the queue nor submitted (the queued ones stay for
+        the other workers, or for this server's next start), and give the running ones the
+        grace period, while the server still answers: its /health says it is not accepting,
+        its viewers keep their streams."""
+        if self._drain_started is None:
+            self._drain_started = time.monotonic()
         self._accepting = False
         self.stop_claiming()
         tasks = [e.task for e in self._runs.values() if e.task is not None]
         if tasks:
-            log.info(
-                "waiting up to %gs for %d running runs", self.limits.shutdown_grace, len(tasks)
-            )
-            _, pending = await asyncio.wait(tasks, timeout=self.limits.shutdown_grace)
+            grace = self._grace_left()
+            log.info("draining: waiting up to %gs for %d running runs", round(grace, 1), len(tasks))
+            await asyncio.wait(tasks, timeout=grace)
+
+    def _grace_left(self) -> float:
+        started = self._drain_started or time.monotonic()
+        return max(0.0, self.limits.shutdown_grace - (time.monotonic() - started))
+
+    async def shutdown(self) -> None:
+        """Drain (what is left of the grace period, when `drain` began it), then stop the rest."""
+        if self._drain_started is None:
+            self._drain_started = time.monotonic()
+        self._accepting = False
+        self.stop_claiming()
+        tasks = [e.task for e in self._runs.values() if e.task is not None]
+        if tasks:
+            grace = self._grace_left()
+            log.info("waiting up to %gs for %d running runs", round(grace, 1), len(tasks))
+            _, pending = await asyncio.wait(tasks, timeout=grace)
             for execution in list(self._runs.values()):
                 if execution.task in pending:
                     self._stop(execution, "shutdown")
@@ -182,6 +202,10 @@ class Runner:
     @property
     def accepting(self) -> bool:
         return self._accepting
+
+    @property
+    def claiming(self) -> bool:
+        return self._claiming
 
     def active_count(self) -> int:
         """Runs this process executes now."""
@@ -387,6 +411,9 @@ class Runner:
         while self._claiming and len(self._runs) < self.limits.max_concurrent:
             claim = await self.store.claim(self.worker, self.limits.lease_seconds, self._own)
             if claim is None:
+                return
+            if not self.claiming:  # told to stop while the claim was on its way
+                await self.store.hand_back(claim.fence)
                 return
             self._begin(claim)
 
