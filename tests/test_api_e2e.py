@@ -31,6 +31,7 @@ from tests.helpers import (
 from tests.scenarios import EDIT_SIGNUP, finish
 from tests.server import Server, start_server
 from tests.sse import collect, events_of, frames, of_type, post_run
+from tests.tls import TLS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
@@ -155,7 +156,7 @@ async def test_a_whole_run_streams_every_step_and_pushes_exactly_the_change(
     shared.model.scenarios["validation-e2e"] = edit_scenario()
     server = shared.server
 
-    async with httpx.AsyncClient(timeout=60) as client:
+    async with httpx.AsyncClient(verify=TLS, timeout=60) as client:
         response, frames = await collect(
             client, "POST", f"{server.url}/api/code",
             json={"repo_url": "local:whole", "prompt": "validation-e2e: add input validation to signup"},
@@ -211,7 +212,7 @@ async def test_a_whole_run_streams_every_step_and_pushes_exactly_the_change(
     assert "+    if not name:" in git(origin, "diff", base_sha, branch)
     assert git(origin, "rev-parse", "main").strip() == base_sha
 
-    async with httpx.AsyncClient() as client:
+    async with httpx.AsyncClient(verify=TLS) as client:
         page = await client.get(pr["pr_url"])
         run = (await client.get(f"{server.url}/api/runs/{run_id}")).json()
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
@@ -230,7 +231,7 @@ async def test_resume_after_last_event_id_gives_exactly_the_rest(shared: Shared)
     steps[2] = Reply(steps[2].blocks, delay=0.4)
     shared.model.scenarios["resume-e2e"] = steps
     server = shared.server
-    async with httpx.AsyncClient(timeout=60) as client:
+    async with httpx.AsyncClient(verify=TLS, timeout=60) as client:
         _, first = await collect(
             client,
             "POST",
@@ -257,7 +258,7 @@ async def test_a_client_that_disconnects_does_not_cancel_its_run(shared: Shared)
     steps[1] = Reply([EDIT], delay=0.5)
     shared.model.scenarios["disconnect-e2e"] = steps
     server = shared.server
-    async with httpx.AsyncClient(timeout=60) as client:
+    async with httpx.AsyncClient(verify=TLS, timeout=60) as client:
         _, frames = await collect(
             client,
             "POST",
@@ -275,7 +276,7 @@ async def test_a_silent_stream_gets_ping_comments(shared: Shared) -> None:
     steps[1] = Reply([EDIT], delay=1.2)  # the model thinks for a while: the stream is silent
     shared.model.scenarios["ping-e2e"] = steps
     server = shared.server  # BACKSPACE_SSE_PING=0.3
-    async with httpx.AsyncClient(timeout=60) as client:
+    async with httpx.AsyncClient(verify=TLS, timeout=60) as client:
         _, frames = await collect(
             client,
             "POST",
@@ -293,7 +294,7 @@ async def test_a_slow_commands_output_streams_before_it_ends(shared: Shared) -> 
     shared.model.scenarios["live-e2e"] = [Reply([ToolCall("bash", {"command": slow})]), finish()]
     server = shared.server
     seen: dict[str, float] = {}
-    async with httpx.AsyncClient(timeout=60) as client:
+    async with httpx.AsyncClient(verify=TLS, timeout=60) as client:
         body = {"repo_url": "local:live", "prompt": "live-e2e"}
         async with client.stream("POST", f"{server.url}/api/code", json=body) as response:
             async for frame in frames(response):
@@ -312,7 +313,7 @@ async def test_json_clients_get_202_with_the_run(shared: Shared) -> None:
     make_repo(shared.repos, "json")
     shared.model.scenarios["json-e2e"] = edit_scenario()
     server = shared.server
-    async with httpx.AsyncClient(timeout=30) as client:
+    async with httpx.AsyncClient(verify=TLS, timeout=30) as client:
         response = await client.post(
             f"{server.url}/api/code",
             json={"repoUrl": "local:json", "prompt": "json-e2e"},
@@ -335,7 +336,7 @@ async def test_cancel_mid_command_kills_it_and_ends_cancelled(shared: Shared) ->
     make_repo(shared.repos, "cancel")
     shared.model.scenarios["cancel-e2e"], marker = slow_scenario(120)
     server = shared.server
-    async with httpx.AsyncClient(timeout=30) as client:
+    async with httpx.AsyncClient(verify=TLS, timeout=30) as client:
         run = (
             await client.post(
                 f"{server.url}/api/code",
@@ -362,7 +363,7 @@ async def test_the_wall_clock_limit_ends_the_run_timed_out(authed: Shared) -> No
     authed.model.scenarios["timeout-e2e"], _ = slow_scenario(121)
     server = authed.server  # MAX_SANDBOX_DURATION=6
     started = time.monotonic()
-    async with httpx.AsyncClient(timeout=60) as client:
+    async with httpx.AsyncClient(verify=TLS, timeout=60) as client:
         response, got = await collect(
             client, "POST", f"{server.url}/api/code",
             json={"repo_url": "local:timeout", "prompt": "timeout-e2e"}, headers=AUTH,
@@ -463,7 +464,7 @@ async def test_secrets_never_reach_the_sandbox_an_event_or_a_log_line(shared: Sh
     for value in secrets.values():
         assert value not in everything
     assert "[REDACTED]" in events[0]["prompt"]
-    async with httpx.AsyncClient() as client:
+    async with httpx.AsyncClient(verify=TLS) as client:
         run = (await client.get(f"{server.url}/api/runs/{events[0]['run_id']}")).text
         pr = (
             await client.get(
@@ -573,7 +574,7 @@ async def test_bad_input_gets_a_clear_error_and_starts_nothing(
     outside = make_repo(tmp_path, "outside")
     (repos / "escape").symlink_to(outside)
     server = shared.server
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(verify=TLS, timeout=10) as client:
         # The server is shared, and its earlier runs have ended: any run these requests
         # started would be listed first, before the ones listed now.
         before = [r["id"] for r in (await client.get(f"{server.url}/api/runs")).json()["runs"]]
@@ -612,7 +613,7 @@ async def test_api_key_auth(authed: Shared) -> None:
     server = authed.server
     body = {"repo_url": "local:widgets", "prompt": "auth-e2e"}
     accept = {"Accept": "application/json"}
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(verify=TLS, timeout=10) as client:
         assert (await client.get(f"{server.url}/health")).status_code == 200
         missing = await client.post(f"{server.url}/api/code", json=body)
         wrong = await client.post(
@@ -648,7 +649,7 @@ async def test_without_a_model_the_api_says_which_variable_to_set(
 ) -> None:
     make_repo(repos, "widgets")
     server = server_factory({"BACKSPACE_LOCAL_REPOS": str(repos)})
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(verify=TLS, timeout=10) as client:
         health = (await client.get(f"{server.url}/health")).json()
         response = await client.post(
             f"{server.url}/api/code", json={"repo_url": "local:widgets", "prompt": "x"}
@@ -664,7 +665,7 @@ async def test_a_restart_marks_interrupted_runs_failed_and_cleans_their_sandboxe
     make_repo(restarts.repos, "crash")
     restarts.model.scenarios["crash-e2e"], marker = slow_scenario(122)
     server = restarts.live()
-    async with httpx.AsyncClient(timeout=30) as client:
+    async with httpx.AsyncClient(verify=TLS, timeout=30) as client:
         run = (
             await client.post(
                 f"{server.url}/api/code",
@@ -694,7 +695,7 @@ async def test_graceful_shutdown_ends_running_runs_and_deletes_their_sandboxes(
     restarts.model.scenarios["shutdown-e2e"], marker = slow_scenario(123)
     server = restarts.live()  # BACKSPACE_SHUTDOWN_GRACE=1
     logged = len(server.logs())  # the log file goes on across restarts: only this process's
-    async with httpx.AsyncClient(timeout=30) as client:
+    async with httpx.AsyncClient(verify=TLS, timeout=30) as client:
         run = (
             await client.post(
                 f"{server.url}/api/code",
@@ -710,7 +711,7 @@ async def test_graceful_shutdown_ends_running_runs_and_deletes_their_sandboxes(
     assert time.monotonic() - started < 15
     assert_clean(server)
     restarted = restarts.restart()
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(verify=TLS, timeout=10) as client:
         final = (await client.get(f"{restarted.url}/api/runs/{run['id']}")).json()
     assert final["status"] == "failed" and final["error"]["code"] == "interrupted"
     assert "shut down" in final["error"]["message"]
@@ -755,7 +756,7 @@ async def test_starting_runs_too_fast_gets_429_with_retry_after(
     server = server_factory(env)
     body = {"repo_url": "local:widgets", "prompt": "rate-e2e"}
     accept = {"Accept": "application/json"}
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(verify=TLS, timeout=10) as client:
         answers = [
             await client.post(f"{server.url}/api/code", json=body, headers=accept) for _ in range(3)
         ]
@@ -775,7 +776,7 @@ async def test_a_full_store_fails_the_run_clearly_and_the_server_keeps_serving(
         Reply([ToolCall("bash", {"command": chatty})]) for _ in range(40)
     ]
     server = server_factory(base_env(repos, fake_model, BACKSPACE_DB_MAX_MB="0.2"))
-    async with httpx.AsyncClient(timeout=60) as client:
+    async with httpx.AsyncClient(verify=TLS, timeout=60) as client:
         response, got = await collect(
             client,
             "POST",

@@ -39,6 +39,7 @@ from tests.fakes import github_openapi
 from tests.fakes.github import FakeGitHub
 from tests.fakes.github_app import JWT_MESSAGES, FakeApp, private_key_pem
 from tests.fakes.github_hooks import signature
+from tests.tls import TLS
 
 PAT = "ghp_personal_token_of_alice"
 FULL = {
@@ -91,7 +92,7 @@ def call(
     gh: FakeGitHub, method: str, path: str, credential: str, scheme: str = "Bearer", **kw: Any
 ) -> httpx.Response:
     headers = {"Authorization": f"{scheme} {credential}", "Accept": "application/vnd.github+json"}
-    return httpx.request(method, gh.api_url + path, headers=headers, timeout=10, **kw)
+    return httpx.request(method, gh.api_url + path, headers=headers, timeout=10, **kw, verify=TLS)
 
 
 def mint(

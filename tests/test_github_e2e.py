@@ -23,6 +23,7 @@ from tests.helpers import shared_server
 from tests.scenarios import EDIT_SIGNUP
 from tests.server import Server
 from tests.sse import of_type, post_run
+from tests.tls import TLS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
@@ -283,7 +284,7 @@ async def test_allowed_repos_limits_what_may_be_touched(
 ) -> None:
     before = len(github.requests)
     server = server_factory(env_for(github, model, ALLOWED_REPOS="acme/*, tools/widgets"))
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(verify=TLS, timeout=10) as client:
         refused = await client.post(
             f"{server.url}/api/code",
             json={"repo_url": "https://github.com/evil/widgets", "prompt": "x"},
@@ -299,7 +300,7 @@ async def test_without_a_token_github_runs_are_refused_before_they_start(
     del env["GITHUB_TOKEN"]
     before = len(github.requests)
     server = server_factory(env)
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(verify=TLS, timeout=10) as client:
         refused = await client.post(
             f"{server.url}/api/code", json={"repo_url": "acme/widgets", "prompt": "x"}
         )
