@@ -48,7 +48,8 @@ from backspace.orchestrator.sandboxes.local import (
     default_root,
 )
 from backspace.orchestrator.service import Service, ServiceConfig
-from backspace.orchestrator.store import Store
+from backspace.orchestrator.store import open_store
+from backspace.telemetry import Metrics, Telemetry, Tracing
 
 
 def public_url(settings: Settings) -> str:
@@ -152,12 +153,18 @@ def engines(
     }
 
 
-def build_service(settings: Settings) -> Service:
+def build_service(settings: Settings, telemetry: Telemetry | None = None) -> Service:
     check_outside_sandbox_view(settings)
     redactor = Redactor(settings.secrets())
     max_bytes = int(settings.db_max_mb * 1024 * 1024) if settings.db_max_mb else None
-    store = Store(
-        settings.db, max_bytes=max_bytes, headroom_bytes=settings.db_headroom_mb * 1024 * 1024
+    database_url = settings.database_url.get_secret_value() if settings.database_url else None
+    store = open_store(
+        database_url,
+        settings.db,
+        max_bytes=max_bytes,
+        headroom_bytes=settings.db_headroom_mb * 1024 * 1024,
+        # A sink per running run, the API's reads and the workers' loops share the pool.
+        pool_max=max(10, settings.max_concurrent_runs + 6),
     )
     hub = EventHub(store)
     url = public_url(settings)
@@ -205,6 +212,7 @@ def build_service(settings: Settings) -> Service:
                 retries=settings.model_retries,
                 retry_delay=settings.model_retry_delay,
                 timeout=settings.model_timeout,
+                tracer_provider=telemetry.tracing.provider if telemetry else None,
             )
         )
         return shared_model[0]
@@ -254,6 +262,7 @@ def build_service(settings: Settings) -> Service:
         ),
         redactor=redactor,
         engines=offered,
+        telemetry=telemetry,
     )
     runner = Runner(
         store,
@@ -264,10 +273,16 @@ def build_service(settings: Settings) -> Service:
             max_concurrent=settings.max_concurrent_runs,
             max_duration=settings.max_sandbox_duration,
             shutdown_grace=settings.shutdown_grace,
+            lease_seconds=settings.lease_seconds,
         ),
         public_url=url,
         janitor=sandboxes,
+        observer=telemetry.metrics if telemetry is not None else None,
     )
+    if telemetry is not None:
+        github_host = hosts["github"]
+        if isinstance(github_host, GitHubHost):
+            github_host.on_api_error = telemetry.metrics.github_error
     config = ServiceConfig(
         allowed_repos=settings.allowed_repo_patterns,
         max_prompt_chars=settings.max_prompt_chars,
@@ -296,16 +311,23 @@ def build_service(settings: Settings) -> Service:
 def create_app(settings: Settings) -> Starlette:
     """The ASGI app `backspace serve` runs: the service, behind HTTP and (when set) Slack and
     the GitHub webhook."""
-    service = build_service(settings)
+    telemetry = Telemetry(
+        Tracing.from_environment(), Metrics(settings.model, queue_counts=lambda: counts())
+    )
+    service = build_service(settings, telemetry)
+
+    def counts() -> dict[str, int]:  # across the fleet, as last counted (the store's counts)
+        return service.runner.last_counts()
+
     slack = None
     if settings.slack_configured:
         # slack-bolt takes a while to import: only a server with Slack configured pays.
         from backspace.slackbot.frontend import SlackFrontEnd
 
-        slack = SlackFrontEnd(service, settings)
+        slack = SlackFrontEnd(service, settings, telemetry.metrics.slack_error)
     github = None
     if settings.github_webhook_configured:
         from backspace.githubbot.frontend import GitHubFrontEnd
 
         github = GitHubFrontEnd(service, settings)
-    return web_app(settings, service, slack, github)
+    return web_app(settings, service, slack, github, telemetry)

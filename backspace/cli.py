@@ -129,13 +129,16 @@ async def run_command(
     console = Console(stderr=True)
     configure_logging(Redactor(settings.secrets()), debug=settings.debug, json_format=False)
     service = wiring.service(settings)
+    service.runner.own_runs_only()
     try:
+        await service.store.open()
         try:
-            run = service.admit(repo, prompt, base_branch=base, source="cli")
+            run = await service.admit(repo, prompt, base_branch=base, source="cli")
         except Refusal as refusal:
             text, code = refusal_message(refusal)
             console.print(text)
             return code
+        await service.startup()  # the run waits in the queue for this process's worker
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(
             signal.SIGINT, lambda: asyncio.ensure_future(service.cancel(run.id))
@@ -309,7 +312,11 @@ async def doctor_command(settings: Settings, wiring: Wiring) -> int:
         ready: bool | None = True if engine["usable"] else (False if name == default else None)
         row(f"engine ({name})", ready, escape(engine["message"] + chosen))
     room, room_message = services.store.headroom()
-    row("store", services.store.ping() and room, f"{settings.db}: {room_message}")
+    row(
+        "store",
+        await services.store.ping() and room,
+        f"{services.store.describe()}: {room_message}",
+    )
     row(
         "auth",
         True if settings.require_auth else None,

@@ -11,7 +11,7 @@ import re
 import socket
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from pydantic import (
     Field,
@@ -194,6 +194,7 @@ class Settings(BaseSettings):
     db: Path = Field(Path("backspace.db"), alias="BACKSPACE_DB")
     db_max_mb: float | None = Field(None, alias="BACKSPACE_DB_MAX_MB", gt=0)
     db_headroom_mb: int = Field(100, alias="BACKSPACE_DB_HEADROOM_MB", ge=0)
+    database_url: SecretStr | None = Field(None, alias="BACKSPACE_DATABASE_URL")
     public_url: str | None = Field(None, alias="BACKSPACE_PUBLIC_URL")
     allowed_hosts: str = Field("", alias="BACKSPACE_ALLOWED_HOSTS")
     require_auth: bool = Field(False, alias="REQUIRE_AUTH")
@@ -201,6 +202,7 @@ class Settings(BaseSettings):
     max_sandbox_duration: float = Field(600.0, alias="MAX_SANDBOX_DURATION", gt=0)
     max_concurrent_runs: int = Field(4, alias="MAX_CONCURRENT_RUNS", ge=1, le=10000)
     shutdown_grace: float = Field(20.0, alias="BACKSPACE_SHUTDOWN_GRACE", ge=0)
+    lease_seconds: float = Field(30.0, alias="BACKSPACE_LEASE_SECONDS", ge=1, le=3600)
     max_prompt_chars: int = Field(20000, alias="BACKSPACE_MAX_PROMPT_CHARS", ge=1)
     max_body_bytes: int = Field(65536, alias="BACKSPACE_MAX_BODY_BYTES", ge=1024)
     sse_ping: float = Field(15.0, alias="BACKSPACE_SSE_PING", gt=0, le=300)
@@ -213,6 +215,23 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "json", "text"] = Field("auto", alias="BACKSPACE_LOG_FORMAT")
     host: str = Field("127.0.0.1", alias="HOST", min_length=1)
     port: int = Field(8000, alias="PORT", ge=0, le=65535)
+    metrics_port: int | None = Field(None, alias="BACKSPACE_METRICS_PORT", ge=1, le=65535)
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        url = value.get_secret_value().strip()
+        scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+        if scheme not in ("postgresql", "postgres"):
+            shown = f"a {scheme}:// URL" if scheme else "not a URL"
+            raise ValueError(
+                f"{shown}, where a PostgreSQL URL is needed: give "
+                "postgresql://USER:PASSWORD@HOST:PORT/DATABASE, or leave it unset to keep the "
+                "runs in the SQLite file at BACKSPACE_DB"
+            )
+        return SecretStr(url)
 
     @field_validator("egress_allow")
     @classmethod
@@ -368,6 +387,11 @@ class Settings(BaseSettings):
             self.api_key,
         ]
         found = [v.get_secret_value() for v in values if v and v.get_secret_value()]
+        if self.database_url is not None:  # the URL, and its password alone
+            found.append(self.database_url.get_secret_value())
+            password = urlsplit(self.database_url.get_secret_value()).password
+            if password:
+                found.append(unquote(password))
         if self._github_app_pem:  # the key read from its file, and its base64 body alone
             found.append(self._github_app_pem.strip())
             found.extend(pem_body_lines(self._github_app_pem))

@@ -134,6 +134,7 @@ async def warm_service(work: Path, repos: Path, model_url: str) -> Service:
         MAX_CONCURRENT_RUNS=1,
     )
     services = build_service(settings)
+    await services.runner.start()
     services.sandboxes.check()
     await asyncio.to_thread(importlib.import_module, "anthropic")
     watch_children_with_pidfds()
@@ -152,7 +153,7 @@ async def pipeline_runs(
         for i in range(runs):
             idle = rss.reset()
             started = time.perf_counter()
-            run = services.runner.submit(
+            run = await services.runner.submit(
                 RunRequest(repo_url="local:big.git", repo=ref, prompt=f"clone-bench {i}")
             )
             marks: dict[str, float] = {}

@@ -80,7 +80,7 @@ async def one_batch(services: Service, count: int, tag: str) -> tuple[float, lis
 
     started = time.perf_counter()
     runs = [
-        services.runner.submit(
+        await services.runner.submit(
             RunRequest(repo_url="local:widgets", repo=ref, prompt=f"concurrent-bench {tag} {i}")
         )
         for i in range(count)
@@ -99,6 +99,7 @@ async def measure(work: Path, model_url: str, count: int) -> dict[str, float]:
         MAX_CONCURRENT_RUNS=count,
     )
     services = build_service(settings)
+    await services.runner.start()
     tune_garbage_collector()
     provider = FakeRemoteSandboxProvider(work / "sandboxes")
     pipeline = services.runner.pipeline

@@ -66,6 +66,7 @@ async def rounds(work: Path, model_url: str, count: int) -> dict[str, list[float
         MAX_CONCURRENT_RUNS=1,
     )
     services = build_service(settings)
+    await services.runner.start()
     services.sandboxes.check()
     await asyncio.to_thread(importlib.import_module, "anthropic")
     ref = services.parse_repo("local:widgets")
@@ -74,7 +75,7 @@ async def rounds(work: Path, model_url: str, count: int) -> dict[str, list[float
         for i in range(count + 1):
             for engine in times:
                 started = time.perf_counter()
-                run = services.runner.submit(
+                run = await services.runner.submit(
                     RunRequest(
                         repo_url="local:widgets",
                         repo=ref,

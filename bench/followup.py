@@ -52,12 +52,12 @@ async def rounds(work: Path, repos: Path, model_url: str, count: int) -> list[tu
     try:
         for i in range(count):
             started = time.perf_counter()
-            first = services.runner.submit(
+            first = await services.runner.submit(
                 RunRequest(repo_url="local:big.git", repo=ref, prompt=f"followup-bench first {i}")
             )
             first_s = await _to_agent(services, first.id, started)
             started = time.perf_counter()
-            followup = services.follow_up(first.id, f"followup-bench again {i}")
+            followup = await services.follow_up(first.id, f"followup-bench again {i}")
             followup_s = await _to_agent(services, followup.run.id, started)
             results.append((first_s, followup_s))
     finally:

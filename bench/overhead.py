@@ -40,6 +40,7 @@ async def backspace_runs(work: Path, fake_url: str, runs: int) -> list[float]:
         MAX_CONCURRENT_RUNS=1,
     )
     services = build_service(settings)
+    await services.runner.start()
     services.sandboxes.check()
     watch_children_with_pidfds()  # as the server does at start-up
     tune_garbage_collector()
@@ -48,7 +49,7 @@ async def backspace_runs(work: Path, fake_url: str, runs: int) -> list[float]:
     try:
         for i in range(runs):
             started = time.perf_counter()
-            run = services.runner.submit(
+            run = await services.runner.submit(
                 RunRequest(repo_url="local:widgets", repo=ref, prompt=f"overhead-bench {i}")
             )
             async for event in services.hub.subscribe(run.id):

@@ -1,6 +1,6 @@
 """The run store: append a run's events one by one, then replay the whole run.
 
-A Store on a temp file (SQLite, WAL, as the server uses it); events shaped like a real run's
+A SqliteStore on a temp file (SQLite, WAL, as the server uses it); events shaped like a real run's
 (progress, AI messages, bash tool results with a little output).
 
     uv run python -m bench.store [--events N]
@@ -9,6 +9,7 @@ A Store on a temp file (SQLite, WAL, as the server uses it); events shaped like 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 import tempfile
 import time
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from backspace.orchestrator.events import RunStatus, Stage, now_iso
-from backspace.orchestrator.store import Run, Store
+from backspace.orchestrator.store import NewEvent, Run, SqliteStore
 from bench.common import print_table
 
 RUN_ID = "0" * 32
@@ -38,39 +39,44 @@ def event_data(i: int) -> tuple[str, dict[str, Any]]:
 
 
 def measure(path: Path, count: int) -> dict[str, float]:
-    store = Store(path)
+    return asyncio.run(_measure(path, count))
+
+
+async def _measure(path: Path, count: int) -> dict[str, float]:
+    store = SqliteStore(path)
     try:
         now = now_iso()
-        store.create_run(
-            Run(
-                id=RUN_ID,
-                created_at=now,
-                updated_at=now,
-                status=RunStatus.RUNNING,
-                stage=Stage.AGENT,
-                repo_url="local:widgets",
-                prompt="store bench",
-                source="bench",
-            )
+        run = Run(
+            id=RUN_ID,
+            family_id=RUN_ID,
+            created_at=now,
+            updated_at=now,
+            status=RunStatus.QUEUED,
+            stage=Stage.QUEUED,
+            repo_url="local:widgets",
+            prompt="store bench",
+            source="bench",
         )
-        payloads = [event_data(i) for i in range(count)]
+        await store.submit(run, {"repo": {}}, NewEvent("start", {}))
+        claim = await store.claim("bench", 600)
+        assert claim is not None
+        payloads = [NewEvent(*event_data(i)) for i in range(count - 1)]
         started = time.perf_counter()
-        for kind, data in payloads:
-            store.append_event(RUN_ID, kind, data)
+        for event in payloads:  # one transaction each: a run's events as an idle run emits them
+            await store.append(claim.fence, [event])
         append = time.perf_counter() - started
-        store.forget_seq(RUN_ID)
         replays = []
         for _ in range(5):
             started = time.perf_counter()
-            events = store.events_after(RUN_ID, 0)
+            events = await store.events_after(RUN_ID, 0)
             replays.append(time.perf_counter() - started)
             assert len(events) == count and events[-1].seq == count
     finally:
         store.close()
     return {
         "events": count,
-        "append_per_s": count / append,
-        "append_us": append / count * 1e6,
+        "append_per_s": (count - 1) / append,
+        "append_us": append / (count - 1) * 1e6,
         "replay_ms": sorted(replays)[len(replays) // 2] * 1000,
         "replay_max_ms": max(replays) * 1000,
     }

@@ -14,6 +14,7 @@ import pytest
 from backspace.orchestrator.sandboxes.local import LocalSandbox, LocalSandboxProvider
 from tests import server as server_module
 from tests.fakes.anthropic import FakeAnthropic
+from tests.postgres import PostgresServer, PostgresUnavailable, required
 from tests.server import Server, start_server
 
 GIT_ENV = {
@@ -106,6 +107,31 @@ async def sandbox(provider: LocalSandboxProvider) -> AsyncIterator[LocalSandbox]
         yield sandbox
     finally:
         await sandbox.close()
+
+
+# --- PostgreSQL: one private server per pytest process, a fresh database per module -----------
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A private PostgreSQL (tests/postgres.py), started on first use; skipped where PostgreSQL
+    is not installed, unless BACKSPACE_REQUIRE_POSTGRES=1 (CI), which makes that a failure."""
+    try:
+        server = PostgresServer()
+    except PostgresUnavailable as exc:
+        if required():
+            pytest.fail(f"BACKSPACE_REQUIRE_POSTGRES=1 but {exc}")
+        pytest.skip(str(exc))
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """A fresh database for this module; its URL (usable by child processes too)."""
+    url = postgres_server.database()
+    yield url
+    postgres_server.drop(url)
 
 
 # --- counting servers, also across pytest-xdist workers ---------------------------------------

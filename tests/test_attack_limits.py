@@ -27,10 +27,11 @@ from backspace.app import build_service
 from backspace.config import load_settings
 from backspace.orchestrator.events import RunStatus, Stage, now_iso
 from backspace.orchestrator.sandboxes.local import LocalLimits, LocalSandbox, LocalSandboxProvider
-from backspace.orchestrator.store import Run, Store, StoreFull
+from backspace.orchestrator.store import NewEvent, Run, RunEnd, SqliteStore, StoreFull
 from tests.conftest import ServerFactory, make_repo
 from tests.fakes.anthropic import FakeAnthropic
 from tests.helpers import backspace, cli_env
+from tests.records import start
 
 MB = 1024 * 1024
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="cgroups and tmpfs mounts need root")
@@ -230,11 +231,11 @@ def test_without_cgroups_the_degraded_limits_are_reported(tmp_path: Path, root: 
     settings = load_settings(BACKSPACE_DB=str(tmp_path / "b.db"), BACKSPACE_SANDBOX="local")
     services = replace(build_service(settings), sandboxes=provider)
     try:
-        health = services.health()
+        health = asyncio.run(services.health())
         assert health["sandbox"]["limits"]["degraded"]["memory"]
         assert "cgroup" in health["sandbox"]["limits"]["degraded"]["memory"]
     finally:
-        services.store.close()
+        asyncio.run(services.store.aclose())
 
 
 @pytest.mark.e2e  # it starts the real server or the CLI
@@ -299,22 +300,25 @@ def test_a_nearly_full_database_disk_refuses_new_runs_clearly(
     assert not store["ok"] and "BACKSPACE_DB_HEADROOM_MB" in store["message"]
 
 
-def test_below_the_headroom_running_runs_still_record_their_events(small_disk: Path) -> None:
-    store = Store(small_disk / "backspace.db", headroom_bytes=8 * MB)
+async def test_below_the_headroom_running_runs_still_record_their_events(
+    small_disk: Path,
+) -> None:
+    store = SqliteStore(small_disk / "backspace.db", headroom_bytes=8 * MB)
     try:
         now = now_iso()
         running = Run(
             id="r1", created_at=now, updated_at=now, status=RunStatus.RUNNING, stage=Stage.AGENT,
             repo_url="local:widgets", prompt="p", source="api",
         )  # fmt: skip
-        store.create_run(running)
+        fence = await start(store, running, ("start", {}))
         free = shutil.disk_usage(small_disk).free
         (small_disk / "filler").write_bytes(b"x" * (free - 4 * MB))
         with pytest.raises(StoreFull, match="BACKSPACE_DB_HEADROOM_MB=8"):
-            store.create_run(replace(running, id="r2"))
-        store.append_event("r1", "complete", {"status": "failed", "message": "x" * 10_000})
-        store.update_run("r1", status="failed")
-        assert [e.type for e in store.events_after("r1")] == ["complete"]
-        assert store.get_run("r2") is None
+            await start(store, replace(running, id="r2"), ("start", {}))
+        end = RunEnd(status=RunStatus.FAILED, duration_ms=1)
+        await store.finish(fence, end, [NewEvent("complete", {"message": "x" * 10_000})])
+        assert [e.type for e in await store.events_after("r1")] == ["start", "complete"]
+        assert await store.get_run("r2") is None
+        assert (await store.get_run("r1")).status == RunStatus.FAILED  # type: ignore[union-attr]
     finally:
         store.close()

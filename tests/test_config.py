@@ -160,8 +160,9 @@ def _rsa_pem() -> str:
 
 def test_secrets_lists_every_secret_that_is_set() -> None:
     assert len(SECRET_FIELDS) >= 7, SECRET_FIELDS
-    # The App's private key must be a key (and comes with GITHUB_APP_ID): tested below.
-    plain = [name for name in SECRET_FIELDS if name != "github_app_private_key"]
+    # The App's private key must be a key (and comes with GITHUB_APP_ID), the database URL a
+    # PostgreSQL URL: both tested below.
+    plain = [n for n in SECRET_FIELDS if n not in ("github_app_private_key", "database_url")]
     values = {name: f"secret-{name}-0123456789" for name in plain}
     settings = Settings(**values)  # type: ignore[arg-type]
     assert sorted(settings.secrets()) == sorted(values.values())
@@ -239,3 +240,20 @@ def test_env_example_copied_to_dotenv_gives_the_defaults(tmp_path: Path) -> None
     from_example = load_settings()
     (tmp_path / ".env").unlink()
     assert from_example.model_dump() == load_settings().model_dump()
+
+
+def test_database_url_must_be_postgresql_and_its_password_is_a_secret() -> None:
+    url = "postgresql://backspace:s3cr%2Ft-pw@db.internal:5433/runs"
+    settings = load_settings(BACKSPACE_DATABASE_URL=url)
+    assert settings.database_url is not None
+    assert settings.database_url.get_secret_value() == url
+    assert set(settings.secrets()) == {url, "s3cr/t-pw"}  # the URL, and its password decoded
+    assert "s3cr" not in repr(settings)
+    assert load_settings(BACKSPACE_DATABASE_URL="postgres://h/db").database_url is not None
+    assert load_settings(BACKSPACE_DATABASE_URL="").database_url is None
+    for bad in ("mysql://u:hunter22@h/db", "db.internal:5432", "sqlite:///x.db"):
+        with pytest.raises(SettingsError) as caught:
+            load_settings(BACKSPACE_DATABASE_URL=bad)
+        message = str(caught.value)
+        assert "BACKSPACE_DATABASE_URL" in message and "postgresql://" in message, message
+        assert "hunter22" not in message

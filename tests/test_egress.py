@@ -8,6 +8,7 @@ as a BlockedAttempt naming the command; a sandbox without a gate has no network 
 
 from __future__ import annotations
 
+import asyncio
 import http.server
 import shutil
 import tempfile
@@ -274,7 +275,7 @@ def test_egress_resolve_is_parsed_and_wired_into_the_local_provider(tmp_path: Pa
         assert sandboxes.egress.addresses == settings.egress_addresses
         assert not sandboxes.egress.running  # started by the first gated sandbox
     finally:
-        service.store.close()
+        asyncio.run(service.store.aclose())
 
 
 @pytest.mark.parametrize("value", ["pypi.internal", "pypi.internal=10.0.0.5", "10.0.0.5=a:1"])

@@ -1,21 +1,37 @@
-"""The SQLite store, on a real database file."""
+"""The SQLite store's own ways, on a real database file: WAL, migrations, old databases.
+
+What every backend must do alike (the queue, the event log, the bell) is in
+tests/test_store_contract.py, which runs on SQLite and PostgreSQL.
+"""
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from backspace.orchestrator.events import EventType, RunStatus, Stage
-from backspace.orchestrator.store import COLUMNS, PullRequestRecord, Run, RunError, Store
+from backspace.orchestrator.store import COLUMNS, NewEvent, Run, RunError, SqliteStore
+from backspace.orchestrator.store.migrations import migrations
+
+QUEUE_COLUMNS = {
+    "request",
+    "worker_id",
+    "attempt",
+    "started_at",
+    "lease_expires_at",
+    "cancel_requested_at",
+    "queue_position",
+}
 
 
 def make_run(run_id: str, created_at: str) -> Run:
     return Run(
         id=run_id,
+        family_id=run_id,
         created_at=created_at,
         updated_at=created_at,
         status=RunStatus.QUEUED,
@@ -26,108 +42,70 @@ def make_run(run_id: str, created_at: str) -> Run:
     )
 
 
+REQUEST = {"repo_url": "x", "repo": {"host": "local", "name": "x", "location": "/x"}}
+
+
 @pytest.fixture
 def db_path(tmp_path: Path) -> Path:
     return tmp_path / "data" / "backspace.db"
 
 
 @pytest.fixture
-def store(db_path: Path) -> Iterator[Store]:
-    store = Store(db_path)
+async def store(db_path: Path) -> AsyncIterator[SqliteStore]:
+    store = SqliteStore(db_path)
     try:
         yield store
     finally:
-        store.close()
+        await store.aclose()
 
 
-def test_wal_mode_is_on(store: Store, db_path: Path) -> None:
+async def test_wal_mode_is_on(store: SqliteStore, db_path: Path) -> None:
     assert db_path.exists()  # the parent directory was created
     other = sqlite3.connect(db_path)
     try:
         assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     finally:
         other.close()
-    assert store.ping()
+    assert await store.ping()
 
 
-def test_create_get_update_and_list_runs(store: Store, db_path: Path) -> None:
-    first = replace(make_run("r1", "2026-01-01T00:00:01.000Z"), meta={"slack": {"ts": "1.2"}})
-    store.create_run(first)
-    store.create_run(replace(make_run("r2", "2026-01-01T00:00:02.000Z"), requester="alice"))
-    store.create_run(make_run("r3", "2026-01-01T00:00:03.000Z"))
-
-    assert store.get_run("r1") == first
-    r2 = store.get_run("r2")
-    assert r2 is not None and r2.requester == "alice" and r2.meta == {}
-    assert store.get_run("missing") is None
-
-    store.update_run(
-        "r1",
-        status=str(RunStatus.SUCCEEDED),
-        stage="complete",
-        pr_url="https://github.com/example/repo/pull/7",
-        cost_usd=0.125,
-        input_tokens=1000,
-        meta={"k": [1, 2]},
-    )
-    updated = store.get_run("r1")
-    assert updated is not None
-    assert updated.status == "succeeded" and updated.stage == "complete"
-    assert updated.pr_url == "https://github.com/example/repo/pull/7"
-    assert updated.cost_usd == 0.125 and updated.input_tokens == 1000
-    assert updated.meta == {"k": [1, 2]}
-    assert updated.updated_at > updated.created_at  # set to now by update_run
-    assert updated.to_json()["error"] is None
-
-    # Written in autocommit mode: another connection sees everything at once.
-    other = sqlite3.connect(db_path)
+async def test_every_migration_is_applied_once_and_recorded(db_path: Path) -> None:
+    first = SqliteStore(db_path)
+    versions = [m.version for m in migrations("sqlite")]
+    assert versions == list(range(1, len(versions) + 1)) and len(versions) >= 2
+    assert first.migrate() == []  # nothing left
+    await first.aclose()
+    again = SqliteStore(db_path)
     try:
-        row = other.execute("SELECT status, pr_url FROM runs WHERE id = 'r1'").fetchone()
-        assert row == ("succeeded", "https://github.com/example/repo/pull/7")
+        done = [r[0] for r in again._db.execute("SELECT version FROM schema_migrations")]
+        assert done == versions
     finally:
-        other.close()
-
-    assert [r.id for r in store.list_runs()] == ["r3", "r2", "r1"]
-    assert [r.id for r in store.list_runs(limit=2)] == ["r3", "r2"]
-    assert [r.id for r in store.list_runs(before="2026-01-01T00:00:03.000Z")] == ["r2", "r1"]
-    assert sorted(r.id for r in store.runs_with_status(RunStatus.QUEUED)) == ["r2", "r3"]
-    assert [r.id for r in store.runs_with_status(RunStatus.SUCCEEDED, RunStatus.FAILED)] == ["r1"]
+        await again.aclose()
 
 
-def test_update_run_rejects_unknown_fields(store: Store) -> None:
-    store.create_run(make_run("r1", "2026-01-01T00:00:01.000Z"))
-    before = store.get_run("r1")
-    for bad in ({"nope": 1}, {"id": "other"}, {"created_at": "x"}, {"status": "failed", "x": 1}):
-        with pytest.raises(ValueError, match="unknown run fields"):
-            store.update_run("r1", **bad)
-    assert store.get_run("r1") == before
-    assert store.get_run("other") is None
-
-
-def test_the_runs_table_has_a_column_for_each_field_of_a_run(store: Store, db_path: Path) -> None:
+async def test_the_runs_table_has_a_column_for_each_field_and_the_queues_own(
+    store: SqliteStore, db_path: Path
+) -> None:
     other = sqlite3.connect(db_path)
     try:
         table = [row[1] for row in other.execute("PRAGMA table_info(runs)")]
     finally:
         other.close()
-    assert sorted(table) == sorted(COLUMNS)
+    assert sorted(table) == sorted({*COLUMNS, *QUEUE_COLUMNS})
     failed = replace(
         make_run("r1", "2026-01-01T00:00:01.000Z"),
-        status=RunStatus.FAILED,
         error=RunError(code="agent_failed", message="the model gave up"),
         meta={"slack_user": "U1"},
     )
-    store.create_run(failed)
-    assert store.get_run("r1") == failed
+    await store.submit(failed, REQUEST, NewEvent(EventType.START, {}))
+    assert await store.get_run("r1") == failed
     assert failed.to_json()["error"] == {"code": "agent_failed", "message": "the model gave up"}
     assert "meta" not in failed.to_json()
-    store.update_run("r1", error=None)
-    cleared = store.get_run("r1")
-    assert cleared is not None and cleared.error is None and cleared.to_json()["error"] is None
 
 
-def test_a_database_of_an_older_version_still_opens(db_path: Path) -> None:
-    """Earlier versions' `runs` had a `sandbox_id` column, never written: it is left alone."""
+async def test_a_database_of_an_older_version_still_opens(db_path: Path) -> None:
+    """A database from before versioned migrations (with a `sandbox_id` column, never written,
+    and no family columns) is adopted: it gains the columns, keeps its runs, and migrates on."""
     db_path.parent.mkdir(parents=True)
     old = sqlite3.connect(db_path)
     old.executescript(
@@ -141,97 +119,42 @@ def test_a_database_of_an_older_version_still_opens(db_path: Path) -> None:
             output_tokens INTEGER NOT NULL DEFAULT 0, sandbox_id TEXT,
             meta TEXT NOT NULL DEFAULT '{}'
         );
+        CREATE TABLE events (run_id TEXT NOT NULL, seq INTEGER NOT NULL, type TEXT NOT NULL,
+            ts TEXT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (run_id, seq)) WITHOUT ROWID;
         INSERT INTO runs (id, created_at, updated_at, finished_at, status, stage, repo_url, prompt,
             source, error_code, error_message, duration_ms, sandbox_id)
         VALUES ('old', '2025-01-01T00:00:00.000Z', '2025-01-01T00:01:00.000Z',
             '2025-01-01T00:01:00.000Z', 'failed', 'complete', 'local:widgets', 'p', 'api',
             'sandbox_failed', 'no sandbox', 60000, 'sb-1');
+        INSERT INTO events VALUES ('old', 1, 'start', '2025-01-01T00:00:00.000Z', '{}');
+        INSERT INTO events VALUES ('old', 2, 'complete', '2025-01-01T00:01:00.000Z', '{}');
         """
     )
     old.close()
-    store = Store(db_path)
+    store = SqliteStore(db_path)
     try:
-        run = store.get_run("old")
+        run = await store.get_run("old")
         assert run is not None and run.status is RunStatus.FAILED
         assert run.error == RunError(code="sandbox_failed", message="no sandbox")
-        assert run.duration_ms == 60000 and run.meta == {}
-        store.create_run(make_run("new", "2026-01-01T00:00:01.000Z"))
-        assert [r.id for r in store.list_runs()] == ["new", "old"]
+        assert run.duration_ms == 60000 and run.meta == {} and run.family_id is None
+        assert await store.last_seq("old") == 2  # the log's head, read from its events
+        await store.submit(
+            make_run("new", "2026-01-01T00:00:01.000Z"), REQUEST, NewEvent(EventType.START, {})
+        )
+        assert [r.id for r in await store.list_runs()] == ["new", "old"]
     finally:
-        store.close()
+        await store.aclose()
 
 
-def test_event_seq_is_gap_free_per_run_and_survives_reopening(db_path: Path) -> None:
-    store = Store(db_path)
-    for i in range(1, 6):
-        a = store.append_event("run-a", EventType.PROGRESS, {"i": i})
-        assert a.seq == i and a.run_id == "run-a"
-        b = store.append_event("run-b", EventType.AI_MESSAGE, {"text": f"héllo {i}"})
-        assert b.seq == i and b.run_id == "run-b"
-    store.append_event("run-a", EventType.PROGRESS, {"i": 6})
-    store.close()
-
-    reopened = Store(db_path)
+async def test_a_run_queued_before_the_queue_existed_is_never_claimed(db_path: Path) -> None:
+    """Its request was never stored: no worker could execute it (it is ended at start)."""
+    store = SqliteStore(db_path)
     try:
-        assert reopened.append_event("run-a", EventType.PROGRESS, {"i": 7}).seq == 7
-        assert reopened.append_event("run-b", EventType.COMPLETE, {}).seq == 6
-        assert reopened.append_event("run-c", EventType.START, {}).seq == 1
-
-        events_a = reopened.events_after("run-a")
-        assert [e.seq for e in events_a] == [1, 2, 3, 4, 5, 6, 7]
-        assert [e.data["i"] for e in events_a] == [1, 2, 3, 4, 5, 6, 7]
-        assert all(e.type == "progress" for e in events_a)
-        events_b = reopened.events_after("run-b")
-        assert [e.seq for e in events_b] == [1, 2, 3, 4, 5, 6]
-        assert events_b[0].data == {"text": "héllo 1"}
-        assert events_b[-1].is_terminal
-
-        # forget_seq drops only the cache: the next seq is read back from the database.
-        reopened.forget_seq("run-a")
-        assert reopened.append_event("run-a", EventType.PROGRESS, {"i": 8}).seq == 8
+        store._db.execute(
+            "INSERT INTO runs (id, created_at, updated_at, status, stage, repo_url, prompt, "
+            "source, family_id) VALUES ('legacy', '2025-01-01T00:00:00.000Z', "
+            "'2025-01-01T00:00:00.000Z', 'queued', 'queued', 'local:x', 'p', 'api', 'legacy')"
+        )
+        assert await store.claim("w1", 30) is None
     finally:
-        reopened.close()
-
-
-def test_events_after(store: Store) -> None:
-    for i in range(10):
-        store.append_event("run", EventType.TOOL_BASH, {"n": i})
-    store.append_event("other", EventType.START, {})
-    assert [e.seq for e in store.events_after("run", after=4)] == [5, 6, 7, 8, 9, 10]
-    assert [e.seq for e in store.events_after("run", after=4, limit=2)] == [5, 6]
-    assert store.events_after("run", after=10) == []
-    assert store.events_after("nothing") == []
-    assert [e.seq for e in store.events_after("other")] == [1]
-    event = store.events_after("run", after=9)[0]
-    assert event.to_wire()["n"] == 9 and event.to_wire()["request_id"] == "run"
-
-
-def test_pull_request_round_trip(store: Store) -> None:
-    files = [{"path": "a.py", "additions": 3, "deletions": 1, "status": "modified"}]
-    fields = {
-        "run_id": "r1",
-        "repo": "example/repo",
-        "title": "Add a thing",
-        "body": "Body with ünïcode",
-        "branch": "backspace/add-a-thing",
-        "base": "main",
-        "base_sha": "a" * 40,
-        "head_sha": "b" * 40,
-        "files": files,
-        "additions": 3,
-        "deletions": 1,
-        "diff": "diff --git a/a.py b/a.py\n",
-    }
-    first = store.create_pull_request(**dict(fields))
-    second = store.create_pull_request(**dict(fields, title="Second"))
-    assert first >= 1 and second == first + 1
-
-    record = store.get_pull_request(first)
-    assert isinstance(record, PullRequestRecord)
-    assert record.id == first
-    for key, value in fields.items():
-        assert getattr(record, key) == value, key
-    assert record.created_at  # defaulted
-    second_record = store.get_pull_request(second)
-    assert second_record is not None and second_record.title == "Second"
-    assert store.get_pull_request(second + 100) is None
+        await store.aclose()

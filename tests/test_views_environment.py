@@ -23,10 +23,11 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from backspace.http.openapi import document
 from backspace.orchestrator.events import Event, EventType, RunStatus, Stage, now_iso
-from backspace.orchestrator.store import Run, Store
+from backspace.orchestrator.store import Run, SqliteStore
 from backspace.slackbot.messages import RunView
 from backspace.slackbot.reporter import ChannelPacer, SlackReporter
 from tests.fakes.slack import FakeSlack
+from tests.records import record
 from tests.server import ROOT, Server, start_server
 from tests.test_openapi import _nullable
 from tests.webdriver import Browser, available
@@ -298,27 +299,21 @@ def test_the_event_schema_knows_the_new_types() -> None:
 def stored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Browser]]:
     """A server whose database holds two finished runs (verification failed, and passed)."""
     root = tmp_path_factory.mktemp("views-web")
-    store = Store(root / "server" / "backspace.db")
+    store = SqliteStore(root / "server" / "backspace.db")
     for run_id, passed in ((RUN_ID, False), (RUN_ID[::-1], True)):
-        store.create_run(
-            Run(
-                id=run_id, status=RunStatus.SUCCEEDED, stage=Stage.COMPLETE,
-                repo_url="local:widgets", prompt="validate names", created_at=now_iso(),
-                finished_at=now_iso(), duration_ms=45_000,
-                pr_url="https://github.com/o/widgets/pull/7",
-            )
+        run = Run(
+            id=run_id, status=RunStatus.SUCCEEDED, stage=Stage.COMPLETE,
+            repo_url="local:widgets", prompt="validate names", created_at=now_iso(),
+            finished_at=now_iso(), duration_ms=45_000,
+            pr_url="https://github.com/o/widgets/pull/7",
         )  # fmt: skip
-        for type_, data in story(passed=passed, blocked_hosts=3):
-            store.append_event(run_id, type_, data)
+        asyncio.run(record(store, run, story(passed=passed, blocked_hosts=3)))
     flood = story(passed=True, blocked_hosts=70)  # a command retrying a refused host forever
-    store.create_run(
-        Run(
-            id=FLOOD_ID, status=RunStatus.SUCCEEDED, stage=Stage.COMPLETE,
-            repo_url="local:widgets", prompt="flood", created_at=now_iso(),
-        )
+    run = Run(
+        id=FLOOD_ID, status=RunStatus.SUCCEEDED, stage=Stage.COMPLETE,
+        repo_url="local:widgets", prompt="flood", created_at=now_iso(),
     )  # fmt: skip
-    for type_, data in flood:
-        store.append_event(FLOOD_ID, type_, data)
+    asyncio.run(record(store, run, flood))
     store.close()
     server = start_server(root / "server", {"BACKSPACE_LOCAL_REPOS": str(root / "repos")})
     browser = Browser()

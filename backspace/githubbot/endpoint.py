@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse, Response
 
 from backspace.githubbot.signature import signed
 from backspace.githubbot.triggers import Trigger, parse
-from backspace.orchestrator.store import Store
+from backspace.orchestrator.store import RunStore
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ class Endpoint:
     def __init__(
         self,
         secret: str,
-        store: Store,
+        store: RunStore,
         dispatch: Callable[[Trigger], None],
         *,
         mention: str,
@@ -79,7 +79,7 @@ class Endpoint:
         found = parse(event, payload, self.mention, self.label)
         if isinstance(found, str):
             return JSONResponse({"ignored": found})
-        if not self.store.claim_delivery("github", delivery):
+        if not await self.store.claim_delivery("github", delivery):
             log.info("GitHub: delivery %s was already handled", delivery[:40])
             return JSONResponse({"ignored": "this delivery was already handled"})
         self.dispatch(found)

@@ -44,7 +44,7 @@ class Responder:
             return
         await self._react(trigger)
         try:
-            run, note = self._start(trigger)
+            run, note = await self._start(trigger)
         except Refusal as refusal_:
             await self._reply(trigger, self._refusal_text(refusal_))
             return
@@ -65,24 +65,24 @@ class Responder:
         await reporter.open()
         await reporter.follow(self.service.subscribe(run.id))
 
-    def _start(self, trigger: Trigger) -> tuple[Run | None, str]:
+    async def _start(self, trigger: Trigger) -> tuple[Run | None, str]:
         """The run that carries the request and a note for the status comment; (None, reply)
         when there is nothing to continue. Raises the door's `Refusal`."""
         requester = f"@{trigger.login} on GitHub"
         meta = {"github_repo": trigger.repo, "github_number": trigger.number}
         if trigger.pr_url is not None:
-            parent = self.service.run_for_pull_request(trigger.pr_url)
+            parent = await self.service.run_for_pull_request(trigger.pr_url)
             if parent is None:
                 return None, (
                     "backspace only continues pull requests it opened. To start a new one, "
                     f"mention {self.options.mention} on an issue."
                 )
-            follow = self.service.follow_up(
+            follow = await self.service.follow_up(
                 parent.id, trigger.request, source="github", requester=requester,
                 context=trigger.context, meta=meta,
             )  # fmt: skip
             return follow.run, follow.message
-        run = self.service.admit(
+        run = await self.service.admit(
             trigger.repo, trigger.request, source="github", requester=requester,
             context=trigger.context, closes_issue=trigger.number, meta=meta,
         )  # fmt: skip

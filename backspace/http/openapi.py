@@ -339,6 +339,20 @@ def document(server_url: str) -> dict[str, Any]:
                     "responses": {"200": _json({"type": "object"}, "health")},
                 }
             },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics (text format); not here when "
+                    "BACKSPACE_METRICS_PORT is set",
+                    "security": SECURED,
+                    "responses": {
+                        "200": {
+                            "description": "metrics",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        },
+                        "401": {"description": "the API key is missing or wrong"},
+                    },
+                }
+            },
             "/openapi.json": {
                 "get": {
                     "summary": "this document",

@@ -21,11 +21,12 @@ from backspace.http.openapi import MAX_SEQ, document
 from backspace.http.pages import pull_request_page
 from backspace.http.ratelimit import RateLimiter, key_id
 from backspace.http.schemas import CodeRequest, FollowUpRequest, read_json, validate
-from backspace.http.sse import event_stream
+from backspace.http.sse import Viewers, event_stream
 from backspace.http.web import SECURITY_HEADERS, web_routes
 from backspace.orchestrator.events import RunStatus
 from backspace.orchestrator.service import Service
 from backspace.orchestrator.store import Run
+from backspace.telemetry import Telemetry
 
 MAX_LIST = 200
 
@@ -38,6 +39,16 @@ def _service(request: Request) -> Service:
 def _settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
+
+
+def _telemetry(request: Request) -> Telemetry:
+    telemetry: Telemetry = request.app.state.telemetry
+    return telemetry
+
+
+def _viewers(request: Request) -> Viewers:
+    """The open-streams gauge an event stream moves while it is open."""
+    return _telemetry(request).metrics.sse_viewers
 
 
 def _authenticate(request: Request) -> Service:
@@ -59,9 +70,9 @@ def _run_json(services: Service, run: Run) -> dict[str, Any]:
     }
 
 
-def _family_json(service: Service, run: Run) -> dict[str, Any]:
+async def _family_json(service: Service, run: Run) -> dict[str, Any]:
     """The run's family: its parent and children, every run of it, the branch and the PR."""
-    family = service.family(run.id)
+    family = await service.family(run.id)
     published = [r for r in family if r.pr_url]
     return {
         "id": run.family_id or run.id,
@@ -93,8 +104,8 @@ def _whole_number(raw: str) -> int | None:
     return int(raw)
 
 
-def _get_run(service: Service, run_id: str) -> Run:
-    run = service.get_run(run_id)
+async def _get_run(service: Service, run_id: str) -> Run:
+    run = await service.get_run(run_id)
     if run is None:
         raise HTTPProblem(404, f"no run with id {run_id!r}")
     return run
@@ -103,7 +114,7 @@ def _get_run(service: Service, run_id: str) -> Run:
 async def health(request: Request) -> Response:
     """Public liveness; where the database lives only for a caller with the API key."""
     settings = _settings(request)
-    report = _service(request).health(show_paths=_has_key(request, settings))
+    report = await _service(request).health(show_paths=_has_key(request, settings))
     report["auth"] = settings.require_auth
     report["slack"] = {
         "configured": settings.slack_configured,
@@ -127,20 +138,23 @@ async def create_run(request: Request) -> Response:
     service = _authenticate(request)
     settings = _settings(request)
     body = validate(CodeRequest, await read_json(request, settings.max_body_bytes))
-    run = service.admit(
+    run = await service.admit(
         body.repo_url,
         body.prompt,
         base_branch=body.base_branch,
         co_author=body.co_author,
         source="api",
         engine=body.engine,
+        meta=_telemetry(request).tracing.traceparent(),  # the run's trace links to this request
         gate=lambda: _limit_rate(request),  # only requests that would start a run count
     )
     if _wants_json(request):
         return JSONResponse(
             _run_json(service, run), status_code=202, headers={"Location": f"/api/runs/{run.id}"}
         )
-    return event_stream(service.hub, run.id, 0, ping_after=settings.sse_ping)
+    return event_stream(
+        service.hub, run.id, 0, ping_after=settings.sse_ping, viewers=_viewers(request)
+    )
 
 
 def _limit_rate(request: Request) -> None:
@@ -170,14 +184,14 @@ async def list_runs(request: Request) -> Response:
     limit = _whole_number(request.query_params.get("limit", "50"))
     if limit is None or not 1 <= limit <= MAX_LIST:
         raise HTTPProblem(422, f"invalid request: limit: a whole number from 1 to {MAX_LIST}")
-    runs = service.list_runs(limit, before=request.query_params.get("before"))
+    runs = await service.list_runs(limit, before=request.query_params.get("before"))
     return JSONResponse({"runs": [_run_json(service, run) for run in runs]})
 
 
 async def get_run(request: Request) -> Response:
     service = _authenticate(request)
-    run = _get_run(service, request.path_params["run_id"])
-    return JSONResponse({**_run_json(service, run), "family": _family_json(service, run)})
+    run = await _get_run(service, request.path_params["run_id"])
+    return JSONResponse({**_run_json(service, run), "family": await _family_json(service, run)})
 
 
 async def create_followup(request: Request) -> Response:
@@ -185,14 +199,15 @@ async def create_followup(request: Request) -> Response:
     stream, or 202), or with `mode: steer` the words delivered into the running run."""
     service = _authenticate(request)
     settings = _settings(request)
-    run = _get_run(service, request.path_params["run_id"])
+    run = await _get_run(service, request.path_params["run_id"])
     body = validate(FollowUpRequest, await read_json(request, settings.max_body_bytes))
-    followup = service.follow_up(
+    followup = await service.follow_up(
         run.id,
         body.prompt,
         mode=body.mode,
         co_author=body.co_author,
         source="api",
+        meta=_telemetry(request).tracing.traceparent(),
         gate=lambda: _limit_rate(request),
     )
     target = followup.run
@@ -208,54 +223,68 @@ async def create_followup(request: Request) -> Response:
             headers={"Location": f"/api/runs/{target.id}"},
         )
     # A steer streams the running run from now on; a new run, from its start.
-    after = service.store.next_seq(target.id) - 1 if followup.steered else 0
-    return event_stream(service.hub, target.id, max(0, after - 1), ping_after=settings.sse_ping)
+    after = await service.store.last_seq(target.id) if followup.steered else 0
+    return event_stream(
+        service.hub,
+        target.id,
+        max(0, after - 1),
+        ping_after=settings.sse_ping,
+        viewers=_viewers(request),
+    )
 
 
 async def run_events(request: Request) -> Response:
     """Stream a run's events after `Last-Event-ID` (or `?after=N`): the past, then live ones."""
     service = _authenticate(request)
-    run = _get_run(service, request.path_params["run_id"])
+    run = await _get_run(service, request.path_params["run_id"])
     raw = request.headers.get("last-event-id") or request.query_params.get("after") or "0"
     after = _whole_number(raw.strip())
     if after is None:
         raise HTTPProblem(
             422, "invalid request: Last-Event-ID / after: a whole number (the last seq seen)"
         )
-    if RunStatus(run.status).finished and not service.store.events_after(run.id, after, limit=1):
+    if RunStatus(run.status).finished and not await service.store.events_after(
+        run.id, after, limit=1
+    ):
         # The run ended and its `complete` was seen: a stream would wait forever for nothing.
         # 204 also tells an EventSource to stop reconnecting.
         return Response(status_code=204)
-    return event_stream(service.hub, run.id, after, ping_after=_settings(request).sse_ping)
+    return event_stream(
+        service.hub,
+        run.id,
+        after,
+        ping_after=_settings(request).sse_ping,
+        viewers=_viewers(request),
+    )
 
 
 async def cancel_run(request: Request) -> Response:
     service = _authenticate(request)
-    run = _get_run(service, request.path_params["run_id"])
+    run = await _get_run(service, request.path_params["run_id"])
     if not await service.cancel(run.id):
         raise HTTPProblem(409, f"the run already ended with status {run.status}; nothing to cancel")
     return JSONResponse({"id": run.id, "status": "cancelling"}, status_code=202)
 
 
-def _pull_request(request: Request) -> Any:
+async def _pull_request(request: Request) -> Any:
     service = _authenticate(request)
     raw = request.path_params["pr_id"]
     pr_id = _whole_number(raw)
-    record = service.store.get_pull_request(pr_id) if pr_id is not None else None
+    record = await service.store.get_pull_request(pr_id) if pr_id is not None else None
     if record is None:
         raise HTTPProblem(404, f"no pull request with id {raw!r}")
     return record
 
 
 async def pull_request_json(request: Request) -> Response:
-    record = _pull_request(request)
-    comments = _service(request).store.pull_request_comments(record.id)
+    record = await _pull_request(request)
+    comments = await _service(request).store.pull_request_comments(record.id)
     return JSONResponse({**record.__dict__, "comments": comments})
 
 
 async def pull_request_html(request: Request) -> Response:
-    record = _pull_request(request)
-    comments = _service(request).store.pull_request_comments(record.id)
+    record = await _pull_request(request)
+    comments = await _service(request).store.pull_request_comments(record.id)
     return HTMLResponse(pull_request_page(record, comments), headers=SECURITY_HEADERS)
 
 

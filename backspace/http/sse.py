@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterable
+from typing import Protocol
 
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
@@ -27,16 +28,34 @@ def encode(events: Iterable[Event]) -> bytes:
     return b"".join(b"id: %d\ndata: %s\n\n" % (e.seq, e.to_json().encode()) for e in events)
 
 
+class Viewers(Protocol):
+    """What counts the open streams (the metrics' gauge)."""
+
+    def inc(self) -> None: ...
+    def dec(self) -> None: ...
+
+
 def event_stream(
-    hub: EventHub, run_id: str, after: int = 0, *, ping_after: float = 15.0
+    hub: EventHub,
+    run_id: str,
+    after: int = 0,
+    *,
+    ping_after: float = 15.0,
+    viewers: Viewers | None = None,
 ) -> EventSourceResponse:
     async def chunks() -> AsyncIterator[bytes]:
-        async for batch in hub.batches(run_id, after, heartbeat=ping_after):
-            yield encode(batch) if batch else PING
-            if batch and batch[-1].is_terminal:
-                # Closing a response costs more than a write. Step aside once, so every other
-                # viewer writes the end before any viewer spends time closing.
-                await asyncio.sleep(0)
+        if viewers is not None:
+            viewers.inc()
+        try:
+            async for batch in hub.batches(run_id, after, heartbeat=ping_after):
+                yield encode(batch) if batch else PING
+                if batch and batch[-1].is_terminal:
+                    # Closing a response costs more than a write. Step aside once, so every
+                    # other viewer writes the end before any viewer spends time closing.
+                    await asyncio.sleep(0)
+        finally:
+            if viewers is not None:
+                viewers.dec()
 
     # ping=0: our own ping, sent only after silence, replaces the library's fixed-interval one.
     return EventSourceResponse(chunks(), headers=HEADERS, ping=0, sep="\n")

@@ -21,7 +21,8 @@ BackspaceError              internal_error: backspace failed unexpectedly
 ├── GitError                git_failed: host git failed
 ├── RepoRefError            bad_repository: the repository reference is refused (a ValueError)
 ├── StoreError              store_unavailable: the run cannot be recorded (retryable)
-│   └── StoreFull           the disk is nearly full: new runs are refused
+│   ├── StoreFull           the disk is nearly full: new runs are refused
+│   └── LeaseLost           this worker's claim on a run is gone: it stops and writes nothing
 ├── NotAccepting            the server is shutting down and takes no new runs
 ├── Refusal                 a run was not started; each front end words its `reason`
 ├── SettingsError           a setting is missing or invalid (at startup, never in a run)
@@ -249,6 +250,12 @@ class StoreError(BackspaceError):
 
 class StoreFull(StoreError):
     """The database's disk is nearly full: new runs are refused so running ones can finish."""
+
+
+class LeaseLost(StoreError):
+    """This worker's claim on a run is gone (its lease expired and another worker reaped it):
+    it must stop the run at once and write nothing more. Never a run's error: the worker that
+    reaped the run wrote its end (`interrupted`)."""
 
 
 # --- never ends a run -----------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import logging
 import shlex
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -70,6 +71,8 @@ from backspace.orchestrator.pull_request import (
 from backspace.orchestrator.redact import Redactor
 from backspace.orchestrator.run import Outcome, RunContext
 from backspace.orchestrator.sandboxes.base import Sandbox, SandboxProvider
+from backspace.telemetry import Telemetry
+from backspace.telemetry.tracing import Tracing, span
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +110,12 @@ class Pipeline:
         settings: PipelineSettings,
         redactor: Redactor,
         engines: Mapping[str, Engine] | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.sandboxes = sandboxes
+        # Telemetry is optional: without it, no spans (tracing off) and no metrics.
+        self.tracing = telemetry.tracing if telemetry is not None else Tracing()
+        self.metrics = telemetry.metrics if telemetry is not None else None
         self.engines: Mapping[str, Engine] = engines or {
             DEFAULT_ENGINE: BackspaceLoop(settings.tool_mode)  # type: ignore[arg-type]
         }
@@ -120,6 +127,11 @@ class Pipeline:
         self.verification = Verification(sandboxes, self.setup)
 
     async def run(self, ctx: RunContext) -> Outcome:
+        # The run's trace: a root span from when it was queued, its stages as children.
+        with self.tracing.run(ctx, ctx.request.engine or self.settings.engine):
+            return await self._run(ctx)
+
+    async def _run(self, ctx: RunContext) -> Outcome:
         host = self.hosts[ctx.request.repo.host]
         ctx.progress(Stage.SANDBOX, "Creating the sandbox")
         # Fails at once when no model is configured. On a worker thread: the first call imports
@@ -177,9 +189,15 @@ class Pipeline:
         gate = Gate(blocked)
         # Started before the sandbox: an engine may need something bound into it (a gateway).
         engine = await self._engine(ctx, sandboxes)
-        sandbox = await self.sandboxes.create(
-            ctx.run_id, layer=plan.layer, gate=gate, **engine.sandbox_options
-        )
+        engine_name = ctx.request.engine or self.settings.engine
+        backend = self.sandboxes.name
+        with span("sandbox.create", {"backspace.sandbox.backend": backend}):
+            began = time.monotonic()
+            sandbox = await self.sandboxes.create(
+                ctx.run_id, layer=plan.layer, gate=gate, **engine.sandbox_options
+            )
+            if self.metrics is not None:
+                self.metrics.sandbox_created(backend, time.monotonic() - began)
         sandboxes.push_async_callback(_close, sandbox)
 
         ctx.progress(Stage.CLONING, f"Getting {request.repo.name} into the sandbox")
@@ -193,41 +211,45 @@ class Pipeline:
             EventType.PROGRESS,
             {"stage": str(Stage.CLONING), "message": where, "percentage": Stage.CLONING.percentage},
         )
-        base = await host.base_payload(payload_repo, scratch)
-        held.callback(base.release)
-        ctx.emit(
-            EventType.PROGRESS,
-            {
-                "stage": str(Stage.CLONING),
-                "message": base.describe(),
-                "percentage": Stage.CLONING.percentage,
-            },
-        )
-        # Setup runs on a commit of the base (reviewed content); a follow-up's branch head is
-        # checked out over what it made (and at once when no setup or maintenance runs here).
-        # Without a bundle (the branch's history does not reach the base here), the base is
-        # checked out for setup when the payload's history has it.
-        setup_runs = plan.repo.setup is not None and (
-            plan.layer is None or plan.repo.maintenance is not None
-        )
-        setup_at = (
-            base_repo.base_sha if family.continuing and not branch_commits and setup_runs else None
-        )
-        branch_now = (
-            BranchCommits(branch_commits, bundle_path(sandbox, ctx.run_id, "branch"), head_repo)
-            if branch_commits
-            else None
-        )
-        start = await self._clone(
-            ctx,
-            base,
-            sandbox,
-            payload_path(sandbox, ctx.run_id, "base"),
-            plan.layer,
-            setup_at,
-            branch_now if branch_now and not setup_runs else None,
-        )
-        prepared = await self.setup.prepare(ctx, sandbox, plan, setup_at or start)
+        with span("git.clone"):
+            base = await host.base_payload(payload_repo, scratch)
+            held.callback(base.release)
+            ctx.emit(
+                EventType.PROGRESS,
+                {
+                    "stage": str(Stage.CLONING),
+                    "message": base.describe(),
+                    "percentage": Stage.CLONING.percentage,
+                },
+            )
+            # Setup runs on a commit of the base (reviewed content); a follow-up's branch head is
+            # checked out over what it made (and at once when no setup or maintenance runs here).
+            # Without a bundle (the branch's history does not reach the base here), the base is
+            # checked out for setup when the payload's history has it.
+            setup_runs = plan.repo.setup is not None and (
+                plan.layer is None or plan.repo.maintenance is not None
+            )
+            setup_at = (
+                base_repo.base_sha
+                if family.continuing and not branch_commits and setup_runs
+                else None
+            )
+            branch_now = (
+                BranchCommits(branch_commits, bundle_path(sandbox, ctx.run_id, "branch"), head_repo)
+                if branch_commits
+                else None
+            )
+            start = await self._clone(
+                ctx,
+                base,
+                sandbox,
+                payload_path(sandbox, ctx.run_id, "base"),
+                plan.layer,
+                setup_at,
+                branch_now if branch_now and not setup_runs else None,
+            )
+        with span("setup"):
+            prepared = await self.setup.prepare(ctx, sandbox, plan, setup_at or start)
         if branch_now and setup_runs:
             start = await branch_now.bring(sandbox)
         elif setup_at and setup_at != start:
@@ -238,7 +260,12 @@ class Pipeline:
         ctx.progress(Stage.AGENT, "The agent is working")
         await sandbox.open_network(Phase.AGENT, plan.network.agent)
         diff = await pr_diff(sandbox, family.diff_base) if family.continuing else None
-        result = await self._agent(ctx, model, sandbox, repo, plan, prepared, family, diff, engine)
+        with span(
+            "agent", {"gen_ai.operation.name": "invoke_agent", "backspace.engine": engine_name}
+        ):
+            result = await self._agent(
+                ctx, model, sandbox, repo, plan, prepared, family, diff, engine
+            )
 
         ctx.progress(Stage.VALIDATING, "Checking the change")
         # What people see (title, branch, body) never carries a secret, even one in the prompt.
@@ -277,16 +304,17 @@ class Pipeline:
         await sandboxes.aclose()
         receipt = None
         if plan.verify:
-            receipt = await self.verification.run(
-                ctx,
-                plan=plan,
-                prepared=prepared,
-                base=base,
-                change_bundle=scratch / "out.bundle",
-                branch_bundle=branch_commits,
-                tree=change.tree,
-                gate=Gate(blocked),
-            )
+            with span("verify"):
+                receipt = await self.verification.run(
+                    ctx,
+                    plan=plan,
+                    prepared=prepared,
+                    base=base,
+                    change_bundle=scratch / "out.bundle",
+                    branch_bundle=branch_commits,
+                    tree=change.tree,
+                    gate=Gate(blocked),
+                )
             ctx.emit(
                 EventType.VERIFICATION,
                 receipt.to_event(draft=self.settings.draft or not receipt.passed),
@@ -314,7 +342,8 @@ class Pipeline:
 
         branch = branch_name(shown_prompt, ctx.run_id)
         ctx.progress(Stage.PUSHING, f"Pushing branch {branch}")
-        await host.push(repo, git_dir, change.head_sha, branch)
+        with span("git.push"):
+            await host.push(repo, git_dir, change.head_sha, branch)
 
         ctx.progress(Stage.PR, "Opening the pull request")
         draft = PullRequestDraft(
@@ -346,7 +375,8 @@ class Pipeline:
             or result.outcome != "finished"
             or (receipt is not None and not receipt.passed),
         )
-        pr = await host.open_pull_request(repo, draft)
+        with span("pr.create"):
+            pr = await host.open_pull_request(repo, draft)
         ctx.emit(
             EventType.PR_CREATED,
             _published(pr.url, pr.number, branch, repo.base_sha, title, change, draft=pr.draft),
@@ -385,7 +415,8 @@ class Pipeline:
         branch = start_repo.base_branch
         ctx.progress(Stage.PUSHING, f"Pushing a new commit to {branch}")
         try:
-            await host.push(start_repo, git_dir, change.head_sha, branch)
+            with span("git.push"):
+                await host.push(start_repo, git_dir, change.head_sha, branch)
         except GitHostError as exc:
             if exc.code != "push_rejected":
                 raise
@@ -410,9 +441,10 @@ class Pipeline:
                 keep_host=own_host,
             )
         )
-        updated = await host.update_pull_request(
-            start_repo, pr.number, body=with_run(pr.body, row), comment=comment
-        )
+        with span("pr.update"):
+            updated = await host.update_pull_request(
+                start_repo, pr.number, body=with_run(pr.body, row), comment=comment
+            )
         published = _published(
             updated.url, updated.number, branch, diff_base, title, change, draft=pr.draft
         )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +34,16 @@ class RunRequest:
     parent_id: str | None = None  # a follow-up: the run it continues
     family_id: str | None = None  # a follow-up: the family it belongs to
     engine: str | None = None  # "backspace" or "claude-code"; None: the server's BACKSPACE_ENGINE
+
+    def to_json(self) -> dict[str, Any]:
+        """What the store keeps, so that any worker (another replica) can execute the run."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, values: dict[str, Any]) -> RunRequest:
+        known = {f.name for f in dataclasses.fields(cls)}
+        fields = {name: value for name, value in values.items() if name in known}
+        return cls(**{**fields, "repo": RepoRef(**fields["repo"])})
 
 
 @dataclass(frozen=True)
@@ -75,6 +87,10 @@ class RunContext:
     cancel_reason: str | None = None  # "cancel" or "shutdown" once the runner stops the task
     inbox: Inbox = field(default_factory=Inbox)  # follow-ups steered into the running agent
     continuation: Continuation | None = None  # set for a follow-up when it starts
+    # When the run was queued (wall clock; the trace's queue wait starts here) and which
+    # attempt at it this is: a queue that hands a run to another worker sets both.
+    created_at: float = field(default_factory=time.time)
+    attempt: int = 1
 
     def progress(self, stage: Stage, message: str, percentage: int | None = None) -> None:
         self.stage = stage

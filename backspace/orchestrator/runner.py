@@ -1,4 +1,10 @@
-"""The runner owns every run's task: start, queue, cancel, time limit, shutdown and recovery.
+"""The runner: this process's worker slots, taking runs from the queue in the store.
+
+A run's row is its job (store/base.py). Any process may `submit`; a worker with a free slot
+claims the oldest run it may start, holds it with a lease its heartbeat renews, and writes every
+event through its claim, so a worker that lost its lease (paused, cut off from the database) stops
+at once and changes nothing. The reaper, in every process, ends the runs whose owner's lease
+expired as `interrupted`: a run that may already have pushed is never run again.
 
 Every run ends with exactly one `complete`; a failed or timed-out run has exactly one `error`
 right before it, made from the BackspaceError that ended it (errors.py), or `internal_error` for
@@ -9,12 +15,17 @@ another run or the server.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import functools
 import logging
+import os
+import socket
 import time
 import uuid
-from collections import deque
+from collections.abc import Coroutine
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol
 
 from backspace.logs import run_id_var
@@ -25,7 +36,17 @@ from backspace.orchestrator.hub import EventHub
 from backspace.orchestrator.inbox import Steer
 from backspace.orchestrator.redact import Redactor
 from backspace.orchestrator.run import Continuation, EarlierRun, Outcome, RunContext, RunRequest
-from backspace.orchestrator.store import Run, RunError, Store
+from backspace.orchestrator.sink import EventSink
+from backspace.orchestrator.store import (
+    CancelOutcome,
+    Claim,
+    LeaseLost,
+    NewEvent,
+    Run,
+    RunEnd,
+    RunError,
+    RunStore,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,17 +59,44 @@ class SandboxJanitor(Protocol):
     async def cleanup_orphans(self, live_run_ids: set[str]) -> int: ...
 
 
+class RunObserver(Protocol):
+    """Sees the runs this process submits and executes (telemetry): every event it stores,
+    and each claim with how long the run waited in the queue."""
+
+    def on_event(self, source: str, event: Event) -> None: ...
+
+    def on_claimed(self, source: str, run_id: str, waited: float) -> None: ...
+
+
 @dataclass(frozen=True)
 class RunnerLimits:
-    max_concurrent: int = 4
+    max_concurrent: int = 4  # this process's slots; the queue is shared
     max_duration: float = 600.0
     shutdown_grace: float = 20.0
+    lease_seconds: float = 30.0  # a run whose owner stops renewing is reaped after this
+    poll_seconds: float = 2.0  # how often an idle worker looks at the queue without a bell
+
+
+STEER_WAIT = 3.0  # seconds a steer waits for the worker running its run to take it
+
+
+def worker_name() -> str:
+    """This process's name as an owner of runs: its host, its pid and a random part."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+@dataclass
+class _Execution:
+    ctx: RunContext
+    sink: EventSink
+    claim: Claim
+    task: asyncio.Task[None] | None = None
 
 
 class Runner:
     def __init__(
         self,
-        store: Store,
+        store: RunStore,
         hub: EventHub,
         pipeline: PipelineRunner,
         *,
@@ -56,6 +104,8 @@ class Runner:
         limits: RunnerLimits,
         public_url: str,
         janitor: SandboxJanitor | None = None,
+        worker: str | None = None,
+        observer: RunObserver | None = None,
     ) -> None:
         self.store = store
         self.hub = hub
@@ -64,74 +114,90 @@ class Runner:
         self.limits = limits
         self.public_url = public_url.rstrip("/")
         self.janitor = janitor
-        self._waiting: deque[str] = deque()
-        self._positions: dict[str, int] = {}
-        self._contexts: dict[str, RunContext] = {}
-        self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._families: dict[str, str] = {}  # family id -> its run executing now
+        self.worker = worker or worker_name()
+        self.observer = observer
+        self._own: set[str] | None = None  # see `own_runs_only`
+        self._runs: dict[str, _Execution] = {}
         self._accepting = True
+        self._wake = asyncio.Event()
+        self._loops: list[asyncio.Task[None]] = []
+        self._counts = {"queued": 0, "running": 0}
+        self._chores: set[asyncio.Task[None]] = set()  # steers being taken
 
     # --- life cycle ------------------------------------------------------------------------------
     async def start(self) -> None:
-        """Fail the runs a previous process left unfinished, and delete their sandboxes."""
-        for run in self.store.runs_with_status(RunStatus.QUEUED, RunStatus.RUNNING):
-            message = "the server stopped while this run was in progress; start it again"
-            self._finish(
-                run.id,
-                RunStatus.FAILED,
-                RunFailure("interrupted", message, retryable=True),
-                started=None,
-            )
-        if self.janitor is not None:
-            removed = await self.janitor.cleanup_orphans(set())
-            if removed:
-                log.info("deleted %d sandboxes left by a previous process", removed)
+        """Listen to the bell, end what a dead worker left, then take runs from the queue.
+
+        A lone server (SQLite) ends every run it does not hold: nobody else can be running it.
+        A replica of a fleet ends only runs whose lease expired: the others' runs are theirs.
+        """
+        await self.store.listen(self.hub.notified, self._control, self._reconnected)
+        if self._own is None:
+            await self._reap(every_other_worker=not self.store.shared)
+        self._loops = [
+            asyncio.create_task(self._work(), name="runner-claims"),
+            asyncio.create_task(self._heartbeat(), name="runner-heartbeat"),
+            asyncio.create_task(self._reaper(), name="runner-reaper"),
+        ]
 
     async def shutdown(self) -> None:
-        """Stop taking runs; give running ones the grace period; then cancel the rest."""
+        """Drain: take no new run (the queued ones stay for the other workers, or for this
+        server's next start); give running ones the grace period; then stop the rest."""
         self._accepting = False
-        while self._waiting:
-            run_id = self._waiting.popleft()
-            self._positions.pop(run_id, None)
-            self._finish(
-                run_id,
-                RunStatus.FAILED,
-                RunFailure(
-                    "interrupted",
-                    "the server shut down before this run started; start it again",
-                    retryable=True,
-                ),
-                started=None,
-            )
-        tasks = list(self._tasks.values())
+        self._wake.set()
+        tasks = [e.task for e in self._runs.values() if e.task is not None]
         if tasks:
             log.info(
                 "waiting up to %gs for %d running runs", self.limits.shutdown_grace, len(tasks)
             )
             _, pending = await asyncio.wait(tasks, timeout=self.limits.shutdown_grace)
-            for run_id, task in list(self._tasks.items()):
-                if task in pending:
-                    self._contexts[run_id].cancel_reason = "shutdown"
-                    task.cancel()
+            for execution in list(self._runs.values()):
+                if execution.task in pending:
+                    self._stop(execution, "shutdown")
             if pending:
                 await asyncio.wait(pending, timeout=30)
+        for loop in self._loops:
+            loop.cancel()
+        for loop in self._loops:
+            with contextlib.suppress(BaseException):
+                await loop
+        self._loops.clear()
+
+    def own_runs_only(self) -> None:
+        """Execute only the runs this process submits, and leave every other run alone (no
+        recovery at start): a one-shot process (`backspace run`) beside a server."""
+        self._own = set()
 
     @property
     def accepting(self) -> bool:
         return self._accepting
 
     def active_count(self) -> int:
-        return len(self._tasks)
+        """Runs this process executes now."""
+        return len(self._runs)
 
     def queued_count(self) -> int:
-        return len(self._waiting)
+        """Runs waiting in the shared queue, as last counted."""
+        return self._counts["queued"]
 
-    def live_run_ids(self) -> set[str]:
-        """Runs this process owns right now (queued or running): their sandboxes are in use."""
-        return set(self._contexts)
+    async def counts(self) -> dict[str, int]:
+        """Runs queued and running across every worker (and remember them for `queued_count`)."""
+        self._counts = await self.store.counts()
+        return dict(self._counts)
+
+    def last_counts(self) -> dict[str, int]:
+        """`counts` as last read (the worker loop reads them at every look at the queue)."""
+        return dict(self._counts)
+
+    def local_run_ids(self) -> set[str]:
+        return set(self._runs)
+
+    async def live_run_ids(self) -> set[str]:
+        """Runs queued or running anywhere, under a live lease: their sandboxes are in use."""
+        return await self.store.live_run_ids() | set(self._runs)
 
     # --- runs ------------------------------------------------------------------------------------
-    def submit(self, request: RunRequest) -> Run:
+    async def submit(self, request: RunRequest) -> Run:
         if not self._accepting:
             raise NotAccepting("the server is shutting down and takes no new runs")
         now = now_iso()
@@ -151,34 +217,55 @@ class Runner:
             base_branch=request.base_branch,
             meta=dict(request.meta),
         )
-        self.store.create_run(run)
-        ctx = RunContext(
-            run_id=run.id,
-            request=request,
-            emit=functools.partial(self._emit, run.id),
-            deadline=0.0,
-            run_url=f"{self.public_url}/api/runs/{run.id}",
-        )
-        self._contexts[run.id] = ctx
         start: dict[str, Any] = {
             "repo_url": request.repo_url,
             "prompt": request.prompt,
-            "run_url": ctx.run_url,
+            "run_url": self.run_url(run_id),
         }
         if request.parent_id:
             start.update(family_id=run.family_id, parent_id=request.parent_id)
-        ctx.emit(EventType.START, start)
-        self._waiting.append(run.id)
-        self._pump()
+        event = await self.store.submit(
+            run, request.to_json(), NewEvent(EventType.START, self.redactor.data(start))
+        )
+        if self._own is not None:
+            self._own.add(run.id)
+        self._publish(request.source, [event])
+        self._wake.set()
         return run
 
-    def steer(self, family_id: str, message: Steer) -> str | None:
-        """Deliver a follow-up into the family's run while its agent works; that run's id, or
-        None when no agent of the family is listening (the caller queues it instead)."""
-        run_id = self._families.get(family_id)
-        ctx = self._contexts.get(run_id) if run_id else None
-        if ctx is None or not ctx.inbox.put(message):
+    def run_url(self, run_id: str) -> str:
+        return f"{self.public_url}/api/runs/{run_id}"
+
+    async def steer(self, family_id: str, message: Steer) -> str | None:
+        """Deliver a follow-up into the family's executing run while its agent works, wherever
+        it runs; that run's id, or None when no agent of the family listens (the caller queues
+        the follow-up instead)."""
+        for execution in self._runs.values():
+            ctx = execution.ctx
+            if (ctx.request.family_id or ctx.run_id) == family_id:
+                return ctx.run_id if self._deliver(execution, message) else None
+        run_id = await self.store.running_in_family(family_id)
+        if run_id is None:
             return None
+        return run_id if await self._steer_elsewhere(run_id, message) else None
+
+    async def _steer_elsewhere(self, run_id: str, message: Steer) -> bool:
+        """Hand a steer to the worker that runs `run_id` through the store and its bell, and
+        wait (briefly) for its answer. A steer nobody took in time is withdrawn: it is then
+        never delivered, so the caller may queue it as a run of its own."""
+        steer_id = await self.store.send_steer(run_id, dataclasses.asdict(message))
+        deadline = time.monotonic() + STEER_WAIT
+        while True:
+            late = time.monotonic() >= deadline
+            state = await self.store.steer_state(steer_id, withdraw=late)
+            if state in ("delivered", "refused", "withdrawn"):
+                return state == "delivered"
+            await asyncio.sleep(0.05)
+
+    def _deliver(self, execution: _Execution, message: Steer) -> bool:
+        ctx = execution.ctx
+        if not ctx.inbox.put(message):
+            return False
         ctx.emit(
             EventType.FOLLOWUP_RECEIVED,
             {
@@ -188,13 +275,23 @@ class Runner:
                 "mode": "steer",
             },
         )
-        return ctx.run_id
+        return True
+
+    async def _take_steers(self, run_id: str) -> None:
+        """Steers sent to a run this process executes, from another process."""
+        try:
+            for steer_id, message in await self.store.take_steers(run_id):
+                execution = self._runs.get(run_id)
+                delivered = execution is not None and self._deliver(execution, Steer(**message))
+                await self.store.settle_steer(steer_id, delivered)
+        except StoreError as exc:
+            log.error("run %s: steers could not be read: %s", run_id, exc)
 
     def note_queued_followup(self, run_id: str, followup: Run, request: RunRequest) -> None:
-        """Tell the viewers of an executing run that a follow-up waits behind it."""
-        if run_id in self._contexts:
-            self._emit(
-                run_id,
+        """Tell the viewers of a run executing here that a follow-up waits behind it."""
+        execution = self._runs.get(run_id)
+        if execution is not None:
+            execution.ctx.emit(
                 EventType.FOLLOWUP_RECEIVED,
                 {
                     "prompt": request.prompt,
@@ -205,74 +302,196 @@ class Runner:
                 },
             )
 
-    def executing_in_family(self, family_id: str) -> str | None:
-        """The family's run that executes now, if one does."""
-        return self._families.get(family_id)
+    async def executing_in_family(self, family_id: str) -> str | None:
+        """The family's run that executes now, on any worker."""
+        return await self.store.running_in_family(family_id)
 
     async def cancel(self, run_id: str) -> bool:
-        """Cancel a queued or running run; False when it is not live (unknown or finished)."""
-        if run_id in self._positions:
-            self._waiting.remove(run_id)
-            self._positions.pop(run_id)
-            self._finish(
-                run_id,
-                RunStatus.CANCELLED,
-                None,
-                started=None,
-                message="Cancelled before it started",
-            )
-            self._announce_positions()
-            return True
-        task = self._tasks.get(run_id)
-        if task is None or task.done():
+        """Cancel a queued or running run, wherever it runs; False when it is not live."""
+        result = await self.store.request_cancel(run_id)
+        if result.outcome == CancelOutcome.NOT_LIVE:
             return False
-        self._contexts[run_id].cancel_reason = "cancel"
-        task.cancel()
+        if result.outcome == CancelOutcome.CANCELLED:
+            self.hub.publish(result.events)
+            self._wake.set()  # the queue moved
+            return True
+        execution = self._runs.get(run_id)
+        if execution is not None:
+            self._stop(execution, "cancel")
+        # Else its owner heard the bell (store.request_cancel rang it); its heartbeat is the
+        # backstop when the bell was missed.
         return True
 
-    def _pump(self) -> None:
-        """Start waiting runs, oldest first, while slots are free; a run whose family has a run
-        executing waits for it (a family's runs build on each other's branch)."""
-        for run_id in list(self._waiting):
-            if len(self._tasks) >= self.limits.max_concurrent:
-                break
-            family = self._family_of(run_id)
-            if family in self._families:
+    def _stop(self, execution: _Execution, reason: str) -> None:
+        """Cancel a run's task once: the first reason is the one its end reports."""
+        if execution.ctx.cancel_reason is not None or execution.task is None:
+            return
+        execution.ctx.cancel_reason = reason
+        execution.task.cancel()
+
+    def _reconnected(self) -> None:
+        """The bell was deaf for a while: what it missed is read (viewers' runs, the queue);
+        a missed cancel is caught by the next heartbeat."""
+        self.hub.catch_up()
+        self._wake.set()
+        for run_id in self._runs:
+            self._spawn(self._take_steers(run_id))
+
+    def _control(self, message: str) -> None:
+        """The bell: `queued` (a run waits), `cancel:<run id>` (stop it, if it runs here)."""
+        if message == "queued":
+            self._wake.set()
+        elif message.startswith("cancel:"):
+            execution = self._runs.get(message.removeprefix("cancel:"))
+            if execution is not None:
+                self._stop(execution, "cancel")
+        elif message.startswith("steer:"):
+            run_id = message.removeprefix("steer:")
+            if run_id in self._runs:
+                self._spawn(self._take_steers(run_id))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._chores.add(task)
+        task.add_done_callback(self._chores.discard)
+
+    # --- the worker's loops ----------------------------------------------------------------------
+    async def _work(self) -> None:
+        """Claim runs while slots are free; then sleep until the bell, a run's end, or a poll."""
+        while self._accepting:
+            self._wake.clear()
+            try:
+                await self._claim_while_free()
+                self.hub.publish(await self.store.announce_positions())
+                self._counts = await self.store.counts()
+            except StoreError as exc:
+                log.error("the queue could not be read: %s", exc)
+            except Exception:
+                log.exception("the worker loop failed; it goes on")
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.limits.poll_seconds):
+                    await self._wake.wait()
+
+    async def _claim_while_free(self) -> None:
+        while self._accepting and len(self._runs) < self.limits.max_concurrent:
+            claim = await self.store.claim(self.worker, self.limits.lease_seconds, self._own)
+            if claim is None:
+                return
+            self._begin(claim)
+
+    def _begin(self, claim: Claim) -> None:
+        run_id = claim.fence.run_id
+        request = RunRequest.from_json(claim.request)
+        sink = EventSink(
+            self.store,
+            claim.fence,
+            functools.partial(self._publish, request.source),
+            self.redactor,
+            lambda exc: self._store_failed(run_id, exc),
+        )
+        queued_at = _epoch(claim.created_at)
+        ctx = RunContext(
+            run_id=run_id,
+            request=request,
+            emit=sink.emit,
+            deadline=0.0,
+            run_url=self.run_url(run_id),
+            created_at=queued_at,
+            attempt=claim.fence.attempt,
+        )
+        if self.observer is not None:
+            self.observer.on_claimed(request.source, run_id, max(0.0, time.time() - queued_at))
+        execution = _Execution(ctx, sink, claim)
+        self._runs[run_id] = execution
+        execution.task = asyncio.create_task(self._execute(execution), name=f"run-{run_id}")
+
+    def _publish(self, source: str, events: list[Event]) -> None:
+        self.hub.publish(events)
+        if self.observer is not None:
+            for event in events:
+                self.observer.on_event(source, event)
+
+    def _store_failed(self, run_id: str, exc: StoreError) -> None:
+        execution = self._runs.get(run_id)
+        if execution is None:
+            return
+        if isinstance(exc, LeaseLost):
+            log.warning("run %s: this worker lost its lease; it stops the run", run_id)
+            self._stop(execution, "lease_lost")
+        else:
+            log.error("run %s could not be recorded: %s", run_id, exc)
+            self._stop(execution, "store")
+
+    async def _heartbeat(self) -> None:
+        """Renew this worker's leases; stop the runs it no longer holds (reaped), and the ones
+        someone asked to cancel (a missed bell). A worker that cannot renew for a whole lease
+        stops everything it runs: another worker may have reaped them already."""
+        every = self.limits.lease_seconds / 3
+        renewed = time.monotonic()
+        while True:
+            await asyncio.sleep(every)
+            held = {rid: e for rid, e in self._runs.items() if e.task is not None}
+            if not held:
+                renewed = time.monotonic()
                 continue
-            self._waiting.remove(run_id)
-            self._positions.pop(run_id, None)
-            self._families[family] = run_id
-            self._tasks[run_id] = asyncio.create_task(self._execute(run_id), name=f"run-{run_id}")
-        self._announce_positions()
+            try:
+                leases = await self.store.heartbeat(self.worker, held, self.limits.lease_seconds)
+            except StoreError as exc:
+                log.error("the leases could not be renewed: %s", exc)
+                if time.monotonic() - renewed > self.limits.lease_seconds:
+                    for execution in held.values():
+                        self._stop(execution, "lease_lost")
+                continue
+            renewed = time.monotonic()
+            kept = {lease.run_id: lease for lease in leases}
+            for run_id, execution in held.items():
+                lease = kept.get(run_id)
+                if lease is None:
+                    if run_id in self._runs:  # not finished meanwhile
+                        log.warning("run %s was taken from this worker; it stops", run_id)
+                        self._stop(execution, "lease_lost")
+                elif lease.cancel_requested:
+                    self._stop(execution, "cancel")
 
-    def _family_of(self, run_id: str) -> str:
-        request = self._contexts[run_id].request
-        return request.family_id or run_id
+    async def _reaper(self) -> None:
+        every = min(self.limits.poll_seconds, self.limits.lease_seconds / 3)
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await self._reap(every_other_worker=False)
+            except Exception:
+                log.exception("the reaper failed; it goes on")
 
-    def _announce_positions(self) -> None:
-        for position, run_id in enumerate(self._waiting, start=1):
-            if self._positions.get(run_id) != position:
-                self._positions[run_id] = position
-                behind = self._families.get(self._family_of(run_id))
-                message = (
-                    f"Waiting for run {behind} of the same pull request to finish: "
-                    f"position {position} in the queue"
-                    if behind
-                    else f"Waiting for a free slot: position {position} in the queue"
-                )
-                self._emit(
-                    run_id,
-                    EventType.PROGRESS,
-                    {
-                        "stage": str(Stage.QUEUED),
-                        "message": message,
-                        "percentage": 0,
-                        "position": position,
-                    },
-                )
+    async def _reap(self, *, every_other_worker: bool) -> None:
+        events = await self.store.reap(self.worker, every_other_worker=every_other_worker)
+        if not events:
+            if every_other_worker:
+                await self._sweep("left by a previous process")
+            return
+        ended = sorted({e.run_id for e in events if e.is_terminal})
+        log.warning("ended %d runs whose worker stopped: %s", len(ended), ", ".join(ended))
+        self.hub.publish(events)
+        self._wake.set()
+        await self._sweep(
+            "left by a previous process" if every_other_worker else "no live run owns"
+        )
 
-    async def _execute(self, run_id: str) -> None:
-        ctx = self._contexts[run_id]
+    async def _sweep(self, whose: str) -> None:
+        """Delete the sandboxes no live run owns, anywhere (a dead worker's, say)."""
+        if self.janitor is None:
+            return
+        try:
+            removed = await self.janitor.cleanup_orphans(await self.live_run_ids())
+        except Exception:
+            log.exception("the sandbox janitor failed")
+            return
+        if removed:
+            log.info("deleted %d sandboxes %s", removed, whose)
+
+    # --- one run ---------------------------------------------------------------------------------
+    async def _execute(self, execution: _Execution) -> None:
+        ctx = execution.ctx
+        run_id = ctx.run_id
         token = run_id_var.set(run_id)
         started = time.monotonic()
         ctx.deadline = started + self.limits.max_duration
@@ -280,9 +499,8 @@ class Runner:
         failure: BackspaceError | None = None
         timer: asyncio.Timeout | None = None
         try:
-            self.store.update_run(run_id, status=RunStatus.RUNNING)
             if ctx.request.family_id:
-                ctx.continuation = self._continuation(ctx.request.family_id, run_id)
+                ctx.continuation = await self._continuation(ctx.request.family_id, run_id)
             async with asyncio.timeout(self.limits.max_duration) as timer:
                 outcome = await self.pipeline.run(ctx)
             status = outcome.status
@@ -297,15 +515,7 @@ class Runner:
             else:
                 failure = RunFailure("timeout", "an operation timed out", retryable=True)
         except asyncio.CancelledError:
-            if ctx.cancel_reason == "shutdown":
-                failure = RunFailure(
-                    "interrupted",
-                    "the server shut down while this run was in progress; start it again",
-                    retryable=True,
-                )
-            else:
-                status = RunStatus.CANCELLED
-                outcome = Outcome(RunStatus.CANCELLED, "The run was cancelled.")
+            failure, status, outcome = self._cancelled(ctx, execution)
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()
@@ -317,83 +527,100 @@ class Runner:
             log.exception("run failed unexpectedly")
             failure = BackspaceError(f"backspace failed unexpectedly: {type(exc).__name__}: {exc}")
         finally:
-            self._tasks.pop(run_id, None)
-            family = self._family_of(run_id)
-            if self._families.get(family) == run_id:
-                del self._families[family]
             try:
-                self._finish(
-                    run_id, status, failure, started=started, outcome=outcome, stage=ctx.stage
-                )
+                await self._finish(execution, status, failure, started, outcome)
             finally:
-                self._contexts.pop(run_id, None)
+                self._runs.pop(run_id, None)
                 run_id_var.reset(token)
-                self._pump()
+                self._wake.set()
 
-    def _finish(
+    def _cancelled(
+        self, ctx: RunContext, execution: _Execution
+    ) -> tuple[BackspaceError | None, RunStatus, Outcome | None]:
+        if ctx.cancel_reason == "shutdown":
+            failure: BackspaceError = RunFailure(
+                "interrupted",
+                "the server shut down while this run was in progress; start it again",
+                retryable=True,
+            )
+            return failure, RunStatus.FAILED, None
+        if ctx.cancel_reason in ("lease_lost", "store"):
+            return execution.sink.failure or StoreError("lease lost"), RunStatus.FAILED, None
+        return None, RunStatus.CANCELLED, Outcome(RunStatus.CANCELLED, "The run was cancelled.")
+
+    async def _finish(
         self,
-        run_id: str,
+        execution: _Execution,
         status: RunStatus,
         failure: BackspaceError | None,
-        *,
-        started: float | None,
-        outcome: Outcome | None = None,
-        stage: Stage | None = None,
-        message: str | None = None,
+        started: float,
+        outcome: Outcome | None,
     ) -> None:
-        """Record the final state, then the one `error` (if failed) and the one `complete`."""
-        duration_ms = int((time.monotonic() - started) * 1000) if started is not None else 0
-        pr_url = outcome.pr_url if outcome else None
-        stage = stage or Stage.QUEUED
+        """Store the rest of the run's events, then its end: the one `error` (if it failed) and
+        the one `complete`, with its final state, in one transaction."""
+        ctx, sink = execution.ctx, execution.sink
+        await sink.drain()
+        if isinstance(sink.failure, LeaseLost):
+            return  # whoever reaped it wrote its end
+        if sink.failure is not None and failure is None:  # its events could not all be stored
+            status, failure, outcome = RunStatus.FAILED, sink.failure, None
+        duration_ms = int((time.monotonic() - started) * 1000)
+        stage = ctx.stage
         reason = failure.describe(stage) if failure is not None else None
         final: dict[str, Any] = {
             "status": str(status),
             "duration_ms": duration_ms,
-            "message": message
-            or (reason if reason is not None else (outcome.message if outcome else "")),
+            "message": reason if reason is not None else (outcome.message if outcome else ""),
         }
+        pr_url = outcome.pr_url if outcome else None
         if pr_url:
             final["pr_url"] = pr_url
-        summary = self.redactor.text(outcome.summary) if outcome and outcome.summary else None
-        try:
-            if failure is not None:
-                self._emit(
-                    run_id,
+        events = []
+        if failure is not None:
+            events.append(
+                NewEvent(
                     EventType.ERROR,
-                    {
-                        "code": failure.code,
-                        "message": reason,
-                        "stage": str(stage),
-                        "retryable": failure.retryable,
-                    },
+                    self.redactor.data(
+                        {
+                            "code": failure.code,
+                            "message": reason,
+                            "stage": str(stage),
+                            "retryable": failure.retryable,
+                        }
+                    ),
                 )
-            self.store.update_run(
-                run_id,
-                status=str(status),
-                stage=str(Stage.COMPLETE),
-                finished_at=now_iso(),
-                duration_ms=duration_ms,
-                pr_url=pr_url,
-                **({"summary": summary} if summary else {}),
-                error=(
-                    RunError(code=failure.code, message=self.redactor.text(reason))
-                    if failure is not None and reason is not None
-                    else None
-                ),
             )
-            self._emit(run_id, EventType.COMPLETE, final)
-        except StoreError as exc:
-            log.error("could not record the end of run %s: %s", run_id, exc)
-            self._announce_unrecorded_end(run_id, final)
-        finally:
-            self.store.forget_seq(run_id)
+        events.append(NewEvent(EventType.COMPLETE, self.redactor.data(final)))
+        end = RunEnd(
+            status=status,
+            duration_ms=duration_ms,
+            pr_url=pr_url,
+            summary=self.redactor.text(outcome.summary) if outcome and outcome.summary else None,
+            error=(
+                RunError(code=failure.code, message=self.redactor.text(reason))
+                if failure is not None and reason is not None
+                else None
+            ),
+        )
+        if sink.failure is None:
+            try:
+                stored = await self.store.finish(execution.claim.fence, end, events)
+            except LeaseLost:
+                return
+            except StoreError as exc:
+                log.error("could not record the end of run %s: %s", ctx.run_id, exc)
+            else:
+                self._publish(ctx.request.source, stored)
+                return
+        self._announce_unrecorded_end(ctx.run_id, sink.last_seq, events[-1])
 
-    def _continuation(self, family_id: str, run_id: str) -> Continuation:
+    async def _continuation(self, family_id: str, run_id: str) -> Continuation:
         """What the family's earlier runs left: their requests and summaries, and the newest
         branch and PR one of them published (read now: it may have been opened while we waited)."""
         earlier = []
         published: Run | None = None
-        for run in self.store.family_runs(family_id):
+        family = await self.store.family_runs(family_id)
+        for run in family:
             if run.id == run_id:
                 break
             earlier.append(
@@ -401,9 +628,7 @@ class Runner:
             )
             if run.branch and run.pr_url:
                 published = run
-        first_base = next(
-            (r.base_sha for r in self.store.family_runs(family_id) if r.base_sha), None
-        )
+        first_base = next((r.base_sha for r in family if r.base_sha), None)
         if published is None:
             return Continuation(earlier=earlier)
         return Continuation(
@@ -414,35 +639,12 @@ class Runner:
             base_sha=first_base,
         )
 
-    def _announce_unrecorded_end(self, run_id: str, final: dict[str, Any]) -> None:
-        """The store failed: live viewers still get the `complete` (it is not stored)."""
-        try:
-            seq = self.store.next_seq(run_id)
-        except StoreError:
-            return
-        final = {**final, "recorded": False}
-        self.hub.publish(
-            Event(run_id, seq, EventType.COMPLETE, now_iso(), self.redactor.data(final))
-        )
+    def _announce_unrecorded_end(self, run_id: str, last_seq: int, complete: NewEvent) -> None:
+        """The store failed: live viewers here still get the `complete` (it is not stored)."""
+        data = {**complete.data, "recorded": False}
+        self.hub.publish([Event(run_id, last_seq + 1, EventType.COMPLETE, now_iso(), data)])
 
-    def _emit(self, run_id: str, type_: str, data: dict[str, Any]) -> None:
-        clean = self.redactor.data(data) if self.redactor else data
-        event = self.store.append_event(run_id, type_, clean)
-        if type_ == EventType.USAGE:
-            self.store.update_run(
-                run_id,
-                cost_usd=clean.get("cost_usd", 0.0),
-                input_tokens=clean.get("input_tokens", 0),
-                output_tokens=clean.get("output_tokens", 0),
-            )
-        elif type_ in (EventType.PR_CREATED, EventType.PR_UPDATED):
-            self.store.update_run(
-                run_id,
-                branch=clean.get("branch"),
-                pr_url=clean.get("pr_url"),
-                pr_number=clean.get("pr_number"),
-                base_sha=clean.get("base_sha"),
-            )
-        elif type_ == EventType.PROGRESS and clean.get("stage"):
-            self.store.update_run(run_id, stage=clean["stage"])
-        self.hub.publish(event)
+
+def _epoch(iso: str) -> float:
+    """An ISO timestamp (`...Z`) as Unix seconds."""
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()

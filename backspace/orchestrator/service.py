@@ -34,7 +34,7 @@ from backspace.orchestrator.redact import Redactor
 from backspace.orchestrator.run import RunRequest
 from backspace.orchestrator.runner import NotAccepting, Runner
 from backspace.orchestrator.sandboxes.base import SandboxProvider
-from backspace.orchestrator.store import Run, Store, StoreError, StoreFull
+from backspace.orchestrator.store import Run, RunStore, StoreError, StoreFull
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class ServiceConfig:
 @dataclass
 class Service:
     config: ServiceConfig
-    store: Store
+    store: RunStore
     hub: EventHub
     runner: Runner
     sandboxes: SandboxProvider
@@ -92,7 +92,7 @@ class Service:
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list, init=False, repr=False)
 
     # --- the door --------------------------------------------------------------------------------
-    def admit(
+    async def admit(
         self,
         repo_url: str,
         prompt: str,
@@ -134,9 +134,9 @@ class Service:
             closes_issue=closes_issue,
             engine=engine,
         )
-        return self._submit(request, gate)
+        return await self._submit(request, gate)
 
-    def follow_up(
+    async def follow_up(
         self,
         run_id: str,
         prompt: str,
@@ -161,7 +161,7 @@ class Service:
                 field="mode",
             )
         self.check_prompt(prompt)
-        parent = self.store.get_run(run_id)
+        parent = await self.store.get_run(run_id)
         if parent is None:
             raise Refusal(Reason.UNKNOWN_RUN, f"there is no run {run_id}", subject=run_id)
         family_id = parent.family_id or parent.id
@@ -169,15 +169,15 @@ class Service:
         if mode == "steer":
             if gate is not None:
                 gate()
-            steered = self.runner.steer(
+            steered = await self.runner.steer(
                 family_id, Steer(prompt=prompt, requester=requester, source=source, context=context)
             )
             if steered is not None:
-                run = self.store.get_run(steered)
+                run = await self.store.get_run(steered)
                 if run is not None:
                     return FollowUp(run, True, "delivered to the running run's agent")
             gate = None  # already counted
-        latest = self.store.family_runs(family_id)
+        latest = await self.store.family_runs(family_id)
         newest = latest[-1] if latest else parent
         try:
             ref = self.parse_repo(parent.repo_url)
@@ -200,8 +200,8 @@ class Service:
             family_id=family_id,
             engine=parent.meta.get("engine"),
         )
-        run = self._submit(request, gate)
-        executing = self.runner.executing_in_family(family_id)
+        run = await self._submit(request, gate)
+        executing = await self.runner.executing_in_family(family_id)
         if executing is not None and executing != run.id:
             note = f"queued behind run {executing}, which is still working on this pull request"
             self.runner.note_queued_followup(executing, run, request)
@@ -211,7 +211,7 @@ class Service:
             note = "started as a new run on the same pull request"
         return FollowUp(run, False, note)
 
-    def _submit(self, request: RunRequest, gate: Callable[[], None] | None) -> Run:
+    async def _submit(self, request: RunRequest, gate: Callable[[], None] | None) -> Run:
         """The checks every run shares (host, model, sandbox, the front end's gate), then the
         runner; one `Refusal` for whatever stops it."""
         ref = request.repo
@@ -229,7 +229,7 @@ class Service:
         if gate is not None:
             gate()
         try:
-            return self.runner.submit(request)
+            return await self.runner.submit(request)
         except NotAccepting as exc:
             raise Refusal(Reason.SHUTTING_DOWN, str(exc), retry_after=5) from None
         except StoreFull as exc:
@@ -278,26 +278,26 @@ class Service:
             )
 
     # --- runs ------------------------------------------------------------------------------------
-    def get_run(self, run_id: str) -> Run | None:
-        return self.store.get_run(run_id)
+    async def get_run(self, run_id: str) -> Run | None:
+        return await self.store.get_run(run_id)
 
-    def family(self, run_id: str) -> list[Run]:
+    async def family(self, run_id: str) -> list[Run]:
         """Every run of `run_id`'s family (its PR's conversation), oldest first."""
-        run = self.store.get_run(run_id)
+        run = await self.store.get_run(run_id)
         if run is None:
             return []
-        return self.store.family_runs(run.family_id or run.id) or [run]
+        return await self.store.family_runs(run.family_id or run.id) or [run]
 
-    def run_for_pull_request(self, pr_url: str) -> Run | None:
+    async def run_for_pull_request(self, pr_url: str) -> Run | None:
         """The newest run of the family that owns the pull request at `pr_url`."""
-        run = self.store.run_for_pull_request(pr_url)
+        run = await self.store.run_for_pull_request(pr_url)
         if run is None:
             return None
-        family = self.store.family_runs(run.family_id or run.id)
+        family = await self.store.family_runs(run.family_id or run.id)
         return family[-1] if family else run
 
-    def list_runs(self, limit: int = 50, before: str | None = None) -> list[Run]:
-        return self.store.list_runs(limit, before=before)
+    async def list_runs(self, limit: int = 50, before: str | None = None) -> list[Run]:
+        return await self.store.list_runs(limit, before=before)
 
     def subscribe(self, run_id: str, after: int = 0) -> AsyncIterator[Event]:
         """The run's events with seq > after: the past from the store, then live ones."""
@@ -316,6 +316,7 @@ class Service:
         usable, message = self.sandboxes.check()
         if not usable:
             log.error("the %s sandbox cannot be used: %s", self.sandboxes.name, message)
+        await self.store.open()
         await self.runner.start()
         self._tasks.append(asyncio.create_task(self._janitor(), name="sandbox-janitor"))
         for host in self.hosts.values():  # a GitHub App signs in once, so /health can say so
@@ -347,27 +348,31 @@ class Service:
             close_host = getattr(host, "aclose", None)
             if close_host is not None:
                 await close_host()
-        self.store.close()
+        await self.store.aclose()
 
     async def _janitor(self) -> None:
         """Every few minutes, delete sandboxes no live run owns (a crash never leaks them)."""
         while True:
             await asyncio.sleep(self.config.janitor_interval)
             try:
-                removed = await self.sandboxes.cleanup_orphans(self.runner.live_run_ids())
+                removed = await self.sandboxes.cleanup_orphans(await self.runner.live_run_ids())
                 if removed:
                     log.info("the janitor deleted %d sandboxes no live run owns", removed)
             except Exception:
                 log.exception("the sandbox janitor failed")
 
     # --- health ----------------------------------------------------------------------------------
-    def health(self, *, show_paths: bool = False) -> dict[str, Any]:
+    async def health(self, *, show_paths: bool = False) -> dict[str, Any]:
         """What is configured and usable; file paths only when `show_paths`: they tell a
         stranger where the database and the repositories are."""
         hide = _hide_paths(self._paths()) if not show_paths else str
         config = self.config
         sandbox_ok, sandbox_message = self.sandboxes.check()
-        store_ok = self.store.ping()
+        store_ok = await self.store.ping()
+        try:
+            counts = await self.runner.counts()
+        except StoreError:
+            counts = {"queued": -1, "running": -1}
         room, store_message = self.store.headroom()
         store_ok = store_ok and room
         hosts = {}
@@ -400,13 +405,21 @@ class Service:
             "engines": self.engine_report(),
             "store": {
                 "ok": store_ok,
-                **({"path": str(self.store.path)} if show_paths else {}),
+                "kind": self.store.kind,
+                # Where it is (a path; a host and database): for a caller with the key only.
+                **(
+                    {"path": str(getattr(self.store, "path", self.store.describe()))}
+                    if show_paths
+                    else {}
+                ),
                 "message": hide(store_message),
             },
             "runs": {
                 "active": self.runner.active_count(),
-                "queued": self.runner.queued_count(),
+                "queued": counts["queued"],
+                "running": counts["running"],
                 "max_concurrent": self.runner.limits.max_concurrent,
+                "worker": self.runner.worker,
             },
         }
 
@@ -425,7 +438,7 @@ class Service:
     def _paths(self) -> list[str]:
         """The server's own files and directories, as they may appear in a message."""
         paths: list[Path | None] = [
-            self.store.path,
+            getattr(self.store, "path", None),
             self.config.local_repos,
             getattr(self.sandboxes, "root", None),
         ]

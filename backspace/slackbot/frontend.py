@@ -25,11 +25,14 @@ from backspace.config import Settings
 from backspace.orchestrator.service import Service
 from backspace.slackbot.endpoint import Endpoint
 from backspace.slackbot.listeners import Listeners
+from backspace.slackbot.reporter import ApiErrorHook
 from backspace.tasks import Tasks
 
 
 class SlackFrontEnd:
-    def __init__(self, service: Service, settings: Settings) -> None:
+    def __init__(
+        self, service: Service, settings: Settings, on_api_error: ApiErrorHook | None = None
+    ) -> None:
         self.settings = settings
         token = settings.slack_bot_token.get_secret_value() if settings.slack_bot_token else ""
         secret = (
@@ -55,7 +58,7 @@ class SlackFrontEnd:
             raise_error_for_unhandled_request=False,
         )
         self.tasks = Tasks("Slack")
-        Listeners(service, settings, self.client, self.tasks).register(self.app)
+        Listeners(service, settings, self.client, self.tasks, on_api_error).register(self.app)
         self._endpoint = Endpoint(self.app, secret)
         self._socket: Any = None
         logging.getLogger("slack_bolt").setLevel(logging.ERROR)  # some of its logs carry bodies

@@ -32,7 +32,7 @@ from backspace.slackbot.messages import (
     refusal_text,
     status_text,
 )
-from backspace.slackbot.reporter import ChannelPacer, SlackReporter
+from backspace.slackbot.reporter import ApiErrorHook, ChannelPacer, SlackReporter
 from backspace.slackbot.tasks import safe
 from backspace.tasks import Tasks
 
@@ -56,7 +56,9 @@ class Listeners:
         settings: Settings,
         client: AsyncWebClient,
         tasks: Tasks,
+        on_api_error: ApiErrorHook | None = None,
     ) -> None:
+        self.on_api_error = on_api_error  # telemetry: (method, error) of a failed Slack call
         self.service = service
         self.settings = settings
         self.client = client
@@ -107,7 +109,7 @@ class Listeners:
                 text="This command came without a channel or a user, so backspace cannot run it.",
             )
             return
-        reply = self._handle(_text(body.get("text")), Where(team, channel, user))
+        reply = await self._handle(_text(body.get("text")), Where(team, channel, user))
         if isinstance(reply, Refusal):
             reply = refusal_text(reply, self.command)
         if isinstance(reply, str):  # it may quote what was sent: never a secret we know
@@ -135,7 +137,7 @@ class Listeners:
         event_id = _text(body.get("event_id"))
         # Slack re-sends an event it thinks was missed: it starts at most one run, across
         # restarts too (the store remembers it).
-        if event_id and not self.service.store.claim_delivery("slack", event_id):
+        if event_id and not await self.service.store.claim_delivery("slack", event_id):
             return
         team = _text(body.get("team_id"))
         channel, user, ts = (
@@ -148,12 +150,12 @@ class Listeners:
             log.info("ignored a mention without a channel or a user")
             return
         where = Where(team, channel, user)
-        parent = self._thread_run(team, channel, _text(event.get("thread_ts")))
+        parent = await self._thread_run(team, channel, _text(event.get("thread_ts")))
         request = commands.follow_up(_text(event.get("text")))
         if parent is not None and request is not None:
             await self._follow_up(parent, request, where, ts, thread, client)
             return
-        reply = self._handle(_text(event.get("text")), Where(team, channel, user, thread))
+        reply = await self._handle(_text(event.get("text")), Where(team, channel, user, thread))
         if isinstance(reply, Refusal):
             reply = refusal_text(reply, self.command, in_thread=True)
         if isinstance(reply, str):
@@ -168,7 +170,7 @@ class Listeners:
         run_id = _text(actions[0].get("value"))
         who = body.get("user")
         user = _text(who.get("id")) if isinstance(who, dict) else ""
-        run = self.service.get_run(run_id)
+        run = await self.service.get_run(run_id)
         if run is None:
             await respond(
                 response_type="ephemeral", replace_original=False, text="I do not know that run."
@@ -190,18 +192,18 @@ class Listeners:
         """Plain channel messages are not for us (mentions arrive as app_mention)."""
 
     # --- a request, answered ---------------------------------------------------------------------
-    def _handle(self, text: str, where: Where) -> str | Refusal | RunView:
-        """A reply for the person, a refusal, or the run started. No network: this runs before
-        the ack."""
+    async def _handle(self, text: str, where: Where) -> str | Refusal | RunView:
+        """A reply for the person, a refusal, or the run started. Only the store is asked:
+        this runs before the ack."""
         service, store, command = self.service, self.service.store, self.command
         team, channel, user = where.team, where.channel, where.user
-        parsed = commands.parse(text, service.parse_repo, store.channel_repo(team, channel))
+        parsed = commands.parse(text, service.parse_repo, await store.channel_repo(team, channel))
         match parsed:
             case commands.Help():
                 return help_text(command)
             case commands.Status():
                 return status_text(
-                    store.runs_with_meta("slack_channel", channel), service.public_url
+                    await store.runs_with_meta("slack_channel", channel), service.public_url
                 )
             case commands.Invalid(reason):
                 return f"{escape(reason)}\nTry `{command} help`."
@@ -210,13 +212,13 @@ class Listeners:
                     ref = service.parse_repo(reference)
                 except RepoRefError as exc:
                     return f"{escape(str(exc))}\nTry `{command} help`."
-                store.set_channel_repo(
+                await store.set_channel_repo(
                     team, channel, ref.name if ref.host == "github" else reference, user
                 )
                 return f"This channel's default repository is now `{escape(ref.name)}`. Try `{command} <what to change>`."
             case commands.StartRun(repo, repo_text, prompt, engine):
                 try:
-                    run = service.admit(
+                    run = await service.admit(
                         repo_text,
                         prompt,
                         engine=engine,
@@ -244,12 +246,12 @@ class Listeners:
         )
 
     # --- follow-ups in a run's thread ------------------------------------------------------------
-    def _thread_run(self, team: str, channel: str, thread: str) -> Run | None:
+    async def _thread_run(self, team: str, channel: str, thread: str) -> Run | None:
         """The newest run reported in this thread of this channel (a thread ts is unique only
         within its channel), or None: then a mention there is a new request."""
         if not thread:
             return None
-        for run in self.service.store.runs_with_meta("slack_thread", thread, limit=20):
+        for run in await self.service.store.runs_with_meta("slack_thread", thread, limit=20):
             if run.meta.get("slack_channel") == channel and run.meta.get("slack_team") == team:
                 return run
         return None
@@ -266,7 +268,7 @@ class Listeners:
         """Continue the thread's run family: a queued run reported in the same thread, or the
         words steered into the running run."""
         try:
-            result: FollowUp = self.service.follow_up(
+            result: FollowUp = await self.service.follow_up(
                 parent.id,
                 request.prompt,
                 mode=request.mode,
@@ -300,11 +302,11 @@ class Listeners:
     async def _report(self, view: RunView, channel: str, thread: str | None, respond: Any) -> None:
         reporter = SlackReporter(
             self.client, self.pacer, view, channel=channel, thread_ts=thread,
-            status_interval=self.settings.slack_status_interval,
+            status_interval=self.settings.slack_status_interval, on_error=self.on_api_error,
         )  # fmt: skip
         error = await reporter.open()
         if thread is None and reporter.status_ts is not None:
-            self._remember_thread(view.run_id, reporter.status_ts)
+            await self._remember_thread(view.run_id, reporter.status_ts)
         if error in ("not_in_channel", "channel_not_found") and respond is not None:
             await safe(
                 respond(
@@ -315,12 +317,10 @@ class Listeners:
             )
         await reporter.follow(self.service.subscribe(view.run_id))
 
-    def _remember_thread(self, run_id: str, thread: str) -> None:
+    async def _remember_thread(self, run_id: str, thread: str) -> None:
         """A slash command's run is reported in its status message's thread: a mention there
         is a follow-up."""
-        run = self.service.store.get_run(run_id)
-        if run is not None:
-            self.service.store.update_run(run_id, meta={**run.meta, "slack_thread": thread})
+        await self.service.store.set_meta(run_id, slack_thread=thread)
 
     async def _ephemeral(self, channel: str, user: str, text: str) -> None:
         await safe(self.client.chat_postEphemeral(channel=channel, user=user, text=text))

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from slack_sdk.errors import SlackApiError
@@ -65,6 +65,9 @@ class ChannelPacer:
                 self._last[channel] = time.monotonic()
 
 
+ApiErrorHook = Callable[[str, str], None]  # (method, error): counted by the metrics
+
+
 class SlackReporter:
     def __init__(
         self,
@@ -75,7 +78,9 @@ class SlackReporter:
         channel: str,
         thread_ts: str | None,
         status_interval: float,
+        on_error: ApiErrorHook | None = None,
     ) -> None:
+        self.on_error = on_error
         self.client = client
         self.pacer = pacer
         self.view = view
@@ -265,8 +270,9 @@ class SlackReporter:
             return await getattr(self.client, method)(**kwargs)
         except SlackApiError as exc:
             error = str(exc.response.get("error") or exc.response.status_code)
-            log.warning("Slack %s failed: %s", method, error)
-            return error
         except Exception as exc:  # a Slack outage must never reach the run
-            log.warning("Slack %s failed: %s", method, type(exc).__name__)
-            return type(exc).__name__
+            error = type(exc).__name__
+        log.warning("Slack %s failed: %s", method, error)
+        if self.on_error is not None:
+            self.on_error(method, error)
+        return error

@@ -22,6 +22,7 @@ from backspace.orchestrator.agent.tools import BASH, EDITOR, FINISH, tool_defini
 from backspace.orchestrator.events import AGENT_PERCENT_END, EventType, Stage
 from backspace.orchestrator.inbox import Inbox
 from backspace.orchestrator.sandboxes.base import Sandbox
+from backspace.telemetry import tracing
 
 Emit = Callable[[str, dict[str, Any]], None]
 Outcome = Literal["finished", "ended", "turn_limit", "cost_limit", "refusal"]
@@ -150,12 +151,14 @@ class Agent:
             {"stage": Stage.AGENT, "message": f"Model turn {self.turns}", "percentage": percentage},
         )
         _mark_cache_breakpoint(messages)
-        turn = await self.model.respond(
-            system=self.system,
-            messages=messages,
-            tools=self.tools,
-            max_tokens=self.limits.max_tokens,
-        )
+        # The model SDK's own `chat <model>` span nests in this one (same task, same context).
+        with tracing.span("agent.turn", {"backspace.turn": self.turns}):
+            turn = await self.model.respond(
+                system=self.system,
+                messages=messages,
+                tools=self.tools,
+                max_tokens=self.limits.max_tokens,
+            )
         self.usage.add(self.model.name, turn.usage)
         _clear_old_results_if_large(messages, turn.usage)
         for block in turn.content:
@@ -176,10 +179,16 @@ class Agent:
                     "content into smaller edits.",
                     is_error=True,
                 )
-            elif call["name"] == FINISH:
-                outcome, finish = self._finish(call.get("input") or {})
             else:
-                outcome = await self._tool(call["name"], call.get("input") or {}, call["id"])
+                with tracing.span(*_tool_span(call)) as current:
+                    if call["name"] == FINISH:
+                        outcome, finish = self._finish(call.get("input") or {})
+                    else:
+                        outcome = await self._tool(
+                            call["name"], call.get("input") or {}, call["id"]
+                        )
+                    if current is not None and outcome.is_error:
+                        current.set_attribute("error.type", "tool_error")
             if outcome.event is not None:
                 self.emit(*outcome.event)
             results.append(
@@ -242,6 +251,17 @@ class Agent:
 
     def _result(self, outcome: Outcome, message: str) -> AgentResult:
         return AgentResult(outcome=outcome, turns=self.turns, usage=self.usage, message=message)
+
+
+def _tool_span(call: dict[str, Any]) -> tuple[str, dict[str, str]]:
+    """The GenAI tool span of one call: its name and id, never its input (code, secrets)."""
+    name = str(call.get("name", ""))[:64]
+    return f"execute_tool {name}", {
+        "gen_ai.operation.name": "execute_tool",
+        "gen_ai.tool.name": name,
+        "gen_ai.tool.call.id": str(call.get("id", ""))[:128],
+        "gen_ai.tool.type": "function",
+    }
 
 
 def _mark_cache_breakpoint(messages: list[dict[str, Any]]) -> None:

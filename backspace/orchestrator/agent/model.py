@@ -68,6 +68,7 @@ class AnthropicModel:
         retries: int = 4,
         retry_delay: float = 1.0,
         timeout: float = 300.0,
+        tracer_provider: Any = None,
     ) -> None:
         import anthropic
 
@@ -81,6 +82,14 @@ class AnthropicModel:
             base_url=base_url,
             max_retries=0,
             timeout=timeout,
+            # The SDK's own `chat <model>` spans, into backspace's provider (children of the run's
+            # agent span), content left out (metadata only: prompts and output may hold
+            # secrets); without a provider, off: no spans, no trace headers.
+            open_telemetry=(
+                {"tracer_provider": tracer_provider, "traces": {"content_mode": "metadata_only"}}
+                if tracer_provider is not None
+                else False
+            ),
         )
 
     async def close(self) -> None:

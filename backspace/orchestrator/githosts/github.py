@@ -71,6 +71,7 @@ _RUN_TOKEN: ContextVar[str | None] = ContextVar("backspace_github_run_token", de
 
 class GitHubHost:
     name = "github"
+    on_api_error: Callable[[str, str], None] | None = None  # telemetry: (operation, error code)
 
     def __init__(
         self,
@@ -381,7 +382,10 @@ class GitHubHost:
         except GitHostError:
             raise
         except Exception as exc:
-            raise self._api_error(exc, what, name) from exc
+            error = self._api_error(exc, what, name)
+            if self.on_api_error is not None:  # telemetry: the operation's verb, the error code
+                self.on_api_error(what.split(" ", 1)[0], error.code)
+            raise error from exc
 
     def _api_error(self, exc: Exception, what: str, name: str) -> GitHostError:
         import github

@@ -27,7 +27,7 @@ from backspace.orchestrator.githosts.base import (
 from backspace.orchestrator.githosts.base_payload import BasePayload, BasePayloads, PayloadKey
 from backspace.orchestrator.githosts.gitcmd import GitError, git
 from backspace.orchestrator.githosts.references import check_branch_name
-from backspace.orchestrator.store import Store
+from backspace.orchestrator.store import RunStore
 
 PREFIX = "local:"
 
@@ -36,7 +36,7 @@ class LocalGitHost:
     name = "local"
 
     def __init__(
-        self, root: Path | None, store: Store, public_url: str, payloads: BasePayloads
+        self, root: Path | None, store: RunStore, public_url: str, payloads: BasePayloads
     ) -> None:
         self.root = root.resolve() if root else None
         self.store = store
@@ -170,7 +170,7 @@ class LocalGitHost:
             ) from exc
 
     async def open_pull_request(self, repo: ResolvedRepo, draft: PullRequestDraft) -> PullRequest:
-        pr_id = self.store.create_pull_request(
+        pr_id = await self.store.create_pull_request(
             run_id=draft.run_id,
             repo=repo.ref.name,
             title=draft.title,
@@ -203,7 +203,7 @@ class LocalGitHost:
     async def pull_request(self, repo: ResolvedRepo, number: int) -> PullRequestState:
         """A local PR is merged once its branch's head is in its base branch (people merge
         with git); closed when its record says so."""
-        record = self.store.get_pull_request(number)
+        record = await self.store.get_pull_request(number)
         if record is None or record.repo != repo.ref.name:
             raise GitHostError("pr_not_found", f"{repo.ref.name} has no pull request #{number}")
         state = record.state
@@ -212,7 +212,7 @@ class LocalGitHost:
             base = await self.branch_head(repo, record.base)
             if head and base and head != base and await self._is_ancestor(repo, head, base):
                 state = "merged"
-                self.store.update_pull_request(number, state=state)
+                await self.store.update_pull_request(number, state=state)
         return PullRequestState(
             url=f"{self.public_url}/prs/{number}", number=number, state=state, body=record.body
         )
@@ -228,12 +228,14 @@ class LocalGitHost:
     async def update_pull_request(
         self, repo: ResolvedRepo, number: int, *, body: str, comment: str
     ) -> PullRequest:
-        record = self.store.get_pull_request(number)
+        record = await self.store.get_pull_request(number)
         if record is None:
             raise GitHostError("pr_not_found", f"{repo.ref.name} has no pull request #{number}")
         head = await self.branch_head(repo, record.branch)
-        self.store.update_pull_request(number, body=body, **({"head_sha": head} if head else {}))
-        self.store.add_pull_request_comment(number, comment)
+        await self.store.update_pull_request(
+            number, body=body, **({"head_sha": head} if head else {})
+        )
+        await self.store.add_pull_request_comment(number, comment)
         return PullRequest(url=f"{self.public_url}/prs/{number}", number=number)
 
 
