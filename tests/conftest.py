@@ -152,6 +152,8 @@ LONGEST_FIRST = (
     "test_schemathesis",
     "test_daytona_e2e",
     "test_api_e2e",
+    "test_store_contract",  # mostly waiting (leases expiring): about 45 s, little CPU
+    "test_telemetry",
     "test_followups",
     "test_github_app",
     "test_github_e2e",
@@ -164,10 +166,11 @@ LONGEST_FIRST = (
     "test_environments",
     "test_cli",
     "test_web_followups",
-    "test_fake_github_app",
     "test_claude_code",
+    "test_runner_fleet",
     "test_slack_followups",
     "test_github_webhook",
+    "test_fake_github_app",  # its JWT key parsed once: about 15 s, from 25
     "test_attack_git",
     "test_slack_socket_mode",
     "test_attack_limits",
