@@ -24,6 +24,7 @@ import httpx
 from backspace.orchestrator.sandboxes.local import ROOT_MARK_VARIABLE, default_root, root_mark
 from tests.fakes.anthropic import FakeAnthropic
 from tests.server import ROOT, Server, start_server
+from tests.tls import TLS
 
 
 def base_env(repos: Path, fake: FakeAnthropic, **extra: str) -> dict[str, str]:
@@ -136,7 +137,7 @@ REFUSED: list[tuple[str, str]] = [
 async def wait_status(server: Server, run_id: str, *, timeout: float = 30) -> dict[str, Any]:
     """The run, once it has ended."""
     deadline = time.monotonic() + timeout
-    async with httpx.AsyncClient() as client:
+    async with httpx.AsyncClient(verify=TLS) as client:
         while time.monotonic() < deadline:
             run: dict[str, Any] = (await client.get(f"{server.url}/api/runs/{run_id}")).json()
             if run["status"] not in ("queued", "running"):

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import httpx
 
+from tests.tls import TLS
+
 ROOT = Path(__file__).resolve().parent.parent
 STARTED: list[int] = []  # pids of the servers this test process started (conftest reports them)
 BIND_RETRIES = 3  # a port found free can be taken by another test worker before the server binds
@@ -106,7 +108,10 @@ def _start(workdir: Path, env: dict[str, str], wait: float) -> Server:
         # for the same port would answer /health too.
         listening = f"running on {server.url}".encode() in log_path.read_bytes()[log_start:]
         try:
-            if listening and httpx.get(f"{server.url}/health", timeout=1).status_code == 200:
+            if (
+                listening
+                and httpx.get(f"{server.url}/health", timeout=1, verify=TLS).status_code == 200
+            ):
                 return server
         except httpx.HTTPError:
             pass

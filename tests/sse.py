@@ -9,6 +9,8 @@ from typing import Any
 
 import httpx
 
+from tests.tls import TLS
+
 
 @dataclass
 class Frame:
@@ -75,7 +77,7 @@ def events_of(got: list[Frame]) -> list[dict[str, Any]]:
 
 async def post_run(base_url: str, body: dict[str, Any]) -> list[dict[str, Any]]:
     """POST /api/code and read the run's whole stream; the events as dicts."""
-    async with httpx.AsyncClient(timeout=60) as client:
+    async with httpx.AsyncClient(verify=TLS, timeout=60) as client:
         response, got = await collect(client, "POST", f"{base_url}/api/code", json=body)
     assert response.status_code == 200, response.text
     return events_of(got)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import time
 import uuid
@@ -22,12 +23,15 @@ from tests.helpers import (
     assert_clean,
     base_env,
     shared_rig,
+    stop_and_remove,
     wait_for_process,
     wait_status,
+    workdir,
 )
 from tests.scenarios import EDIT_SIGNUP, finish
-from tests.server import Server
+from tests.server import Server, start_server
 from tests.sse import collect, events_of, frames, of_type, post_run
+from tests.tls import TLS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
@@ -80,12 +84,68 @@ def shared() -> Iterator[Shared]:
             model,
             BACKSPACE_SSE_PING="0.3",  # for the ping test; other tests skip comment frames
             BACKSPACE_MODEL_RETRIES="2",
+            # For the bad-input test; every other test's prompt and body are well within them.
+            BACKSPACE_MAX_PROMPT_CHARS="500",
+            BACKSPACE_MAX_BODY_BYTES="4096",
             MAX_CONCURRENT_RUNS="4",
             BACKSPACE_SANDBOX="local",
             **SECRETS,
         ),
     ) as rig:
         yield rig
+
+
+API_KEY = "backspace-api-key-0123456789"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
+
+@pytest.fixture(scope="module")
+def authed() -> Iterator[Shared]:
+    """A server behind an API key, with a short wall-clock limit: the auth test's and the
+    wall-clock test's (each waits for its own run to end, so neither sees the other's)."""
+    with shared_rig(
+        "api-e2e-auth",
+        lambda repos, model: base_env(
+            repos, model, REQUIRE_AUTH="true", API_KEY=API_KEY, MAX_SANDBOX_DURATION="6"
+        ),
+    ) as rig:
+        yield rig
+
+
+class Restarts:
+    """One database through the restart tests: a test starts from the server the one before
+    left running (a fresh start costs a second or two of CPU), or a fresh one; `restart` starts
+    the next process on the same database and directory (its log file continues)."""
+
+    def __init__(self, root: Path, repos: Path, model: FakeAnthropic) -> None:
+        self.root, self.repos, self.model = root, repos, model
+        self.env = base_env(repos, model, BACKSPACE_SHUTDOWN_GRACE="1")
+        self.server: Server | None = None
+
+    def live(self) -> Server:
+        if self.server is None or self.server.process.poll() is not None:
+            return self.restart()
+        return self.server
+
+    def restart(self) -> Server:
+        self.server = start_server(self.root / "server", self.env)
+        return self.server
+
+
+@pytest.fixture(scope="module")
+def restarts() -> Iterator[Restarts]:
+    root, repos = workdir("api-e2e-restarts"), workdir("api-e2e-restarts-repos")
+    try:
+        with FakeAnthropic(scenarios={}) as model:
+            rig = Restarts(root, repos, model)
+            try:
+                yield rig
+            finally:
+                if rig.server is not None:
+                    stop_and_remove(rig.server, root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(repos, ignore_errors=True)
 
 
 async def test_a_whole_run_streams_every_step_and_pushes_exactly_the_change(
@@ -96,7 +156,7 @@ async def test_a_whole_run_streams_every_step_and_pushes_exactly_the_change(
     shared.model.scenarios["validation-e2e"] = edit_scenario()
     server = shared.server
 
-    async with httpx.AsyncClient(timeout=60) as client:
+    async with httpx.AsyncClient(verify=TLS, timeout=60) as client:
         response, frames = await collect(
             client, "POST", f"{server.url}/api/code",
             json={"repo_url": "local:whole", "prompt": "validation-e2e: add input validation to signup"},
@@ -152,7 +212,7 @@ async def test_a_whole_run_streams_every_step_and_pushes_exactly_the_change(
     assert "+    if not name:" in git(origin, "diff", base_sha, branch)
     assert git(origin, "rev-parse", "main").strip() == base_sha
 
-    async with httpx.AsyncClient() as client:
+    async with httpx.AsyncClient(verify=TLS) as client:
         page = await client.get(pr["pr_url"])
         run = (await client.get(f"{server.url}/api/runs/{run_id}")).json()
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
@@ -171,7 +231,7 @@ async def test_resume_after_last_event_id_gives_exactly_the_rest(shared: Shared)
     steps[2] = Reply(steps[2].blocks, delay=0.4)
     shared.model.scenarios["resume-e2e"] = steps
     server = shared.server
-    async with httpx.AsyncClient(timeout=60) as client:
+    async with httpx.AsyncClient(verify=TLS, timeout=60) as client:
         _, first = await collect(
             client,
             "POST",
@@ -198,7 +258,7 @@ async def test_a_client_that_disconnects_does_not_cancel_its_run(shared: Shared)
     steps[1] = Reply([EDIT], delay=0.5)
     shared.model.scenarios["disconnect-e2e"] = steps
     server = shared.server
-    async with httpx.AsyncClient(timeout=60) as client:
+    async with httpx.AsyncClient(verify=TLS, timeout=60) as client:
         _, frames = await collect(
             client,
             "POST",
@@ -216,7 +276,7 @@ async def test_a_silent_stream_gets_ping_comments(shared: Shared) -> None:
     steps[1] = Reply([EDIT], delay=1.2)  # the model thinks for a while: the stream is silent
     shared.model.scenarios["ping-e2e"] = steps
     server = shared.server  # BACKSPACE_SSE_PING=0.3
-    async with httpx.AsyncClient(timeout=60) as client:
+    async with httpx.AsyncClient(verify=TLS, timeout=60) as client:
         _, frames = await collect(
             client,
             "POST",
@@ -234,7 +294,7 @@ async def test_a_slow_commands_output_streams_before_it_ends(shared: Shared) -> 
     shared.model.scenarios["live-e2e"] = [Reply([ToolCall("bash", {"command": slow})]), finish()]
     server = shared.server
     seen: dict[str, float] = {}
-    async with httpx.AsyncClient(timeout=60) as client:
+    async with httpx.AsyncClient(verify=TLS, timeout=60) as client:
         body = {"repo_url": "local:live", "prompt": "live-e2e"}
         async with client.stream("POST", f"{server.url}/api/code", json=body) as response:
             async for frame in frames(response):
@@ -253,7 +313,7 @@ async def test_json_clients_get_202_with_the_run(shared: Shared) -> None:
     make_repo(shared.repos, "json")
     shared.model.scenarios["json-e2e"] = edit_scenario()
     server = shared.server
-    async with httpx.AsyncClient(timeout=30) as client:
+    async with httpx.AsyncClient(verify=TLS, timeout=30) as client:
         response = await client.post(
             f"{server.url}/api/code",
             json={"repoUrl": "local:json", "prompt": "json-e2e"},
@@ -276,7 +336,7 @@ async def test_cancel_mid_command_kills_it_and_ends_cancelled(shared: Shared) ->
     make_repo(shared.repos, "cancel")
     shared.model.scenarios["cancel-e2e"], marker = slow_scenario(120)
     server = shared.server
-    async with httpx.AsyncClient(timeout=30) as client:
+    async with httpx.AsyncClient(verify=TLS, timeout=30) as client:
         run = (
             await client.post(
                 f"{server.url}/api/code",
@@ -298,14 +358,18 @@ async def test_cancel_mid_command_kills_it_and_ends_cancelled(shared: Shared) ->
     assert_clean(server)
 
 
-async def test_the_wall_clock_limit_ends_the_run_timed_out(
-    repos: Path, fake_model: FakeAnthropic, server_factory: ServerFactory
-) -> None:
-    make_repo(repos, "widgets")
-    fake_model.scenarios["timeout-e2e"], _ = slow_scenario(121)
-    server = server_factory(base_env(repos, fake_model, MAX_SANDBOX_DURATION="6"))
+async def test_the_wall_clock_limit_ends_the_run_timed_out(authed: Shared) -> None:
+    make_repo(authed.repos, "timeout")
+    authed.model.scenarios["timeout-e2e"], _ = slow_scenario(121)
+    server = authed.server  # MAX_SANDBOX_DURATION=6
     started = time.monotonic()
-    events = await run_to_end(server, "timeout-e2e")
+    async with httpx.AsyncClient(verify=TLS, timeout=60) as client:
+        response, got = await collect(
+            client, "POST", f"{server.url}/api/code",
+            json={"repo_url": "local:timeout", "prompt": "timeout-e2e"}, headers=AUTH,
+        )  # fmt: skip
+    assert response.status_code == 200, response.text
+    events = events_of(got)
     assert time.monotonic() - started < 15
     error, complete = events[-2], events[-1]
     assert error["type"] == "error" and error["code"] == "wall_clock_limit"
@@ -400,7 +464,7 @@ async def test_secrets_never_reach_the_sandbox_an_event_or_a_log_line(shared: Sh
     for value in secrets.values():
         assert value not in everything
     assert "[REDACTED]" in events[0]["prompt"]
-    async with httpx.AsyncClient() as client:
+    async with httpx.AsyncClient(verify=TLS) as client:
         run = (await client.get(f"{server.url}/api/runs/{events[0]['run_id']}")).text
         pr = (
             await client.get(
@@ -502,18 +566,18 @@ BAD_REQUESTS: list[tuple[str, Any, int, str]] = [
 
 
 async def test_bad_input_gets_a_clear_error_and_starts_nothing(
-    repos: Path, tmp_path: Path, fake_model: FakeAnthropic, server_factory: ServerFactory
+    shared: Shared, tmp_path: Path
 ) -> None:
+    repos = shared.repos  # the shared server's limits: 500 prompt characters, 4096 body bytes
     make_repo(repos, "widgets")
     (repos / "plain").mkdir()
     outside = make_repo(tmp_path, "outside")
     (repos / "escape").symlink_to(outside)
-    server = server_factory(
-        base_env(
-            repos, fake_model, BACKSPACE_MAX_PROMPT_CHARS="500", BACKSPACE_MAX_BODY_BYTES="4096"
-        )
-    )
-    async with httpx.AsyncClient(timeout=10) as client:
+    server = shared.server
+    async with httpx.AsyncClient(verify=TLS, timeout=10) as client:
+        # The server is shared, and its earlier runs have ended: any run these requests
+        # started would be listed first, before the ones listed now.
+        before = [r["id"] for r in (await client.get(f"{server.url}/api/runs")).json()["runs"]]
         for name, body, status, fragment in BAD_REQUESTS:
             if isinstance(body, bytes):
                 response = await client.post(
@@ -525,7 +589,8 @@ async def test_bad_input_gets_a_clear_error_and_starts_nothing(
                 response = await client.post(f"{server.url}/api/code", json=body)
             assert response.status_code == status, (name, response.text)
             assert fragment in response.json()["detail"], (name, response.json())
-        assert (await client.get(f"{server.url}/api/runs")).json()["runs"] == []
+        after = [r["id"] for r in (await client.get(f"{server.url}/api/runs")).json()["runs"]]
+        assert after == before
         unknown = await client.get(f"{server.url}/api/runs/nope")
         assert unknown.status_code == 404 and "nope" in unknown.json()["detail"]
         assert (await client.post(f"{server.url}/api/runs/nope/cancel")).status_code == 404
@@ -541,16 +606,14 @@ async def test_bad_input_gets_a_clear_error_and_starts_nothing(
     assert server.process.poll() is None
 
 
-async def test_api_key_auth(
-    repos: Path, fake_model: FakeAnthropic, server_factory: ServerFactory
-) -> None:
-    make_repo(repos, "widgets")
-    fake_model.scenarios["auth-e2e"] = edit_scenario()
-    key = "backspace-api-key-0123456789"
-    server = server_factory(base_env(repos, fake_model, REQUIRE_AUTH="true", API_KEY=key))
+async def test_api_key_auth(authed: Shared) -> None:
+    make_repo(authed.repos, "widgets")
+    authed.model.scenarios["auth-e2e"] = edit_scenario()
+    key = API_KEY
+    server = authed.server
     body = {"repo_url": "local:widgets", "prompt": "auth-e2e"}
     accept = {"Accept": "application/json"}
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(verify=TLS, timeout=10) as client:
         assert (await client.get(f"{server.url}/health")).status_code == 200
         missing = await client.post(f"{server.url}/api/code", json=body)
         wrong = await client.post(
@@ -568,6 +631,16 @@ async def test_api_key_auth(
         assert (
             await client.get(f"{server.url}/api/runs", headers={"X-API-Key": key})
         ).status_code == 200
+        # The run ends before the test does (the server is shared with the wall-clock test).
+        deadline = time.monotonic() + 30
+        while (
+            run := (
+                await client.get(f"{server.url}/api/runs/{ok.json()['id']}", headers=AUTH)
+            ).json()
+        )["status"] in ("queued", "running"):
+            assert time.monotonic() < deadline, run
+            await asyncio.sleep(0.05)
+    assert run["status"] == "succeeded", run
     assert key not in server.logs()
 
 
@@ -576,7 +649,7 @@ async def test_without_a_model_the_api_says_which_variable_to_set(
 ) -> None:
     make_repo(repos, "widgets")
     server = server_factory({"BACKSPACE_LOCAL_REPOS": str(repos)})
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(verify=TLS, timeout=10) as client:
         health = (await client.get(f"{server.url}/health")).json()
         response = await client.post(
             f"{server.url}/api/code", json={"repo_url": "local:widgets", "prompt": "x"}
@@ -587,17 +660,16 @@ async def test_without_a_model_the_api_says_which_variable_to_set(
 
 
 async def test_a_restart_marks_interrupted_runs_failed_and_cleans_their_sandboxes(
-    repos: Path, fake_model: FakeAnthropic, server_factory: ServerFactory
+    restarts: Restarts,
 ) -> None:
-    make_repo(repos, "widgets")
-    fake_model.scenarios["crash-e2e"], marker = slow_scenario(122)
-    env = base_env(repos, fake_model)
-    server = server_factory(env, name="crash")
-    async with httpx.AsyncClient(timeout=30) as client:
+    make_repo(restarts.repos, "crash")
+    restarts.model.scenarios["crash-e2e"], marker = slow_scenario(122)
+    server = restarts.live()
+    async with httpx.AsyncClient(verify=TLS, timeout=30) as client:
         run = (
             await client.post(
                 f"{server.url}/api/code",
-                json={"repo_url": "local:widgets", "prompt": "crash-e2e"},
+                json={"repo_url": "local:crash", "prompt": "crash-e2e"},
                 headers={"Accept": "application/json"},
             )
         ).json()
@@ -605,7 +677,7 @@ async def test_a_restart_marks_interrupted_runs_failed_and_cleans_their_sandboxe
         os.killpg(server.process.pid, signal.SIGKILL)
         server.process.wait()
         await asyncio.sleep(0.5)
-        restarted = server_factory(env, name="crash")
+        restarted = restarts.restart()
         _, frames = await collect(client, "GET", f"{restarted.url}/api/runs/{run['id']}/events")
         final = (await client.get(f"{restarted.url}/api/runs/{run['id']}")).json()
     events = events_of(frames)
@@ -617,17 +689,17 @@ async def test_a_restart_marks_interrupted_runs_failed_and_cleans_their_sandboxe
 
 
 async def test_graceful_shutdown_ends_running_runs_and_deletes_their_sandboxes(
-    repos: Path, fake_model: FakeAnthropic, server_factory: ServerFactory
+    restarts: Restarts,
 ) -> None:
-    make_repo(repos, "widgets")
-    fake_model.scenarios["shutdown-e2e"], marker = slow_scenario(123)
-    env = base_env(repos, fake_model, BACKSPACE_SHUTDOWN_GRACE="1")
-    server = server_factory(env, name="shutdown")
-    async with httpx.AsyncClient(timeout=30) as client:
+    make_repo(restarts.repos, "shutdown")
+    restarts.model.scenarios["shutdown-e2e"], marker = slow_scenario(123)
+    server = restarts.live()  # BACKSPACE_SHUTDOWN_GRACE=1
+    logged = len(server.logs())  # the log file goes on across restarts: only this process's
+    async with httpx.AsyncClient(verify=TLS, timeout=30) as client:
         run = (
             await client.post(
                 f"{server.url}/api/code",
-                json={"repo_url": "local:widgets", "prompt": "shutdown-e2e"},
+                json={"repo_url": "local:shutdown", "prompt": "shutdown-e2e"},
                 headers={"Accept": "application/json"},
             )
         ).json()
@@ -635,11 +707,11 @@ async def test_graceful_shutdown_ends_running_runs_and_deletes_their_sandboxes(
     started = time.monotonic()
     # uvicorn shuts down gracefully, then re-raises the signal so the exit status reflects it.
     assert server.stop(signal.SIGTERM) in (0, -signal.SIGTERM)
-    assert "waiting up to 1s for 1 running runs" in server.logs()
+    assert "waiting up to 1s for 1 running runs" in server.logs()[logged:]
     assert time.monotonic() - started < 15
     assert_clean(server)
-    restarted = server_factory(env, name="shutdown")
-    async with httpx.AsyncClient(timeout=10) as client:
+    restarted = restarts.restart()
+    async with httpx.AsyncClient(verify=TLS, timeout=10) as client:
         final = (await client.get(f"{restarted.url}/api/runs/{run['id']}")).json()
     assert final["status"] == "failed" and final["error"]["code"] == "interrupted"
     assert "shut down" in final["error"]["message"]
@@ -684,7 +756,7 @@ async def test_starting_runs_too_fast_gets_429_with_retry_after(
     server = server_factory(env)
     body = {"repo_url": "local:widgets", "prompt": "rate-e2e"}
     accept = {"Accept": "application/json"}
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(verify=TLS, timeout=10) as client:
         answers = [
             await client.post(f"{server.url}/api/code", json=body, headers=accept) for _ in range(3)
         ]
@@ -704,7 +776,7 @@ async def test_a_full_store_fails_the_run_clearly_and_the_server_keeps_serving(
         Reply([ToolCall("bash", {"command": chatty})]) for _ in range(40)
     ]
     server = server_factory(base_env(repos, fake_model, BACKSPACE_DB_MAX_MB="0.2"))
-    async with httpx.AsyncClient(timeout=60) as client:
+    async with httpx.AsyncClient(verify=TLS, timeout=60) as client:
         response, got = await collect(
             client,
             "POST",

@@ -31,6 +31,7 @@ from tests.fakes.anthropic import FakeAnthropic, Reply, ToolCall
 from tests.scenarios import EDIT_SIGNUP, finish
 from tests.server import Server, start_server
 from tests.sse import collect, events_of, of_type, post_run
+from tests.tls import TLS
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -101,7 +102,7 @@ async def test_a_path_inside_another_repository_is_refused_and_its_hooks_never_r
     rig: Rig, reference: str
 ) -> None:
     rig.model.scenarios["nested-attack"] = [Reply([EDIT_SIGNUP]), finish()]
-    async with httpx.AsyncClient(timeout=60) as client:
+    async with httpx.AsyncClient(verify=TLS, timeout=60) as client:
         response, frames = await collect(
             client,
             "POST",

@@ -28,6 +28,7 @@ from tests.fakes.anthropic import FakeAnthropic, Reply, Text, ToolCall
 from tests.scenarios import EDIT_SIGNUP, finish
 from tests.server import Server, start_server
 from tests.sse import collect, events_of
+from tests.tls import TLS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -50,7 +51,7 @@ class Api:
         return int(self.server.url.rsplit(":", 1)[1])
 
     def runs(self) -> list[dict[str, Any]]:
-        response = httpx.get(f"{self.server.url}/api/runs", timeout=10)
+        response = httpx.get(f"{self.server.url}/api/runs", timeout=10, verify=TLS)
         assert response.status_code == 200, response.text
         runs: list[dict[str, Any]] = response.json()["runs"]
         return runs
@@ -134,7 +135,9 @@ def test_a_cross_site_or_non_json_post_starts_no_run(api: Api, case: CrossSite) 
     headers = dict(case.headers)
     if case.content_type is not None:
         headers["Content-Type"] = case.content_type
-    response = httpx.post(f"{api.server.url}{case.path}", content=BODY, headers=headers, timeout=10)
+    response = httpx.post(
+        f"{api.server.url}{case.path}", content=BODY, headers=headers, timeout=10, verify=TLS
+    )
     assert response.status_code == case.status, response.text
     assert response.headers["content-type"] == "application/json"
     assert case.says in response.json()["detail"], response.json()
@@ -152,7 +155,7 @@ REBOUND = ["evil.example", "evil.example:{port}", "127.0.0.1.evil.example", "loc
 async def test_a_dns_rebound_host_reads_nothing(api: Api, host: str, path: str) -> None:
     run = await _a_run(api)
     url = api.server.url + path.format(run=run["id"])
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(verify=TLS, timeout=10) as client:
         response = await client.get(url, headers={"Host": host.format(port=api.port)})
     assert response.status_code == 400, response.text
     assert response.headers["content-type"] == "application/json"
@@ -167,7 +170,7 @@ _RUN: list[dict[str, Any]] = []
 async def _a_run(api: Api) -> dict[str, Any]:
     """One run this module started the honest way (same-origin JSON), which it then finds."""
     if not _RUN:
-        async with httpx.AsyncClient(timeout=60) as client:
+        async with httpx.AsyncClient(verify=TLS, timeout=60) as client:
             response = await client.post(
                 f"{api.server.url}/api/code",
                 json={"repo_url": "local:widgets", "prompt": "pr-page: validate the signup name"},
@@ -195,7 +198,7 @@ async def test_the_web_page_and_plain_clients_still_start_runs(
 ) -> None:
     sent = {k: v.format(url=api.server.url, port=api.port) for k, v in headers.items()}
     sent.setdefault("Content-Type", "application/json")
-    async with httpx.AsyncClient(timeout=60) as client:
+    async with httpx.AsyncClient(verify=TLS, timeout=60) as client:
         response = await client.post(
             f"{api.server.url}/api/code",
             content=json.dumps({"repo_url": "local:widgets", "prompt": "pr-page: honest"}),
@@ -221,7 +224,9 @@ def test_the_public_url_and_allowed_hosts_are_answered_and_nothing_else(tmp_path
                      "ci.corp.example", "[fd00::5]", "127.0.0.1", "localhost:1", "[::1]",
                      "evil.example", "backspace.example.com.evil.example", "corp.example.evil",
                      "lan-box.evil", ANY, "[::1", ""]:  # fmt: skip
-            response = httpx.get(f"{server.url}/api/runs", headers={"Host": host}, timeout=10)
+            response = httpx.get(
+                f"{server.url}/api/runs", headers={"Host": host}, timeout=10, verify=TLS
+            )
             answered[host] = response.status_code
         assert answered == {
             "backspace.example.com": 200,
@@ -245,6 +250,7 @@ def test_the_public_url_and_allowed_hosts_are_answered_and_nothing_else(tmp_path
             f"{server.url}/api/runs/nothing/cancel",
             headers={"Host": "backspace.example.com", "Origin": "https://backspace.example.com"},
             timeout=10,
+            verify=TLS,
         )
         assert response.status_code == 404, response.text
     finally:
@@ -282,7 +288,7 @@ def test_a_bad_allowed_host_stops_start_up_with_a_clear_message(bad: str) -> Non
 
 # --- 10. the PR page's CSP, and /health's database path ------------------------------------------
 async def test_the_pull_request_page_has_the_strict_csp(api: Api) -> None:
-    async with httpx.AsyncClient(timeout=60) as client:
+    async with httpx.AsyncClient(verify=TLS, timeout=60) as client:
         response, frames = await collect(
             client,
             "POST",
@@ -300,7 +306,7 @@ async def test_the_pull_request_page_has_the_strict_csp(api: Api) -> None:
 
 
 def test_health_does_not_name_the_database_path_without_the_key(api: Api) -> None:
-    response = httpx.get(f"{api.server.url}/health", timeout=10)
+    response = httpx.get(f"{api.server.url}/health", timeout=10, verify=TLS)
     assert response.status_code == 200
     assert response.json()["store"]["ok"] is True
     assert "path" not in response.json()["store"]
@@ -356,7 +362,7 @@ def test_health_answers_with_2000_idle_connections_open(slow: Server) -> None:
         with ThreadPoolExecutor(8) as pool:
             idle.extend(pool.map(lambda _: _connect(port), range(IDLE_CONNECTIONS)))
         opened = time.monotonic() - started
-        response = httpx.get(f"{slow.url}/health", timeout=HEADER_TIMEOUT)
+        response = httpx.get(f"{slow.url}/health", timeout=HEADER_TIMEOUT, verify=TLS)
         assert response.status_code == 200, response.text
         # The idle connections were all still open (none reached its header deadline yet).
         assert time.monotonic() - started < HEADER_TIMEOUT, opened
@@ -443,15 +449,15 @@ def test_slow_clients_are_cut_off_at_their_deadlines(slow: Server) -> None:
         assert SAID[began].startswith(b"HTTP/1.1 408 "), SAID[began]
         assert b"BACKSPACE_HEADER_TIMEOUT" in SAID[began]
     # An honest request on the same server is answered meanwhile and after.
-    assert httpx.get(f"{slow.url}/health", timeout=5).status_code == 200
+    assert httpx.get(f"{slow.url}/health", timeout=5, verify=TLS).status_code == 200
     _no_server_error(slow)
 
 
 def test_health_names_the_database_only_to_a_caller_with_the_key(slow: Server) -> None:
-    anonymous = httpx.get(f"{slow.url}/health", timeout=10)
+    anonymous = httpx.get(f"{slow.url}/health", timeout=10, verify=TLS)
     assert anonymous.status_code == 200 and "path" not in anonymous.json()["store"]
     assert str(slow.db_path) not in anonymous.text
-    keyed = httpx.get(f"{slow.url}/health", headers={"X-API-Key": API_KEY}, timeout=10)
+    keyed = httpx.get(f"{slow.url}/health", headers={"X-API-Key": API_KEY}, timeout=10, verify=TLS)
     assert keyed.json()["store"]["path"] == str(slow.db_path)
-    wrong = httpx.get(f"{slow.url}/health", headers={"X-API-Key": "wrong"}, timeout=10)
+    wrong = httpx.get(f"{slow.url}/health", headers={"X-API-Key": "wrong"}, timeout=10, verify=TLS)
     assert wrong.status_code == 200 and "path" not in wrong.json()["store"]

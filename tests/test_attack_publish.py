@@ -31,6 +31,7 @@ from tests.fakes.github import FakeGitHub
 from tests.scenarios import EDIT_SIGNUP, finish
 from tests.server import Server, start_server
 from tests.sse import of_type, post_run
+from tests.tls import TLS
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -377,7 +378,7 @@ async def test_the_local_pull_request_carries_nothing_that_acts(
     assert events[-1]["status"] == "succeeded", events[-3:]
     pr_url = of_type(events, "pr_created")[0]["pr_url"]
     number = pr_url.rsplit("/", 1)[1]
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(verify=TLS, timeout=10) as client:
         record = (await client.get(f"{server.url}/api/prs/{number}")).json()
     assert_inert(record["title"])
     run_url = events[0]["run_url"]

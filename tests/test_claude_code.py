@@ -32,6 +32,7 @@ from tests.helpers import (
     workdir,
 )
 from tests.sse import collect, events_of, of_type, post_run
+from tests.tls import TLS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -76,7 +77,7 @@ def run_body(name: str, key: str, **extra: Any) -> dict[str, Any]:
 
 
 async def get(shared: Shared, path: str) -> Any:
-    async with httpx.AsyncClient(timeout=30) as client:
+    async with httpx.AsyncClient(verify=TLS, timeout=30) as client:
         response = await client.get(f"{shared.server.url}{path}")
     assert response.status_code == 200, response.text
     return response.json()
@@ -242,7 +243,7 @@ async def test_cancel_kills_the_cli_mid_command(shared: Shared) -> None:
             ]
         )
     ]
-    async with httpx.AsyncClient(timeout=30) as client:
+    async with httpx.AsyncClient(verify=TLS, timeout=30) as client:
         response = await client.post(
             f"{shared.server.url}/api/code",
             json=run_body("cc-cancel", "cc-cancel", engine="claude-code"),
@@ -319,7 +320,7 @@ async def test_health_and_an_unknown_engine(shared: Shared) -> None:
     assert engines["default"] == "backspace"
     assert engines["claude-code"]["usable"] is True
     assert engines["claude-code"]["version"] == ClaudeCli().version
-    async with httpx.AsyncClient(timeout=30) as client:
+    async with httpx.AsyncClient(verify=TLS, timeout=30) as client:
         response, frames = await collect(
             client,
             "POST",
@@ -379,7 +380,7 @@ async def test_a_follow_up_on_a_claude_code_run_keeps_its_engine(shared: Shared)
         shared.server.url, run_body("cc-family", "cc-family-1", engine="claude-code")
     )
     assert first[-1]["status"] == "succeeded", first[-4:]
-    async with httpx.AsyncClient(timeout=90) as client:
+    async with httpx.AsyncClient(verify=TLS, timeout=90) as client:
         _, frames = await collect(
             client,
             "POST",

@@ -29,6 +29,7 @@ from tests.fakes.daytona import FakeDaytona, FakeSandbox
 from tests.helpers import Shared, shared_server, workdir
 from tests.scenarios import EDIT_SIGNUP, finish
 from tests.sse import of_type, post_run
+from tests.tls import TLS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -121,7 +122,7 @@ def strip_edit(summary: str) -> list[Reply]:
 
 async def gateway_post(shared: Shared, capability: str) -> httpx.Response:
     body = {"model": MODEL, "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
-    async with httpx.AsyncClient(timeout=30) as client:
+    async with httpx.AsyncClient(verify=TLS, timeout=30) as client:
         return await client.post(
             f"{shared.server.url}/gateway/{capability}/v1/messages",
             json=body,
@@ -216,7 +217,7 @@ async def test_a_wrong_capability_gets_404_and_starts_nothing(shared: Shared) ->
         answer = await gateway_post(shared, capability)
         assert answer.status_code == 404, answer.text
         assert answer.json()["error"]["type"] == "not_found_error"
-    async with httpx.AsyncClient(timeout=30) as client:
+    async with httpx.AsyncClient(verify=TLS, timeout=30) as client:
         # Only the Messages API's paths are routed at all.
         other = await client.post(
             f"{shared.server.url}/gateway/{secrets.token_hex(16)}/v1/complete", json={}
@@ -262,7 +263,7 @@ async def test_the_spend_limit_holds_over_the_network(shared: Shared, dt: FakeDa
     behind the capability refuses the next request and the run ends cost_limit. The CLI's
     snapshot was deleted behind backspace's back first: the run makes it again."""
     name = snapshot_name()
-    async with httpx.AsyncClient(timeout=30) as client:
+    async with httpx.AsyncClient(verify=TLS, timeout=30) as client:
         gone = await client.delete(
             f"{dt.api_url}/snapshots/{name}", headers={"Authorization": f"Bearer {DAYTONA_KEY}"}
         )

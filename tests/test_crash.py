@@ -22,6 +22,7 @@ from tests.fakes.anthropic import FakeAnthropic, Reply, Text, ToolCall
 from tests.helpers import assert_clean, base_env, processes_running, sandbox_processes
 from tests.scenarios import EDIT_SIGNUP, finish
 from tests.sse import Frame, collect, events_of, frames, post_run
+from tests.tls import TLS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
@@ -56,7 +57,7 @@ async def test_sigkill_mid_run_then_restart_keeps_history_fails_the_run_and_resu
     assert finished[-1]["type"] == "complete" and finished[-1]["status"] == "succeeded"
     done_id = finished[0]["run_id"]
     pr_url = finished[-1]["pr_url"]
-    async with httpx.AsyncClient(timeout=30) as client:
+    async with httpx.AsyncClient(verify=TLS, timeout=30) as client:
         done_bytes = await raw_events(client, f"{server.url}/api/runs/{done_id}/events")
         done_run = (await client.get(f"{server.url}/api/runs/{done_id}")).json()
         done_pr = (await client.get(pr_url.replace("/prs/", "/api/prs/"))).json()
@@ -120,7 +121,7 @@ async def test_sigkill_mid_run_then_restart_keeps_history_fails_the_run_and_resu
     # 4. Restart on the same database.
     restarted = server_factory(env, name="crash")
     assert default_root(restarted.db_path) == root
-    async with httpx.AsyncClient(timeout=30) as client:
+    async with httpx.AsyncClient(verify=TLS, timeout=30) as client:
         # The finished run is intact: the same bytes, the same record, the same pull request.
         assert await raw_events(client, f"{restarted.url}/api/runs/{done_id}/events") == done_bytes
         record = (await client.get(f"{restarted.url}/api/runs/{done_id}")).json()

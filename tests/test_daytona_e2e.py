@@ -20,6 +20,7 @@ from tests.helpers import Shared, processes_running, shared_rig, wait_for_proces
 from tests.scenarios import EDIT_SIGNUP, finish
 from tests.server import Server
 from tests.sse import collect, events_of, frames, of_type, post_run
+from tests.tls import TLS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -89,7 +90,7 @@ def bash(command: str) -> Reply:
 
 
 async def start(server: Server, prompt: str, repo: str = "local:widgets") -> dict[str, Any]:
-    async with httpx.AsyncClient(timeout=30) as client:
+    async with httpx.AsyncClient(verify=TLS, timeout=30) as client:
         response = await client.post(
             f"{server.url}/api/code",
             json={"repo_url": repo, "prompt": prompt},
@@ -101,7 +102,7 @@ async def start(server: Server, prompt: str, repo: str = "local:widgets") -> dic
 
 
 async def events(server: Server, run_id: str) -> list[dict[str, Any]]:
-    async with httpx.AsyncClient(timeout=60) as client:
+    async with httpx.AsyncClient(verify=TLS, timeout=60) as client:
         _, got = await collect(client, "GET", f"{server.url}/api/runs/{run_id}/events")
     return events_of(got)
 
@@ -141,7 +142,7 @@ async def test_a_slow_commands_output_reaches_the_stream_before_it_ends(shared: 
     shared.model.scenarios["dt-live"] = [bash(slow), finish()]
     server = shared.server
     seen: dict[str, float] = {}
-    async with httpx.AsyncClient(timeout=60) as client:
+    async with httpx.AsyncClient(verify=TLS, timeout=60) as client:
         body = {"repo_url": "local:live", "prompt": "dt-live"}
         async with client.stream("POST", f"{server.url}/api/code", json=body) as response:
             async for frame in frames(response):
@@ -242,7 +243,7 @@ async def test_cancel_during_a_long_command_kills_it_and_deletes_the_sandbox(
     server, daytona = shared.server, shared_daytona
     run = await start(server, "dt-cancel", "local:cancel")
     await wait_for_process(marker)
-    async with httpx.AsyncClient(timeout=30) as client:
+    async with httpx.AsyncClient(verify=TLS, timeout=30) as client:
         assert (await client.post(f"{server.url}/api/runs/{run['id']}/cancel")).status_code == 202
     got = await events(server, run["id"])
     assert got[-1]["status"] == "cancelled" and of_type(got, "error") == []
@@ -292,7 +293,7 @@ async def test_daytona_failures_name_their_cause(
 
 async def test_health_and_doctor_say_whether_daytona_answers(shared: Shared) -> None:
     server = shared.server
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(verify=TLS, timeout=10) as client:
         health = (await client.get(f"{server.url}/health")).json()
     assert health["sandbox"]["backend"] == "daytona" and health["sandbox"]["usable"] is True
     doctor = await asyncio.create_subprocess_exec(

@@ -35,6 +35,7 @@ from tests.helpers import sandbox_processes
 from tests.scenarios import finish
 from tests.server import Server, start_server
 from tests.sse import of_type, post_run
+from tests.tls import TLS
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -236,7 +237,7 @@ async def run(rig: Rig, repo: str, prompt: str, steps: list[Reply]) -> list[dict
 
 async def pr_body(rig: Rig, events: list[dict[str, Any]]) -> str:
     number = of_type(events, "pr_created")[0]["pr_url"].rsplit("/", 1)[1]
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(verify=TLS, timeout=10) as client:
         record = (await client.get(f"{rig.server.url}/api/prs/{number}")).json()
     return str(record["body"])
 

@@ -20,6 +20,7 @@ from tests.fakes.anthropic import (
     Text,
     ToolCall,
 )
+from tests.tls import TLS
 
 MODEL = "claude-sonnet-4-6"
 TOOL_INPUT: dict[str, Any] = {
@@ -309,7 +310,7 @@ async def test_auth_recording_and_other_endpoints(fake: FakeAnthropic) -> None:
     assert counted.input_tokens > 0
 
     # x-api-key auth (what Claude Code sends) with a ?beta=true query is accepted too
-    async with httpx.AsyncClient(base_url=fake.url) as raw:
+    async with httpx.AsyncClient(verify=TLS, base_url=fake.url) as raw:
         ok = await raw.post(
             "/v1/messages?beta=true",
             headers={"x-api-key": "test-key", "anthropic-version": "2023-06-01"},

@@ -30,6 +30,7 @@ from github import (
 
 from tests.fakes import github_openapi
 from tests.fakes.github import FakeGitHub
+from tests.tls import TLS
 
 TOKEN = "ghp_FakeToken0123456789abcdefABCDEF0123"
 LOGIN = "backspace-bot"
@@ -386,7 +387,7 @@ def test_openapi_validator_rejects_missing_and_mistyped_fields(
 ) -> None:
     gh.create_repo("acme/widgets")
     body = httpx.get(
-        f"{gh.api_url}/repos/acme/widgets", headers={"Authorization": f"token {TOKEN}"}
+        f"{gh.api_url}/repos/acme/widgets", headers={"Authorization": f"token {TOKEN}"}, verify=TLS
     ).json()
     assert openapi.validation_errors("GET", "/repos/acme/widgets", 200, body) == []
     del body["node_id"]
@@ -411,18 +412,23 @@ def test_link_header_is_exactly_githubs(gh: FakeGitHub) -> None:
         client(gh).get_repo("acme/widgets").create_pull(base="main", head=f"b{i}", title=str(i))
     url = f"{gh.api_url}/repos/acme/widgets/pulls"
     auth = {"Authorization": f"Bearer {TOKEN}"}
-    middle = httpx.get(url, params={"state": "open", "per_page": 2, "page": 2}, headers=auth)
+    middle = httpx.get(
+        url, params={"state": "open", "per_page": 2, "page": 2}, headers=auth, verify=TLS
+    )
     assert [p["number"] for p in middle.json()] == [3, 2]
     base = f"{url}?state=open&per_page=2&page="
     assert middle.headers["link"] == (
         f'<{base}1>; rel="prev", <{base}3>; rel="next", <{base}3>; rel="last", <{base}1>; rel="first"'
     )
-    single = httpx.get(url, headers=auth)
+    single = httpx.get(url, headers=auth, verify=TLS)
     assert len(single.json()) == 5 and "link" not in single.headers
-    filtered = httpx.get(url, params={"head": "b1"}, headers=auth)  # no owner: ignored, like GitHub
+    filtered = httpx.get(
+        url, params={"head": "b1"}, headers=auth, verify=TLS
+    )  # no owner: ignored, like GitHub
     assert len(filtered.json()) == 5
     assert [
-        p["head"]["ref"] for p in httpx.get(url, params={"head": "acme:b1"}, headers=auth).json()
+        p["head"]["ref"]
+        for p in httpx.get(url, params={"head": "acme:b1"}, headers=auth, verify=TLS).json()
     ] == ["b1"]
 
 
@@ -430,21 +436,25 @@ def test_auth_rules_and_headers(gh: FakeGitHub) -> None:
     gh.create_repo("acme/public")
     gh.create_repo("acme/private", private=True)
     api = gh.api_url
-    anonymous = httpx.get(f"{api}/repos/acme/public")
+    anonymous = httpx.get(f"{api}/repos/acme/public", verify=TLS)
     assert anonymous.status_code == 200 and "permissions" not in anonymous.json()
-    assert httpx.get(f"{api}/repos/acme/private").status_code == 404
+    assert httpx.get(f"{api}/repos/acme/private", verify=TLS).status_code == 404
     assert (
         httpx.get(
-            f"{api}/repos/acme/private", headers={"Authorization": f"token {TOKEN}"}
+            f"{api}/repos/acme/private", headers={"Authorization": f"token {TOKEN}"}, verify=TLS
         ).status_code
         == 200
     )
-    wrong = httpx.get(f"{api}/repos/acme/public", headers={"Authorization": "token nope"})
+    wrong = httpx.get(
+        f"{api}/repos/acme/public", headers={"Authorization": "token nope"}, verify=TLS
+    )
     assert wrong.status_code == 401 and wrong.json()["message"] == "Bad credentials"
-    write = httpx.post(f"{api}/repos/acme/public/forks", json={})
+    write = httpx.post(f"{api}/repos/acme/public/forks", json={}, verify=TLS)
     assert write.status_code == 401 and write.json()["message"] == "Requires authentication"
     unknown = httpx.get(
-        f"{api}/repos/acme/public/no/such/route", headers={"Authorization": f"token {TOKEN}"}
+        f"{api}/repos/acme/public/no/such/route",
+        headers={"Authorization": f"token {TOKEN}"},
+        verify=TLS,
     )
     assert unknown.status_code == 404
     assert unknown.json() == {

@@ -10,6 +10,7 @@ and the refused side, and every App answer is checked against GitHub's OpenAPI d
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import json
@@ -27,6 +28,8 @@ from typing import Any, ClassVar
 import httpx
 import jwt
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from github import (
     Auth,
     Github,
@@ -39,6 +42,7 @@ from tests.fakes import github_openapi
 from tests.fakes.github import FakeGitHub
 from tests.fakes.github_app import JWT_MESSAGES, FakeApp, private_key_pem
 from tests.fakes.github_hooks import signature
+from tests.tls import TLS
 
 PAT = "ghp_personal_token_of_alice"
 FULL = {
@@ -83,15 +87,24 @@ def app_jwt(app: FakeApp, key: str | None = None, **claims: Any) -> str:
     now = int(time.time())
     payload = {"iat": now - 60, "exp": now + 300, "iss": str(app.id), **claims}
     body = json.dumps({k: v for k, v in payload.items() if v is not None}).encode()
-    signing_key = key or app.private_key_pem
+    signing_key = loaded_key(key or app.private_key_pem)
     return jwt.api_jws.PyJWS().encode(body, signing_key, algorithm="RS256", headers={"typ": "JWT"})
+
+
+@functools.cache
+def loaded_key(pem: str) -> rsa.RSAPrivateKey:
+    """The key of a PEM, parsed once: PyJWT parses a PEM string on every signature, and
+    loading an RSA key (which checks it) costs about 60 ms of CPU; the signature is the same."""
+    key = serialization.load_pem_private_key(pem.encode(), password=None)
+    assert isinstance(key, rsa.RSAPrivateKey)
+    return key
 
 
 def call(
     gh: FakeGitHub, method: str, path: str, credential: str, scheme: str = "Bearer", **kw: Any
 ) -> httpx.Response:
     headers = {"Authorization": f"{scheme} {credential}", "Accept": "application/vnd.github+json"}
-    return httpx.request(method, gh.api_url + path, headers=headers, timeout=10, **kw)
+    return httpx.request(method, gh.api_url + path, headers=headers, timeout=10, **kw, verify=TLS)
 
 
 def mint(

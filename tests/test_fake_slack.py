@@ -39,6 +39,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from tests.fakes.slack import FakeSlack, SlackSigner, app_mention_event, send
+from tests.tls import TLS
 
 TOKEN = "xoxb-test-token"
 SECRET = "signing-secret"
@@ -179,7 +180,7 @@ async def test_request_encoding_of_the_real_client(slack: FakeSlack, client: Asy
     assert slack.calls[-1]["args"]["team_id"] == "T0001"
 
     # Form-encoded bodies (other clients, or a `token` field instead of the header).
-    async with httpx.AsyncClient() as http:
+    async with httpx.AsyncClient(verify=TLS) as http:
         res = await http.post(
             slack.api_url + "chat.postMessage",
             data={"token": TOKEN, "channel": "C2", "text": "form", "reply_broadcast": "true"},

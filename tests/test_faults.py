@@ -56,6 +56,7 @@ from tests.helpers import assert_clean, processes_running, stop_and_remove
 from tests.scenarios import EDIT_SIGNUP, finish
 from tests.server import Server, start_server
 from tests.sse import collect, events_of, of_type
+from tests.tls import TLS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -127,7 +128,7 @@ class Rig:
 
 # --- the server, runs and events ----------------------------------------------------------------
 async def start(server: Server, prompt: str, repo: str) -> str:
-    async with httpx.AsyncClient(timeout=30) as client:
+    async with httpx.AsyncClient(verify=TLS, timeout=30) as client:
         response = await client.post(
             f"{server.url}/api/code",
             json={"repo_url": repo, "prompt": prompt},
@@ -139,14 +140,14 @@ async def start(server: Server, prompt: str, repo: str) -> str:
 
 
 async def follow(server: Server, run_id: str) -> list[dict[str, Any]]:
-    async with httpx.AsyncClient(timeout=90) as client:
+    async with httpx.AsyncClient(verify=TLS, timeout=90) as client:
         response, got = await collect(client, "GET", f"{server.url}/api/runs/{run_id}/events")
     assert response.status_code == 200
     return events_of(got)
 
 
 async def get_run(server: Server, run_id: str) -> dict[str, Any]:
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(verify=TLS, timeout=10) as client:
         run: dict[str, Any] = (await client.get(f"{server.url}/api/runs/{run_id}")).json()
     return run
 
@@ -210,7 +211,7 @@ def check_nothing_left(rig: Rig, marker: str | None) -> None:
 
 async def check_serving(rig: Rig) -> None:
     """(d): /health answers and a fresh run succeeds; the log holds no secret."""
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(verify=TLS, timeout=10) as client:
         health = await client.get(f"{rig.server.url}/health")
     assert health.status_code == 200 and health.json()["status"] == "ok", health.text
     assert rig.server.process.poll() is None
@@ -618,7 +619,7 @@ async def test_a_sandbox_root_that_cannot_be_made_is_refused_clearly(
     env = local_env(tmp_path / "repos", model, BACKSPACE_SANDBOX_ROOT=str(blocker))
     server = start_server(tmp_path / "server", env)
     try:
-        async with httpx.AsyncClient(timeout=10) as client:
+        async with httpx.AsyncClient(verify=TLS, timeout=10) as client:
             refused = await client.post(
                 f"{server.url}/api/code", json={"repo_url": "local:widgets", "prompt": HEALTHY}
             )
@@ -886,7 +887,7 @@ async def slash_run(rig: Rig, prompt: str) -> str:
         channel_id=CHANNEL,
         response_url=rig.slack.response_url(CHANNEL, "U1"),
     )
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(verify=TLS, timeout=10) as client:
         response = await send(
             client, f"{rig.server.url}/slack/events", body, rig.signer,
             content_type="application/x-www-form-urlencoded",

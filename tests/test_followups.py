@@ -23,6 +23,7 @@ from tests.fakes.anthropic import Reply, Text, ToolCall
 from tests.helpers import Shared, base_env, shared_rig, wait_for_process, wait_status
 from tests.scenarios import EDIT_SIGNUP, finish
 from tests.sse import collect, events_of, of_type, post_run
+from tests.tls import TLS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -71,7 +72,7 @@ async def follow_up(
 ) -> tuple[httpx.Response, list[dict[str, Any]]]:
     url = f"{shared.server.url}/api/runs/{run_id}/followups"
     body = {"prompt": prompt, "mode": mode}
-    async with httpx.AsyncClient(timeout=90) as client:
+    async with httpx.AsyncClient(verify=TLS, timeout=90) as client:
         if stream:
             response, frames = await collect(client, "POST", url, json=body)
             return response, events_of(frames)
@@ -80,7 +81,7 @@ async def follow_up(
 
 
 async def get(shared: Shared, path: str) -> Any:
-    async with httpx.AsyncClient(timeout=30) as client:
+    async with httpx.AsyncClient(verify=TLS, timeout=30) as client:
         response = await client.get(f"{shared.server.url}{path}")
     assert response.status_code == 200, response.text
     return response.json()
@@ -159,7 +160,7 @@ async def test_a_follow_up_sent_while_the_first_run_works_waits_for_it(shared: S
         finish(),
     ]
     shared.model.scenarios["fam-queue-2"] = [Reply([STRIP]), finish("Strip the name")]
-    async with httpx.AsyncClient(timeout=90) as client:
+    async with httpx.AsyncClient(verify=TLS, timeout=90) as client:
         started = await client.post(
             f"{shared.server.url}/api/code",
             json={"repo_url": "local:fam-queue", "prompt": "fam-queue-1: validate"},
@@ -226,7 +227,7 @@ async def test_steer_reaches_the_running_agent_at_its_next_turn(shared: Shared) 
         Reply([EDIT_SIGNUP]),
         finish(),
     ]
-    async with httpx.AsyncClient(timeout=90) as client:
+    async with httpx.AsyncClient(verify=TLS, timeout=90) as client:
         started = await client.post(
             f"{shared.server.url}/api/code",
             json={"repo_url": "local:fam-steer", "prompt": "fam-steer-1: validate"},
@@ -262,7 +263,7 @@ async def test_a_steer_during_the_last_turn_is_read_before_the_run_ends(shared: 
         Reply([STRIP]),
         finish("Validate and strip"),
     ]
-    async with httpx.AsyncClient(timeout=90) as client:
+    async with httpx.AsyncClient(verify=TLS, timeout=90) as client:
         started = await client.post(
             f"{shared.server.url}/api/code",
             json={"repo_url": "local:fam-late", "prompt": "fam-late-1: validate"},
@@ -419,7 +420,7 @@ async def test_a_follow_ups_environment_is_the_base_branchs_not_an_earlier_chang
 async def test_follow_up_requests_are_checked_like_any_other(shared: Shared) -> None:
     first = await first_run(shared, "fam-bad", "fam-bad-1", [Reply([EDIT_SIGNUP]), finish()])
     url = f"{shared.server.url}/api/runs"
-    async with httpx.AsyncClient(timeout=30) as client:
+    async with httpx.AsyncClient(verify=TLS, timeout=30) as client:
         unknown = await client.post(f"{url}/no-such-run/followups", json={"prompt": "x"})
         mode = await client.post(
             f"{url}/{first['run_id']}/followups", json={"prompt": "x", "mode": "later"}
@@ -443,7 +444,7 @@ async def test_follow_up_requests_are_checked_like_any_other(shared: Shared) -> 
 
 
 async def _events(shared: Shared, run_id: str) -> list[dict[str, Any]]:
-    async with httpx.AsyncClient(timeout=30) as client:
+    async with httpx.AsyncClient(verify=TLS, timeout=30) as client:
         _, frames = await collect(client, "GET", f"{shared.server.url}/api/runs/{run_id}/events")
     return events_of(frames)
 

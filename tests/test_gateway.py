@@ -46,6 +46,7 @@ from backspace.orchestrator.sandboxes.local import (
     LocalSandboxProvider,
 )
 from tests.fakes.anthropic import FakeAnthropic, Reply, Text
+from tests.tls import TLS
 
 KEY = f"sk-ant-api03-canary-{secrets.token_hex(16)}"
 USAGE = {
@@ -188,7 +189,7 @@ async def test_a_streamed_request_reaches_the_model_with_the_real_key_only(
     assert f"ANTHROPIC_BASE_URL={BASE}" in env and "door" in env
     fake.reset()
     streamed = await run.sh(messages(True))
-    async with httpx.AsyncClient() as client:  # the same request, straight to the model
+    async with httpx.AsyncClient(verify=TLS) as client:  # the same request, straight to the model
         direct = await client.post(
             f"{fake.url}/v1/messages?beta=true",
             content=body(True),

@@ -35,6 +35,7 @@ from tests.helpers import backspace, cli_env, shared_server, wait_for_process, w
 from tests.scenarios import EDIT_SIGNUP
 from tests.server import Server
 from tests.sse import collect, events_of, of_type, post_run
+from tests.tls import TLS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -184,7 +185,7 @@ async def test_a_run_uses_a_token_of_its_own_for_its_repository_and_revokes_it(
     assert log.startswith(f"backspace[bot] <{app.bot_id}+backspace[bot]@users.noreply.github.com>")
     assert "Co-authored-by: Ada Lovelace <ada@example.com>" in log
     # Revoked means dead: GitHub answers 401.
-    async with httpx.AsyncClient() as client:
+    async with httpx.AsyncClient(verify=TLS) as client:
         answer = await client.get(
             f"{github.api_url}/repos/acme/widgets",
             headers={"Authorization": f"token {token.token}"},
@@ -208,7 +209,7 @@ async def test_the_run_token_reaches_no_other_repository_while_the_run_holds_it(
     (token,) = tokens_for(github, "acme/scope", before)
     assert token.alive
     other = f"{github.git_url}/acme/scope-other.git"
-    async with httpx.AsyncClient() as client:
+    async with httpx.AsyncClient(verify=TLS) as client:
         auth = {"Authorization": f"token {token.token}"}
         own = await client.get(f"{github.api_url}/repos/acme/scope", headers=auth)
         theirs = await client.get(f"{github.api_url}/repos/acme/scope-other", headers=auth)
@@ -346,7 +347,7 @@ async def test_the_token_is_revoked_after_a_cancel(
         Reply([ToolCall("bash", {"command": f"sleep 120; echo {marker}"})]),
         FINISH,
     ]
-    async with httpx.AsyncClient(timeout=30) as client:
+    async with httpx.AsyncClient(verify=TLS, timeout=30) as client:
         created = (
             await client.post(
                 f"{shared.url}/api/code",
@@ -410,7 +411,7 @@ async def test_health_says_app_mode_and_that_it_authenticates(
     model.scenarios["app-health"] = [FINISH]
     events = await run(shared, "acme/other", "app-health")
     assert events[-1]["status"] == "no_changes", events[-2:]
-    async with httpx.AsyncClient() as client:
+    async with httpx.AsyncClient(verify=TLS) as client:
         health = (await client.get(f"{shared.url}/health")).json()
     github = health["git_hosts"]["github"]
     assert github["mode"] == "app" and github["usable"] is True
@@ -424,7 +425,7 @@ async def test_a_key_that_is_not_the_apps_is_a_clear_error(
     env = env_for(github, model, GITHUB_APP_ID=str(app.id), GITHUB_APP_PRIVATE_KEY=other_key)
     with shared_server("github-app-wrong-key", env) as server:
         events = await run(server, "acme/other", "app-wrong-key")
-        async with httpx.AsyncClient() as client:
+        async with httpx.AsyncClient(verify=TLS) as client:
             health = (await client.get(f"{server.url}/health")).json()
         logs = server.logs()
     error = of_type(events, "error")[0]

@@ -23,6 +23,7 @@ from tests.helpers import shared_server
 from tests.scenarios import EDIT_SIGNUP
 from tests.server import Server
 from tests.sse import of_type, post_run
+from tests.tls import TLS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
@@ -278,12 +279,22 @@ async def test_github_failures_become_errors_a_person_can_act_on(
     assert "GITHUB_TOKEN" in of(bad_token, "error")[0]["message"]
 
 
+@pytest.fixture(scope="module")
+def refusing(github: FakeGitHub, model: FakeAnthropic) -> Iterator[Server]:
+    """A server without a GitHub token, with ALLOWED_REPOS: each of its tests' requests is
+    refused before a run starts, for the one reason the test looks at."""
+    env = env_for(github, model, ALLOWED_REPOS="acme/*, tools/widgets")
+    del env["GITHUB_TOKEN"]
+    with shared_server("github-e2e-refusing", env) as server:
+        yield server
+
+
 async def test_allowed_repos_limits_what_may_be_touched(
-    github: FakeGitHub, model: FakeAnthropic, server_factory: ServerFactory
+    github: FakeGitHub, refusing: Server
 ) -> None:
     before = len(github.requests)
-    server = server_factory(env_for(github, model, ALLOWED_REPOS="acme/*, tools/widgets"))
-    async with httpx.AsyncClient(timeout=10) as client:
+    server = refusing  # ALLOWED_REPOS="acme/*, tools/widgets"
+    async with httpx.AsyncClient(verify=TLS, timeout=10) as client:
         refused = await client.post(
             f"{server.url}/api/code",
             json={"repo_url": "https://github.com/evil/widgets", "prompt": "x"},
@@ -293,13 +304,11 @@ async def test_allowed_repos_limits_what_may_be_touched(
 
 
 async def test_without_a_token_github_runs_are_refused_before_they_start(
-    github: FakeGitHub, model: FakeAnthropic, server_factory: ServerFactory
+    github: FakeGitHub, refusing: Server
 ) -> None:
-    env = env_for(github, model)
-    del env["GITHUB_TOKEN"]
     before = len(github.requests)
-    server = server_factory(env)
-    async with httpx.AsyncClient(timeout=10) as client:
+    server = refusing  # no GITHUB_TOKEN; acme/widgets is in its ALLOWED_REPOS
+    async with httpx.AsyncClient(verify=TLS, timeout=10) as client:
         refused = await client.post(
             f"{server.url}/api/code", json={"repo_url": "acme/widgets", "prompt": "x"}
         )

@@ -29,6 +29,7 @@ from tests.helpers import shared_server
 from tests.scenarios import EDIT_SIGNUP, SIGNUP_PY, finish
 from tests.server import Server
 from tests.sse import collect, post_run
+from tests.tls import TLS
 
 pytestmark = [pytest.mark.timeout(120)]
 
@@ -363,7 +364,7 @@ async def eventually(check: Callable[[], Any], timeout: float = 60.0) -> Any:
 
 
 def api_runs(server: Server, repo: str) -> list[dict[str, Any]]:
-    runs = httpx.get(f"{server.url}/api/runs", params={"limit": 100}, timeout=10).json()
+    runs = httpx.get(f"{server.url}/api/runs", params={"limit": 100}, timeout=10, verify=TLS).json()
     items = runs["runs"] if isinstance(runs, dict) else runs
     return [r for r in items if r["repo_url"] == repo]
 
@@ -431,7 +432,7 @@ async def test_a_writers_review_comment_continues_the_family_on_the_same_pr(
         for r in github.requests
         if r["method"] == "PATCH" and r["path"].endswith(f"/issues/comments/{status['id']}")
     ]
-    async with httpx.AsyncClient(timeout=30) as client:
+    async with httpx.AsyncClient(verify=TLS, timeout=30) as client:
         _, frames = await collect(client, "GET", f"{server.url}/api/runs/{followup['id']}/events")
     assert 1 <= len(edits) < len(frames) / 2, "edits are paced, not one per event"
     # A submitted review that mentions backspace is a follow-up too; its 👀 goes on the PR.
@@ -559,7 +560,7 @@ async def test_without_a_secret_the_webhook_is_off_and_says_how_to_enable_it(
     github: FakeGitHub, model: FakeAnthropic, server_factory: ServerFactory
 ) -> None:
     off = server_factory(env_for(github, model), name="no-secret")
-    answer = httpx.post(f"{off.url}/github/webhook", json={"zen": "hi"}, timeout=10)
+    answer = httpx.post(f"{off.url}/github/webhook", json={"zen": "hi"}, timeout=10, verify=TLS)
     assert answer.status_code == 404
     assert "GITHUB_WEBHOOK_SECRET" in answer.json()["detail"]
 
@@ -620,7 +621,7 @@ async def test_an_oversized_or_unsigned_body_is_refused_before_it_is_read(server
     big = b"{" + b" " * (1024 * 1024 + 10) + b"}"
     body = hmac.new(SECRET.encode(), big, hashlib.sha256).hexdigest()
     headers = {"X-Hub-Signature-256": f"sha256={body}", "X-GitHub-Event": "ping"}
-    async with httpx.AsyncClient(timeout=30) as client:
+    async with httpx.AsyncClient(verify=TLS, timeout=30) as client:
         answer = await client.post(url, content=big, headers=headers)
         assert answer.status_code == 413
 

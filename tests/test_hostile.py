@@ -34,12 +34,15 @@ from tests.helpers import REFUSED, Shared, shared_rig
 from tests.scenarios import EDIT_SIGNUP, finish
 from tests.server import Server, start_server
 from tests.sse import collect, events_of, of_type, post_run
+from tests.tls import TLS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
 ANTHROPIC_KEY = "sk-ant-api03-hostile-key-0123456789"
 PWNED = f"pwned-{uuid.uuid4().hex[:10]}"  # a file name no honest run ever creates
 FORM = "application/x-www-form-urlencoded"
+SLACK_SECRET = "slack-signing-secret-hostile-0123"
+SLACK_BOT = "xoxb-hostile-bot-token-000"
 
 
 def base_env(repos: Path, model: FakeAnthropic, **extra: str) -> dict[str, str]:
@@ -56,7 +59,7 @@ def pwned_files() -> list[str]:
 
 
 async def list_runs(server: Server, headers: dict[str, str] | None = None) -> list[dict[str, Any]]:
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(verify=TLS, timeout=10) as client:
         response = await client.get(f"{server.url}/api/runs", headers=headers or {})
     assert response.status_code == 200, response.text
     runs: list[dict[str, Any]] = response.json()["runs"]
@@ -66,7 +69,7 @@ async def list_runs(server: Server, headers: dict[str, str] | None = None) -> li
 def assert_no_server_error(server: Server) -> None:
     """The server is up and logged no unhandled exception."""
     assert server.process.poll() is None
-    assert httpx.get(f"{server.url}/health", timeout=5).status_code == 200
+    assert httpx.get(f"{server.url}/health", timeout=5, verify=TLS).status_code == 200
     log = server.logs()
     assert "unhandled error" not in log and "Exception in ASGI application" not in log, log[-3000:]
     assert "Failed to run a middleware function" not in log, log[-3000:]
@@ -76,7 +79,9 @@ def assert_no_server_error(server: Server) -> None:
 # --- 1. rate limits -------------------------------------------------------------------------------
 def from_address(address: str) -> httpx.AsyncClient:
     """A client whose connections come from `address` (any of 127.0.0.0/8 on Linux)."""
-    return httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(local_address=address), timeout=15)
+    return httpx.AsyncClient(
+        transport=httpx.AsyncHTTPTransport(local_address=address, verify=TLS), timeout=15
+    )
 
 
 async def test_rate_limits_are_separate_buckets_per_api_key_and_per_address(
@@ -138,11 +143,13 @@ class Api:
     server: Server
     model: FakeAnthropic
     github: FakeGitHub
+    slack: FakeSlack
 
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
-    """One server for the many refused requests: none of them may start anything."""
+    """One server for the many refused requests, through the API and through Slack (section
+    6): none of them may start anything."""
     base = tmp_path_factory.mktemp("hostile-api")
     repos = base / "repos"
     repos.mkdir()
@@ -153,20 +160,24 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     with (
         FakeAnthropic(scenarios={}) as model,
         FakeGitHub(token="ghp_HOSTILEAPI000000000000000000000000") as github,
+        FakeSlack(token=SLACK_BOT) as slack,
     ):
         github.create_repo("acme/widgets", files={"app.py": "x = 1\n"})
         env = base_env(
             repos,
             model,
             BACKSPACE_MAX_PROMPT_CHARS="500",
-            BACKSPACE_MAX_BODY_BYTES="8192",
+            BACKSPACE_MAX_BODY_BYTES="8192",  # of POST /api/code; Slack has limits of its own
             GITHUB_TOKEN=github.token,
             GITHUB_API_URL=github.api_url,
             GITHUB_WEB_HOST="github.com",
+            SLACK_BOT_TOKEN=SLACK_BOT,
+            SLACK_SIGNING_SECRET=SLACK_SECRET,
+            SLACK_API_URL=slack.api_url,
         )
         server = start_server(base / "server", env)
         try:
-            yield Api(server, model, github)
+            yield Api(server, model, github, slack)
         finally:
             server.stop()
 
@@ -175,7 +186,7 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
 def quiet(api: Api) -> Iterator[Api]:
     """After each case: no run, no model call, no git host call, nothing executed, no 5xx."""
     yield api
-    runs = httpx.get(f"{api.server.url}/api/runs", timeout=5).json()["runs"]
+    runs = httpx.get(f"{api.server.url}/api/runs", timeout=5, verify=TLS).json()["runs"]
     assert runs == []
     assert api.model.requests == []
     assert api.github.requests == []
@@ -261,7 +272,7 @@ BAD_BODIES: list[Bad] = [
 async def test_a_bad_body_gets_a_clear_4xx_and_starts_nothing(quiet: Api, bad: Bad) -> None:
     data = bad.body if isinstance(bad.body, bytes) else json.dumps(bad.body).encode()
     headers = {"content-type": bad.content_type, "accept": "application/json"}
-    async with httpx.AsyncClient(timeout=15) as client:
+    async with httpx.AsyncClient(verify=TLS, timeout=15) as client:
         response = await client.post(
             f"{quiet.server.url}/api/code",
             content=_chunked(data) if bad.chunked else data,
@@ -346,7 +357,7 @@ REPO_CASES += [pytest.param(r, id=f"attack-{i}") for i, r in enumerate(REPO_ATTA
 async def test_a_repository_reference_attack_gets_422_and_runs_nothing(
     quiet: Api, reference: str
 ) -> None:
-    async with httpx.AsyncClient(timeout=15) as client:
+    async with httpx.AsyncClient(verify=TLS, timeout=15) as client:
         response = await client.post(
             f"{quiet.server.url}/api/code",
             json={"repo_url": reference, "prompt": "hostile-ref: do it"},
@@ -408,7 +419,7 @@ async def test_shell_metacharacters_in_a_prompt_reach_the_model_as_text_and_neve
     subject = git(origin, "log", "-1", "--format=%s", branch).strip()
     assert subject == pr["title"] and "<script>" not in subject
     assert pr["title"].replace("\u200b", "") == title
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(verify=TLS, timeout=10) as client:
         page = (await client.get(pr["pr_url"])).text
         record = (await client.get(pr["pr_url"].replace("/prs/", "/api/prs/"))).json()
     assert "<script>" not in page and "<img" not in page
@@ -549,10 +560,6 @@ async def test_a_change_with_a_symlink_out_of_the_repository_is_not_published(
 
 
 # --- 6. malformed Slack payloads -----------------------------------------------------------------
-SLACK_SECRET = "slack-signing-secret-hostile-0123"
-SLACK_BOT = "xoxb-hostile-bot-token-000"
-
-
 @dataclass
 class SlackApi:
     server: Server
@@ -562,25 +569,9 @@ class SlackApi:
 
 
 @pytest.fixture(scope="module")
-def slack_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlackApi]:
-    base = tmp_path_factory.mktemp("hostile-slack")
-    repos = base / "repos"
-    repos.mkdir()
-    make_repo(repos, "widgets")
-    with FakeAnthropic(scenarios={}) as model, FakeSlack(token=SLACK_BOT) as slack:
-        env = base_env(
-            repos,
-            model,
-            SLACK_BOT_TOKEN=SLACK_BOT,
-            SLACK_SIGNING_SECRET=SLACK_SECRET,
-            SLACK_API_URL=slack.api_url,
-            BACKSPACE_MAX_PROMPT_CHARS="500",
-        )
-        server = start_server(base / "server", env)
-        try:
-            yield SlackApi(server, slack, SlackSigner(SLACK_SECRET), model)
-        finally:
-            server.stop()
+def slack_api(api: Api) -> SlackApi:
+    """The refusing server of sections 2 and 4 (its prompt limit is 500 characters too)."""
+    return SlackApi(api.server, api.slack, SlackSigner(SLACK_SECRET), api.model)
 
 
 def _signed_headers(body: bytes, content_type: str) -> dict[str, str]:
@@ -722,7 +713,7 @@ async def test_a_malformed_slack_request_never_gets_a_5xx_and_starts_nothing(
     s = slack_api
     url = s.slack.response_url("C0HOSTILE", "U1")
     body, content_type = case.build(s, url)
-    async with httpx.AsyncClient(timeout=15) as client:
+    async with httpx.AsyncClient(verify=TLS, timeout=15) as client:
         response = await client.post(
             f"{s.server.url}/slack/events",
             content=body,
@@ -787,7 +778,7 @@ async def test_in_socket_mode_a_request_signed_with_bolts_placeholder_secret_is_
             text="local:widgets socket-forged-hostile: fix it",
             response_url=slack.response_url("C1", "U1"),
         )
-        async with httpx.AsyncClient(timeout=15) as client:
+        async with httpx.AsyncClient(verify=TLS, timeout=15) as client:
             response = await send(client, f"{server.url}/slack/events", body, forger)
         assert response.status_code == 404 and "Socket Mode" in response.text
         await asyncio.sleep(0.5)
@@ -848,7 +839,7 @@ async def test_every_secret_stays_out_of_every_event_log_message_pr_and_the_sand
         signer = SlackSigner(SECRETS["SLACK_SIGNING_SECRET"])
         pasted = " ".join(SECRETS[k] for k in ("GITHUB_TOKEN", "SLACK_BOT_TOKEN", "API_KEY"))
         text = f"acme/widgets secrets-hostile: fix signup with {pasted} please"
-        async with httpx.AsyncClient(timeout=15) as client:
+        async with httpx.AsyncClient(verify=TLS, timeout=15) as client:
             ack = await send(
                 client,
                 f"{server.url}/slack/events",

@@ -16,6 +16,7 @@ from tests.conftest import make_repo
 from tests.fakes.anthropic import Fail, FakeAnthropic, Reply, Step, Text, ToolCall
 from tests.server import Server, start_server
 from tests.sse import collect, events_of
+from tests.tls import TLS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
 
@@ -78,7 +79,7 @@ def servers(
 
 async def run_and_stop(server: Server, prompt: str) -> tuple[str, list[dict[str, Any]]]:
     """One whole run through the API; then stop the server so the log is complete."""
-    async with httpx.AsyncClient(timeout=30) as client:
+    async with httpx.AsyncClient(verify=TLS, timeout=30) as client:
         response, frames = await collect(
             client,
             "POST",

@@ -57,6 +57,7 @@ from tests.helpers import base_env
 from tests.scenarios import EDIT_SIGNUP, finish
 from tests.server import Server
 from tests.test_openapi import _nullable
+from tests.tls import TLS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -78,7 +79,9 @@ def wait_finished(server: Server, run_id: str, timeout: float = 60) -> dict[str,
     deadline = time.monotonic() + timeout
     headers = {"Authorization": f"Bearer {KEY}"}
     while time.monotonic() < deadline:
-        run: dict[str, Any] = httpx.get(f"{server.url}/api/runs/{run_id}", headers=headers).json()
+        run: dict[str, Any] = httpx.get(
+            f"{server.url}/api/runs/{run_id}", headers=headers, verify=TLS
+        ).json()
         if run["status"] not in ("queued", "running"):
             return run
         time.sleep(0.05)
@@ -105,6 +108,7 @@ def live(repos: Path, fake_model: FakeAnthropic, server_factory: ServerFactory) 
         f"{server.url}/api/code",
         json={"repo_url": "local:widgets", "prompt": "seed-edit: validate the name"},
         headers={"Authorization": f"Bearer {KEY}", "Accept": "application/json"},
+        verify=TLS,
     )
     assert response.status_code == 202, response.text
     run = wait_finished(server, response.json()["id"])
@@ -162,7 +166,11 @@ def vary(live: Live) -> Any:
 def event_stream_check(event_schema: dict[str, Any]) -> Any:
     """A check: an event stream ends (with `complete`), and each of its events is an Event
     (OpenAPI's `nullable` read as JSON Schema says it: a `network_blocked` command may be null)."""
-    event_schema = _nullable(event_schema)
+    # Checked and compiled once: `jsonschema.validate` checks the schema against its
+    # metaschema and builds a validator on every call (tens of ms of CPU, per event).
+    validator_class = jsonschema.validators.validator_for(_nullable(event_schema))
+    validator_class.check_schema(_nullable(event_schema))
+    validator = validator_class(_nullable(event_schema))
 
     def event_streams_end_with_complete(
         ctx: CheckContext, response: Response, case: AnyCase
@@ -179,7 +187,7 @@ def event_stream_check(event_schema: dict[str, Any]) -> Any:
             )
             if "data" in fields:
                 event = json.loads(fields["data"])
-                jsonschema.validate(event, event_schema)
+                validator.validate(event)
                 assert fields.get("id") == str(event["seq"]), f"id {fields.get('id')} for {event}"
                 events.append(event)
         seqs = [e["seq"] for e in events]
@@ -273,7 +281,7 @@ def fuzz(
 def test_every_response_conforms_to_the_served_openapi_document(live: Live) -> None:
     schema = load_schema(live)
     document = schema.raw_schema
-    assert document == httpx.get(f"{live.server.url}/openapi.json").json()
+    assert document == httpx.get(f"{live.server.url}/openapi.json", verify=TLS).json()
     checks = [
         not_a_server_error,
         status_code_conformance,
@@ -343,7 +351,7 @@ def test_every_response_conforms_to_the_served_openapi_document(live: Live) -> N
         (f"{events}?after={MAX_SEQ + 1}", auth, 422),
         (events, {**auth, "Last-Event-ID": "\u00b2".encode("latin-1")}, 422),
     ]:
-        answer = httpx.get(f"{live.server.url}{path}", headers=headers, timeout=TIMEOUT)
+        answer = httpx.get(f"{live.server.url}{path}", headers=headers, timeout=TIMEOUT, verify=TLS)
         assert answer.status_code == status, (path, answer.status_code, answer.text)
 
 
@@ -401,7 +409,9 @@ def test_slack_events_conform_when_slack_is_configured(
     ]
     for body, content_type, status in signed:
         headers = {"Content-Type": content_type, **signer.headers(body)}
-        response = httpx.post(f"{server.url}/slack/events", content=body, headers=headers)
+        response = httpx.post(
+            f"{server.url}/slack/events", content=body, headers=headers, verify=TLS
+        )
         assert response.status_code == status, response.text
         case = operation.Case(body=body, headers=headers, media_type=content_type)
         case.validate_response(response, checks=checks)

@@ -21,6 +21,7 @@ from tests.fakes.slack import FakeSlack, SlackSigner, send
 from tests.helpers import Shared, shared_rig
 from tests.scenarios import EDIT_SIGNUP, finish
 from tests.server import ROOT, Server, start_server
+from tests.tls import TLS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -89,7 +90,7 @@ async def slash(
     body = signer.slash_command_body(
         text=text, user_id=user, channel_id=channel, response_url=slack.response_url(channel, user)
     )
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(verify=TLS, timeout=10) as client:
         return await send(
             client, f"{server.url}/slack/events", body, signer, content_type=FORM, **kwargs
         )
@@ -217,7 +218,7 @@ async def test_a_mention_starts_a_run_in_its_thread_with_a_reaction(
         "text": "<@U0BOT> local:mention slack-mention-e2e please validate",
     }  # fmt: skip
     body = signer.event_body(event, event_id="Ev-mention-1")
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(verify=TLS, timeout=10) as client:
         first = await send(
             client, f"{server.url}/slack/events", body, signer, content_type="application/json"
         )
@@ -244,7 +245,7 @@ async def test_a_mention_starts_a_run_in_its_thread_with_a_reaction(
 
 async def _runs(server: Server, repo: str | None) -> list[dict[str, Any]]:
     """The runs on `repo`, or all of them (on a server of one test's own)."""
-    async with httpx.AsyncClient() as client:
+    async with httpx.AsyncClient(verify=TLS) as client:
         runs: list[dict[str, Any]] = (await client.get(f"{server.url}/api/runs")).json()["runs"]
         return [run for run in runs if repo is None or run["repo_url"] == repo]
 
@@ -269,7 +270,7 @@ async def test_only_the_requester_or_an_admin_can_cancel(
             action_id="backspace_cancel", value=run["id"], user_id=user, channel_id=CHANNEL,
             message_ts=status["response"]["ts"], response_url=slack.response_url(CHANNEL, user),
         )  # fmt: skip
-        async with httpx.AsyncClient(timeout=10) as client:
+        async with httpx.AsyncClient(verify=TLS, timeout=10) as client:
             return await send(client, f"{server.url}/slack/events", body, signer, content_type=FORM)
 
     assert (await click("U2")).status_code == 200
@@ -405,7 +406,7 @@ async def test_a_retried_event_after_a_restart_starts_no_second_run(
         body = signer.event_body(event, event_id="Ev-restart-1")
         server = start_server(tmp_path / "server", env)
         try:
-            async with httpx.AsyncClient(timeout=10) as client:
+            async with httpx.AsyncClient(verify=TLS, timeout=10) as client:
                 first = await send(client, f"{server.url}/slack/events", body, signer,
                                    content_type="application/json")  # fmt: skip
             assert first.status_code == 200
@@ -415,7 +416,7 @@ async def test_a_retried_event_after_a_restart_starts_no_second_run(
             server.stop()
         server = start_server(tmp_path / "server", env)
         try:
-            async with httpx.AsyncClient(timeout=10) as client:
+            async with httpx.AsyncClient(verify=TLS, timeout=10) as client:
                 retry = await send(client, f"{server.url}/slack/events", body, signer,
                                    content_type="application/json", retry_num=1)  # fmt: skip
             assert retry.status_code == 200

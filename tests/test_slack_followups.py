@@ -20,6 +20,7 @@ from tests.fakes.slack_socket import FakeSocketMode
 from tests.helpers import Shared, shared_rig, wait_for_process
 from tests.scenarios import EDIT_SIGNUP, finish
 from tests.server import Server
+from tests.tls import TLS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -83,7 +84,7 @@ def signer() -> SlackSigner:
 
 
 async def runs_on(server: Server, repo: str) -> list[dict[str, Any]]:
-    async with httpx.AsyncClient() as client:
+    async with httpx.AsyncClient(verify=TLS) as client:
         runs: list[dict[str, Any]] = (await client.get(f"{server.url}/api/runs")).json()["runs"]
     return [run for run in runs if run["repo_url"] == repo]
 
@@ -109,7 +110,7 @@ def broadcasts(slack: FakeSlack, channel: str = CHANNEL) -> list[dict[str, Any]]
 
 
 async def post(server: Server, signer: SlackSigner, body: bytes, form: bool = False) -> int:
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(verify=TLS, timeout=10) as client:
         response = await send(
             client,
             f"{server.url}/slack/events",
@@ -242,7 +243,7 @@ async def test_status_shows_families(shared: Shared, slack: FakeSlack, signer: S
     assert await post(shared.server, signer, signer.event_body(event, "Ev-fu-status-1")) == 200
     _, second = await ended(shared.server, f"local:{repo}", count=2)
     body = signer.slash_command_body(text="status", channel_id=CHANNEL)
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(verify=TLS, timeout=10) as client:
         response = await send(client, f"{shared.server.url}/slack/events", body, signer,
                               content_type=FORM)  # fmt: skip
     text = response.json()["text"]

@@ -20,6 +20,7 @@ from tests.fakes.slack_socket import FakeSocketMode
 from tests.helpers import Shared, shared_rig
 from tests.scenarios import EDIT_SIGNUP, finish
 from tests.server import Server
+from tests.tls import TLS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -75,7 +76,7 @@ async def socket(module_socket: FakeSocketMode, shared: Shared) -> FakeSocketMod
 
 
 async def runs_on(server: Server, repo: str) -> list[dict[str, Any]]:
-    async with httpx.AsyncClient() as client:
+    async with httpx.AsyncClient(verify=TLS) as client:
         runs: list[dict[str, Any]] = (await client.get(f"{server.url}/api/runs")).json()["runs"]
     return [run for run in runs if run["repo_url"] == repo]
 
@@ -255,7 +256,7 @@ async def test_a_wrong_app_token_connects_nowhere_and_is_never_logged(
         ),
         timeout=20,
     )
-    async with httpx.AsyncClient() as client:
+    async with httpx.AsyncClient(verify=TLS) as client:
         assert (await client.get(f"{server.url}/health")).status_code == 200
     assert wrong not in server.logs() and BOT_TOKEN not in server.logs()
 

@@ -31,6 +31,7 @@ from tests.fakes.anthropic import FakeAnthropic, Reply, ToolCall
 from tests.helpers import base_env, shared_rig
 from tests.scenarios import EDIT_SIGNUP, finish
 from tests.server import free_port
+from tests.tls import TLS
 
 MODEL_KEY = "sk-ant-api03-test-key-0123456789"  # base_env's
 GITHUB_TOKEN = "ghp_telemetrySecret0123456789abcdefABCDEF"
@@ -235,7 +236,7 @@ AUTH = {"Authorization": f"Bearer {API_KEY}"}
 async def _post_run(rig: Any, key: str, commands: int = 1) -> str:
     rig.model.scenarios[key] = steps(commands)
     make_repo(rig.repos, key)
-    async with httpx.AsyncClient() as client:
+    async with httpx.AsyncClient(verify=TLS) as client:
         answer = await client.post(
             f"{rig.server.url}/api/code",
             json={"repo_url": f"local:{key}", "prompt": f"please {key}"},
@@ -247,7 +248,7 @@ async def _post_run(rig: Any, key: str, commands: int = 1) -> str:
 
 
 async def _wait_run(rig: Any, run_id: str) -> dict[str, Any]:
-    async with httpx.AsyncClient(headers=AUTH) as client:
+    async with httpx.AsyncClient(verify=TLS, headers=AUTH) as client:
         for _ in range(600):
             run: dict[str, Any] = (await client.get(f"{rig.server.url}/api/runs/{run_id}")).json()
             if run["status"] not in ("queued", "running"):
@@ -299,7 +300,7 @@ async def test_an_sse_stream_of_many_events_is_one_server_span(
     chunks = 0
     body = b""
     async with (
-        httpx.AsyncClient(timeout=30) as client,
+        httpx.AsyncClient(verify=TLS, timeout=30) as client,
         client.stream(
             "GET", f"{traced.server.url}/api/runs/{run_id}/events", headers=AUTH
         ) as stream,
@@ -339,7 +340,7 @@ def _metrics(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 async def test_metrics_need_the_api_key_parse_and_move_with_runs(traced: Any) -> None:
     url = f"{traced.server.url}/metrics"
-    async with httpx.AsyncClient() as client:
+    async with httpx.AsyncClient(verify=TLS) as client:
         refused = await client.get(url)
         assert refused.status_code == 401
         assert (await client.get(url, headers={"Authorization": "Bearer wrong"})).status_code == 401
@@ -392,17 +393,17 @@ def test_metrics_are_served_on_their_own_port_when_set(tmp_path: Path) -> None:
         )
 
     with shared_rig("metrics-port", env) as rig:
-        main = httpx.get(f"{rig.server.url}/metrics", headers=AUTH)
+        main = httpx.get(f"{rig.server.url}/metrics", headers=AUTH, verify=TLS)
         assert main.status_code == 404  # not on the API's port: the load balancer never shows it
         alone = f"http://127.0.0.1:{port}/metrics"
-        assert httpx.get(alone).status_code == 401
-        answer = httpx.get(alone, headers=AUTH)
+        assert httpx.get(alone, verify=TLS).status_code == 401
+        answer = httpx.get(alone, headers=AUTH, verify=TLS)
         assert answer.status_code == 200
         names = {f.name for f in text_string_to_metric_families(answer.text)}
         assert {"backspace_runs_started", "backspace_events_appended", "backspace_runs"} <= names
         run = asyncio.run(_post_and_wait(rig))
         assert run["status"] == "succeeded"
-        after = _metrics(httpx.get(alone, headers=AUTH).text)
+        after = _metrics(httpx.get(alone, headers=AUTH, verify=TLS).text)
         assert (
             after[("backspace_runs_finished_total", (("source", "api"), ("status", "succeeded")))]
             == 1

@@ -27,6 +27,7 @@ from tests.fakes.anthropic import FakeAnthropic, Reply, Text, ToolCall
 from tests.helpers import base_env, processes_running, shared_rig
 from tests.scenarios import EDIT_SIGNUP, finish
 from tests.server import Server, free_port
+from tests.tls import TLS
 from tests.webdriver import Browser, available
 
 IN_CI = os.environ.get("CI") == "true"
@@ -95,6 +96,7 @@ def start_run(web: Web, repo: str, key: str, steps: list[Any]) -> str:
         f"{web.server.url}/api/code",
         json={"repo_url": f"local:{repo}", "prompt": f"{key}: validate the name"},
         headers={"Accept": "application/json"},
+        verify=TLS,
     )
     assert response.status_code == 202, response.text
     run_id: str = response.json()["id"]
@@ -102,7 +104,7 @@ def start_run(web: Web, repo: str, key: str, steps: list[Any]) -> str:
 
 
 def get_run(web: Web, run_id: str) -> dict[str, Any]:
-    response = httpx.get(f"{web.server.url}/api/runs/{run_id}")
+    response = httpx.get(f"{web.server.url}/api/runs/{run_id}", verify=TLS)
     assert response.status_code == 200, response.text
     run: dict[str, Any] = response.json()
     return run
@@ -123,6 +125,7 @@ def api_follow_up(web: Web, run_id: str, prompt: str, mode: str = "queue") -> di
         f"{web.server.url}/api/runs/{run_id}/followups",
         json={"prompt": prompt, "mode": mode},
         headers={"Accept": "application/json"},
+        verify=TLS,
     )
     assert response.status_code == 202, response.text
     answer: dict[str, Any] = response.json()
@@ -438,7 +441,10 @@ def test_cross_site_and_non_json_follow_ups_are_refused(
     page may send without a preflight (text/plain, forms): refused before anything runs."""
     run_id = refused_run
     response = httpx.post(
-        f"{web.server.url}/api/runs/{run_id}/followups", content=content, headers=headers
+        f"{web.server.url}/api/runs/{run_id}/followups",
+        content=content,
+        headers=headers,
+        verify=TLS,
     )
     assert response.status_code == status, response.text
     assert said in response.json()["detail"]

@@ -22,6 +22,7 @@ from tests.conftest import make_repo
 from tests.fakes.anthropic import FakeAnthropic, Reply, Text, ToolCall
 from tests.scenarios import EDIT_SIGNUP, finish
 from tests.server import ROOT, Server, start_server
+from tests.tls import TLS
 from tests.webdriver import Browser, available
 
 IN_CI = os.environ.get("CI") == "true"
@@ -114,6 +115,7 @@ def start_run(server: Server, prompt: str, headers: dict[str, str] | None = None
         f"{server.url}/api/code",
         json={"repo_url": "local:widgets", "prompt": prompt},
         headers={"Accept": "application/json", **(headers or {})},
+        verify=TLS,
     )
     assert response.status_code == 202, response.text
     run_id: str = response.json()["id"]
@@ -124,7 +126,9 @@ def stored_events(
     server: Server, run_id: str, headers: dict[str, str] | None = None
 ) -> list[dict[str, Any]]:
     """Every event of a finished run (its stream replays them all, then ends)."""
-    response = httpx.get(f"{server.url}/api/runs/{run_id}/events", headers=headers, timeout=30)
+    response = httpx.get(
+        f"{server.url}/api/runs/{run_id}/events", headers=headers, timeout=30, verify=TLS
+    )
     return [json.loads(line[5:]) for line in response.text.splitlines() if line.startswith("data:")]
 
 
@@ -211,7 +215,9 @@ def test_the_cancel_button_cancels_the_run(web: Web) -> None:
     wait_complete(b)
     assert b.text("#status") == "cancelled"
     assert b.text("#log li[data-type='complete']").endswith("cancelled" + _message_tail(b))
-    assert httpx.get(f"{web.server.url}/api/runs/{run_id}").json()["status"] == "cancelled"
+    assert (
+        httpx.get(f"{web.server.url}/api/runs/{run_id}", verify=TLS).json()["status"] == "cancelled"
+    )
 
 
 def _message_tail(b: Browser) -> str:
@@ -259,12 +265,14 @@ def test_the_agents_output_is_shown_as_text_never_as_html(web: Web) -> None:
     b.get(b.js("return document.querySelector('#pr-link').href"))
     assert b.text("h1").replace("\u200b", "") == "<script>alert(5)</script>"
     assert b.alert_text() is None
-    assert httpx.get(f"{web.server.url}/api/runs/{run_id}").json()["status"] == "succeeded"
+    assert (
+        httpx.get(f"{web.server.url}/api/runs/{run_id}", verify=TLS).json()["status"] == "succeeded"
+    )
 
 
 def test_the_run_list_shows_the_runs_newest_first(web: Web) -> None:
     b = web.browser
-    runs = httpx.get(f"{web.server.url}/api/runs").json()["runs"]
+    runs = httpx.get(f"{web.server.url}/api/runs", verify=TLS).json()["runs"]
     assert len(runs) == 4
     b.get(f"{web.server.url}/")
     b.wait(lambda: b.js("return document.querySelectorAll('#runs tr').length") == 4, what="rows")
@@ -288,7 +296,9 @@ def test_the_run_list_shows_the_runs_newest_first(web: Web) -> None:
         what="the new run in the list",
     )
     deadline = time.monotonic() + 30
-    while httpx.get(f"{web.server.url}/api/runs/{run_id}").json()["status"] == "running":
+    while (
+        httpx.get(f"{web.server.url}/api/runs/{run_id}", verify=TLS).json()["status"] == "running"
+    ):
         assert time.monotonic() < deadline
         time.sleep(0.1)
     b.wait(lambda: "succeeded" in b.text("#runs tr:first-child"), timeout=10, what="the new status")
@@ -309,9 +319,9 @@ def test_with_auth_the_pages_are_public_and_the_key_from_the_form_is_used(
     )
     b = web.browser
     try:
-        assert httpx.get(f"{server.url}/").status_code == 200
-        assert httpx.get(f"{server.url}/static/run.js").status_code == 200
-        assert httpx.get(f"{server.url}/api/runs").status_code == 401
+        assert httpx.get(f"{server.url}/", verify=TLS).status_code == 200
+        assert httpx.get(f"{server.url}/static/run.js", verify=TLS).status_code == 200
+        assert httpx.get(f"{server.url}/api/runs", verify=TLS).status_code == 401
         b.get(f"{server.url}/")
         assert "requires an API key" in b.wait(lambda: b.text("#list-error"), what="the 401")
         b.type("#repo", "local:widgets")

@@ -18,6 +18,8 @@ from typing import Any, TypeVar
 
 import httpx
 
+from tests.tls import TLS
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 ELEMENT = "element-6066-11e4-a52e-4f735466cecf"
@@ -57,7 +59,7 @@ class Browser:
                 stderr=subprocess.DEVNULL,
                 start_new_session=True,
             )
-        self.http = httpx.Client(timeout=60)
+        self.http = httpx.Client(verify=TLS, timeout=60)
         deadline = time.monotonic() + 20
         while True:
             port = re.search(rb"started successfully on port (\d+)", said.read_bytes())

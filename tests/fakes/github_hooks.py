@@ -18,6 +18,8 @@ from typing import Any
 
 import httpx
 
+from tests.tls import TLS
+
 __all__ = ["Delivery", "Hook", "send", "signature"]
 
 USER_AGENT = "GitHub-Hookshot/5f3a9c1"
@@ -94,7 +96,7 @@ def send(
             sent[name] = value
     start = delivery.sent_at = time.perf_counter()
     try:
-        answer = httpx.post(hook.url, content=body, headers=sent, timeout=timeout)
+        answer = httpx.post(hook.url, content=body, headers=sent, timeout=timeout, verify=TLS)
         delivery.status, delivery.response = answer.status_code, answer.text[:2000]
     except httpx.HTTPError as exc:
         delivery.response = f"{type(exc).__name__}: {exc}"
