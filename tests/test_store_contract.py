@@ -279,6 +279,7 @@ async def test_eight_concurrent_claimers_take_distinct_runs_and_keep_the_family_
     assert await replicas[0].counts() == {"queued": 8, "running": 28}
 
 
+@pytest.mark.parametrize("backend", ["postgres"])  # one SQLite connection serialises claims
 async def test_two_replicas_claiming_two_runs_of_one_family_cannot_both_win(
     stores: StoreFactory, backend: str
 ) -> None:
@@ -287,8 +288,6 @@ async def test_two_replicas_claiming_two_runs_of_one_family_cannot_both_win(
     replica's clock behind, or an insert that committed late), and replica B's snapshot shows Q
     queued and S still queued and newer: Q looks free. Without a second look under a lock held
     per family, both commit and the family runs two at once on one branch."""
-    if backend != "postgres":
-        pytest.skip("one SQLite connection serialises claims: there is no window")
     a, b, submitter = await stores(), await stores(), await stores()
     assert isinstance(a, PostgresStore)
     now = datetime.now(UTC)
@@ -618,11 +617,10 @@ async def until(check: Callable[[], bool], seconds: float = 5.0) -> None:
         await asyncio.sleep(0.01)
 
 
+@pytest.mark.parametrize("backend", ["postgres"])  # SQLite is one process: it rings within it
 async def test_an_append_on_one_replica_wakes_another_and_survives_a_lost_listener(
     stores: StoreFactory, backend: str
 ) -> None:
-    if backend != "postgres":
-        pytest.skip("SQLite is one process: its bell rings within it")
     writer, viewer = await stores(), await stores()
     woken: list[tuple[str, int]] = []
     reconnects: list[int] = []
