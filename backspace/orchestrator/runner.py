@@ -157,36 +157,16 @@ class Runner:
         the other workers, or for this server's next start), and give the running ones the
         grace period, while the server still answers: its /health says it is not accepting,
         its viewers keep their streams."""
-        if self._drain_started is None:
-            self._drain_started = time.monotonic()
-        self._accepting = False
-        self.stop_claiming()
-        tasks = [e.task for e in self._runs.values() if e.task is not None]
-        if tasks:
-            grace = self._grace_left()
-            log.info("draining: waiting up to %gs for %d running runs", round(grace, 1), len(tasks))
-            await asyncio.wait(tasks, timeout=grace)
-
-    def _grace_left(self) -> float:
-        started = self._drain_started or time.monotonic()
-        return max(0.0, self.limits.shutdown_grace - (time.monotonic() - started))
+        await self._wait_for_running()
 
     async def shutdown(self) -> None:
         """Drain (what is left of the grace period, when `drain` began it), then stop the rest."""
-        if self._drain_started is None:
-            self._drain_started = time.monotonic()
-        self._accepting = False
-        self.stop_claiming()
-        tasks = [e.task for e in self._runs.values() if e.task is not None]
-        if tasks:
-            grace = self._grace_left()
-            log.info("waiting up to %gs for %d running runs", round(grace, 1), len(tasks))
-            _, pending = await asyncio.wait(tasks, timeout=grace)
-            for execution in list(self._runs.values()):
-                if execution.task in pending:
-                    self._stop(execution, "shutdown")
-            if pending:
-                await asyncio.wait(pending, timeout=30)
+        pending = await self._wait_for_running()
+        for execution in list(self._runs.values()):
+            if execution.task in pending:
+                self._stop(execution, "shutdown")
+        if pending:
+            await asyncio.wait(pending, timeout=30)
         for loop in self._loops:
             loop.cancel()
         for loop in self._loops:
@@ -198,6 +178,21 @@ class Runner:
         """Execute only the runs this process submits, and leave every other run alone (no
         recovery at start): a one-shot process (`backspace run`) beside a server."""
         self._own = set()
+
+    async def _wait_for_running(self) -> set[asyncio.Task[None]]:
+        """Stop taking runs, then wait for the running ones until the grace period (counted
+        from the first call) is over; those still running."""
+        if self._drain_started is None:
+            self._drain_started = time.monotonic()
+        self._accepting = False
+        self.stop_claiming()
+        tasks = [e.task for e in self._runs.values() if e.task is not None]
+        if not tasks:
+            return set()
+        grace = max(0.0, self.limits.shutdown_grace - (time.monotonic() - self._drain_started))
+        log.info("waiting up to %gs for %d running runs", round(grace, 1), len(tasks))
+        _, pending = await asyncio.wait(tasks, timeout=grace)
+        return pending
 
     @property
     def accepting(self) -> bool:
