@@ -46,6 +46,7 @@ from backspace.orchestrator.store import (
     RunEnd,
     RunError,
     RunStore,
+    final_events,
 )
 
 log = logging.getLogger(__name__)
@@ -206,12 +207,8 @@ class Runner:
         """Runs this process executes now."""
         return len(self._runs)
 
-    def queued_count(self) -> int:
-        """Runs waiting in the shared queue, as last counted."""
-        return self._counts["queued"]
-
     async def counts(self) -> dict[str, int]:
-        """Runs queued and running across every worker (and remember them for `queued_count`)."""
+        """Runs queued and running across every worker (and remember them for `last_counts`)."""
         self._counts = await self.store.counts()
         return dict(self._counts)
 
@@ -392,8 +389,9 @@ class Runner:
             self._wake.clear()
             try:
                 await self._claim_while_free()
-                self.hub.publish(await self.store.announce_positions())
                 self._counts = await self.store.counts()
+                if self._counts["queued"]:  # places in the queue to tell, if any moved
+                    self.hub.publish(await self.store.announce_positions())
             except StoreError as exc:
                 log.error("the queue could not be read: %s", exc)
             except Exception:
@@ -607,40 +605,23 @@ class Runner:
         duration_ms = int((time.monotonic() - started) * 1000)
         stage = ctx.stage
         reason = failure.describe(stage) if failure is not None else None
-        final: dict[str, Any] = {
-            "status": str(status),
-            "duration_ms": duration_ms,
-            "message": reason if reason is not None else (outcome.message if outcome else ""),
-        }
-        pr_url = outcome.pr_url if outcome else None
-        if pr_url:
-            final["pr_url"] = pr_url
-        events = []
-        if failure is not None:
-            events.append(
-                NewEvent(
-                    EventType.ERROR,
-                    self.redactor.data(
-                        {
-                            "code": failure.code,
-                            "message": reason,
-                            "stage": str(stage),
-                            "retryable": failure.retryable,
-                        }
-                    ),
-                )
-            )
-        events.append(NewEvent(EventType.COMPLETE, self.redactor.data(final)))
         end = RunEnd(
             status=status,
             duration_ms=duration_ms,
-            pr_url=pr_url,
+            pr_url=outcome.pr_url if outcome else None,
             summary=self.redactor.text(outcome.summary) if outcome and outcome.summary else None,
             error=(
                 RunError(code=failure.code, message=self.redactor.text(reason))
                 if failure is not None and reason is not None
                 else None
             ),
+        )
+        message = reason if reason is not None else (outcome.message if outcome else "")
+        events = final_events(
+            end,
+            stage,
+            self.redactor.text(message),
+            retryable=failure.retryable if failure is not None else False,
         )
         if sink.failure is None:
             try:

@@ -22,6 +22,7 @@ from backspace.orchestrator.store.records import PullRequestRecord as PullReques
 from backspace.orchestrator.store.records import Run as Run
 from backspace.orchestrator.store.records import RunEnd as RunEnd
 from backspace.orchestrator.store.records import RunError as RunError
+from backspace.orchestrator.store.records import final_events as final_events
 from backspace.orchestrator.store.sqlite import SqliteStore as SqliteStore
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")

@@ -216,12 +216,11 @@ INTERRUPTED = (
 )
 
 
-def queued_run_end() -> RunEnd:
-    return RunEnd(status=RunStatus.CANCELLED, duration_ms=0)
-
-
-def final_events(end: RunEnd, stage: Stage, message: str) -> list[NewEvent]:
-    """The `error` (when it failed) and the `complete` every run ends with."""
+def final_events(
+    end: RunEnd, stage: Stage | str, message: str, *, retryable: bool = True
+) -> list[NewEvent]:
+    """The `error` (when it failed) and the `complete` every run ends with, whoever ends it:
+    its worker, a cancel of a queued run, the reaper (an interrupted run may be retried)."""
     events = []
     if end.error is not None:
         events.append(
@@ -231,7 +230,7 @@ def final_events(end: RunEnd, stage: Stage, message: str) -> list[NewEvent]:
                     "code": end.error.code,
                     "message": end.error.message,
                     "stage": str(stage),
-                    "retryable": True,
+                    "retryable": retryable,
                 },
             )
         )

@@ -67,7 +67,6 @@ LEGACY_COLUMNS = (
 )
 DELIVERY_DAYS = 7  # a webhook's deliveries are remembered this long (GitHub redelivers for 3)
 SELECT_RUNS = f"SELECT {', '.join(COLUMNS)} FROM runs"  # noqa: S608 (names, not values)
-LIVE = ("queued", "running")
 
 
 def _run(row: sqlite3.Row) -> Run:
