@@ -32,7 +32,7 @@ NEXT_STEP = {
     "wall_clock_limit": "Try a smaller request, or ask an operator to raise MAX_SANDBOX_DURATION.",
     "turn_limit": "Try a smaller, more specific request.",
     "cost_limit": "Try a smaller request, or ask an operator to raise BACKSPACE_MAX_COST_USD.",
-    "interrupted": "The server restarted; run the command again.",
+    "interrupted": "Run the command again.",
 }
 STAGE_LABEL = {"setup": "Environment setup", "verifying": "Verifying the change"}
 """Stages whose messages are details (a setup command, a verify command): named before them."""
