@@ -39,16 +39,17 @@ class Rig:
     env: dict[str, str]
     root: Path
     replicas: list[Server] = field(default_factory=list)
-    workers: dict[str, Server] = field(default_factory=dict)
 
     def start(self, *names: str) -> list[Server]:
         with ThreadPoolExecutor(len(names)) as pool:
             started = list(pool.map(lambda n: start_server(self.root / n, self.env), names))
-        for server in started:
-            self.replicas.append(server)
-            worker = httpx.get(f"{server.url}/health", timeout=5).json()["runs"]["worker"]
-            self.workers[worker] = server
+        self.replicas.extend(started)
         return started
+
+    def by_worker(self, worker: str) -> Server | None:
+        """The replica whose process is this worker (a worker is named host:pid:random)."""
+        pid = int(worker.split(":")[-2])
+        return next((s for s in self.replicas if s.process.pid == pid), None)
 
     def alive(self, *besides: Server) -> list[Server]:
         return [s for s in self.replicas if s not in besides and s.process.poll() is None]
@@ -62,8 +63,9 @@ class Rig:
                     "SELECT worker_id FROM runs WHERE id = %s AND status = 'running'", (run_id,)
                 )
                 row = await cur.fetchone()
-                if row and row[0] in self.workers:
-                    return self.workers[row[0]]
+                server = self.by_worker(row[0]) if row else None
+                if server is not None:
+                    return server
                 await asyncio.sleep(0.02)
         raise RuntimeError(f"run {run_id} never ran")
 

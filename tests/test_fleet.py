@@ -102,7 +102,6 @@ class Fleet:
     root: Path
     sampler: Sampler
     replicas: list[Server] = field(default_factory=list)
-    workers: dict[str, Server] = field(default_factory=dict)  # worker id -> replica
     seen: list[dict[str, Any]] = field(default_factory=list)  # every event any viewer got
     daytona: FakeDaytona | None = None
 
@@ -110,10 +109,13 @@ class Fleet:
         """Start replicas at once (threads: each waits for its /health)."""
         with ThreadPoolExecutor(len(names)) as pool:
             started = list(pool.map(lambda n: start_server(self.root / n, self.env), names))
-        for server in started:
-            self.replicas.append(server)
-            self.workers[health(server)["runs"]["worker"]] = server
+        self.replicas.extend(started)
         return started
+
+    def by_worker(self, worker: str) -> Server | None:
+        """The replica whose process is this worker (a worker is named host:pid:random)."""
+        pid = int(worker.split(":")[-2])
+        return next((s for s in self.replicas if s.process.pid == pid), None)
 
     def alive(self, *besides: Server) -> list[Server]:
         return [s for s in self.replicas if s not in besides and s.process.poll() is None]
@@ -122,7 +124,9 @@ class Fleet:
         """The replica that executed the run (exactly one: asserted)."""
         workers = self.sampler.owners.get(run_id, set())
         assert len(workers) == 1, f"run {run_id} ran on {workers}"
-        return self.workers[next(iter(workers))]
+        server = self.by_worker(next(iter(workers)))
+        assert server is not None, workers
+        return server
 
     def rows(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
         with psycopg.connect(self.url, autocommit=True) as conn:
@@ -135,8 +139,9 @@ class Fleet:
             rows = self.rows(
                 "SELECT worker_id FROM runs WHERE id = %s AND status = 'running'", run_id
             )
-            if rows and rows[0][0] in self.workers:
-                return self.workers[rows[0][0]]
+            server = self.by_worker(rows[0][0]) if rows else None
+            if server is not None:
+                return server
             await asyncio.sleep(0.02)
         raise AssertionError(f"run {run_id} never ran")
 

@@ -428,7 +428,8 @@ class Service:
                 "queued": counts["queued"],
                 "running": counts["running"],
                 "max_concurrent": self.runner.limits.max_concurrent,
-                "worker": self.runner.worker,
+                # This process's name as a worker (its host and pid): for a caller with the key.
+                **({"worker": self.runner.worker} if show_paths else {}),
             },
         }
 
